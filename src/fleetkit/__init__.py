@@ -1,0 +1,19 @@
+"""fleetkit: distributed training for static-graph models, with Paddle 1.4 fluid names.
+
+    import fleetkit as fk
+    from fleetkit import layers
+"""
+import sys as _sys
+
+from .core import *  # noqa: F401,F403
+from .core import __all__ as _core_all
+from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
+from .errors import FleetkitError
+
+__version__ = "0.1.0"
+
+# ``import fleetkit.layers`` (and friends) work like the fluid submodules they mirror
+for _name in ("clip", "initializer", "io", "layers", "optimizer", "regularizer", "unique_name"):
+    _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
+
+__all__ = list(_core_all) + ["FleetkitError", "__version__"]

@@ -1,0 +1,176 @@
+"""Executor: runs a Program's global block op by op against a Scope.
+
+A program is *prepared* once (kernels looked up, per-op contexts built, feed
+checks computed) and cached by (program id, version), so a training loop pays
+only the kernel calls on each step.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
+from .backend import CPUPlace, Place, to_numpy
+from .framework import Program, Variable, default_main_program
+from .registry import KernelContext, get_op_def
+from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, lengths_to_offsets
+
+
+class _Prepared:
+    __slots__ = ("steps", "ctxs", "version")
+
+    def __init__(self, program: Program, place: Place) -> None:
+        self.version = program._version
+        self.steps: list[tuple[Any, KernelContext]] = []
+        xp = place.xp
+        for idx, op in enumerate(program.global_block().ops):
+            opdef = get_op_def(op.type)
+            rng = _op_rng(program, op, idx) if opdef.random else None
+            self.steps.append((opdef.forward, KernelContext(op, xp, rng, place)))
+        self.ctxs = [c for _, c in self.steps]
+
+
+def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
+    """Seeded from the op's ``seed`` attr, else the program's random_seed, else entropy."""
+    seed = int(op.attrs.get("seed", 0) or 0)
+    if seed == 0 and program.random_seed:
+        seed = int(program.random_seed) * 1000003 + idx
+    return np.random.default_rng(seed if seed else None)
+
+
+class Executor:
+    """Runs programs on a place: ``Executor(CPUPlace()).run(program, feed, fetch_list)``."""
+
+    def __init__(self, place: Place | None = None) -> None:
+        self.place = place or CPUPlace()
+        self._cache: dict[int, _Prepared] = {}
+
+    def close(self) -> None:
+        self._cache.clear()
+
+    def _prepare(self, program: Program, use_cache: bool) -> _Prepared:
+        p = self._cache.get(program._id) if use_cache else None
+        if p is None or p.version != program._version:
+            p = _Prepared(program, self.place)
+            if use_cache:
+                self._cache[program._id] = p
+        return p
+
+    def run(self, program: Program | None = None, feed: dict | None = None,
+            fetch_list: Sequence[Any] | None = None, feed_var_name: str = "feed",
+            fetch_var_name: str = "fetch", scope: Scope | None = None,
+            return_numpy: bool = True, use_program_cache: bool = True) -> list[Any]:
+        """Feed ``feed`` (name -> array/LoDTensor/(values, lengths)), run every op,
+        return the values of ``fetch_list`` (numpy arrays, or LoDTensors if
+        ``return_numpy`` is False)."""
+        program = default_main_program() if program is None else program
+        if hasattr(program, "_executor_run"):  # CompiledProgram and friends
+            return program._executor_run(self, feed, fetch_list, scope, return_numpy)
+        if not isinstance(program, Program):
+            raise InvalidArgumentError(f"Executor.run: program must be a Program, got {type(program).__name__}")
+        scope = global_scope() if scope is None else scope
+        block = program.global_block()
+        fetch_names = [_fetch_name(block, f) for f in (fetch_list or [])]
+        env = scope._vars
+        for name, value in (feed or {}).items():
+            var = block._find_var_recursive(name.name if isinstance(name, Variable) else name)
+            if var is None:
+                raise NotFoundError(f"feed: variable '{name}' is not in the program")
+            env[var.name] = convert_feed(var, value, self.place)
+        prepared = self._prepare(program, use_program_cache)
+        for ctx in prepared.ctxs:
+            ctx.env = env
+        self._run_steps(prepared.steps)
+        return [self._fetch(env, n, return_numpy) for n in fetch_names]
+
+    @staticmethod
+    def _run_steps(steps: list) -> None:
+        i = 0
+        try:
+            for i, (kernel, ctx) in enumerate(steps):
+                kernel(ctx)
+        except FleetkitError:
+            raise
+        except Exception as e:
+            op = steps[i][1].op
+            raise OpError(f"op #{i} {op.type} failed: {type(e).__name__}: {e}\n  op: {op}\n"
+                          f"  inputs: {_describe_inputs(steps[i][1])}") from e
+
+    def _fetch(self, env: dict, name: str, return_numpy: bool) -> Any:
+        if name not in env:
+            raise NotFoundError(f"fetch: variable '{name}' has no value after the run")
+        v = env[name]
+        if isinstance(v, SelectedRows):
+            return to_numpy(v.to_dense()) if return_numpy else v
+        if isinstance(v, LoDTensor):
+            return to_numpy(v.values) if return_numpy else LoDTensor(to_numpy(v.values), v._lod)
+        return to_numpy(v) if return_numpy else LoDTensor(to_numpy(v))
+
+    # train_from_dataset / infer_from_dataset live in trainer.py (data pipeline issue)
+
+
+def _fetch_name(block: Any, f: Any) -> str:
+    name = f.name if isinstance(f, Variable) else str(f)
+    if block._find_var_recursive(name) is None:
+        raise NotFoundError(f"fetch_list: variable '{name}' is not in the program")
+    return name
+
+
+def _describe_inputs(ctx: KernelContext) -> str:
+    parts = []
+    for slot, names in ctx.ins.items():
+        for n in names:
+            v = ctx.env.get(n)
+            v = v.values if isinstance(v, LoDTensor) else v
+            shape = getattr(v, "shape", None)
+            parts.append(f"{slot}={n}{list(shape) if shape is not None else ''}")
+    return ", ".join(parts)
+
+
+def convert_feed(var: Variable, value: Any, place: Place) -> Any:
+    """Check one fed value against its variable and convert it for ``place``."""
+    lod = None
+    if isinstance(value, LoDTensor):
+        arr, lod = value.values, value.lod()
+    elif isinstance(value, tuple) and len(value) == 2 and var.lod_level > 0:
+        arr, lengths = value
+        lengths = lengths if lengths and isinstance(lengths[0], (list, tuple, np.ndarray)) else [lengths]
+        lod = [lengths_to_offsets(lv) for lv in lengths]
+    else:
+        arr = value
+    arr = arr if hasattr(arr, "__array_interface__") or hasattr(arr, "__cuda_array_interface__") else np.asarray(arr)
+    arr = _check_dtype(var, arr)
+    _check_shape(var, arr)
+    if var.lod_level > 0 and not lod:
+        raise InvalidArgumentError(
+            f"feed: variable '{var.name}' has lod_level {var.lod_level}: feed a LoDTensor "
+            f"(fleetkit.create_lod_tensor) or a (values, sequence_lengths) tuple")
+    if lod:
+        why = check_lod(lod, arr.shape[0] if arr.ndim else 0)
+        if why:
+            raise InvalidArgumentError(f"feed: the LoD {lod} of variable '{var.name}' does not match its "
+                                       f"values of shape {list(arr.shape)}: {why}")
+    arr = place.to_device(arr)
+    return LoDTensor(arr, lod) if lod else arr
+
+
+def _check_dtype(var: Variable, arr: Any) -> Any:
+    want = np.dtype(var.dtype)
+    if arr.dtype == want:
+        return arr
+    if arr.dtype.kind in "OUSV" or not np.can_cast(arr.dtype, want, casting="same_kind"):
+        raise DTypeError(f"feed: variable '{var.name}' expects dtype {want.name}, got {arr.dtype.name} "
+                         f"(shape {list(arr.shape)})")
+    return arr.astype(want)
+
+
+def _check_shape(var: Variable, arr: Any) -> None:
+    want = var.shape
+    if not want or not var.is_data:
+        return
+    got = tuple(arr.shape)
+    ok = len(got) == len(want) and all(w < 0 or w == g for w, g in zip(want, got))
+    if not ok:
+        raise ShapeError(f"feed: variable '{var.name}' expects shape {list(want)} (-1 = any), "
+                         f"got {list(got)}")

@@ -1,0 +1,10 @@
+"""``fleetkit.layers``: program builders with fluid 1.4 names and arguments."""
+from .io import *  # noqa: F401,F403
+from .nn import *  # noqa: F401,F403
+from .tensor import *  # noqa: F401,F403
+from .conv import *  # noqa: F401,F403
+from .loss import *  # noqa: F401,F403
+from .metric_op import *  # noqa: F401,F403
+from .sequence import *  # noqa: F401,F403
+from .learning_rate_scheduler import *  # noqa: F401,F403
+from . import io, nn, tensor, conv, loss, metric_op, sequence, learning_rate_scheduler  # noqa: F401

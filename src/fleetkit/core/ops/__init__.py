@@ -1,0 +1,2 @@
+"""Op kernels, one module per family.  Importing this package registers them all."""
+from . import basic, math, activation, tensor, nn, loss, metric, sequence, optimizer  # noqa: F401

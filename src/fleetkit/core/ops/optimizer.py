@@ -1,0 +1,1 @@
+"""(placeholder: optimizer update kernels, filled in by the optimizer work)"""

@@ -1,0 +1,236 @@
+"""Op registry: each op type has a forward kernel, shape inference and, if
+differentiable, a gradient kernel.
+
+Kernels are written once for numpy and cupy through ``ctx.xp``.  The gradient of
+op ``T`` is the op ``T_grad`` whose inputs are T's inputs, T's outputs and
+``<OutSlot>@GRAD``, and whose outputs are ``<InSlot>@GRAD``; its kernel asks
+``ctx.wants("X@GRAD")`` before computing a gradient nobody needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import NotFoundError, ShapeError
+from .framework import EMPTY_VAR, Operator, Variable
+from .scope import LoDTensor, SelectedRows
+
+Kernel = Callable[["KernelContext"], None]
+InferFn = Callable[["ShapeContext"], None]
+
+
+@dataclass
+class OpDef:
+    type: str
+    forward: Kernel
+    infer_shape: InferFn | None = None
+    grad: Kernel | None = None
+    #: input slots that never receive a gradient (labels, indices, running stats)
+    no_grad_inputs: frozenset[str] = frozenset()
+    #: output slots whose gradients flow back; None means all outputs
+    grad_outputs: frozenset[str] | None = None
+    default_attrs: dict[str, Any] = field(default_factory=dict)
+    #: slots whose gradient is SelectedRows for this op instance (e.g. sparse lookup_table W)
+    sparse_grad: Callable[[Operator], set[str]] | None = None
+    #: the op draws random numbers (gets ``ctx.rng``)
+    random: bool = False
+
+
+_OPS: dict[str, OpDef] = {}
+
+
+def register_op(type: str, infer_shape: InferFn | None = None, no_grad_inputs: tuple = (),
+                grad_outputs: tuple | None = None, attrs: dict | None = None,
+                sparse_grad: Callable[[Operator], set[str]] | None = None,
+                random: bool = False) -> Callable[[Kernel], Kernel]:
+    """Decorator registering ``fn`` as the forward kernel of op ``type``."""
+    def deco(fn: Kernel) -> Kernel:
+        if type in _OPS:
+            raise ValueError(f"op '{type}' registered twice")
+        _OPS[type] = OpDef(type, fn, infer_shape, None, frozenset(no_grad_inputs),
+                           None if grad_outputs is None else frozenset(grad_outputs),
+                           dict(attrs or {}), sparse_grad, random)
+        return fn
+    return deco
+
+
+def register_grad(type: str) -> Callable[[Kernel], Kernel]:
+    """Decorator registering ``fn`` as the kernel of ``<type>_grad``."""
+    def deco(fn: Kernel) -> Kernel:
+        fwd = _OPS[type]
+        fwd.grad = fn
+        _OPS[type + "_grad"] = OpDef(type + "_grad", fn, None)
+        return fn
+    return deco
+
+
+def get_op_def(type: str) -> OpDef:
+    try:
+        return _OPS[type]
+    except KeyError:
+        from . import ops  # noqa: F401  (registration happens on import)
+        if type in _OPS:
+            return _OPS[type]
+        raise NotFoundError(f"unknown op type '{type}'") from None
+
+
+def registered_ops() -> list[str]:
+    from . import ops  # noqa: F401
+    return sorted(_OPS)
+
+
+# --------------------------------------------------------------------- run time
+class KernelContext:
+    """What a kernel sees: its op's inputs, attributes and where to put outputs.
+
+    Built once per op when a program is prepared; ``env`` is the scope's dict.
+    """
+
+    __slots__ = ("op", "ins", "outs", "attrs", "env", "xp", "rng", "place")
+
+    def __init__(self, op: Operator, xp: Any, rng: np.random.Generator | None, place: Any) -> None:
+        self.op = op
+        self.ins = op.inputs
+        self.outs = op.outputs
+        self.attrs = op.attrs
+        self.env: dict[str, Any] = {}
+        self.xp = xp
+        self.rng = rng
+        self.place = place
+
+    def _get(self, name: str) -> Any:
+        try:
+            return self.env[name]
+        except KeyError:
+            raise NotFoundError(
+                f"op '{self.op.type}' needs variable '{name}', which has no value "
+                f"(not fed, or not initialized: did you run the startup program?)") from None
+
+    def has(self, slot: str) -> bool:
+        names = self.ins.get(slot)
+        return bool(names) and names[0] != EMPTY_VAR
+
+    def x(self, slot: str) -> Any:
+        """First input of ``slot`` as an array (LoD stripped), or None if the slot is empty."""
+        names = self.ins.get(slot)
+        if not names or names[0] == EMPTY_VAR:
+            return None
+        v = self._get(names[0])
+        return v.values if v.__class__ is LoDTensor else v
+
+    def xs(self, slot: str) -> list[Any]:
+        out = []
+        for n in self.ins.get(slot, ()):
+            v = self._get(n)
+            out.append(v.values if v.__class__ is LoDTensor else v)
+        return out
+
+    def lod(self, slot: str, i: int = 0) -> list[list[int]] | None:
+        names = self.ins.get(slot)
+        if not names:
+            return None
+        v = self.env.get(names[i])
+        return v._lod if v.__class__ is LoDTensor and v._lod else None
+
+    def raw(self, slot: str, i: int = 0) -> Any:
+        """The input value as stored (LoDTensor / SelectedRows kept)."""
+        return self._get(self.ins[slot][i])
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.attrs.get(name, default)
+
+    def wants(self, slot: str) -> bool:
+        names = self.outs.get(slot)
+        return bool(names) and names[0] != EMPTY_VAR
+
+    def out(self, slot: str, value: Any, lod: list[list[int]] | None = None) -> None:
+        names = self.outs.get(slot)
+        if not names or names[0] == EMPTY_VAR:
+            return
+        self.env[names[0]] = LoDTensor(value, lod) if lod else value
+
+    def outs_list(self, slot: str, values: list[Any], lods: list | None = None) -> None:
+        for i, (n, v) in enumerate(zip(self.outs.get(slot, ()), values)):
+            if n != EMPTY_VAR:
+                lod = lods[i] if lods else None
+                self.env[n] = LoDTensor(v, lod) if lod else v
+
+    def out_value(self, slot: str) -> Any:
+        """Current value of an output var (for in-place updates such as optimizer accumulators)."""
+        names = self.outs.get(slot)
+        return self.env.get(names[0]) if names else None
+
+
+# ----------------------------------------------------------------- build time
+class ShapeContext:
+    """Shape inference view of one op at build time."""
+
+    def __init__(self, op: Operator) -> None:
+        self.op = op
+        self.block = op.block
+
+    def var(self, slot: str, i: int = 0, out: bool = False) -> Variable:
+        names = (self.op.outputs if out else self.op.inputs).get(slot)
+        if not names or len(names) <= i:
+            raise ShapeError(f"op '{self.op.type}': {'output' if out else 'input'} slot '{slot}' is missing")
+        return self.block.var(names[i])
+
+    def has(self, slot: str) -> bool:
+        names = self.op.inputs.get(slot)
+        return bool(names) and names[0] != EMPTY_VAR
+
+    def vars(self, slot: str) -> list[Variable]:
+        return [self.block.var(n) for n in self.op.inputs.get(slot, [])]
+
+    def shape(self, slot: str, i: int = 0) -> tuple[int, ...]:
+        return self.var(slot, i).shape
+
+    def dtype(self, slot: str, i: int = 0) -> str:
+        return self.var(slot, i).dtype
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.op.attrs.get(name, default)
+
+    def set(self, slot: str, shape: Any, dtype: str | None = None, lod_level: int | None = None,
+            i: int = 0) -> None:
+        names = self.op.outputs.get(slot)
+        if not names or len(names) <= i or names[i] == EMPTY_VAR:
+            return
+        v = self.block.var(names[i])
+        v.shape = tuple(int(d) for d in shape)
+        if dtype is not None:
+            v.dtype = dtype
+        if lod_level is not None:
+            v.lod_level = lod_level
+
+    def share(self, src_slot: str = "X", dst_slot: str = "Out", lod: bool = True) -> None:
+        """Output gets the input's shape, dtype (and lod level)."""
+        v = self.var(src_slot)
+        self.set(dst_slot, v.shape, v.dtype, v.lod_level if lod else 0)
+
+    def fail(self, why: str) -> ShapeError:
+        """An error naming the op and the shapes of its inputs."""
+        desc = []
+        for slot, names in self.op.inputs.items():
+            for n in names:
+                v = self.block._find_var_recursive(n)
+                if v is not None:
+                    desc.append(f"{slot}='{n}' shape={list(v.shape)} dtype={v.dtype}")
+        return ShapeError(f"op '{self.op.type}': {why} (inputs: {'; '.join(desc)})")
+
+
+def infer_shape(op: Operator) -> None:
+    fn = get_op_def(op.type).infer_shape
+    if fn is not None:
+        fn(ShapeContext(op))
+
+
+def same_shape_infer(ctx: ShapeContext) -> None:
+    """Out has X's shape/dtype/lod (activations and other unary maps)."""
+    ctx.share("X", "Out")
+
+
+def is_selected_rows(v: Any) -> bool:
+    return v.__class__ is SelectedRows
