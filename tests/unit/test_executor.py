@@ -1,0 +1,146 @@
+"""Executor.run: feeding, fetching, scopes, the prepared-program cache and error messages."""
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.errors import DTypeError, InvalidArgumentError, NotFoundError, OpError, ShapeError
+
+
+def _mlp():
+    x = layers.data("x", [4])
+    out = layers.fc(x, 3, act="relu")
+    return x, out
+
+
+def test_run_feed_fetch_and_scope_access():
+    x, out = _mlp()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(fk.default_startup_program())
+    xv = np.ones((2, 4), "float32")
+    (o,) = exe.run(feed={"x": xv}, fetch_list=[out])
+    w = np.array(fk.global_scope().find_var("fc_0.w_0").get_tensor())
+    b = np.array(fk.global_scope().find_var("fc_0.b_0").get_tensor())
+    np.testing.assert_allclose(o, np.maximum(xv @ w + b, 0), rtol=1e-6)
+    # writing through get_tensor().set lands in the scope
+    fk.global_scope().find_var("fc_0.b_0").get_tensor().set(np.full(3, 5.0, "float32"), fk.CPUPlace())
+    (o2,) = exe.run(feed={"x": xv}, fetch_list=[out.name])
+    np.testing.assert_allclose(o2, np.maximum(xv @ w + 5.0, 0), rtol=1e-6)
+
+
+def test_explicit_scope_is_separate():
+    x, out = _mlp()
+    exe = fk.Executor(fk.CPUPlace())
+    s = fk.Scope()
+    exe.run(fk.default_startup_program(), scope=s)
+    assert s.find_var("fc_0.w_0") is not None
+    assert fk.global_scope().find_var("fc_0.w_0") is None
+
+
+def test_prepared_program_is_cached_until_program_changes():
+    x, out = _mlp()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(fk.default_startup_program())
+    prog = fk.default_main_program()
+    exe.run(prog, feed={"x": np.ones((1, 4), "float32")}, fetch_list=[out])
+    first = exe._cache[prog._id]
+    exe.run(prog, feed={"x": np.ones((1, 4), "float32")}, fetch_list=[out])
+    assert exe._cache[prog._id] is first
+    y = layers.scale(out, 2.0)
+    (yv,) = exe.run(prog, feed={"x": np.ones((1, 4), "float32")}, fetch_list=[y])
+    assert exe._cache[prog._id] is not first and yv.shape == (1, 3)
+
+
+def test_fixed_seed_is_reproducible():
+    def init_values():
+        main, start = fk.Program(), fk.Program()
+        start.random_seed = 7
+        with fk.program_guard(main, start), fk.unique_name.guard():
+            layers.fc(layers.data("x", [5]), 4)
+        s = fk.Scope()
+        fk.Executor().run(start, scope=s)
+        return s.numpy("fc_0.w_0")
+    np.testing.assert_array_equal(init_values(), init_values())
+
+
+def test_feed_wrong_shape_names_var_and_shapes():
+    _mlp()
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    with pytest.raises(ShapeError, match=r"'x'.*\[-1, 4\].*\[2, 5\]"):
+        exe.run(feed={"x": np.ones((2, 5), "float32")})
+
+
+def test_feed_wrong_dtype_names_var():
+    _mlp()
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    with pytest.raises(DTypeError, match=r"'x' expects dtype float32, got <U1|'x' expects dtype float32"):
+        exe.run(feed={"x": np.array([["a"] * 4])})
+    label = layers.data("label", [1], dtype="int64")
+    with pytest.raises(DTypeError, match=r"'label' expects dtype int64, got float32"):
+        exe.run(feed={"x": np.ones((1, 4), "float32"), "label": np.ones((1, 1), "float32")},
+                fetch_list=[label])
+    # same-kind precision changes are converted, not rejected
+    exe.run(feed={"x": np.ones((1, 4), "float64")})
+
+
+def test_fetch_unknown_and_feed_unknown():
+    _mlp()
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    with pytest.raises(NotFoundError, match="'nope'"):
+        exe.run(feed={"x": np.ones((1, 4), "float32")}, fetch_list=["nope"])
+    with pytest.raises(NotFoundError, match="'ghost'"):
+        exe.run(feed={"ghost": np.ones(1)})
+
+
+def test_missing_feed_names_the_var():
+    _, out = _mlp()
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    with pytest.raises(NotFoundError, match=r"'x'.*(not fed|startup)"):
+        exe.run(fetch_list=[out])
+
+
+def test_lod_feed_forms_and_bad_lod():
+    ids = layers.data("ids", [1], dtype="int64", lod_level=1)
+    y = layers.scale(layers.cast(ids, "float32") if hasattr(layers, "cast") else ids, 1.0)
+    exe = fk.Executor()
+    vals = np.arange(5, dtype="int64").reshape(5, 1)
+    t = fk.create_lod_tensor(vals, [[2, 3]], fk.CPUPlace())
+    assert t.lod() == [[0, 2, 5]] and t.recursive_sequence_lengths() == [[2, 3]]
+    (out,) = exe.run(feed={"ids": t}, fetch_list=[y], return_numpy=False)
+    assert out.lod() == [[0, 2, 5]]
+    (out,) = exe.run(feed={"ids": (vals, [2, 3])}, fetch_list=[y], return_numpy=False)
+    assert out.lod() == [[0, 2, 5]]
+    with pytest.raises(InvalidArgumentError, match=r"\[\[0, 2, 4\]\] of variable 'ids'.*ends at 4 but the tensor has 5 rows"):
+        exe.run(feed={"ids": fk.LoDTensor(vals, [[0, 2, 4]])}, fetch_list=[y])
+    with pytest.raises(InvalidArgumentError, match="do not match data with 5 rows"):
+        fk.create_lod_tensor(vals, [[2, 2]], fk.CPUPlace())
+    with pytest.raises(InvalidArgumentError, match="lod_level 1"):
+        exe.run(feed={"ids": vals}, fetch_list=[y])
+
+
+def test_kernel_failure_names_op():
+    x = layers.data("x", [-1], append_batch_size=False)
+    y = layers.data("y", [-1], append_batch_size=False)
+    z = layers.elementwise_add(x, y)
+    with pytest.raises(OpError, match=r"(?s)elementwise_add.*x\[3\].*y\[2\]"):
+        fk.Executor().run(feed={"x": np.ones(3, "float32"), "y": np.ones(3, "float32")[:2]},
+                          fetch_list=[z])
+
+
+@pytest.mark.gpu
+def test_cuda_place_matches_cpu():
+    x, out = _mlp()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(fk.default_startup_program())
+    xv = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    (cpu,) = exe.run(feed={"x": xv}, fetch_list=[out])
+    gpu_scope = fk.Scope()
+    gexe = fk.Executor(fk.CUDAPlace(0))
+    for p in fk.default_main_program().all_parameters():
+        gpu_scope.set(p.name, fk.CUDAPlace(0).to_device(fk.global_scope().numpy(p.name)))
+    (gpu,) = gexe.run(feed={"x": xv}, fetch_list=[out], scope=gpu_scope)
+    np.testing.assert_allclose(cpu, gpu, rtol=1e-5, atol=1e-6)
