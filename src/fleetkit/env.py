@@ -1,0 +1,127 @@
+"""Every environment variable fleetkit reads, parsed once into frozen dataclasses.
+
+The launcher and the Kubernetes operator talk to training processes only through
+these variables (Paddle's names).  ``load_role`` reports every missing or bad
+variable in one error, quoting names and values.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import ConfigError
+
+TRAINING_ROLE = "TRAINING_ROLE"
+PADDLE_TRAINING_ROLE = "PADDLE_TRAINING_ROLE"
+PADDLE_TRAINER_ID = "PADDLE_TRAINER_ID"
+PADDLE_TRAINERS_NUM = "PADDLE_TRAINERS_NUM"
+PADDLE_TRAINER_ENDPOINTS = "PADDLE_TRAINER_ENDPOINTS"
+PADDLE_CURRENT_ENDPOINT = "PADDLE_CURRENT_ENDPOINT"
+PADDLE_PSERVERS_IP_PORT_LIST = "PADDLE_PSERVERS_IP_PORT_LIST"
+POD_IP = "POD_IP"
+PADDLE_PORT = "PADDLE_PORT"
+FLEETKIT_AUTH_TOKEN = "FLEETKIT_AUTH_TOKEN"
+
+ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
+
+
+@dataclass(frozen=True)
+class RoleInfo:
+    """Who this process is in the job."""
+
+    role: str                                   #: TRAINER or PSERVER
+    trainer_id: int                             #: index among trainers (-1 for a pserver)
+    trainers_num: int
+    pserver_endpoints: tuple[str, ...] = ()
+    trainer_endpoints: tuple[str, ...] = ()
+    current_endpoint: str = ""
+    server_index: int = -1                      #: index among pservers (-1 for a trainer)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+def _endpoints(raw: str) -> tuple[str, ...]:
+    return tuple(e.strip() for e in raw.split(",") if e.strip())
+
+
+def _bad_endpoints(eps: tuple[str, ...]) -> list[str]:
+    bad = []
+    for e in eps:
+        host, _, port = e.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            bad.append(e)
+    return bad
+
+
+def _int(env: Mapping[str, str], name: str, problems: list[str], default: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            problems.append(f"{name} is not set")
+            return -1
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not an integer")
+        return -1
+
+
+def load_role(env: Mapping[str, str] | None = None, is_collective: bool = False) -> RoleInfo:
+    """Parse the PaddleCloud env contract (PS mode, or collective mode)."""
+    env = os.environ if env is None else env
+    return _load_collective(env) if is_collective else _load_ps(env)
+
+
+def _load_ps(env: Mapping[str, str]) -> RoleInfo:
+    problems: list[str] = []
+    role = (env.get(TRAINING_ROLE) or env.get(PADDLE_TRAINING_ROLE) or "").upper()
+    if role not in (ROLE_TRAINER, ROLE_PSERVER):
+        problems.append(f"{TRAINING_ROLE}={env.get(TRAINING_ROLE)!r} must be TRAINER or PSERVER")
+    pservers = _endpoints(env.get(PADDLE_PSERVERS_IP_PORT_LIST, ""))
+    if not pservers:
+        problems.append(f"{PADDLE_PSERVERS_IP_PORT_LIST} is not set (expected 'ip:port,ip:port')")
+    elif _bad_endpoints(pservers):
+        problems.append(f"{PADDLE_PSERVERS_IP_PORT_LIST} has malformed endpoints {_bad_endpoints(pservers)}")
+    trainers = _int(env, PADDLE_TRAINERS_NUM, problems)
+    if trainers == 0 or trainers < -1:
+        problems.append(f"{PADDLE_TRAINERS_NUM}={trainers} must be >= 1")
+    trainer_id, server_index, current = -1, -1, ""
+    if role == ROLE_TRAINER:
+        trainer_id = _int(env, PADDLE_TRAINER_ID, problems)
+        if trainers > 0 and not 0 <= trainer_id < trainers:
+            problems.append(f"{PADDLE_TRAINER_ID}={trainer_id} is outside [0, {PADDLE_TRAINERS_NUM}={trainers})")
+    elif role == ROLE_PSERVER:
+        ip, port = env.get(POD_IP, ""), env.get(PADDLE_PORT, "")
+        if not ip:
+            problems.append(f"{POD_IP} is not set (needed by a PSERVER)")
+        if not port:
+            problems.append(f"{PADDLE_PORT} is not set (needed by a PSERVER)")
+        current = f"{ip}:{port}"
+        if ip and port and pservers and current not in pservers:
+            problems.append(f"this pserver's {POD_IP}:{PADDLE_PORT}={current} is not in "
+                            f"{PADDLE_PSERVERS_IP_PORT_LIST}={','.join(pservers)}")
+        elif ip and port and pservers:
+            server_index = pservers.index(current)
+    if problems:
+        raise ConfigError("bad parameter-server environment: " + "; ".join(problems))
+    return RoleInfo(role, trainer_id, trainers, pservers, (), current, server_index)
+
+
+def _load_collective(env: Mapping[str, str]) -> RoleInfo:
+    problems: list[str] = []
+    role = (env.get(PADDLE_TRAINING_ROLE) or env.get(TRAINING_ROLE) or ROLE_TRAINER).upper()
+    if role != ROLE_TRAINER:
+        problems.append(f"{PADDLE_TRAINING_ROLE}={role!r} must be TRAINER in collective mode")
+    eps = _endpoints(env.get(PADDLE_TRAINER_ENDPOINTS, ""))
+    if not eps:
+        problems.append(f"{PADDLE_TRAINER_ENDPOINTS} is not set (expected 'ip:port,ip:port')")
+    elif _bad_endpoints(eps):
+        problems.append(f"{PADDLE_TRAINER_ENDPOINTS} has malformed endpoints {_bad_endpoints(eps)}")
+    tid = _int(env, PADDLE_TRAINER_ID, problems, default=0)
+    if eps and not 0 <= tid < len(eps):
+        problems.append(f"{PADDLE_TRAINER_ID}={tid} is outside the {len(eps)} trainer endpoints")
+    current = env.get(PADDLE_CURRENT_ENDPOINT) or (eps[tid] if eps and 0 <= tid < len(eps) else "")
+    if problems:
+        raise ConfigError("bad collective environment: " + "; ".join(problems))
+    return RoleInfo(ROLE_TRAINER, tid, len(eps), (), eps, current)
