@@ -1,0 +1,58 @@
+"""The ``fleetkit`` command line.
+
+    fleetkit check          verify the installation (exit 0 when it works, 1 otherwise)
+
+Each subcommand is a function that adds its parser to the subparsers and sets
+``func`` (called with the parsed args, returns the exit code); new subcommands
+(``launch`` ...) add themselves to ``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable, Sequence
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser("check", help="verify the installation",
+                       description="Build, differentiate and update a tiny model (on the GPU when one "
+                                   "is visible), compare with numpy, and round-trip it through the "
+                                   "model formats. Exits 0 on success, 1 on failure.")
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .install_check import run_check
+    try:
+        run_check()
+    except Exception:  # run_check has already printed what is broken
+        return 1
+    return 0
+
+
+#: subcommand builders, in help order: ``add(subparsers)`` adds one subcommand
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand of ``SUBCOMMANDS``."""
+    from . import __version__
+    parser = argparse.ArgumentParser(prog="fleetkit", description="fleetkit: distributed training for "
+                                     "static-graph models with Paddle 1.4 fluid names.")
+    parser.add_argument("--version", action="version", version=f"fleetkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fleetkit`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

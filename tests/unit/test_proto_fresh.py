@@ -1,0 +1,51 @@
+"""The committed protobuf modules are what scripts/gen_proto.sh generates from the .proto files,
+and pyproject.toml requires a protobuf runtime new enough for that generated code."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTO_DIR = ROOT / "src" / "fleetkit" / "proto"
+GENERATED = re.compile(r".*_pb2(_grpc)?\.pyi?$")
+
+
+def _generated(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in d.iterdir() if GENERATED.match(p.name)}
+
+
+def test_committed_generated_modules_are_fresh(tmp_path):
+    pytest.importorskip("grpc_tools", reason="grpcio-tools is in the 'test' extra")
+    env = {**os.environ, "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "gen_proto.sh"), str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    fresh = _generated(tmp_path / "fleetkit" / "proto")
+    committed = _generated(PROTO_DIR)
+    assert fresh, "gen_proto.sh generated nothing"
+    assert sorted(committed) == sorted(fresh), "generated files differ: run scripts/gen_proto.sh"
+    stale = [name for name in fresh if fresh[name] != committed[name]]
+    assert not stale, f"stale generated files {stale}: run scripts/gen_proto.sh and commit the result"
+
+
+def test_pyproject_requires_the_gencode_protobuf_version():
+    header = (PROTO_DIR / "framework_pb2.py").read_text()
+    gencode = re.search(r"# Protobuf Python Version: (\d+)\.(\d+)\.(\d+)", header)
+    assert gencode, "no version header in framework_pb2.py"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    req = re.search(r'"protobuf>=(\d+)\.(\d+)(?:\.(\d+))?', pyproject)
+    assert req, "pyproject.toml does not pin a protobuf lower bound"
+    lower = tuple(int(x or 0) for x in req.groups())
+    assert lower >= tuple(map(int, gencode.groups())), (
+        f"generated code needs protobuf>={'.'.join(gencode.groups())}, pyproject allows {lower}")
+
+
+def test_generated_modules_import_with_the_installed_runtime():
+    from fleetkit.proto import framework_pb2
+
+    desc = framework_pb2.ProgramDesc(version=1)
+    desc.blocks.add(idx=0, parent_idx=-1)
+    assert framework_pb2.ProgramDesc.FromString(desc.SerializeToString()) == desc
