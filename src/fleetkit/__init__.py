@@ -8,6 +8,7 @@ import sys as _sys
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
+from . import install_check  # noqa: F401  (fk.install_check.run_check(), as in fluid)
 from .errors import FleetkitError
 
 __version__ = "0.1.0"
