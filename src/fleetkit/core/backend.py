@@ -55,6 +55,15 @@ def get_array_module(*arrays: Any) -> ModuleType:
     return np
 
 
+def scatter_add(out: Any, index: Any, values: Any) -> None:
+    """``out[index] += values`` with repeated indices accumulated (numpy ``add.at`` / cupyx)."""
+    if isinstance(out, np.ndarray):
+        np.add.at(out, np.asarray(index), values)
+    else:
+        import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
+        cupyx.scatter_add(out, require_cupy().asarray(index), values)
+
+
 def to_numpy(a: Any) -> np.ndarray:
     if _cupy is not None and isinstance(a, _cupy.ndarray):
         return _cupy.asnumpy(a)

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError
-from .backend import to_numpy
+from .backend import get_array_module, scatter_add, to_numpy
 
 
 def lengths_to_offsets(lengths: Sequence[int]) -> list[int]:
@@ -95,11 +95,9 @@ class SelectedRows:
         self.height = int(height)
 
     def to_dense(self) -> Any:
-        from .backend import get_array_module
         xp = get_array_module(self.values)
         out = xp.zeros((self.height,) + tuple(self.values.shape[1:]), dtype=self.values.dtype)
-        xp.add.at(out, xp.asarray(self.rows), self.values) if xp is np else out.scatter_add(
-            xp.asarray(self.rows), self.values)
+        scatter_add(out, self.rows, self.values)
         return out
 
     def merged(self) -> "SelectedRows":
@@ -107,13 +105,9 @@ class SelectedRows:
         uniq, inv = np.unique(self.rows, return_inverse=True)
         if len(uniq) == len(self.rows) and np.all(uniq == self.rows):
             return self
-        from .backend import get_array_module
         xp = get_array_module(self.values)
         vals = xp.zeros((len(uniq),) + tuple(self.values.shape[1:]), dtype=self.values.dtype)
-        if xp is np:
-            np.add.at(vals, inv, self.values)
-        else:
-            vals.scatter_add(xp.asarray(inv), self.values)
+        scatter_add(vals, inv, self.values)
         return SelectedRows(uniq, vals, self.height)
 
     # fluid-compatible accessors

@@ -13,17 +13,14 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidArgumentError
-from ..backend import to_numpy
+from ..backend import scatter_add, to_numpy
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
 from ..scope import SelectedRows
 
 
 def scatter_add_rows(xp: Any, out: Any, rows: Any, values: Any) -> None:
     """out[rows[i]] += values[i], duplicates accumulated (in place)."""
-    if xp is np:
-        np.add.at(out, rows, values)
-    else:
-        out.scatter_add(xp.asarray(rows), values)
+    scatter_add(out, rows, values)
 
 
 # ------------------------------------------------------------- lookup_table
