@@ -104,10 +104,16 @@ class Executor:
         if isinstance(v, SelectedRows):
             return to_numpy(v.to_dense()) if return_numpy else v
         if isinstance(v, LoDTensor):
-            return to_numpy(v.values) if return_numpy else LoDTensor(to_numpy(v.values), v._lod)
-        return to_numpy(v) if return_numpy else LoDTensor(to_numpy(v))
+            return _host_copy(v.values) if return_numpy else LoDTensor(_host_copy(v.values), v._lod)
+        return _host_copy(v) if return_numpy else LoDTensor(_host_copy(v))
 
     # train_from_dataset / infer_from_dataset live in trainer.py (data pipeline issue)
+
+
+def _host_copy(a: Any) -> np.ndarray:
+    """A host array that does not alias the scope's (optimizers update parameters in place)."""
+    h = to_numpy(a)
+    return h.copy() if h is a else h
 
 
 def _fetch_name(block: Any, f: Any) -> str:
