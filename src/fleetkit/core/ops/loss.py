@@ -51,14 +51,16 @@ def _hard_labels(ctx: KernelContext, label: Any, rows: int, classes: int, ignore
             f"with {rows} rows")
     lab = label.reshape(-1).astype(np.int64, copy=False)
     valid = lab != ignore
-    if lab.size:
+    # two reductions rule out bad labels in the common case; the detailed scan only on failure
+    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= classes):
         bad = valid & ((lab < 0) | (lab >= classes))
         if bool(bad.any()):
             first = int(lab[xp.argmax(bad)])
             raise InvalidArgumentError(
                 f"op '{ctx.op.type}': label '{_label_name(ctx, 'Label')}' holds class {first}, outside "
                 f"[0, {classes}) (ignore_index={ignore})")
-    return xp.where(valid, lab, 0), valid
+        return xp.where(valid, lab, 0), valid
+    return lab, valid  # every label is in range: no ignored row to remap
 
 
 def _check_soft(ctx: KernelContext, label: Any, x: Any, x_slot: str) -> None:
@@ -131,8 +133,9 @@ def cross_entropy(ctx: KernelContext) -> None:
         y = -(label.reshape(-1, d) * _safe_log(xp, x2)).sum(axis=1, keepdims=True)
     else:
         lab, valid = _hard_labels(ctx, label, x2.shape[0], d, ctx.attrs["ignore_index"], "X")
-        picked = xp.take_along_axis(x2, lab[:, None], axis=1)
-        y = xp.where(valid[:, None], -_safe_log(xp, picked), 0)
+        y = -_safe_log(xp, x2[xp.arange(x2.shape[0]), lab])[:, None]
+        if not bool(valid.all()):
+            y = xp.where(valid[:, None], y, 0)
     ctx.out("Y", y.astype(x.dtype, copy=False).reshape(x.shape[:-1] + (1,)), ctx.lod("X"))
 
 
@@ -142,15 +145,19 @@ def cross_entropy_grad(ctx: KernelContext) -> None:
         return
     xp, x, label = ctx.xp, ctx.x("X"), ctx.x("Label")
     d = x.shape[-1]
-    x2 = xp.maximum(x.reshape(-1, d), np.finfo(x.dtype).tiny)
+    tiny = np.finfo(x.dtype).tiny
     g = ctx.x("Y@GRAD").reshape(-1, 1)
     if ctx.attrs["soft_label"]:
-        dx = -g * label.reshape(-1, d) / x2
+        dx = -g * label.reshape(-1, d) / xp.maximum(x.reshape(-1, d), tiny)
     else:
-        lab, valid = _hard_labels(ctx, label, x2.shape[0], d, ctx.attrs["ignore_index"], "X")
+        # the forward op already validated these labels; only the picked entries matter
+        x2 = x.reshape(-1, d)
+        lab = label.reshape(-1).astype(np.int64, copy=False)
+        valid = lab != ctx.attrs["ignore_index"]
+        lab = xp.where(valid, lab, 0)
         rows = xp.arange(x2.shape[0])
         dx = xp.zeros_like(x2)
-        dx[rows, lab] = xp.where(valid, -g[:, 0] / x2[rows, lab], 0)
+        dx[rows, lab] = xp.where(valid, -g[:, 0] / xp.maximum(x2[rows, lab], tiny), 0)
     ctx.out("X@GRAD", dx.astype(x.dtype, copy=False).reshape(x.shape), ctx.lod("X"))
 
 
