@@ -144,3 +144,17 @@ def test_cuda_place_matches_cpu():
         gpu_scope.set(p.name, fk.CUDAPlace(0).to_device(fk.global_scope().numpy(p.name)))
     (gpu,) = gexe.run(feed={"x": xv}, fetch_list=[out], scope=gpu_scope)
     np.testing.assert_allclose(cpu, gpu, rtol=1e-5, atol=1e-6)
+
+
+def test_run_block_runs_a_sub_block():
+    prog = fk.Program()
+    blk = prog.blocks
+    from fleetkit.core.framework import Block
+    prog.blocks.append(Block(prog, 1, parent_idx=0))
+    b1 = prog.block(1)
+    b1.create_var(name="v", shape=[2], dtype="float32")
+    b1.append_op("fill_constant", {}, {"Out": ["v"]}, {"shape": [2], "value": 3.0, "dtype": "float32"})
+    s = fk.Scope()
+    fk.Executor().run_block(prog, 1, s)
+    np.testing.assert_array_equal(s.numpy("v"), [3.0, 3.0])
+    assert len(blk) == 2

@@ -20,11 +20,11 @@ from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, leng
 class _Prepared:
     __slots__ = ("steps", "ctxs", "version")
 
-    def __init__(self, program: Program, place: Place) -> None:
+    def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
         self.version = program._version
         self.steps: list[tuple[Any, KernelContext]] = []
         xp = place.xp
-        for idx, op in enumerate(program.global_block().ops):
+        for idx, op in enumerate(program.block(block_idx).ops):
             opdef = get_op_def(op.type)
             rng = _op_rng(program, op, idx) if opdef.random else None
             self.steps.append((opdef.forward, KernelContext(op, xp, rng, place)))
@@ -49,13 +49,26 @@ class Executor:
     def close(self) -> None:
         self._cache.clear()
 
-    def _prepare(self, program: Program, use_cache: bool) -> _Prepared:
-        p = self._cache.get(program._id) if use_cache else None
+    def _prepare(self, program: Program, use_cache: bool, block_idx: int = 0) -> _Prepared:
+        key = program._id if block_idx == 0 else (program._id, block_idx)
+        p = self._cache.get(key) if use_cache else None
         if p is None or p.version != program._version:
-            p = _Prepared(program, self.place)
+            p = _Prepared(program, self.place, block_idx)
             if use_cache:
-                self._cache[program._id] = p
+                self._cache[key] = p
         return p
+
+    def run_block(self, program: Program, block_idx: int, scope: Scope | None = None) -> None:
+        """Run the ops of one block of ``program`` against ``scope`` (no feed/fetch).
+
+        Parameter servers use this for their optimize blocks.
+        """
+        scope = global_scope() if scope is None else scope
+        prepared = self._prepare(program, True, block_idx)
+        env = scope._vars
+        for ctx in prepared.ctxs:
+            ctx.env = env
+        self._run_steps(prepared.steps)
 
     def run(self, program: Program | None = None, feed: dict | None = None,
             fetch_list: Sequence[Any] | None = None, feed_var_name: str = "feed",
