@@ -148,13 +148,10 @@ def test_cuda_place_matches_cpu():
 
 def test_run_block_runs_a_sub_block():
     prog = fk.Program()
-    blk = prog.blocks
-    from fleetkit.core.framework import Block
-    prog.blocks.append(Block(prog, 1, parent_idx=0))
-    b1 = prog.block(1)
+    b1 = prog._create_block()
     b1.create_var(name="v", shape=[2], dtype="float32")
     b1.append_op("fill_constant", {}, {"Out": ["v"]}, {"shape": [2], "value": 3.0, "dtype": "float32"})
     s = fk.Scope()
     fk.Executor().run_block(prog, 1, s)
     np.testing.assert_array_equal(s.numpy("v"), [3.0, 3.0])
-    assert len(blk) == 2
+    assert prog.num_blocks == 2 and b1.idx == 1

@@ -304,6 +304,13 @@ class Program:
     def current_block(self) -> Block:
         return self.blocks[0]
 
+    def _create_block(self, parent_idx: int = 0) -> Block:
+        """Append an empty block (e.g. a pserver optimize block) and return it."""
+        b = Block(self, len(self.blocks), parent_idx)
+        self.blocks.append(b)
+        self._bump()
+        return b
+
     @property
     def num_blocks(self) -> int:
         return len(self.blocks)
