@@ -29,8 +29,5 @@ def test_fixed_seeds_give_identical_losses(digits):
 
 
 def test_conv_net_reaches_97_percent(digits):
-    from fleetkit.core.registry import registered_ops
-    if "conv2d" not in registered_ops():  # TEMPORARY until the conv ops land in this session
-        pytest.skip("conv2d not registered yet")
     losses, acc = digits.train("conv", epochs=15, verbose=False)
     assert acc >= 0.97, f"conv net test accuracy {acc:.4f} < 0.97"
