@@ -49,3 +49,38 @@ class ConfigError(PermanentError, ValueError):
 
 class GPUUnavailableError(PermanentError, RuntimeError):
     """A CUDA place was requested but cupy or a device is missing."""
+
+
+# --- collectives (fleetkit.collective) ---------------------------------------
+
+
+class CollectiveError(FleetkitError, RuntimeError):
+    """A collective operation (all-reduce, broadcast, ...) failed."""
+
+
+class CollectiveTimeoutError(CollectiveError, RetryableError, TimeoutError):
+    """A collective, a rendezvous or a wait did not finish within its timeout.
+
+    The message names the peer that was being waited for, when it is known.
+    """
+
+
+class PeerFailedError(CollectiveError, RetryableError, ConnectionError):
+    """Another rank of the group died, closed its backend or aborted.
+
+    Attributes:
+        rank: the rank that failed (None when unknown).
+        endpoint: its ``host:port`` (None when unknown).
+    """
+
+    def __init__(self, message: str, rank: int | None = None, endpoint: str | None = None):
+        super().__init__(message)
+        self.rank = rank
+        self.endpoint = endpoint
+
+
+class CollectiveMismatchError(CollectiveError, PermanentError, ValueError):
+    """Ranks called a collective with different shapes, dtypes, ops or order.
+
+    Raised on every rank; the message names the ranks and both sides' values.
+    """

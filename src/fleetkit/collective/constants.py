@@ -1,0 +1,53 @@
+"""Defaults of the collective subsystem, in one place.
+
+Every blocking call takes a timeout; the value used when a caller passes None
+comes from here.  ``FLEETKIT_COLLECTIVE_TIMEOUT`` (seconds) overrides the
+default for a whole job without code changes (e.g. a short value in tests).
+"""
+from __future__ import annotations
+
+import os
+
+from ..errors import ConfigError
+
+#: Environment variable overriding DEFAULT_TIMEOUT_S (seconds, > 0).
+TIMEOUT_ENV = "FLEETKIT_COLLECTIVE_TIMEOUT"
+#: Default timeout of one collective, a rendezvous or a store wait (seconds).
+DEFAULT_TIMEOUT_S = 300.0
+#: Extra time a blocking call waits for the op thread after the op's own
+#: deadline, so that the op reports its own (more precise) timeout first.
+WAIT_GRACE_S = 5.0
+#: After a broken connection, how long to wait for the control channel to say
+#: which rank really failed (a neighbour that aborted vs. the rank that died).
+FAILURE_ATTRIBUTION_S = 1.0
+
+#: Paddle's launcher variables used for rendezvous.
+TRAINER_ENDPOINTS_ENV = "PADDLE_TRAINER_ENDPOINTS"
+TRAINER_ID_ENV = "PADDLE_TRAINER_ID"
+TRAINERS_NUM_ENV = "PADDLE_TRAINERS_NUM"
+
+#: Reduction operators every backend supports.
+REDUCE_OPS = ("sum", "max", "min", "prod")
+
+#: Ring algorithms move data in pieces of this many bytes, so that sending
+#: piece i+1 overlaps receiving and reducing piece i (and the last ring step
+#: starts before the first one ends).
+DEFAULT_CHUNK_BYTES = 1 << 20
+
+#: Arrays with more dimensions than this cannot be described in the fixed-size
+#: header that ranks exchange before each collective.
+MAX_NDIM = 16
+
+
+def default_timeout() -> float:
+    """The default collective timeout: $FLEETKIT_COLLECTIVE_TIMEOUT or 300 s."""
+    raw = os.environ.get(TIMEOUT_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
+    return value
