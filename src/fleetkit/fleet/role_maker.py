@@ -32,6 +32,10 @@ class RoleMakerBase:
         if not self._role_is_generated:
             self.generate_role()
 
+    def is_collective(self) -> bool:
+        """True for all-reduce jobs (every process a worker); picks fleet's collective mode."""
+        return bool(getattr(self, "_is_collective", False))
+
     def is_worker(self) -> bool:
         self._check()
         return self._role == Role.WORKER
@@ -132,6 +136,8 @@ class UserDefinedCollectiveRoleMaker(RoleMakerBase):
                 f"UserDefinedCollectiveRoleMaker: current_id {current_id} outside {self._worker_endpoints}")
         self._role, self._current_id = Role.WORKER, current_id
         self._current_endpoint = self._worker_endpoints[current_id]
+        self._worker_num = len(self._worker_endpoints)
+        self._is_collective = True
         self._role_is_generated = True
 
 
