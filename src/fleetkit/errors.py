@@ -84,3 +84,61 @@ class CollectiveMismatchError(CollectiveError, PermanentError, ValueError):
 
     Raised on every rank; the message names the ranks and both sides' values.
     """
+
+
+# --- parameter-server RPC (fleetkit.pserver) ----------------------------------
+
+
+class RPCError(FleetkitError, RuntimeError):
+    """A call between a trainer and a parameter server failed.
+
+    Attributes:
+        endpoint: the pserver's ``host:port`` (None when unknown).
+        varname: the variable (or table) the call was about (None when unknown).
+        code: the gRPC status code name, e.g. ``"UNAVAILABLE"`` (None when unknown).
+    """
+
+    def __init__(self, message: str, endpoint: str | None = None, varname: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.varname = varname
+        self.code = code
+
+
+class PServerUnavailableError(RPCError, RetryableError, ConnectionError):
+    """The pserver could not be reached (down, restarting, refused) within the retry window."""
+
+
+class RPCDeadlineError(RPCError, RetryableError, TimeoutError):
+    """A call to a pserver did not finish before its deadline."""
+
+
+class ServerNotReadyError(RPCError, RetryableError, TimeoutError):
+    """``wait_server_ready`` gave up: the message names every endpoint that never came up."""
+
+
+class RPCRequestError(RPCError, PermanentError, ValueError):
+    """The pserver rejected a request as malformed: unknown variable, wrong dtype or shape,
+    truncated payload, bad trainer id.  Retrying the same request cannot succeed."""
+
+
+class RPCAuthError(RPCError, PermanentError, PermissionError):
+    """The pserver refused the call: missing or wrong ``FLEETKIT_AUTH_TOKEN`` (UNAUTHENTICATED)."""
+
+
+class BarrierTimeoutError(RPCError, PermanentError, TimeoutError):
+    """A sync-mode round failed because some trainers never reached the barrier in time.
+
+    Attributes:
+        missing_trainers: the trainer ids the round was waiting for.
+    """
+
+    def __init__(self, message: str, endpoint: str | None = None, varname: str | None = None,
+                 code: str | None = None, missing_trainers: tuple[int, ...] = ()):
+        super().__init__(message, endpoint, varname, code)
+        self.missing_trainers = tuple(missing_trainers)
+
+
+class CheckpointError(PermanentError, OSError):
+    """A pserver checkpoint could not be written or read (the message names the file)."""
