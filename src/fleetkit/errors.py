@@ -142,3 +142,8 @@ class BarrierTimeoutError(RPCError, PermanentError, TimeoutError):
 
 class CheckpointError(PermanentError, OSError):
     """A pserver checkpoint could not be written or read (the message names the file)."""
+
+
+class PServerError(RPCError, PermanentError):
+    """The pserver failed while handling a well-formed call (its handler raised); the
+    message carries the pserver's endpoint and its error."""
