@@ -1,0 +1,427 @@
+"""DistributeTranspiler: rewrite a single-process program for parameter-server training.
+
+``transpile`` reads what ``Optimizer.minimize`` left in the program (optimize ops
+carry ``op_role='optimize'`` and ``op_role_var=[param, grad]``), slices every
+parameter into row blocks, assigns the blocks to pservers and builds:
+
+- the trainer program: forward + backward, then one ``send`` (each gradient
+  split into its blocks at run time, every block sent concurrently), and in
+  sync mode ``send_barrier`` / ``recv`` / ``fetch_barrier`` (``recv`` pulls the
+  blocks and concatenates them into the parameter); ``lookup_table`` ops of an
+  ``is_distributed`` table become ``distributed_lookup_table`` (prefetch);
+- the trainer startup: the local init ops minus what the pservers own (the
+  distributed tables, optimizer accumulators), then a ``recv`` of every
+  parameter so all trainers start from the pservers' values;
+- per pserver a main program (``listen_and_serv`` + one optimize block per
+  hosted parameter block, see ``_pserver_program``) and a startup program that
+  initializes only the hosted slices.
+
+Names and rules follow Paddle 1.4 (``<var>.block<i>``, ``min_block_size``,
+RoundRobin / HashName).  Two deliberate differences: HashName uses a stable hash
+(crc32) so every process computes the same placement, and a gradient block is
+always placed with its parameter block (Paddle hashed the two names separately).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..core.framework import (ROLE_LRSCHED, ROLE_OPTIMIZE, ROLE_RPC, Operator, Parameter, Program,
+                              Variable, default_main_program, default_startup_program)
+from ..errors import InvalidArgumentError, NotFoundError
+from ..pserver import ops as _ps_ops  # noqa: F401  (registers send/recv/listen_and_serv kernels)
+from . import _pserver_program as _psp
+
+__all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "RoundRobin", "VarBlock",
+           "slice_variable"]
+
+MIN_BLOCK_SIZE = 8192
+
+# update ops the pserver can run per block (accumulators are reshaped to the block)
+DENSE_OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "adamax", "decayed_adagrad", "rmsprop",
+                    "adadelta", "ftrl", "lars_momentum")
+
+
+# ------------------------------------------------------------------ dispatchers
+class PSDispatcher:
+    """Assigns variable blocks to pserver endpoints."""
+
+    def __init__(self, pserver_endpoints: Sequence[str]) -> None:
+        if not pserver_endpoints:
+            raise InvalidArgumentError(f"{type(self).__name__}: no pserver endpoints given")
+        self._eps = list(pserver_endpoints)
+        self._step = 0
+
+    @property
+    def eps(self) -> list[str]:
+        return list(self._eps)
+
+    def reset(self) -> None:
+        self._step = 0
+
+    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
+        raise NotImplementedError
+
+
+class RoundRobin(PSDispatcher):
+    """Block k goes to endpoint k mod n (in the order given)."""
+
+    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
+        out = []
+        for _ in varlist:
+            out.append(self._eps[self._step % len(self._eps)])
+            self._step += 1
+        return out
+
+
+def stable_hash(name: str) -> int:
+    """crc32 of the UTF-8 name: the same in every process (Python's hash() is salted)."""
+    return zlib.crc32(name.encode("utf-8"))
+
+
+class HashName(PSDispatcher):
+    """Block goes to endpoint stable_hash(block name) mod n."""
+
+    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
+        return [self._eps[stable_hash(_block_name_of(v)) % len(self._eps)] for v in varlist]
+
+
+def _block_name_of(v: Any) -> str:
+    return v.block_name if isinstance(v, VarBlock) else getattr(v, "name", str(v))
+
+
+# ------------------------------------------------------------------ slicing
+@dataclass(frozen=True)
+class VarBlock:
+    """Rows [row_offset, row_offset + rows) of variable ``varname``; ``block_name`` is what
+    the pserver calls it (the variable's own name when it is not split)."""
+
+    varname: str
+    block_id: int
+    row_offset: int
+    rows: int
+    block_name: str
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:  # Paddle's "varname:block_id:size" encoding
+        return f"{self.varname}:{self.block_id}:{self.rows * _row_numel(self.shape)}"
+
+
+def _row_numel(shape: Sequence[int]) -> int:
+    return int(math.prod(shape[1:])) if len(shape) > 1 else 1
+
+
+def slice_variable(var: Variable, slice_count: int, min_block_size: int = MIN_BLOCK_SIZE) -> list[VarBlock]:
+    """Split ``var`` into at most ``slice_count`` row blocks of >= ``min_block_size`` elements.
+
+    Paddle 1.4's rule: split_count = min(slice_count, max(1, numel // min_block_size));
+    block size = ceil(numel / split_count) rounded up to whole rows.
+    """
+    shape = tuple(int(d) for d in var.shape)
+    if not shape or any(d <= 0 for d in shape):
+        raise InvalidArgumentError(f"slice_variable: variable '{var.name}' needs a known positive shape, "
+                                   f"got {list(shape)}")
+    numel = int(math.prod(shape))
+    split_count = min(int(slice_count), max(1, numel // int(min_block_size)))
+    row_numel = _row_numel(shape)
+    block_rows = math.ceil(math.ceil(numel / split_count) / row_numel)
+    split_count = math.ceil(shape[0] / block_rows)
+    blocks = []
+    for i in range(split_count):
+        rows = min(block_rows, shape[0] - i * block_rows)
+        name = var.name if split_count == 1 else f"{var.name}.block{i}"
+        blocks.append(VarBlock(var.name, i, i * block_rows, rows, name, (rows,) + shape[1:]))
+    return blocks
+
+
+# ------------------------------------------------------------------ config
+class DistributeTranspilerConfig:
+    """Settings of the transpiler (class attributes are the defaults, as in fluid 1.4)."""
+
+    slice_var_up: bool = True
+    split_method: type[PSDispatcher] | None = None  # None -> RoundRobin
+    min_block_size: int = MIN_BLOCK_SIZE
+    enable_dc_asgd: bool = False
+    mode: str = "pserver"
+    print_log: bool = False
+    wait_port: bool = True
+    runtime_split_send_recv: bool = True  # always on here: send/recv split and concat at run time
+    sync_mode: bool | None = None  # None: use transpile(sync_mode=...)
+
+    def __init__(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            if not hasattr(type(self), key):
+                raise InvalidArgumentError(f"DistributeTranspilerConfig: unknown setting '{key}'")
+            setattr(self, key, value)
+
+    def _validate(self) -> None:
+        if int(self.min_block_size) < MIN_BLOCK_SIZE:
+            raise InvalidArgumentError(f"DistributeTranspilerConfig: min_block_size must be >= {MIN_BLOCK_SIZE}, "
+                                       f"got {self.min_block_size}")
+        sm = self.split_method or RoundRobin
+        if not (isinstance(sm, type) and issubclass(sm, PSDispatcher)):
+            raise InvalidArgumentError(f"DistributeTranspilerConfig: split_method must be RoundRobin or HashName, "
+                                       f"got {self.split_method!r}")
+        if self.mode != "pserver":
+            raise InvalidArgumentError(f"DistributeTranspilerConfig: mode {self.mode!r} is not supported by the "
+                                       f"parameter-server transpiler (collective jobs use fleet's collective mode)")
+        if self.enable_dc_asgd:
+            raise InvalidArgumentError("DistributeTranspilerConfig: enable_dc_asgd is not supported")
+
+
+# ------------------------------------------------------------------ analysis
+@dataclass
+class ParamPlan:
+    """One dense (pserver-hosted, sliced) parameter: its ops, grad and blocks."""
+
+    param: Parameter
+    grad: str
+    ops: list[Operator]
+    blocks: list[VarBlock]
+    endpoints: list[str]
+
+
+@dataclass
+class TablePlan:
+    """One ``is_distributed`` table: sharded by id % n over every pserver."""
+
+    param: Parameter
+    grad: str
+    update_op: Operator
+
+
+def _parse_endpoints(pservers: str | Sequence[str]) -> list[str]:
+    eps = [e.strip() for e in (pservers.split(",") if isinstance(pservers, str) else pservers) if e.strip()]
+    if not eps:
+        raise InvalidArgumentError(f"transpile: pservers must list 'ip:port' endpoints, got {pservers!r}")
+    for e in eps:
+        host, _, port = e.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidArgumentError(f"transpile: pserver endpoint {e!r} is not 'ip:port'")
+    if len(set(eps)) != len(eps):
+        raise InvalidArgumentError(f"transpile: pserver endpoints repeat: {eps}")
+    return eps
+
+
+def _optimize_ops_by_param(program: Program) -> tuple[dict[str, list[Operator]], list[Operator]]:
+    """{param: its optimize ops (program order)} and the global LR-schedule ops."""
+    by_param: dict[str, list[Operator]] = {}
+    lr_ops: list[Operator] = []
+    for op in program.global_block().ops:
+        if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED):
+            continue
+        rv = op.attr("op_role_var") or []
+        if not rv:
+            if op.role == ROLE_LRSCHED:
+                lr_ops.append(op)
+                continue
+            raise InvalidArgumentError(f"transpile: optimize op '{op.type}' has no op_role_var, so it cannot be "
+                                       f"placed on a pserver: {op}")
+        if len(rv) > 2:
+            raise InvalidArgumentError(
+                f"transpile: op '{op.type}' updates several parameters at once ({rv[0::2]}); ops spanning "
+                f"parameters (e.g. GradientClipByGlobalNorm) cannot run on sliced pserver blocks")
+        by_param.setdefault(rv[0], []).append(op)
+    return by_param, lr_ops
+
+
+def _update_op(param: str, ops: list[Operator]) -> Operator:
+    for op in ops:
+        if op.input("Param") == [param] and op.output("ParamOut") == [param]:
+            return op
+    raise InvalidArgumentError(f"transpile: no update op (sgd, adam, ...) found for parameter '{param}'")
+
+
+def _distributed_tables(program: Program) -> set[str]:
+    return {op.input("W")[0] for op in program.global_block().ops
+            if op.type == "lookup_table" and op.attr("is_distributed")}
+
+
+class DistributeTranspiler:
+    """``DistributeTranspiler(config).transpile(trainer_id, program, pservers, trainers, sync_mode)``."""
+
+    def __init__(self, config: DistributeTranspilerConfig | None = None) -> None:
+        self.config = config or DistributeTranspilerConfig()
+        self._done = False
+
+    # -------------------------------------------------------------- transpile
+    def transpile(self, trainer_id: int, program: Program | None = None,
+                  pservers: str | Sequence[str] = "127.0.0.1:6174", trainers: int = 1, sync_mode: bool = True,
+                  startup_program: Program | None = None, current_endpoint: str = "127.0.0.1:6174") -> None:
+        """Plan the placement of every parameter; programs are built by the get_* calls."""
+        self.config._validate()
+        if isinstance(trainers, bool) or not isinstance(trainers, int) or trainers < 1:
+            raise InvalidArgumentError(f"transpile: trainers must be an int >= 1 in pserver mode, got {trainers!r}")
+        if not isinstance(trainer_id, int) or not 0 <= trainer_id < trainers:
+            raise InvalidArgumentError(f"transpile: trainer_id must be in [0, {trainers}), got {trainer_id!r}")
+        self.origin_program = default_main_program() if program is None else program
+        self.origin_startup = default_startup_program() if startup_program is None else startup_program
+        self.trainer_id, self.trainer_num = trainer_id, trainers
+        self.sync_mode = bool(sync_mode if self.config.sync_mode is None else self.config.sync_mode)
+        self.pserver_endpoints = _parse_endpoints(pservers)
+        self._plan()
+        self._done = True
+        meta = self.origin_program._meta
+        meta.update({"is_distributed": True, "endpoints": list(self.pserver_endpoints),
+                     "is_chief": trainer_id == 0, "distributed_lookup_table": sorted(self.tables)})
+
+    def _plan(self) -> None:
+        block = self.origin_program.global_block()
+        by_param, self.lr_ops = _optimize_ops_by_param(self.origin_program)
+        if not by_param:
+            raise InvalidArgumentError("transpile: the program has no optimize ops; call optimizer.minimize(loss) "
+                                       "before transpiling")
+        table_names = _distributed_tables(self.origin_program)
+        dispatcher = (self.config.split_method or RoundRobin)(self.pserver_endpoints)
+        slice_count = len(self.pserver_endpoints) if self.config.slice_var_up else 1
+        self.params: list[ParamPlan] = []
+        self.tables: dict[str, TablePlan] = {}
+        for pname in sorted(by_param):
+            ops = by_param[pname]
+            param = block.var(pname)
+            grad = ops[0].attr("op_role_var")[1]  # the first op reads the raw gradient
+            if pname in table_names:
+                self.tables[pname] = self._table_plan(param, grad, ops)
+                continue
+            if not getattr(param, "trainable", True):
+                continue
+            upd = _update_op(pname, ops)
+            if upd.type not in DENSE_OPTIMIZERS:
+                raise InvalidArgumentError(f"transpile: optimizer op '{upd.type}' of parameter '{pname}' cannot "
+                                           f"run on a pserver (supported: {', '.join(DENSE_OPTIMIZERS)})")
+            blocks = slice_variable(param, slice_count, self.config.min_block_size)
+            self.params.append(ParamPlan(param, grad, ops, blocks, []))
+        # Param blocks are dispatched in one pass (RoundRobin spreads them over the
+        # pservers); a grad block always goes where its param block is.
+        all_blocks = [b for p in self.params for b in p.blocks]
+        eps = dispatcher.dispatch(all_blocks)
+        i = 0
+        for p in self.params:
+            p.endpoints = eps[i:i + len(p.blocks)]
+            i += len(p.blocks)
+
+    def _table_plan(self, param: Parameter, grad: str, ops: list[Operator]) -> TablePlan:
+        upd = _update_op(param.name, ops)
+        extra = [op for op in ops if op is not upd]
+        if extra:
+            raise InvalidArgumentError(
+                f"transpile: distributed table '{param.name}' has optimize ops {[op.type for op in extra]} besides "
+                f"its update op '{upd.type}'; regularization, clipping and per-parameter learning rates are not "
+                f"supported for is_distributed tables")
+        return TablePlan(param, grad, upd)
+
+    def _check(self) -> None:
+        if not self._done:
+            raise InvalidArgumentError("DistributeTranspiler: call transpile() first")
+
+    # -------------------------------------------------------------- trainer side
+    def get_trainer_program(self, wait_port: bool = True) -> Program:
+        """The trainer's main program (optimize ops replaced by send/recv)."""
+        self._check()
+        prog = self.origin_program.clone()
+        block = prog.global_block()
+        block.ops = [op for op in block.ops if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
+        self._rewrite_lookups(block)
+        eps = self.pserver_endpoints
+        names, epmap, sections, grads, offsets = [], [], [], [], []
+        for p in self.params:
+            grads.append(p.grad)
+            names.append([_grad_block_name(p.grad, b) for b in p.blocks])
+            epmap.append(list(p.endpoints))
+            sections.append([b.rows for b in p.blocks])
+        tables = sorted(self.tables.values(), key=lambda t: t.param.name)
+        for t in tables:
+            grads.append(t.grad)
+            names.append([t.grad] * len(eps))
+            epmap.append(list(eps))
+            sections.append([])  # [] marks "shard rows by id % len(epmap)"
+        common = {"trainer_id": self.trainer_id, "sync_mode": self.sync_mode, "op_role": ROLE_RPC}
+        if grads:
+            block.append_op("send", {"X": grads}, {}, {
+                **common, "epmap": epmap, "send_varnames": names, "sections": sections,
+                "op_role_var": [n for p in self.params for n in (p.param.name, p.grad)] +
+                               [n for t in tables for n in (t.param.name, t.grad)]}, infer=False)
+        if self.sync_mode:
+            block.append_op("send_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
+        self._append_recv(block, with_barrier=True)
+        if self.sync_mode:
+            block.append_op("fetch_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
+        prog._meta.update(self.origin_program._meta)
+        return prog
+
+    def _append_recv(self, block: Any, with_barrier: bool) -> None:
+        if not self.params:
+            return
+        block.append_op("recv", {}, {"Out": [p.param.name for p in self.params]}, {
+            "trainer_id": self.trainer_id, "sync_mode": self.sync_mode, "op_role": ROLE_RPC,
+            "with_barrier": with_barrier,
+            "epmap": [list(p.endpoints) for p in self.params],
+            "recv_varnames": [[b.block_name for b in p.blocks] for p in self.params],
+            "sections": [[b.rows for b in p.blocks] for p in self.params]}, infer=False)
+
+    def _rewrite_lookups(self, block: Any) -> None:
+        """lookup_table (and its grad) of a distributed table -> prefetch from the pservers."""
+        for op in block.ops:
+            if op.type not in ("lookup_table", "lookup_table_grad") or op.input("W")[0] not in self.tables:
+                continue
+            w = self.tables[op.input("W")[0]].param
+            op.type = "distributed_lookup_table" + ("_grad" if op.type.endswith("_grad") else "")
+            op.attrs.update({"epmap": list(self.pserver_endpoints), "table_name": w.name,
+                             "table_height": int(w.shape[0]), "table_dim": int(w.shape[1]),
+                             "trainer_id": self.trainer_id})
+        block.program._bump()
+
+    def get_trainer_startup_program(self) -> Program:
+        """The trainer's startup: local init ops (minus what pservers own), then a pull of
+        every parameter from the pservers so all trainers start identical."""
+        self._check()
+        prog = self.origin_startup.clone()
+        block = prog.global_block()
+        dropped = self._server_only_vars()
+        block.ops = [op for op in block.ops if not (op.output_arg_names and
+                                                    set(op.output_arg_names) <= dropped)]
+        # Without a barrier: a trainer that starts late still gets the values the
+        # pservers started from (a sync round cannot finish until it has sent).
+        self._append_recv(block, with_barrier=False)
+        return prog
+
+    def _server_only_vars(self) -> set[str]:
+        """Vars only the pservers need: distributed tables and every optimize op's state."""
+        kept_ops = [op for op in self.origin_program.global_block().ops
+                    if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
+        used = {n for op in kept_ops for n in op.input_arg_names + op.output_arg_names}
+        out = set(self.tables)
+        for p in self.params:
+            for op in p.ops:
+                out.update(n for n in op.input_arg_names + op.output_arg_names if n != p.param.name)
+        for t in self.tables.values():
+            out.update(t.update_op.input_arg_names + t.update_op.output_arg_names)
+        return {n for n in out if n not in used or n in self.tables}
+
+    # -------------------------------------------------------------- pserver side
+    def get_pserver_program(self, endpoint: str) -> Program:
+        """The main program of the pserver at ``endpoint`` (blocks in listen_and_serv)."""
+        return self.get_pserver_programs(endpoint)[0]
+
+    def get_pserver_programs(self, endpoint: str) -> tuple[Program, Program]:
+        """(main, startup) of the pserver at ``endpoint``."""
+        self._check()
+        if endpoint not in self.pserver_endpoints:
+            raise NotFoundError(f"get_pserver_programs: endpoint {endpoint!r} is not one of the pservers "
+                                f"{self.pserver_endpoints}")
+        main = _psp.build_pserver_program(self, endpoint)
+        return main, _psp.build_pserver_startup(self, endpoint, main)
+
+    def get_startup_program(self, endpoint: str, pserver_program: Program | None = None,
+                            startup_program: Program | None = None) -> Program:
+        """The startup program of the pserver at ``endpoint`` (initializes its slices only)."""
+        self._check()
+        if pserver_program is None:
+            pserver_program = self.get_pserver_program(endpoint)
+        return _psp.build_pserver_startup(self, endpoint, pserver_program)
+
+
+def _grad_block_name(grad: str, b: VarBlock) -> str:
+    return grad if b.block_name == b.varname else f"{grad}.block{b.block_id}"

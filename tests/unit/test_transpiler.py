@@ -1,0 +1,226 @@
+"""DistributeTranspiler: slicing and dispatch rules, the rewritten trainer / pserver
+programs, and the pserver optimize blocks replaying one step of local training."""
+import json
+
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers, optimizer
+from fleetkit.core.framework import ROLE_LRSCHED, ROLE_OPTIMIZE
+from fleetkit.errors import InvalidArgumentError, NotFoundError
+from fleetkit.fleet.transpiler import (DistributeTranspiler, DistributeTranspilerConfig, HashName, RoundRobin,
+                                       slice_variable, stable_hash)
+
+EPS2 = "127.0.0.1:7001,127.0.0.1:7002"
+
+
+def build(opt=None, distributed=False, sparse=True, hidden=128):
+    """ids -> embedding -> pool -> fc(hidden) -> fc(hidden, 128x128 gets split) -> fc(2)."""
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 7
+    with fk.program_guard(main, startup):
+        ids = layers.data("ids", shape=[1], dtype="int64", lod_level=1)
+        x = layers.data("x", shape=[4], dtype="float32")
+        label = layers.data("label", shape=[1], dtype="int64")
+        emb = layers.embedding(ids, size=[50, 8], is_sparse=sparse, is_distributed=distributed,
+                               param_attr=fk.ParamAttr(name="emb"))
+        pooled = layers.sequence_pool(emb, "sum")
+        h = layers.fc(layers.concat([pooled, x], axis=1), hidden, act="relu")
+        h = layers.fc(h, hidden, act="relu")
+        predict = layers.fc(h, 2, act="softmax")
+        loss = layers.mean(layers.cross_entropy(predict, label))
+        (opt or optimizer.SGD(0.1)).minimize(loss)
+    return main, startup, loss
+
+
+def transpile(main, startup, pservers=EPS2, trainers=2, sync=True, trainer_id=0, **cfg):
+    t = DistributeTranspiler(DistributeTranspilerConfig(**cfg))
+    t.transpile(trainer_id, program=main, pservers=pservers, trainers=trainers, sync_mode=sync,
+                startup_program=startup)
+    return t
+
+
+# ------------------------------------------------------------------ slicing rules
+def test_slice_variable_follows_paddle_rule():
+    p = fk.Program()
+    v = p.global_block().create_var(name="w", shape=[128, 128])
+    blocks = slice_variable(v, 2, 8192)
+    assert [(b.block_name, b.rows, b.row_offset) for b in blocks] == [("w.block0", 64, 0), ("w.block1", 64, 64)]
+    assert str(blocks[1]) == "w:1:8192"
+    # too small to split: one block keeps the var's own name
+    small = p.global_block().create_var(name="b", shape=[128])
+    assert [b.block_name for b in slice_variable(small, 4, 8192)] == ["b"]
+    # whole rows: 3 pservers, 100 rows of 300 -> ceil(30000/3)=10000 -> 34 rows
+    odd = p.global_block().create_var(name="o", shape=[100, 300])
+    assert [b.rows for b in slice_variable(odd, 3, 8192)] == [34, 34, 32]
+
+
+def test_dispatchers_roundrobin_and_stable_hash():
+    eps = ["a:1", "b:2", "c:3"]
+    rr = RoundRobin(eps)
+    assert rr.dispatch(["x", "y", "z", "w"]) == ["a:1", "b:2", "c:3", "a:1"]
+    rr.reset()
+    assert rr.dispatch(["x"]) == ["a:1"]
+    hn = HashName(eps)
+    assert hn.dispatch(["fc_0.w_0"]) == [eps[stable_hash("fc_0.w_0") % 3]]
+    assert stable_hash("fc_0.w_0") == stable_hash("fc_0.w_0")  # no per-process salt (crc32)
+
+
+def test_config_validation():
+    with pytest.raises(InvalidArgumentError, match="min_block_size"):
+        transpile(*build()[:2], min_block_size=100)
+    with pytest.raises(InvalidArgumentError, match="unknown setting 'slice_up'"):
+        DistributeTranspilerConfig(slice_up=False)
+    with pytest.raises(InvalidArgumentError, match="'nohost'"):
+        transpile(*build()[:2], pservers="nohost")
+    with pytest.raises(InvalidArgumentError, match="trainer_id"):
+        transpile(*build()[:2], trainer_id=2)
+
+
+# ------------------------------------------------------------------ trainer program
+def test_trainer_program_sync_shape():
+    main, startup, _ = build()
+    t = transpile(main, startup)
+    prog = t.get_trainer_program()
+    types = [op.type for op in prog.global_block().ops]
+    assert not [op for op in prog.global_block().ops if op.role in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
+    assert types[-4:] == ["send", "send_barrier", "recv", "fetch_barrier"]
+    send = prog.global_block().ops[-4]
+    i = send.input("X").index("fc_1.w_0@GRAD")  # the 128x128 weight: two blocks, one per pserver
+    assert send.attr("send_varnames")[i] == ["fc_1.w_0@GRAD.block0", "fc_1.w_0@GRAD.block1"]
+    assert sorted(send.attr("epmap")[i]) == sorted(EPS2.split(","))
+    assert send.attr("sections")[i] == [64, 64]
+    recv = prog.global_block().ops[-2]
+    j = recv.output("Out").index("fc_1.w_0")
+    assert recv.attr("recv_varnames")[j] == ["fc_1.w_0.block0", "fc_1.w_0.block1"]
+    # the original program is untouched
+    assert any(op.type == "sgd" for op in main.global_block().ops)
+
+
+def test_trainer_program_async_has_no_barriers():
+    main, startup, _ = build()
+    prog = transpile(main, startup, sync=False).get_trainer_program()
+    types = [op.type for op in prog.global_block().ops]
+    assert "send_barrier" not in types and "fetch_barrier" not in types
+    assert types[-2:] == ["send", "recv"]
+
+
+def test_trainer_startup_pulls_params_and_drops_server_state():
+    main, startup, _ = build(opt=optimizer.Adam(0.01), distributed=True)
+    t = transpile(main, startup)
+    st = t.get_trainer_startup_program()
+    outs = {n for op in st.global_block().ops for n in op.output_arg_names}
+    assert "emb" not in outs  # the distributed table is never materialized on a trainer
+    assert not [n for n in outs if "moment" in n]  # optimizer state lives on the pservers
+    recv = st.global_block().ops[-1]
+    assert recv.type == "recv" and recv.attr("with_barrier") is False
+    assert "fc_1.w_0" in recv.output("Out") and "emb" not in recv.output("Out")
+
+
+def test_distributed_table_becomes_prefetch():
+    main, startup, _ = build(distributed=True)
+    t = transpile(main, startup)
+    prog = t.get_trainer_program()
+    types = [op.type for op in prog.global_block().ops]
+    assert "lookup_table" not in types and "lookup_table_grad" not in types
+    assert "distributed_lookup_table" in types and "distributed_lookup_table_grad" in types
+    send = [op for op in prog.global_block().ops if op.type == "send"][0]
+    i = send.input("X").index("emb@GRAD")
+    assert send.attr("sections")[i] == [] and send.attr("epmap")[i] == EPS2.split(",")
+    for ep in EPS2.split(","):
+        ls = t.get_pserver_program(ep).global_block().ops[-1]
+        (cfg,) = [json.loads(s) for s in ls.attr("sparse_tables")]
+        assert cfg["name"] == "emb" and cfg["shard_num"] == 2 and cfg["optimizer"] == "sgd"
+        assert cfg["dim"] == 8 and cfg["init"]["type"] in ("uniform_random", "gaussian_random")
+        assert cfg["lr_var"] in t.get_pserver_program(ep).global_block().vars
+
+
+def test_global_norm_clip_is_rejected_with_a_clear_error():
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[4])
+        loss = layers.mean(layers.fc(x, 3))
+        fk.clip.set_gradient_clip(fk.clip.GradientClipByGlobalNorm(1.0))
+        optimizer.SGD(0.1).minimize(loss)
+    with pytest.raises(InvalidArgumentError, match="several parameters"):
+        transpile(main, startup)
+
+
+# ------------------------------------------------------------------ pserver programs
+def test_pserver_programs_split_work_and_empty_pserver():
+    main, startup, _ = build(opt=optimizer.Adam(0.01))
+    eps = ",".join(f"127.0.0.1:{7000 + i}" for i in range(20))  # many more pservers than blocks
+    t = transpile(main, startup, pservers=eps)
+    hosted = []
+    empty = 0
+    for ep in eps.split(","):
+        prog, st = t.get_pserver_programs(ep)
+        ls = prog.global_block().ops[-1]
+        assert ls.type == "listen_and_serv" and ls.attr("endpoint") == ep and ls.attr("Fanin") == 2
+        hosted += ls.attr("param_blocks")
+        if not ls.attr("param_blocks"):
+            empty += 1
+            assert prog.num_blocks == 1 and ls.attr("grad_to_block_id") == []
+        for entry in ls.attr("grad_to_block_id"):
+            g, b = entry.rsplit(":", 1)
+            upd = [op for op in prog.block(int(b)).ops if op.type == "adam"][0]
+            assert upd.input("Grad") == [g]
+        with pytest.raises(NotFoundError):
+            t.get_pserver_program("1.2.3.4:5")
+    assert empty > 0
+    params = {p.name for p in main.all_parameters()}
+    blocks = {h.split(".block")[0] for h in hosted}
+    assert blocks == params and len(hosted) == len(set(hosted))
+
+
+def _pserver_replay(main, startup, t, feed, scope_init):
+    """Run each pserver's startup, load the initial param blocks and the local grads,
+    run its optimize blocks; return the params reassembled from the blocks."""
+    exe = fk.Executor()
+    blocks = {}
+    for ep in t.pserver_endpoints:
+        prog, st = t.get_pserver_programs(ep)
+        scope = fk.Scope()
+        exe.run(st, scope=scope)
+        origin_of = prog._meta["origin_of"]
+        for new, (orig, off, rows, _) in origin_of.items():
+            if orig in scope_init:
+                v = scope_init[orig]
+                scope.set(new, v[off:off + rows] if rows >= 0 else v)
+        ls = prog.global_block().ops[-1]
+        for entry in ls.attr("grad_to_block_id"):
+            g, b = entry.rsplit(":", 1)
+            base = g.split(".block")[0]
+            gv = feed[base]
+            if ".block" in g:  # the grad block covers the rows of its param block
+                _, off, rows, _ = origin_of[base.replace("@GRAD", "") + g[g.index(".block"):]]
+                gv = gv[off:off + rows]
+            scope.set(g, gv)
+            exe.run_block(prog, int(b), scope)
+        for n in ls.attr("param_blocks"):
+            blocks[n] = (origin_of[n], scope.numpy(n))
+    out = {}
+    for n, ((orig, off, rows, _), val) in blocks.items():
+        out.setdefault(orig, []).append((off, val))
+    return {k: np.concatenate([v for _, v in sorted(parts, key=lambda x: x[0])]) for k, parts in out.items()}
+
+
+@pytest.mark.parametrize("opt", [lambda: optimizer.SGD(0.1), lambda: optimizer.Adam(0.01)])
+def test_pserver_blocks_replay_local_step(opt):
+    main, startup, loss = build(opt=opt(), sparse=False)
+    t = transpile(main, startup, trainers=1)
+    exe = fk.Executor()
+    scope = fk.Scope()
+    exe.run(startup, scope=scope)
+    params = [p.name for p in main.all_parameters()]
+    init = {n: scope.numpy(n).copy() for n in params}
+    rng = np.random.default_rng(0)
+    feed = {"ids": fk.create_lod_tensor(rng.integers(0, 50, (10, 1)), [[3, 3, 4]]),
+            "x": rng.normal(size=(3, 4)).astype("float32"), "label": rng.integers(0, 2, (3, 1))}
+    grads = exe.run(main, feed=feed, fetch_list=[n + "@GRAD" for n in params], scope=scope)
+    local = {n: scope.numpy(n) for n in params}
+    replay = _pserver_replay(main, startup, t, {n + "@GRAD": g for n, g in zip(params, grads)}, init)
+    assert set(replay) == set(params)
+    for n in params:
+        np.testing.assert_allclose(replay[n], local[n], rtol=1e-6, atol=1e-7, err_msg=n)
