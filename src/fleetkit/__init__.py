@@ -10,6 +10,7 @@ from .core import __all__ as _core_all
 from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
 from . import install_check  # noqa: F401  (fk.install_check.run_check(), as in fluid)
 from .errors import FleetkitError
+from . import collective  # noqa: F401,E402  (cheap, ~35 ms: registers the c_* ops programs may hold)
 
 __version__ = "0.1.0"
 
