@@ -147,3 +147,28 @@ class CheckpointError(PermanentError, OSError):
 class PServerError(RPCError, PermanentError):
     """The pserver failed while handling a well-formed call (its handler raised); the
     message carries the pserver's endpoint and its error."""
+
+
+# --- data pipeline (fleetkit.dataset) ----------------------------------------
+
+
+class DataFormatError(PermanentError, ValueError):
+    """A line of input data does not follow the MultiSlot format or the slots set.
+
+    Attributes:
+        file: the file (path or URL) the line came from, when known.
+        line: 1-based line number in that file (after the pipe command), when known.
+        reason: what is wrong with it.
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 reason: str | None = None):
+        super().__init__(message)
+        self.file = file
+        self.line = line
+        self.reason = reason
+
+
+class DataReadError(PermanentError, OSError):
+    """Input data could not be read: a missing file, a failing pipe or remote-read
+    command (its stderr tail is in the message), a stalled or broken stream."""
