@@ -24,6 +24,7 @@ from .groups import (all_gather, all_reduce, barrier, broadcast, destroy_group, 
                      get_world_size, init_parallel_env, is_initialized, reduce_scatter, set_group,
                      set_group_factory)
 from . import ops  # noqa: F401,E402  (registers the c_* ops)
+from .dgc import DGCMomentumOptimizer  # noqa: E402  (registers the dgc ops)
 from .store import FileStore, PrefixStore, Store, TCPStore, TCPStoreServer
 
 __all__ = [
@@ -33,5 +34,5 @@ __all__ = [
     "default_timeout", "get_backend", "register_backend",
     "all_gather", "all_reduce", "barrier", "broadcast", "destroy_group", "get_group", "get_rank",
     "get_world_size", "init_parallel_env", "is_initialized", "reduce_scatter", "set_group",
-    "set_group_factory",
+    "set_group_factory", "DGCMomentumOptimizer",
 ]
