@@ -443,3 +443,13 @@ DecayedAdagrad = DecayedAdagradOptimizer
 RMSProp = RMSPropOptimizer
 Adadelta = AdadeltaOptimizer
 Ftrl = FtrlOptimizer
+
+
+def __getattr__(name: str) -> Any:
+    # fluid has DGCMomentumOptimizer in fluid.optimizer, so ported scripts look for it here.  It lives
+    # in fleetkit.collective.dgc because it needs the collective backends, and core must not import
+    # collective at import time (layering: collective builds on core); so it is resolved lazily.
+    if name == "DGCMomentumOptimizer":
+        from ..collective.dgc import DGCMomentumOptimizer
+        return DGCMomentumOptimizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
