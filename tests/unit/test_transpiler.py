@@ -224,3 +224,40 @@ def test_pserver_blocks_replay_local_step(opt):
     assert set(replay) == set(params)
     for n in params:
         np.testing.assert_allclose(replay[n], local[n], rtol=1e-6, atol=1e-7, err_msg=n)
+
+
+# ------------------------------------------------------------------ fleet (PS mode)
+def _fleet_minimize(role, current_id):
+    from fleetkit import fleet
+    from fleetkit.fleet import Role, UserDefinedRoleMaker
+    fleet.init(UserDefinedRoleMaker(current_id=current_id, role=role, worker_num=2,
+                                    server_endpoints=EPS2.split(",")))
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[4])
+        loss = layers.mean(layers.fc(x, 3))
+        fleet.distributed_optimizer(optimizer.SGD(0.1)).minimize(loss)
+    return fleet, main
+
+
+def test_fleet_ps_mode_worker_and_server_programs():
+    from fleetkit.fleet import Role
+    fleet, main = _fleet_minimize(Role.WORKER, 1)
+    assert type(fleet.current()).__name__ == "PSFleet"
+    types = [op.type for op in fleet.main_program.global_block().ops]
+    assert "send" in types and "sgd" not in types
+    assert fleet.startup_program.global_block().ops[-1].type == "recv"
+    assert fleet.main_program.global_block().ops[-1].attr("trainer_id") == 1
+    fleet, _ = _fleet_minimize(Role.SERVER, 1)
+    ls = fleet.main_program.global_block().ops[-1]
+    assert ls.type == "listen_and_serv" and ls.attr("endpoint") == EPS2.split(",")[1]
+    with pytest.raises(InvalidArgumentError, match="on a server"):
+        fleet.init_worker()
+
+
+def test_fleet_rejects_a_collective_strategy():
+    from fleetkit import fleet
+    from fleetkit.fleet import Role, UserDefinedRoleMaker
+    fleet.init(UserDefinedRoleMaker(current_id=0, role=Role.WORKER, worker_num=1, server_endpoints=["a:1"]))
+    with pytest.raises(InvalidArgumentError, match="DistributeTranspilerConfig"):
+        fleet.distributed_optimizer(optimizer.SGD(0.1), strategy=object())

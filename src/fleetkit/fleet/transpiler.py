@@ -373,6 +373,25 @@ class DistributeTranspiler:
                              "trainer_id": self.trainer_id})
         block.program._bump()
 
+    def get_trainer_test_program(self, test_program: Program) -> Program:
+        """A forward-only program (e.g. ``main.clone(for_test=True)`` taken before minimize)
+        that runs on a trainer: it first pulls the dense parameters from the pservers
+        (no barrier) and prefetches the rows of distributed tables."""
+        self._check()
+        prog = test_program.clone(for_test=True)
+        block = prog.global_block()
+        self._rewrite_lookups(block)
+        keep = [p for p in self.params if block._find_var_recursive(p.param.name) is not None]
+        if keep:
+            saved, self.params = self.params, keep
+            try:
+                self._append_recv(block, with_barrier=False)
+            finally:
+                self.params = saved
+            block.ops.insert(0, block.ops.pop())  # pull first, then run the forward pass
+        prog._bump()
+        return prog
+
     def get_trainer_startup_program(self) -> Program:
         """The trainer's startup: local init ops (minus what pservers own), then a pull of
         every parameter from the pservers so all trainers start identical."""
