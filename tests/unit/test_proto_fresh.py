@@ -49,3 +49,22 @@ def test_generated_modules_import_with_the_installed_runtime():
     desc = framework_pb2.ProgramDesc(version=1)
     desc.blocks.add(idx=0, parent_idx=-1)
     assert framework_pb2.ProgramDesc.FromString(desc.SerializeToString()) == desc
+
+
+def test_sendrecv_service_matches_the_runtime_method_paths():
+    """The pserver runtime builds its stubs from method paths by hand (rpc.py); they must be
+    exactly the service the .proto declares, and the Paddle field numbers must hold."""
+    from fleetkit.proto import sendrecv_pb2
+    from fleetkit.pserver import rpc
+
+    svc = sendrecv_pb2.DESCRIPTOR.services_by_name["SendRecvService"]
+    assert svc.full_name == rpc.SERVICE
+    assert sorted(m.name for m in svc.methods) == sorted(rpc.METHODS)
+    for m in svc.methods:
+        void = m.output_type.name == "VoidMessage"
+        assert void == (m.name in rpc.VOID_METHODS), m.name
+    fields = {f.name: f.number for f in sendrecv_pb2.VariableMessage.DESCRIPTOR.fields}
+    paddle = ["varname", "type", "data_type", "dims", "lod_level", "lod", "slr_height", "serialized",
+              "rows", "out_varname", "profile", "trainer_id", "table_name"]
+    assert [fields[n] for n in paddle] == list(range(1, 14))
+    assert all(fields[n] >= 20 for n in ("chunk_index", "chunk_count", "round", "transfer_id"))

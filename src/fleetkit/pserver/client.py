@@ -1,0 +1,300 @@
+"""Trainer-side RPC client for parameter servers.
+
+One :class:`RPCClient` per process (``get_client``), thread-safe, one channel per
+endpoint.  Calls that touch several pservers run concurrently; every call has a
+deadline; UNAVAILABLE is retried with jittered exponential backoff until a total
+retry window passes, so a pserver restart is ridden out.  Failures become fleetkit
+errors (``rpc.map_rpc_error``) naming the endpoint and the variable.
+
+Values returned by ``get_vars``/``prefetch`` are writable numpy arrays (or LoDTensor /
+SelectedRows) owned by the caller.
+"""
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import grpc
+import numpy as np
+
+from ..core.scope import LoDTensor, SelectedRows
+from ..errors import InvalidArgumentError, ServerNotReadyError
+from . import codec, rpc
+
+__all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Client settings (defaults are generous: a sync get waits for the slowest trainer)."""
+
+    deadline_s: float = 600.0          #: per call, includes the server's barrier wait
+    retry_window_s: float = 120.0      #: total time UNAVAILABLE is retried for
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 2.0
+    max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES
+    auth_token: str | None = None      #: None: FLEETKIT_AUTH_TOKEN from the environment
+    tls_ca_path: str | None = None     #: PEM root certificate: use TLS channels
+    tls_server_name: str | None = None  #: override the name checked in the server's certificate
+    max_concurrency: int = 16
+
+
+class RPCClient:
+    """Concurrent, retrying calls to pservers on behalf of one trainer."""
+
+    def __init__(self, trainer_id: int = 0, options: ClientOptions | None = None) -> None:
+        self.trainer_id = int(trainer_id)
+        self.options = options or ClientOptions()
+        token = rpc.auth_token(self.options.auth_token)
+        self._metadata = ((rpc.AUTH_METADATA_KEY, token),) if token else ()
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[tuple[str, str], Callable] = {}
+        self._rounds: dict[str, int] = {}   # endpoint -> batch barriers sent (sync round)
+        self._contacted: list[str] = []
+        self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="fk-rpc")
+
+    # ---------------------------------------------------------------- plumbing
+    def channel(self, endpoint: str) -> grpc.Channel:
+        with self._lock:
+            ch = self._channels.get(endpoint)
+            if ch is None:
+                ch = _make_channel(endpoint, self.options)
+                self._channels[endpoint] = ch
+                self._contacted.append(endpoint)
+            return ch
+
+    def _stub(self, endpoint: str, method: str) -> Callable:
+        key = (endpoint, method)
+        stub = self._stubs.get(key)
+        if stub is None:
+            des = rpc.void_deserialize if method in rpc.VOID_METHODS else rpc.deserialize
+            stub = self.channel(endpoint).unary_unary(rpc.path(method), request_serializer=rpc.serialize,
+                                                      response_deserializer=des)
+            self._stubs[key] = stub
+        return stub
+
+    def _call(self, endpoint: str, method: str, env: codec.Envelope, varname: str | None) -> Any:
+        """One unary call with deadline and retry on UNAVAILABLE within the retry window."""
+        o = self.options
+        give_up = time.monotonic() + o.retry_window_s
+        delay, attempts = o.backoff_initial_s, 0
+        stub = self._stub(endpoint, method)
+        while True:
+            attempts += 1
+            try:
+                return stub(env, timeout=o.deadline_s, metadata=self._metadata)
+            except grpc.RpcError as e:
+                now = time.monotonic()
+                if rpc.is_retryable(e) and now + delay < give_up:
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, o.backoff_max_s)
+                    continue
+                note = (f" (gave up after {attempts} attempts over {o.retry_window_s:.0f} s retry window)"
+                        if rpc.is_retryable(e) else "")
+                raise rpc.map_rpc_error(e, endpoint, varname, method, note) from None
+
+    def _call_value(self, endpoint: str, method: str, env: codec.Envelope, varname: str) -> Any:
+        """A call whose response is a value, fetching the remaining chunks of a big one."""
+        first = self._call(endpoint, method, env, varname)
+        count = first.header.chunk_count
+        if count <= 1:
+            return _owned(codec.decode(first))
+        asm = codec.Reassembler()
+        whole = asm.add(first)
+        for k in range(1, count):
+            req = codec.Envelope(type(env.header)())
+            req.header.CopyFrom(env.header)
+            req.header.chunk_index, req.header.transfer_id = k, first.header.transfer_id
+            whole = asm.add(self._call(endpoint, method, req, varname)) or whole
+        if whole is None:
+            raise InvalidArgumentError(f"{method} '{varname}' from {endpoint}: chunks missing")
+        return codec.decode(whole)   # reassembled buffers are already writable and ours
+
+    def _run_all(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run jobs concurrently; return results in order; raise the first failure
+        (after every job finished, so no call is left running behind the caller)."""
+        if len(jobs) == 1:
+            return [jobs[0]()]
+        futures = [self._pool.submit(j) for j in jobs]
+        errors = [f.exception() for f in futures]
+        first = next((e for e in errors if e is not None), None)
+        if first is not None:
+            raise first
+        return [f.result() for f in futures]
+
+    # ---------------------------------------------------------------- the API
+    def send_vars(self, items: Iterable[tuple[str, str, Any]]) -> None:
+        """Send (endpoint, name, value) triples concurrently (grads; large ones chunked)."""
+        def job(ep: str, name: str, value: Any) -> Callable[[], None]:
+            def run() -> None:
+                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes,
+                                    round=self._rounds.get(ep, 0))
+                for env in envs:
+                    self._call(ep, "SendVariable", env, name)
+            return run
+        self._run_all([job(*it) for it in items])
+
+    def get_vars(self, items: Iterable[tuple[str, str]], barrier: bool = True) -> list[Any]:
+        """Fetch (endpoint, name) pairs concurrently.  ``barrier=True`` (sync training)
+        waits on the pserver until this trainer's round has been applied."""
+        method = "GetVariable" if barrier else "GetVariableNoBarrier"
+
+        def job(ep: str, name: str) -> Callable[[], Any]:
+            wire = name if barrier else name + rpc.WITHOUT_BARRIER_SUFFIX
+            return lambda: self._call_value(ep, method, codec.control(wire, self.trainer_id), name)
+        return self._run_all([job(*it) for it in items])
+
+    def prefetch(self, items: Iterable[tuple[str, str, Any]]) -> list[np.ndarray]:
+        """Rows of (endpoint, table_name, ids) lookups, each [len(ids), dim], concurrently.
+
+        Id lists larger than one message are looked up in several calls (ids are
+        independent), so no request is ever rejected for its size."""
+        per_call = max(1, self.options.max_message_bytes // 8)
+
+        def job(ep: str, table: str, ids: np.ndarray) -> Callable[[], Any]:
+            env = codec.encode(table, ids, self.trainer_id, self.options.max_message_bytes,
+                               table_name=table, out_varname=table)[0]
+            return lambda: self._call_value(ep, "PrefetchVariable", env, table)
+
+        jobs, owner = [], []
+        for i, (ep, table, ids) in enumerate(items):
+            ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+            for lo in range(0, max(len(ids), 1), per_call):
+                jobs.append(job(ep, table, ids[lo:lo + per_call]))
+                owner.append(i)
+        parts = self._run_all(jobs)
+        out: list[list[np.ndarray]] = [[] for _ in range(owner[-1] + 1 if owner else 0)]
+        for i, rows in zip(owner, parts):
+            out[i].append(rows)
+        return [p[0] if len(p) == 1 else np.concatenate(p, axis=0) for p in out]
+
+    def batch_barrier(self, endpoints: Sequence[str]) -> None:
+        """Tell each pserver this trainer sent all grads of its current round."""
+        def job(ep: str) -> Callable[[], None]:
+            def run() -> None:
+                r = self._rounds.get(ep, 0)
+                self._call(ep, "SendVariable", codec.control(rpc.BATCH_BARRIER, self.trainer_id, round=r),
+                           rpc.BATCH_BARRIER)
+                self._rounds[ep] = r + 1
+            return run
+        self._run_all([job(ep) for ep in _unique(endpoints)])
+
+    def fetch_barrier(self, endpoints: Sequence[str]) -> None:
+        """Tell each pserver this trainer fetched its params (waits for the round's update)."""
+        self._run_all([
+            (lambda ep=ep: self._call(ep, "GetVariable", codec.control(rpc.FETCH_BARRIER, self.trainer_id),
+                                      rpc.FETCH_BARRIER))
+            for ep in _unique(endpoints)])
+
+    def send_complete(self, endpoints: Sequence[str] | None = None) -> None:
+        """Tell pservers (default: every one contacted) that this trainer has finished."""
+        eps = _unique(self._contacted if endpoints is None else endpoints)
+        self._run_all([
+            (lambda ep=ep: self._call(ep, "SendVariable", codec.control(rpc.COMPLETE, self.trainer_id),
+                                      rpc.COMPLETE))
+            for ep in eps]) if eps else None
+
+    def checkpoint_notify(self, endpoints: Sequence[str], dirname: str, table_name: str = "",
+                          load: bool = False) -> None:
+        """Ask each pserver to save (or ``load``) its state under ``dirname`` (its own file)."""
+        name = rpc.LOAD_CHECKPOINT if load else rpc.SAVE_CHECKPOINT
+        self._run_all([
+            (lambda ep=ep: self._call(ep, "CheckpointNotify",
+                                      codec.control(name, self.trainer_id, out_varname=dirname,
+                                                    table_name=table_name), name))
+            for ep in _unique(endpoints)])
+
+    def sparse_memory(self, endpoint: str, table_name: str = "") -> tuple[int, int]:
+        """(touched rows, bytes) of a pserver's sparse tables (one table, or all)."""
+        env = codec.control(rpc.SPARSE_MEMORY + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id,
+                            table_name=table_name)
+        out = self._call_value(endpoint, "GetVariableNoBarrier", env, rpc.SPARSE_MEMORY)
+        return int(out[0]), int(out[1])
+
+    def close(self) -> None:
+        """Close channels and threads (does not send COMPLETE)."""
+        with self._lock:
+            for ch in self._channels.values():
+                ch.close()
+            self._channels.clear()
+            self._stubs.clear()
+        self._pool.shutdown(wait=False)
+
+
+def _unique(endpoints: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(endpoints))
+
+
+def _owned(value: Any) -> Any:
+    """Writable copies of values decoded from (read-only) message bytes."""
+    if isinstance(value, np.ndarray):
+        return value if value.flags.writeable else value.copy()
+    if isinstance(value, LoDTensor):
+        return LoDTensor(_owned(value.values), value.lod())
+    if isinstance(value, SelectedRows):
+        return SelectedRows(value.rows.copy(), _owned(value.values), value.height)
+    return value
+
+
+def _make_channel(endpoint: str, options: ClientOptions) -> grpc.Channel:
+    opts = rpc.channel_options(options.max_message_bytes)
+    if options.tls_ca_path:
+        with open(options.tls_ca_path, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        if options.tls_server_name:
+            opts.append(("grpc.ssl_target_name_override", options.tls_server_name))
+        return grpc.secure_channel(endpoint, creds, options=opts)
+    return grpc.insecure_channel(endpoint, options=opts)
+
+
+_CLIENTS: dict[int, RPCClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def get_client(trainer_id: int = 0, options: ClientOptions | None = None) -> RPCClient:
+    """The process-wide client of ``trainer_id`` (created on first use with ``options``)."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(trainer_id)
+        if client is None:
+            client = _CLIENTS[trainer_id] = RPCClient(trainer_id, options)
+        return client
+
+
+def reset_clients() -> None:
+    """Close and forget the process-wide clients (tests; after fork)."""
+    with _CLIENTS_LOCK:
+        for c in _CLIENTS.values():
+            c.close()
+        _CLIENTS.clear()
+
+
+def wait_server_ready(endpoints: Sequence[str], timeout: float = 120.0,
+                      options: ClientOptions | None = None) -> None:
+    """Block until every pserver accepts connections; ServerNotReadyError names the
+    endpoints that did not within ``timeout`` seconds."""
+    options = options or ClientOptions()
+    deadline = time.monotonic() + timeout
+    channels = {ep: _make_channel(ep, options) for ep in _unique(endpoints)}
+    futures = {ep: grpc.channel_ready_future(ch) for ep, ch in channels.items()}
+    missing = []
+    try:
+        for ep, fut in futures.items():
+            try:
+                fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except grpc.FutureTimeoutError:
+                missing.append(ep)
+    finally:
+        for fut in futures.values():
+            fut.cancel()
+        for ch in channels.values():
+            ch.close()
+    if missing:
+        raise ServerNotReadyError(
+            f"pserver(s) {', '.join(missing)} not reachable after {timeout:.1f} s "
+            f"(not started, wrong endpoint, or blocked); {len(channels) - len(missing)} of "
+            f"{len(channels)} ready", endpoint=missing[0], code="UNAVAILABLE")

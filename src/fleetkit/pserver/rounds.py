@@ -1,0 +1,187 @@
+"""Sync-mode round bookkeeping of one pserver (transport-free, thread-safe).
+
+A round collects each live trainer's gradients; a trainer's BATCH_BARRIER says it has
+sent all of them.  When every live trainer has sent its barrier the gradients are
+averaged (sum, then 1/n with n = trainers that sent that gradient; SelectedRows rows
+are concatenated and their values scaled) and ``apply`` runs once.  Until then the
+trainer's gets (and FETCH_BARRIER) wait in ``wait_applied``.
+
+Why no explicit fetch phase is needed: a trainer sends the next round's gradients
+only after its gets returned, and those return only after this round's apply, so
+every gradient that arrives before an apply belongs to that apply's round.
+
+A round whose barriers are not complete ``barrier_timeout`` seconds after its first
+barrier fails: every trainer that is waiting (or will next ask) gets a
+BarrierTimeoutError naming the missing trainer ids, the round's gradients are
+dropped, and the pserver goes on serving.  A trainer's COMPLETE removes it from the
+live set, which may complete the round.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.scope import LoDTensor, SelectedRows
+from ..errors import BarrierTimeoutError, InvalidArgumentError, PServerError
+
+__all__ = ["SyncRounds", "average"]
+
+
+def average(values: list[Any]) -> Any:
+    """Mean of one gradient over the trainers that sent it (see module docstring)."""
+    n = len(values)
+    first = values[0]
+    if isinstance(first, SelectedRows):
+        rows = np.concatenate([np.asarray(v.rows, dtype=np.int64) for v in values])
+        vals = np.concatenate([np.asarray(v.values) for v in values], axis=0)
+        if n > 1:
+            vals *= np.asarray(1.0 / n, dtype=vals.dtype)
+        return SelectedRows(rows, vals, first.height)
+    arrays = [np.asarray(v.values if isinstance(v, LoDTensor) else v) for v in values]
+    if n == 1:
+        return arrays[0]
+    acc = arrays[0].copy()
+    for a in arrays[1:]:
+        if a.shape != acc.shape or a.dtype != acc.dtype:
+            raise InvalidArgumentError(f"trainers sent different shapes/dtypes for one gradient: "
+                                       f"{acc.shape} {acc.dtype} vs {a.shape} {a.dtype}")
+        acc += a
+    acc *= np.asarray(1.0 / n, dtype=acc.dtype)
+    return acc
+
+
+class SyncRounds:
+    """Barrier and averaging state for ``num_trainers`` trainers."""
+
+    def __init__(self, num_trainers: int, barrier_timeout: float,
+                 apply: Callable[[dict[str, Any]], None], endpoint: str = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.num_trainers = num_trainers
+        self.barrier_timeout = float(barrier_timeout)
+        self._apply = apply
+        self._endpoint = endpoint
+        self._clock = clock
+        self._cond = threading.Condition()
+        self.live: set[int] = set(range(num_trainers))
+        self._grads: dict[int, dict[str, Any]] = {}
+        self._barrier: set[int] = set()
+        self._pending: set[int] = set()       # barrier sent, round not applied yet
+        self._failed: dict[int, Exception] = {}
+        self._seen_round: dict[int, int] = {}
+        self._started: float | None = None
+        self._stopping = False
+        self.rounds_applied = 0
+        self.all_complete = threading.Event()
+
+    def _where(self) -> str:
+        return f"pserver {self._endpoint}: " if self._endpoint else ""
+
+    def add_grad(self, trainer: int, name: str, value: Any, round_: int = 0) -> bool:
+        """Store a trainer's gradient for its current round; False if it was stale
+        (from a round already closed by a barrier, e.g. a retried duplicate).  A
+        gradient sent twice in one round replaces the first (retries are idempotent)."""
+        with self._cond:
+            if trainer not in self.live:
+                raise PServerError(f"{self._where()}trainer {trainer} sent gradient '{name}' "
+                                   f"after COMPLETE")
+            if round_ < self._seen_round.get(trainer, 0):
+                return False
+            self._grads.setdefault(trainer, {})[name] = value
+            return True
+
+    def batch_barrier(self, trainer: int, round_: int = 0) -> None:
+        """Record a trainer's barrier; the last one runs ``apply`` in this thread."""
+        with self._cond:
+            if trainer not in self.live:
+                raise PServerError(f"{self._where()}trainer {trainer} sent BATCH_BARRIER after COMPLETE")
+            self._seen_round[trainer] = max(self._seen_round.get(trainer, 0), round_ + 1)
+            self._failed.pop(trainer, None)
+            self._barrier.add(trainer)
+            self._pending.add(trainer)
+            if self._started is None:
+                self._started = self._clock()
+            job = self._take_round_if_complete()
+        if job is not None:
+            self._run(*job)
+
+    def complete(self, trainer: int) -> None:
+        """A trainer finished: stop waiting for it (may complete the current round)."""
+        with self._cond:
+            self.live.discard(trainer)
+            self._grads.pop(trainer, None)
+            self._barrier.discard(trainer)
+            self._pending.discard(trainer)
+            job = self._take_round_if_complete()
+            if not self.live:
+                self.all_complete.set()
+            self._cond.notify_all()
+        if job is not None:
+            self._run(*job)
+
+    def _take_round_if_complete(self) -> tuple[dict[str, Any], set[int]] | None:
+        if not self._barrier or not self.live <= self._barrier:
+            return None
+        by_name: dict[str, list[Any]] = {}
+        for t in sorted(self._grads):
+            for name, value in self._grads[t].items():
+                by_name.setdefault(name, []).append(value)
+        waiting = set(self._pending)
+        self._grads, self._barrier, self._started = {}, set(), None
+        return by_name, waiting
+
+    def _run(self, by_name: dict[str, list[Any]], waiting: set[int]) -> None:
+        error: Exception | None = None
+        try:
+            self._apply({name: average(vals) for name, vals in by_name.items()})
+        except Exception as e:  # noqa: BLE001 - reported to every waiting trainer
+            error = PServerError(f"{self._where()}applying round {self.rounds_applied + 1} failed: "
+                                 f"{type(e).__name__}: {e}")
+        with self._cond:
+            self.rounds_applied += 1
+            for t in waiting:
+                self._pending.discard(t)
+                if error is not None:
+                    self._failed[t] = error
+            self._cond.notify_all()
+        # the failure reaches every trainer of the round (this one included) through
+        # wait_applied, not through this barrier call
+
+    def wait_applied(self, trainer: int) -> None:
+        """Block until the trainer's last barrier has been applied (immediately if it
+        has none pending); raises the round's failure if it failed."""
+        with self._cond:
+            while True:
+                if trainer in self._failed:
+                    raise self._failed.pop(trainer)
+                if trainer not in self._pending:
+                    return
+                if self._stopping:
+                    raise PServerError(f"{self._where()}shutting down")
+                started = self._started if self._started is not None else self._clock()
+                remaining = started + self.barrier_timeout - self._clock()
+                if remaining <= 0:
+                    self._fail_round()
+                    continue
+                self._cond.wait(min(remaining, 1.0))
+
+    def _fail_round(self) -> None:
+        missing = tuple(sorted(self.live - self._barrier))
+        err = BarrierTimeoutError(
+            f"{self._where()}sync round {self.rounds_applied + 1} failed: trainer(s) "
+            f"{', '.join(map(str, missing))} did not send BATCH_BARRIER within "
+            f"{self.barrier_timeout:g} s (trainers {sorted(self._barrier)} did); did they die?",
+            endpoint=self._endpoint or None, missing_trainers=missing)
+        for t in self._pending:
+            self._failed[t] = err
+        self._pending.clear()
+        self._grads, self._barrier, self._started = {}, set(), None
+        self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Wake every waiter with an error (server shutdown)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()

@@ -1,0 +1,139 @@
+"""What the pserver client and server share: method paths, special names, gRPC
+options, auth metadata, and the ONE mapping from gRPC failures to fleetkit errors.
+
+Stubs and handlers are built from the method paths with our own (de)serializers
+(``codec.to_bytes``/``codec.from_bytes``) instead of the generated ``*_pb2_grpc``
+module: payloads then skip protobuf's copy, and the runtime does not depend on the
+grpcio version the stubs were generated with.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grpc
+
+from ..env import FLEETKIT_AUTH_TOKEN
+from ..errors import (BarrierTimeoutError, PServerError, PServerUnavailableError, RPCAuthError,
+                      RPCDeadlineError, RPCError, RPCRequestError)
+from . import codec
+
+SERVICE = "fleetkit.proto.SendRecvService"
+METHODS = ("SendVariable", "GetVariable", "GetVariableNoBarrier", "PrefetchVariable", "CheckpointNotify")
+#: methods whose response carries no value (VoidMessage)
+VOID_METHODS = frozenset({"SendVariable", "CheckpointNotify"})
+
+BATCH_BARRIER = "BATCH_BARRIER@RECV"
+FETCH_BARRIER = "FETCH_BARRIER@RECV"
+COMPLETE = "COMPLETE@RECV"
+WITHOUT_BARRIER_SUFFIX = "@WITHOUT_BARRIER@RECV"
+SAVE_CHECKPOINT = "SAVE@CHECKPOINTNOTIFY"
+LOAD_CHECKPOINT = "LOAD@CHECKPOINTNOTIFY"
+#: GetVariableNoBarrier of this name returns int64 [touched rows, bytes] of the sparse tables
+SPARSE_MEMORY = "@SPARSE_MEMORY@"
+
+AUTH_METADATA_KEY = "x-fleetkit-auth-token"
+#: trailing metadata of an ABORTED barrier failure: comma-separated missing trainer ids
+MISSING_TRAINERS_KEY = "x-fleetkit-missing-trainers"
+#: extra bytes allowed on top of the max payload for headers (dims, lod, names)
+HEADER_SLACK = 4 << 20
+
+
+def path(method: str) -> str:
+    return f"/{SERVICE}/{method}"
+
+
+def serialize(env: codec.Envelope) -> bytes:
+    return codec.to_bytes(env)
+
+
+def deserialize(raw: bytes) -> codec.Envelope:
+    return codec.from_bytes(raw)
+
+
+def void_deserialize(raw: bytes) -> bytes:
+    return raw   # gRPC takes a None result as a failed deserialization
+
+
+def auth_token(explicit: str | None = None) -> str:
+    """The shared secret: ``explicit`` if given, else ``FLEETKIT_AUTH_TOKEN`` ('' = no auth)."""
+    return os.environ.get(FLEETKIT_AUTH_TOKEN, "") if explicit is None else explicit
+
+
+def common_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    limit = min(max_message_bytes + HEADER_SLACK, 2**31 - 1)
+    return [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Options of every client channel."""
+    return common_options(max_message_bytes) + [
+        # never send cluster traffic through http_proxy/https_proxy from the environment
+        ("grpc.enable_http_proxy", 0),
+        # reconnect quickly after a pserver restart (the default backoff grows to 120 s)
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+        # notice a silently vanished peer (host crash) during long barrier waits
+        ("grpc.keepalive_time_ms", 30000),
+        ("grpc.keepalive_timeout_ms", 20000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """Options of the pserver's gRPC server."""
+    return common_options(max_message_bytes) + [
+        # a second server on the same port must fail to bind, not share it silently
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10000),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+def _status_text(err: grpc.RpcError) -> tuple[str, str]:
+    code = err.code() if hasattr(err, "code") else None
+    name = code.name if code is not None else "UNKNOWN"
+    details = err.details() if hasattr(err, "details") else str(err)
+    return name, details or ""
+
+
+def _missing_trainers(err: grpc.RpcError) -> tuple[int, ...] | None:
+    try:
+        md = err.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - not every RpcError carries metadata
+        return None
+    for key, value in md:
+        if key == MISSING_TRAINERS_KEY:
+            return tuple(int(x) for x in str(value).split(",") if x)
+    return None
+
+
+def map_rpc_error(err: grpc.RpcError, endpoint: str, varname: str | None, method: str,
+                  note: str = "") -> RPCError:
+    """The fleetkit error for a failed call (retryable: unavailable, deadline; permanent:
+    bad request, auth, server-side failure, barrier timeout), naming endpoint and var."""
+    code, details = _status_text(err)
+    about = f" for '{varname}'" if varname else ""
+    msg = f"{method}{about} to pserver {endpoint} failed: {code}: {details}{note}"
+    kw = dict(endpoint=endpoint, varname=varname, code=code)
+    missing = _missing_trainers(err)
+    if code == "UNAVAILABLE":
+        return PServerUnavailableError(msg, **kw)
+    if code == "DEADLINE_EXCEEDED":
+        return RPCDeadlineError(msg, **kw)
+    if code in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
+        return RPCAuthError(msg, **kw)
+    if code == "ABORTED" and missing is not None:
+        return BarrierTimeoutError(msg, missing_trainers=missing, **kw)
+    if code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                "RESOURCE_EXHAUSTED", "ALREADY_EXISTS", "UNIMPLEMENTED"):
+        return RPCRequestError(msg, **kw)
+    return PServerError(msg, **kw)
+
+
+def is_retryable(err: grpc.RpcError) -> bool:
+    """Whether a failed call is worth repeating (the pserver may be restarting)."""
+    return _status_text(err)[0] == "UNAVAILABLE"

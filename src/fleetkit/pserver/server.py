@@ -1,0 +1,394 @@
+"""The parameter server: a thin gRPC adapter around a transport-free ServerHandler.
+
+``ParameterServer(endpoint, handler, num_trainers, sync_mode, options)`` serves
+SendRecvService.  Sync mode runs rounds (``rounds.SyncRounds``); async mode applies
+each gradient on arrival.  Every bad request (unknown var, wrong dtype/shape,
+truncated payload, bad trainer id, missing or wrong auth token) gets a gRPC error
+with a clear message and the server keeps serving.  Checkpoints (``handler.state()``)
+are written atomically on CheckpointNotify and every ``checkpoint_every_s`` seconds;
+a (re)started server loads the newest one from ``checkpoint_dir``.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import threading
+import time
+import traceback
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+import numpy as np
+
+from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError, PServerError,
+                      RPCError)
+from . import checkpoint, codec, rpc
+from .rounds import SyncRounds
+
+__all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
+log = logging.getLogger(__name__)
+
+
+class ServerHandler(ABC):
+    """The pserver's logic, free of transport.  Calls are serialized by the server."""
+
+    @abstractmethod
+    def apply(self, grads: dict[str, Any]) -> None:
+        """Apply gradients: sync mode once per round (already averaged), async per message."""
+
+    @abstractmethod
+    def get(self, name: str) -> Any:
+        """The current value of a hosted variable; raise NotFoundError if unknown."""
+
+    def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """Rows ``ids`` of sparse table ``table`` as [len(ids), dim]."""
+        raise NotFoundError(f"no sparse table '{table}' on this pserver")
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to resume (for checkpoints): name -> array/LoDTensor/SelectedRows."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``state()`` returned."""
+
+    def check_grad(self, name: str, value: Any) -> None:
+        """Reject a gradient on arrival (NotFoundError: not hosted here;
+        InvalidArgumentError/ShapeError/DTypeError: wrong shape or dtype).  Default: accept."""
+
+    def sparse_memory(self, table: str = "") -> tuple[int, int]:
+        """(touched rows, bytes) of one sparse table, or of all when ``table`` is ''."""
+        return 0, 0
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Pserver settings."""
+
+    max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES
+    barrier_timeout: float = 300.0       #: sync: seconds a round waits for missing trainers
+    checkpoint_dir: str | None = None    #: periodic checkpoints go here; loaded at start
+    checkpoint_every_s: float | None = None
+    checkpoint_keep: int = 2
+    load_checkpoint: bool = True         #: load the newest checkpoint of checkpoint_dir at start
+    server_index: int | None = None      #: names this pserver's file on CheckpointNotify
+    auth_token: str | None = None        #: None: FLEETKIT_AUTH_TOKEN from the environment
+    tls_cert_path: str | None = None     #: PEM certificate + key: serve TLS
+    tls_key_path: str | None = None
+    max_workers: int = 64                #: gRPC threads (sync gets block in them)
+    exit_when_complete: bool = True      #: wait() returns once every trainer sent COMPLETE
+
+
+class _AuthFailure(Exception):
+    pass
+
+
+class _Precondition(Exception):
+    pass
+
+
+class ParameterServer:
+    """Serves one pserver endpoint for ``num_trainers`` trainers."""
+
+    def __init__(self, endpoint: str, handler: ServerHandler, num_trainers: int,
+                 sync_mode: bool = True, options: ServerOptions | None = None) -> None:
+        if num_trainers < 1:
+            raise InvalidArgumentError(f"ParameterServer {endpoint}: num_trainers must be >= 1, got {num_trainers}")
+        self.endpoint, self.handler = endpoint, handler
+        self.num_trainers, self.sync_mode = int(num_trainers), bool(sync_mode)
+        self.options = options or ServerOptions()
+        self.port: int | None = None
+        self._token = rpc.auth_token(self.options.auth_token).encode()
+        self._hlock = threading.RLock()          # handler calls are serialized
+        self._asm = codec.Reassembler()
+        self._asm_lock = threading.Lock()
+        self._big: dict[int, list[bytes]] = {}  # transfer id -> chunked response being fetched
+        self._next_transfer = 0
+        self._live = set(range(self.num_trainers))  # async-mode COMPLETE tracking
+        self._done = threading.Event()
+        self._stop_flag = threading.Event()
+        self._server: grpc.Server | None = None
+        self._ckpt_thread: threading.Thread | None = None
+        self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
+                                 self._apply, endpoint) if self.sync_mode else None
+
+    # --------------------------------------------------------------- lifecycle
+    def start(self) -> int:
+        """Load the newest checkpoint (if configured), bind, serve; returns the real port."""
+        o = self.options
+        if o.checkpoint_dir and o.load_checkpoint:
+            state = checkpoint.load_latest(o.checkpoint_dir)
+            if state is not None:
+                self.handler.load_state(state)
+                log.info("pserver %s: resumed from checkpoint in %s", self.endpoint, o.checkpoint_dir)
+        server = grpc.server(ThreadPoolExecutor(o.max_workers, thread_name_prefix="fk-pserver"),
+                             options=rpc.server_options(o.max_message_bytes))
+        server.add_generic_rpc_handlers((self._generic_handler(),))
+        try:
+            if o.tls_cert_path and o.tls_key_path:
+                with open(o.tls_key_path, "rb") as k, open(o.tls_cert_path, "rb") as c:
+                    creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+                port = server.add_secure_port(self.endpoint, creds)
+            else:
+                port = server.add_insecure_port(self.endpoint)
+        except RuntimeError as e:
+            port, why = 0, str(e)
+        else:
+            why = "bind failed"
+        if not port:
+            raise RPCError(f"pserver cannot listen on {self.endpoint}: {why} (port in use?)",
+                           endpoint=self.endpoint)
+        host = self.endpoint.rpartition(":")[0]
+        self.port, self.endpoint = port, f"{host}:{port}"
+        if self.rounds is not None:
+            self.rounds._endpoint = self.endpoint
+        server.start()
+        self._server = server
+        if o.checkpoint_dir and o.checkpoint_every_s:
+            self._ckpt_thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
+                                                 name="fk-pserver-ckpt")
+            self._ckpt_thread.start()
+        return port
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE;
+        True when that happened, False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop_flag.is_set():
+            if self.options.exit_when_complete and self._all_complete():
+                self.stop()
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._stop_flag.wait(0.2 if left is None else min(0.2, left))
+        return True
+
+    def _all_complete(self) -> bool:
+        return self.rounds.all_complete.is_set() if self.rounds is not None else not self._live
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving (waiting trainers get an error); idempotent."""
+        self._stop_flag.set()
+        if self.rounds is not None:
+            self.rounds.stop()
+        if self._server is not None:
+            self._server.stop(grace).wait(grace + 5)
+
+    def save_checkpoint(self, path: str | None = None) -> str:
+        """Write ``handler.state()`` atomically (to ``path``, or a new numbered file in
+        ``checkpoint_dir``); returns the file written."""
+        with self._hlock:
+            state = self.handler.state()
+            if path is not None:
+                return checkpoint.save(path, state)
+            if not self.options.checkpoint_dir:
+                raise InvalidArgumentError(f"pserver {self.endpoint}: no checkpoint_dir configured")
+            return checkpoint.save_numbered(self.options.checkpoint_dir, state, self.options.checkpoint_keep)
+
+    def _checkpoint_loop(self) -> None:
+        every = float(self.options.checkpoint_every_s or 0)
+        while not self._stop_flag.wait(every):
+            try:
+                self.save_checkpoint()
+            except Exception:  # noqa: BLE001 - keep serving; the next period retries
+                log.exception("pserver %s: periodic checkpoint failed", self.endpoint)
+
+    def shard_file(self, dirname: str) -> str:
+        """This pserver's file under ``dirname`` for CheckpointNotify."""
+        idx = self.options.server_index
+        tag = str(idx) if idx is not None else re.sub(r"[^0-9A-Za-z]+", "_", self.endpoint)
+        return os.path.join(dirname, f"pserver_{tag}.fkckpt")
+
+    def sparse_memory(self, table: str = "") -> tuple[int, int]:
+        """(touched rows, bytes) of the handler's sparse tables."""
+        with self._hlock:
+            return self.handler.sparse_memory(table)
+
+    # ----------------------------------------------------------------- plumbing
+    def _apply(self, grads: dict[str, Any]) -> None:
+        with self._hlock:
+            self.handler.apply(grads)
+
+    def _generic_handler(self) -> grpc.GenericRpcHandler:
+        impl: dict[str, Callable] = {
+            "SendVariable": self._send, "GetVariable": self._get,
+            "GetVariableNoBarrier": self._get_no_barrier, "PrefetchVariable": self._prefetch,
+            "CheckpointNotify": self._notify,
+        }
+        handlers = {}
+        for name, fn in impl.items():
+            void = name in rpc.VOID_METHODS
+            handlers[name] = grpc.unary_unary_rpc_method_handler(
+                self._wrap(name, fn), request_deserializer=_lenient_deserialize,
+                response_serializer=(lambda _: b"") if void else (lambda b: b))
+        return grpc.method_handlers_generic_handler(rpc.SERVICE, handlers)
+
+    def _wrap(self, method: str, fn: Callable[[codec.Envelope], Any]) -> Callable:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                self._check_auth(context)
+                if isinstance(request, Exception):
+                    raise request
+                self._check_trainer(request)
+                return fn(request)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a status
+                code, details, md = self._status_for(e, method, request)
+            if md:
+                context.set_trailing_metadata(md)
+            context.abort(code, details)
+        return handle
+
+    def _status_for(self, e: Exception, method: str, request: Any) -> tuple[grpc.StatusCode, str, tuple]:
+        name = request.name if isinstance(request, codec.Envelope) else "?"
+        where = f"pserver {self.endpoint} {method} '{name}': "
+        if isinstance(e, _AuthFailure):
+            return grpc.StatusCode.UNAUTHENTICATED, where + str(e), ()
+        if isinstance(e, BarrierTimeoutError):
+            ids = ",".join(map(str, e.missing_trainers))
+            return grpc.StatusCode.ABORTED, str(e), ((rpc.MISSING_TRAINERS_KEY, ids),)
+        if isinstance(e, NotFoundError):
+            return grpc.StatusCode.NOT_FOUND, where + str(e), ()
+        if isinstance(e, InvalidArgumentError):
+            return grpc.StatusCode.INVALID_ARGUMENT, where + str(e), ()
+        if isinstance(e, (_Precondition, PServerError)):
+            return grpc.StatusCode.FAILED_PRECONDITION, where + str(e), ()
+        log.error("pserver %s: %s failed:\n%s", self.endpoint, method, traceback.format_exc())
+        return grpc.StatusCode.INTERNAL, where + f"{type(e).__name__}: {e}", ()
+
+    def _check_auth(self, context: grpc.ServicerContext) -> None:
+        if not self._token:
+            return
+        sent = next((v for k, v in (context.invocation_metadata() or ()) if k == rpc.AUTH_METADATA_KEY), None)
+        if sent is None:
+            raise _AuthFailure("missing auth token: this pserver requires FLEETKIT_AUTH_TOKEN")
+        if not hmac.compare_digest(str(sent).encode(), self._token):
+            raise _AuthFailure("wrong auth token (FLEETKIT_AUTH_TOKEN differs from the pserver's)")
+
+    def _check_trainer(self, env: codec.Envelope) -> None:
+        t = env.header.trainer_id
+        if not 0 <= t < self.num_trainers:
+            raise InvalidArgumentError(f"trainer_id {t} outside [0, {self.num_trainers})")
+
+    # ------------------------------------------------------------------ methods
+    def _send(self, env: codec.Envelope) -> None:
+        h = env.header
+        t, name = h.trainer_id, h.varname
+        if name == rpc.BATCH_BARRIER:
+            if self.rounds is not None:
+                self.rounds.batch_barrier(t, h.round)
+            return None
+        if name == rpc.COMPLETE:
+            with self._asm_lock:
+                self._asm.discard(t)
+            if self.rounds is not None:
+                self.rounds.complete(t)
+            else:
+                self._live.discard(t)
+            return None
+        if h.chunk_count > 1:
+            with self._asm_lock:
+                whole = self._asm.add(env, "send")
+            if whole is None:
+                return None
+            env = whole
+        value = codec.decode(env)
+        with self._hlock:
+            self.handler.check_grad(name, value)
+        if self.rounds is not None:
+            self.rounds.add_grad(t, name, value, h.round)
+        else:
+            if t not in self._live:
+                raise _Precondition(f"trainer {t} sent a gradient after COMPLETE")
+            self._apply({name: value})
+        return None
+
+    def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]]) -> bytes:
+        """Serialize a value response.  A chunked one is cached under a fresh transfer id
+        (carried by every chunk) and served chunk by chunk to requests echoing that id."""
+        h = request.header
+        if h.chunk_index > 0:
+            with self._asm_lock:
+                parts = self._big.get(h.transfer_id)
+                if parts is None or h.chunk_index >= len(parts):
+                    raise _Precondition(f"chunk {h.chunk_index} of transfer {h.transfer_id} requested "
+                                        f"but no such chunked value is pending")
+                blob = parts[h.chunk_index]
+                if h.chunk_index == len(parts) - 1:
+                    del self._big[h.transfer_id]
+                return blob
+        with self._hlock:   # serialize under the lock: no torn reads of a param being updated
+            envs = make()
+            if len(envs) > 1:
+                with self._asm_lock:
+                    self._next_transfer += 1
+                    tid = self._next_transfer
+                for e in envs:
+                    e.header.transfer_id = tid
+            blobs = [codec.to_bytes(e) for e in envs]
+        if len(blobs) > 1:
+            with self._asm_lock:
+                self._big[tid] = blobs
+                while len(self._big) > 4 * self.num_trainers + 64:   # abandoned transfers
+                    del self._big[next(iter(self._big))]
+        return blobs[0]
+
+    def _get(self, env: codec.Envelope) -> bytes:
+        h = env.header
+        if self.rounds is not None and h.chunk_index == 0:
+            self.rounds.wait_applied(h.trainer_id)
+        if h.varname == rpc.FETCH_BARRIER:
+            return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
+        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)))
+
+    def _get_no_barrier(self, env: codec.Envelope) -> bytes:
+        h = env.header
+        name = h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX)
+        if name == rpc.SPARSE_MEMORY:
+            rows, nbytes = self.handler.sparse_memory(h.table_name)
+            return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
+        return self._respond(env, lambda: self._encode(name, self.handler.get(name)))
+
+    def _prefetch(self, env: codec.Envelope) -> bytes:
+        h = env.header
+        table = h.table_name or h.varname
+        if h.chunk_index > 0:
+            return self._respond(env, lambda: [])
+        ids = codec.decode(env)
+        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
+            raise InvalidArgumentError(f"prefetch of table '{table}' needs an integer id tensor")
+        out = h.out_varname or table
+        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)))
+
+    def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
+        return codec.encode(name, value, max_bytes=self.options.max_message_bytes)
+
+    def _notify(self, env: codec.Envelope) -> None:
+        h = env.header
+        if not h.out_varname:
+            raise InvalidArgumentError("CheckpointNotify needs the directory in out_varname")
+        path = self.shard_file(h.out_varname)
+        if h.varname == rpc.LOAD_CHECKPOINT:
+            state = checkpoint.load(path)
+            with self._hlock:
+                self.handler.load_state(state)
+        elif h.varname == rpc.SAVE_CHECKPOINT:
+            self.save_checkpoint(path)
+        else:
+            raise InvalidArgumentError(f"unknown checkpoint request '{h.varname}' "
+                                       f"(use {rpc.SAVE_CHECKPOINT} or {rpc.LOAD_CHECKPOINT})")
+        return None
+
+
+def _lenient_deserialize(raw: bytes) -> Any:
+    """Parse a request; a malformed one becomes the error object the handler reports
+    (gRPC would otherwise answer a bare INTERNAL)."""
+    try:
+        return codec.from_bytes(raw)
+    except Exception as e:  # noqa: BLE001
+        return InvalidArgumentError(f"malformed request: {e}")
