@@ -166,7 +166,7 @@ def _host_array(a: Any, name: str) -> np.ndarray:
                          f"(supported: {', '.join(_DTYPES)})")
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return np.ascontiguousarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)   # (ascontiguousarray makes 0-d 1-d)
 
 
 def control(name: str, trainer_id: int = 0, **fields: Any) -> Envelope:
@@ -229,7 +229,7 @@ def payload_nbytes(header: VariableMessage) -> tuple[int, int]:
         raise PayloadError(f"variable '{header.varname}': unknown data_type {header.data_type}")
     if any(d < 0 for d in header.dims):
         raise PayloadError(f"variable '{header.varname}': negative dims {list(header.dims)}")
-    numel = math.prod(header.dims) if header.dims else 0
+    numel = math.prod(header.dims)   # no dims: a 0-d scalar
     nrows = 8 * (header.dims[0] if header.dims else 0) if header.type == SELECTED_ROWS else 0
     return nrows, numel * dtype.itemsize
 

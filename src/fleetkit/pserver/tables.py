@@ -133,7 +133,8 @@ def initial_rows(ids: np.ndarray, dim: int, init: Initializer, dtype: Any = np.f
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if init.kind == "constant":
         return np.full((len(ids), dim), init.value, dtype=dtype)
-    seed = _mix64(np.array([init.seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)[0]
+    # 1-element arrays, not scalars: numpy warns on wrapping scalar uint64 math, not on arrays
+    seed = _mix64(np.array([init.seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + _GOLDEN)
     counter = ids.astype(np.uint64)[:, None] * np.uint64(dim) + np.arange(dim, dtype=np.uint64)[None, :]
     u1 = ((_mix64(counter ^ seed) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
     if init.kind == "uniform":
