@@ -1,0 +1,221 @@
+"""Parameter-server training in real processes on 127.0.0.1 (pservers and trainers
+spawned by run_workers): sync PS equals single-process training, async PS reaches
+single-process AUC, and the hangs Paddle users hit most do not happen here."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit.errors import ServerNotReadyError
+from fleetkit.fleet import Role, UserDefinedRoleMaker
+from fleetkit.testing import run_workers
+
+CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
+
+
+def _load_ctr():
+    if "ctr_train" not in sys.modules:
+        sys.path.insert(0, str(CTR_DIR))
+        spec = importlib.util.spec_from_file_location("ctr_train", CTR_DIR / "train.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["ctr_train"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["ctr_train"]
+
+
+ctr_train = _load_ctr()
+import ctr_model  # noqa: E402
+from ctr_data import CTRConfig, CTRData  # noqa: E402
+
+# small model for the exactness tests: 3 slots x 2000 ids (a 6000 x 8 table: 48000
+# floats, so the dense table is split into one block per pserver)
+SMALL = {"vocab": 2000}
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _role_maker(rank: int, n_ps: int, eps: list[str], trainers: int) -> UserDefinedRoleMaker:
+    if rank < n_ps:
+        return UserDefinedRoleMaker(current_id=rank, role=Role.SERVER, worker_num=trainers, server_endpoints=eps)
+    return UserDefinedRoleMaker(current_id=rank - n_ps, role=Role.WORKER, worker_num=trainers,
+                                server_endpoints=eps)
+
+
+def _job(rank: int, world: int, n_ps: int, eps: list[str], cfg: dict):
+    time.sleep(cfg.get("delays", {}).get(rank, 0.0))
+    return ctr_train.run_ps_role(_role_maker(rank, n_ps, eps, cfg["trainers"]), cfg)
+
+
+def run_job(n_ps: int, cfg: dict, timeout: float = 120.0) -> list:
+    eps = [f"127.0.0.1:{p}" for p in free_ports(n_ps)]
+    return run_workers(_job, n_ps + cfg["trainers"], (n_ps, eps, cfg), timeout=timeout,
+                       env={"OMP_NUM_THREADS": "1"})
+
+
+# ------------------------------------------------------------------ sync == local
+def _local_reference(cfg: dict, trainer0: dict, lazy_adam: bool) -> tuple[dict, fk.Scope]:
+    data = CTRData(CTRConfig(**cfg.get("data", {})))
+    make = {"sgd": lambda: fk.optimizer.SGD(cfg["lr"]),
+            "adam": lambda: fk.optimizer.Adam(cfg["lr"], lazy_mode=lazy_adam)}[cfg["optimizer"]]
+    model = ctr_model.build(data.cfg, is_sparse=cfg["is_sparse"], make_optimizer=make,
+                            hidden=cfg.get("hidden", (64, 32)))
+    init = dict(trainer0["start"])
+    if cfg.get("is_distributed"):
+        from fleetkit.pserver.tables import Initializer, initial_rows
+        rows = data.cfg.table_rows
+        init["ctr_emb"] = initial_rows(np.arange(rows), 8, Initializer("uniform", -0.05, 0.05, seed=0))
+    scope = fk.Scope()
+    losses = ctr_train.train_local(model, data, cfg["steps"], cfg["trainers"], cfg["batch_size"], scope,
+                                   init=init)
+    return {"losses": losses}, scope
+
+
+CASES = {  # name: (optimizer, is_sparse, is_distributed)
+    "sgd-dense": ("sgd", False, False),
+    "adam-sparse": ("adam", True, False),
+    "sgd-distributed": ("sgd", True, True),
+    "adam-distributed": ("adam", True, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sync_2x2_equals_single_process(case):
+    opt, is_sparse, is_dist = CASES[case]
+    cfg = {"sync": True, "steps": 8, "batch_size": 32, "trainers": 2, "optimizer": opt,
+           "lr": 0.1 if opt == "sgd" else 0.01, "is_sparse": is_sparse, "is_distributed": is_dist,
+           "data": SMALL, "hidden": (64, 32)}
+    if is_dist:
+        cfg["fetch_table_rows"] = 3 * SMALL["vocab"]
+    results = run_job(2, cfg)
+    t0, t1 = results[2], results[3]
+    for name in t0["start"]:  # both trainers started from the pservers' values
+        np.testing.assert_array_equal(t0["start"][name], t1["start"][name], err_msg=name)
+    ref, scope = _local_reference(cfg, t0, lazy_adam=is_dist)
+    # each trainer's loss is its half of the global batch: their mean is the local loss
+    np.testing.assert_allclose((np.array(t0["losses"]) + t1["losses"]) / 2, ref["losses"], rtol=1e-5)
+    # Adam divides by sqrt(second moment): for an element whose gradients from the two
+    # halves nearly cancel, float32 rounding of (g0 + g1) / 2 (PS) vs the local sum is
+    # amplified up to ~1e-4 of one step (lr 0.01), so Adam gets atol 1e-6 next to rtol.
+    atol = 1e-6 if opt == "adam" else 1e-7
+    for name, value in t0["final"].items():
+        np.testing.assert_allclose(value, scope.numpy(name), rtol=1e-5, atol=atol, err_msg=name)
+        np.testing.assert_array_equal(value, t1["final"][name], err_msg=name)
+    if is_dist:
+        np.testing.assert_allclose(t0["table"], scope.numpy("ctr_emb"), rtol=1e-5, atol=atol)
+
+
+def test_trainers_far_apart_and_more_pservers_than_blocks():
+    """Trainer 1 starts 4 s after trainer 0; 5 pservers for 3 parameter blocks (two host
+    nothing).  Sync training still equals single-process training."""
+    cfg = {"sync": True, "steps": 4, "batch_size": 32, "trainers": 2, "optimizer": "sgd", "lr": 0.1,
+           "is_sparse": True, "is_distributed": False, "data": {"vocab": 100}, "hidden": (),
+           "delays": {6: 4.0}}
+    results = run_job(5, cfg)
+    t0 = results[5]
+    assert len(t0["final"]) == 3  # ctr_emb, fc w, fc b
+    ref, scope = _local_reference(cfg, t0, lazy_adam=False)
+    for name, value in t0["final"].items():
+        np.testing.assert_allclose(value, scope.numpy(name), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+# ------------------------------------------------------------------ async CTR
+ASYNC_CFG = {"sync": False, "steps": 300, "batch_size": 128, "trainers": 2, "optimizer": "adam", "lr": 0.005,
+             "is_sparse": True, "is_distributed": True, "test_examples": 20000}
+
+
+def _single_process_auc(cfg: dict) -> float:
+    data = CTRData(CTRConfig(**cfg.get("data", {})))
+    model = ctr_model.build(data.cfg, make_optimizer=lambda: fk.optimizer.Adam(cfg["lr"]))
+    scope = fk.Scope()
+    ctr_train.train_local(model, data, cfg["steps"], cfg["trainers"], cfg["batch_size"], scope)
+    return ctr_train.evaluate(model.test_program, model.predict, data, cfg["test_examples"], scope)
+
+
+def test_async_2x2_ctr_auc_matches_single_process():
+    results = run_job(2, ASYNC_CFG, timeout=150)
+    ps_auc = results[2]["auc"]
+    local_auc = _single_process_auc(ASYNC_CFG)
+    assert local_auc > 0.8
+    print(f"async PS AUC {ps_auc:.4f}, single process {local_auc:.4f}")
+    assert abs(ps_auc - local_auc) <= 0.01, f"async PS AUC {ps_auc:.4f} vs single process {local_auc:.4f}"
+
+
+# ------------------------------------------------------------------ kill -9 of a pserver
+def _kill_job(rank: int, world: int, eps: list[str], cfg: dict, ckpt: str, flag: str):
+    """Ranks: 0 pserver, 1 supervisor of pserver 1 (kill -9, restart), 2-3 trainers."""
+    if rank == 0:
+        return ctr_train.run_ps_role(_role_maker(0, 2, eps, 2), {**cfg, "checkpoint_dir": ckpt + "/ps0"})
+    if rank == 1:
+        return _supervise_pserver(eps, cfg, ckpt + "/ps1", flag)
+    tid = rank - 2
+    marker = f"{flag}.{tid}"
+
+    def done():
+        open(marker, "w").close()
+        while not all(os.path.exists(f"{flag}.{t}") for t in range(2)):
+            time.sleep(0.05)
+    return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), cfg, on_trained=done)
+
+
+def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
+    import json
+    code = ("import json,sys; sys.path.insert(0, sys.argv[1]); import importlib.util as u;"
+            "s=u.spec_from_file_location('ctr_train', sys.argv[1]+'/train.py'); m=u.module_from_spec(s);"
+            "s.loader.exec_module(m); from fleetkit.fleet import Role, UserDefinedRoleMaker as R;"
+            "cfg=json.loads(sys.argv[2]);"
+            "m.run_ps_role(R(current_id=1, role=Role.SERVER, worker_num=2, server_endpoints=cfg['eps']), cfg)")
+    arg = json.dumps({**cfg, "eps": eps, "checkpoint_dir": ckpt})
+    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg])
+    time.sleep(cfg["kill_after_s"])
+    assert proc.poll() is None, "pserver 1 died before it was killed"
+    mid_training = not any(os.path.exists(f"{flag}.{t}") for t in range(2))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ckpts = sorted(os.listdir(ckpt)) if os.path.isdir(ckpt) else []
+    time.sleep(0.5)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg])
+    rc = proc.wait(timeout=110)
+    return {"rc": rc, "checkpoints_at_kill": ckpts, "mid_training": mid_training}
+
+
+def test_kill9_pserver_restarts_from_checkpoint_and_job_completes(tmp_path):
+    cfg = {**ASYNC_CFG, "steps": 200, "checkpoint_interval_s": 0.3, "kill_after_s": 6.0, "step_sleep_s": 0.01}
+    eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    results = run_workers(_kill_job, 4, (eps, cfg, str(tmp_path), str(tmp_path / "trained")), timeout=150,
+                          env={"OMP_NUM_THREADS": "1"})
+    sup, t0 = results[1], results[2]
+    assert sup["rc"] == 0 and sup["checkpoints_at_kill"] and sup["mid_training"], sup
+    print(f"after kill -9 + restart: AUC {t0['auc']:.4f}, checkpoints {sup['checkpoints_at_kill']}")
+    assert t0["auc"] > 0.75, t0["auc"]
+    assert len(t0["losses"]) == cfg["steps"] and len(results[3]["losses"]) == cfg["steps"]
+
+
+# ------------------------------------------------------------------ pserver down
+def test_pserver_down_at_trainer_start_names_the_endpoint():
+    from fleetkit import fleet
+    (port,) = free_ports(1)
+    ep = f"127.0.0.1:{port}"
+    fleet.init(UserDefinedRoleMaker(current_id=0, role=Role.WORKER, worker_num=1, server_endpoints=[ep]))
+    t = time.monotonic()
+    with pytest.raises(ServerNotReadyError, match=ep.replace(".", r"\.")):
+        fleet.init_worker(timeout=1.5)
+    assert time.monotonic() - t < 10
