@@ -1,0 +1,198 @@
+"""``Executor.train_from_dataset`` / ``infer_from_dataset``: Hogwild threads fed by a dataset.
+
+Each of ``thread`` workers runs the whole program on its own batches, with its
+own prepared ops and its own values of the non-persistable variables, while
+the persistable ones (parameters, optimizer state) are shared: update ops
+change shared arrays in place, so every thread sees every other thread's
+updates without locks (Hogwild), and a persistable that an op *replaces*
+(a step counter, metric state) is copied back to the shared scope after the
+step and picked up by the other threads before their next one.
+
+The dataset is duck-typed (the core does not import ``fleetkit.dataset``): it
+needs ``thread_num``, ``_prepare_to_run()``, ``_thread_feeds(n)`` returning one
+iterator of feed dicts per worker and, optionally, ``_finish_run()``.  A PS
+trainer program or a collective program is just a program with more ops
+(send/recv, all-reduce) and runs the same way.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..errors import InvalidArgumentError, NotFoundError
+from .framework import ROLE_BACKWARD, ROLE_OPTIMIZE, Program, Variable, default_main_program
+from .scope import LoDTensor, Scope, global_scope
+
+__all__ = ["DatasetRunStats", "run_from_dataset"]
+
+# ops an inference pass leaves out (no gradients, no updates)
+_TRAIN_ONLY_ROLES = {ROLE_BACKWARD, ROLE_OPTIMIZE}
+
+
+@dataclass
+class DatasetRunStats:
+    """What a dataset run did (Paddle returns None; this is extra)."""
+
+    batches: int = 0
+    examples: int = 0
+    seconds: float = 0.0
+    threads: int = 0
+    #: fetch label -> last value thread 0 fetched
+    fetched: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def examples_per_second(self) -> float:
+        return self.examples / self.seconds if self.seconds > 0 else 0.0
+
+
+def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope: Scope | None,
+                     thread: int, debug: bool, fetch_list: Sequence[Any] | None,
+                     fetch_info: Sequence[str] | None, print_period: int, infer: bool) -> DatasetRunStats:
+    """Run ``program`` over every batch of ``dataset`` in ``thread`` Hogwild workers."""
+    from .executor import _Prepared  # noqa: PLC0415  (executor imports this module lazily)
+    program = default_main_program() if program is None else getattr(program, "_program", program)
+    if not isinstance(program, Program):
+        raise InvalidArgumentError(f"train_from_dataset: program must be a Program, got {type(program).__name__}")
+    if dataset is None:
+        raise InvalidArgumentError("train_from_dataset: dataset is None; create one with "
+                                   "fleetkit.DatasetFactory().create_dataset(...)")
+    thread = int(thread) if thread and int(thread) > 0 else int(getattr(dataset, "thread_num", 0) or 0)
+    if thread <= 0:
+        raise InvalidArgumentError("train_from_dataset: thread must be > 0 (pass thread= or dataset.set_thread)")
+    block = program.global_block()
+    fetch_names = [f.name if isinstance(f, Variable) else str(f) for f in (fetch_list or [])]
+    labels = list(fetch_info) if fetch_info is not None else list(fetch_names)
+    if len(labels) != len(fetch_names):
+        raise InvalidArgumentError(f"train_from_dataset: fetch_list has {len(fetch_names)} entries but "
+                                   f"fetch_info has {len(labels)}")
+    for name in fetch_names:
+        if block._find_var_recursive(name) is None:
+            raise NotFoundError(f"fetch_list: variable '{name}' is not in the program")
+    dataset._prepare_to_run()
+    for slot in getattr(dataset, "used_slots", []):
+        if block._find_var_recursive(slot.name) is None:
+            raise NotFoundError(f"dataset slot '{slot.name}' (set_use_var) is not a variable of the program")
+    scope = global_scope() if scope is None else scope
+    feeds = dataset._thread_feeds(thread)
+    runner = _Run(executor, program, scope, fetch_names, labels, max(1, int(print_period)), debug)
+    preps = []
+    for _ in feeds:
+        prep = _Prepared(program, executor.place)
+        if infer:
+            prep.steps = [(k, c) for k, c in prep.steps if c.op.attrs.get("op_role") not in _TRAIN_ONLY_ROLES]
+        preps.append(prep)
+    stats = runner.run(feeds, preps)
+    finish = getattr(dataset, "_finish_run", None)
+    if finish is not None:
+        finish()
+    return stats
+
+
+class _Run:
+    """State shared by the worker threads of one run."""
+
+    def __init__(self, executor: Any, program: Program, scope: Scope, fetch_names: list[str],
+                 labels: list[str], print_period: int, debug: bool):
+        self.executor, self.program, self.scope = executor, program, scope
+        self.fetch_names, self.labels = fetch_names, labels
+        self.print_period, self.debug = print_period, debug
+        self.shared = scope._vars
+        self.persistable = sorted({v.name for v in program.list_vars() if v.persistable})
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.lock = threading.Lock()
+        self.batches = self.examples = self.t0_batches = 0
+        self.fetched: dict[str, Any] = {}
+        self.op_seconds: dict[str, float] = {}
+        self.start = time.perf_counter()
+
+    def run(self, feeds: list[Any], preps: list[Any]) -> DatasetRunStats:
+        workers = [threading.Thread(target=self._worker, args=(i, it, p), name=f"hogwild-{i}", daemon=True)
+                   for i, (it, p) in enumerate(zip(feeds, preps))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - self.start
+        if self.errors:
+            raise self.errors[0]
+        if self.debug and self.op_seconds:
+            total = sum(self.op_seconds.values()) or 1.0
+            for op, sec in sorted(self.op_seconds.items(), key=lambda kv: -kv[1]):
+                print(f"[debug] op {op}: {sec:.3f} s ({100 * sec / total:.1f}%) in thread 0")
+        return DatasetRunStats(self.batches, self.examples, seconds, len(workers), dict(self.fetched))
+
+    def _worker(self, tid: int, feed_iter: Any, prep: Any) -> None:
+        from .executor import convert_feed  # noqa: PLC0415
+        env = dict(self.shared)
+        for ctx in prep.ctxs:
+            ctx.env = env
+        block = self.program.global_block()
+        place = self.executor.place
+        shared, persist = self.shared, self.persistable
+        try:
+            for feed in feed_iter:
+                if self.stop.is_set():
+                    break
+                for n in persist:  # pick up persistables other threads replaced
+                    if n in shared:
+                        env[n] = shared[n]
+                before = {n: env.get(n) for n in persist}
+                rows = 0
+                for name, value in feed.items():
+                    env[name] = convert_feed(block.var(name), value, place)
+                    rows = rows or _rows(value)
+                self._steps(prep.steps, tid)
+                for n in persist:  # publish persistables this step replaced
+                    v = env.get(n)
+                    if v is not before[n]:
+                        shared[n] = v
+                self._account(tid, env, rows)
+        except BaseException as exc:  # noqa: BLE001  (re-raised by the main thread)
+            with self.lock:
+                self.errors.append(exc)
+            self.stop.set()
+        finally:
+            close = getattr(feed_iter, "close", None)
+            if close is not None:
+                close()  # stops readers (kills pipe commands) of an unfinished stream
+
+    def _steps(self, steps: list, tid: int) -> None:
+        if not (self.debug and tid == 0):
+            self.executor._run_steps(steps)
+            return
+        for kernel, ctx in steps:
+            t = time.perf_counter()
+            self.executor._run_steps([(kernel, ctx)])
+            self.op_seconds[ctx.op.type] = self.op_seconds.get(ctx.op.type, 0.0) + time.perf_counter() - t
+
+    def _account(self, tid: int, env: dict, rows: int) -> None:
+        with self.lock:
+            self.batches += 1
+            self.examples += rows
+            batches, examples = self.batches, self.examples
+        if tid != 0 or not self.fetch_names:
+            return
+        self.t0_batches += 1
+        values = [self.executor._fetch(env, n, True) for n in self.fetch_names]
+        self.fetched = dict(zip(self.labels, values))
+        if self.t0_batches % self.print_period == 0:
+            rate = examples / max(time.perf_counter() - self.start, 1e-9)
+            shown = ", ".join(f"{lab}: {_show(v)}" for lab, v in zip(self.labels, values))
+            print(f"batch {self.t0_batches} (all threads: {batches}): {shown}, examples/s: {rate:.0f}", flush=True)
+
+
+def _rows(value: Any) -> int:
+    if isinstance(value, LoDTensor):
+        lod = value.lod()
+        return len(lod[0]) - 1 if lod else len(value.values)
+    shape = getattr(value, "shape", None)
+    return int(shape[0]) if shape else 0
+
+
+def _show(v: Any) -> str:
+    flat = getattr(v, "ravel", lambda: v)()
+    size = getattr(flat, "size", 1)
+    return str(flat[0]) if size == 1 else str(v)
