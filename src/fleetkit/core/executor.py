@@ -120,7 +120,24 @@ class Executor:
             return _host_copy(v.values) if return_numpy else LoDTensor(_host_copy(v.values), v._lod)
         return _host_copy(v) if return_numpy else LoDTensor(_host_copy(v))
 
-    # train_from_dataset / infer_from_dataset live in trainer.py (data pipeline issue)
+    # train_from_dataset / infer_from_dataset: the work is in trainer.py
+    def train_from_dataset(self, program: Program | None = None, dataset: Any = None, scope: Scope | None = None,
+                           thread: int = 0, debug: bool = False, fetch_list: Sequence[Any] | None = None,
+                           fetch_info: Sequence[str] | None = None, print_period: int = 100) -> Any:
+        """Train on every batch of ``dataset`` with ``thread`` Hogwild workers sharing the
+        parameters (``thread`` <= 0: the dataset's ``set_thread``); thread 0 prints the
+        ``fetch_list`` values, labelled by ``fetch_info``, every ``print_period`` batches."""
+        from .trainer import run_from_dataset
+        return run_from_dataset(self, program, dataset, scope, thread, debug, fetch_list, fetch_info,
+                                print_period, infer=False)
+
+    def infer_from_dataset(self, program: Program | None = None, dataset: Any = None, scope: Scope | None = None,
+                           thread: int = 0, debug: bool = False, fetch_list: Sequence[Any] | None = None,
+                           fetch_info: Sequence[str] | None = None, print_period: int = 100) -> Any:
+        """Like ``train_from_dataset`` but without backward and optimize ops (nothing is updated)."""
+        from .trainer import run_from_dataset
+        return run_from_dataset(self, program, dataset, scope, thread, debug, fetch_list, fetch_info,
+                                print_period, infer=True)
 
 
 def _host_copy(a: Any) -> np.ndarray:
