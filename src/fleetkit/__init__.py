@@ -19,3 +19,9 @@ for _name in ("clip", "initializer", "io", "layers", "optimizer", "regularizer",
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
 
 __all__ = list(_core_all) + ["FleetkitError", "__version__"]
+
+# data pipeline (fluid.DatasetFactory and friends)
+from . import dataset  # noqa: E402
+from .dataset import DatasetFactory, InMemoryDataset, QueueDataset  # noqa: E402
+
+__all__ += ["DatasetFactory", "InMemoryDataset", "QueueDataset", "dataset"]
