@@ -23,6 +23,7 @@ median of 3 repeats, rank 0's clock.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -198,7 +199,9 @@ def _gloo(args: argparse.Namespace, sizes: list[int]) -> dict:
         from fleetkit.collective import TCPStore
         ours = TCPStore.from_address(args.store, timeout=60)
         if args.rank == 0:
-            tstore = dist.TCPStore("127.0.0.1", 0, 2, True, timeout=__import__("datetime").timedelta(seconds=60))
+            # wait_for_workers=False: rank 1 can only connect after it read the port from our store
+            tstore = dist.TCPStore("127.0.0.1", 0, 2, True, timeout=datetime.timedelta(seconds=60),
+                                   wait_for_workers=False)
             ours.set("gloo_port", str(tstore.port).encode())
         else:
             port = int(ours.get("gloo_port"))
@@ -276,7 +279,7 @@ def _available(impls: list[str]) -> list[str]:
     out = []
     for impl in impls:
         if impl == "gloo" and importlib.util.find_spec("torch") is None:
-            print("# torch not importable: Gloo skipped")
+            print("gloo: not installed (pip install torch for the Gloo comparison)")
         elif impl == "mpich" and importlib.util.find_spec("mpi4py") is None:
             print("# mpi4py not importable: MPICH skipped")
         else:
