@@ -261,3 +261,22 @@ def test_fleet_rejects_a_collective_strategy():
     fleet.init(UserDefinedRoleMaker(current_id=0, role=Role.WORKER, worker_num=1, server_endpoints=["a:1"]))
     with pytest.raises(InvalidArgumentError, match="DistributeTranspilerConfig"):
         fleet.distributed_optimizer(optimizer.SGD(0.1), strategy=object())
+
+
+def test_lookups_of_one_distributed_table_are_fused_into_one_prefetch():
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        slots = [layers.data(f"s{i}", shape=[1], dtype="int64", lod_level=1) for i in range(3)]
+        embs = [layers.sequence_pool(layers.embedding(s, size=[100, 4], is_sparse=True, is_distributed=True,
+                                                      param_attr=fk.ParamAttr(name="tbl")), "sum") for s in slots]
+        loss = layers.mean(layers.fc(layers.concat(embs, axis=1), 1))
+        optimizer.SGD(0.1).minimize(loss)
+    t = transpile(main, startup, sync=False)
+    prog = t.get_trainer_program()
+    fwd = [op for op in prog.global_block().ops if op.type == "distributed_lookup_table"]
+    assert len(fwd) == 1 and fwd[0].input("Ids") == ["s0", "s1", "s2"] and len(fwd[0].output("Out")) == 3
+    assert len([op for op in prog.global_block().ops if op.type == "distributed_lookup_table_grad"]) == 3
+    recv = [op for op in prog.global_block().ops if op.type == "recv"][0]
+    assert recv.attr("background") is True  # async: pulls overlap the next step
+    test = t.get_trainer_test_program(main.clone(for_test=True))
+    assert test.global_block().ops[0].type == "recv" and test.global_block().ops[0].attr("background") is False

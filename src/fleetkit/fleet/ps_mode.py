@@ -184,6 +184,8 @@ class PSFleet(FleetBase):
         if not self.is_worker():
             return
         from ..pserver.client import get_client  # noqa: PLC0415
+        from ..pserver.ops import drain_background  # noqa: PLC0415
+        drain_background()  # the last async push must land before COMPLETE
         get_client(self.worker_index()).send_complete(self.server_endpoints())
 
     def stop(self) -> None:

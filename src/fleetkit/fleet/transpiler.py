@@ -345,18 +345,18 @@ class DistributeTranspiler:
                                [n for t in tables for n in (t.param.name, t.grad)]}, infer=False)
         if self.sync_mode:
             block.append_op("send_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
-        self._append_recv(block, with_barrier=True)
+        self._append_recv(block, with_barrier=True, background=not self.sync_mode)
         if self.sync_mode:
             block.append_op("fetch_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
         prog._meta.update(self.origin_program._meta)
         return prog
 
-    def _append_recv(self, block: Any, with_barrier: bool) -> None:
+    def _append_recv(self, block: Any, with_barrier: bool, background: bool = False) -> None:
         if not self.params:
             return
         block.append_op("recv", {}, {"Out": [p.param.name for p in self.params]}, {
             "trainer_id": self.trainer_id, "sync_mode": self.sync_mode, "op_role": ROLE_RPC,
-            "with_barrier": with_barrier,
+            "with_barrier": with_barrier, "background": background,
             "epmap": [list(p.endpoints) for p in self.params],
             "recv_varnames": [[b.block_name for b in p.blocks] for p in self.params],
             "sections": [[b.rows for b in p.blocks] for p in self.params]}, infer=False)
@@ -371,6 +371,7 @@ class DistributeTranspiler:
             op.attrs.update({"epmap": list(self.pserver_endpoints), "table_name": w.name,
                              "table_height": int(w.shape[0]), "table_dim": int(w.shape[1]),
                              "trainer_id": self.trainer_id})
+        _fuse_lookups(block)
         block.program._bump()
 
     def get_trainer_test_program(self, test_program: Program) -> Program:
@@ -440,6 +441,29 @@ class DistributeTranspiler:
         if pserver_program is None:
             pserver_program = self.get_pserver_program(endpoint)
         return _psp.build_pserver_startup(self, endpoint, pserver_program)
+
+
+def _fuse_lookups(block: Any) -> None:
+    """Merge the prefetch ops of one table into the first of them, so each step asks
+    each pserver once per table (one round trip instead of one per slot).
+
+    Only lookups whose ids no op of the block produces (fed data) are merged: they can
+    all run where the first one stands.
+    """
+    produced = {n for op in block.ops for n in op.output_arg_names}
+    groups: dict[tuple, list[Operator]] = {}
+    for op in block.ops:
+        if op.type == "distributed_lookup_table" and not set(op.input("Ids")) & produced:
+            key = (op.attr("table_name"), op.attr("padding_idx"))
+            groups.setdefault(key, []).append(op)
+    for ops in groups.values():
+        if len(ops) < 2:
+            continue
+        first = ops[0]
+        first.inputs["Ids"] = [n for op in ops for n in op.input("Ids")]
+        first.outputs["Out"] = [n for op in ops for n in op.output("Out")]
+        drop = {id(op) for op in ops[1:]}
+        block.ops = [op for op in block.ops if id(op) not in drop]
 
 
 def _grad_block_name(grad: str, b: VarBlock) -> str:

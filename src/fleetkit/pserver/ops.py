@@ -14,6 +14,8 @@ the kernels, so building and inspecting programs needs no gRPC.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -77,9 +79,35 @@ def shard_by_id(value: Any, n: int, what: str) -> list[SelectedRows]:
 
 
 # ------------------------------------------------------------------ trainer ops
+# Async training: a step's gradients are pushed in the background while the trainer
+# pulls parameters and runs the next forward pass.  At most one push is in flight:
+# the next send (and stop_worker, before COMPLETE) waits for it and re-raises its error.
+_pending: list[Future] = []
+_pending_lock = threading.Lock()
+_push_pool: ThreadPoolExecutor | None = None
+
+
+def flush_sends() -> None:
+    """Wait for the background gradient push (async mode), re-raising its failure."""
+    with _pending_lock:
+        futures = list(_pending)
+        _pending.clear()
+    for f in futures:
+        f.result()
+
+
+def _push_in_background(fn: Any) -> None:
+    global _push_pool
+    with _pending_lock:
+        if _push_pool is None:
+            _push_pool = ThreadPoolExecutor(1, thread_name_prefix="fk-async-send")
+        _pending.append(_push_pool.submit(fn))
+
+
 @register_op("send", attrs={**_RPC_ATTRS, "epmap": [], "send_varnames": [], "sections": []})
 def send(ctx: KernelContext) -> None:
-    """Send every X: split into its blocks (or id shards) and pushed concurrently."""
+    """Send every X: split into its blocks (or id shards) and pushed concurrently
+    (sync mode: before returning; async mode: in the background, see flush_sends)."""
     a = ctx.attrs
     reqs = []
     for i, gname in enumerate(ctx.ins["X"]):
@@ -87,7 +115,12 @@ def send(ctx: KernelContext) -> None:
         eps, names, secs = a["epmap"][i], a["send_varnames"][i], a["sections"][i]
         parts = shard_by_id(value, len(eps), gname) if not secs else split_rows(value, secs, gname)
         reqs.extend(zip(eps, names, parts))
-    _client(ctx).send_vars(reqs)
+    client = _client(ctx)
+    flush_sends()
+    if a["sync_mode"]:
+        client.send_vars(reqs)
+    else:
+        _push_in_background(lambda: client.send_vars(reqs))
 
 
 @register_op("send_barrier", attrs={**_RPC_ATTRS, "endpoints": []})
@@ -103,17 +136,49 @@ def fetch_barrier(ctx: KernelContext) -> None:
 
 
 @register_op("recv", attrs={**_RPC_ATTRS, "epmap": [], "recv_varnames": [], "sections": [],
-                            "with_barrier": True})
+                            "with_barrier": True, "background": False})
 def recv(ctx: KernelContext) -> None:
-    """Pull every Out's blocks from their pservers (one concurrent call) and concat them."""
+    """Pull every Out's blocks from their pservers (one concurrent call) and concat them.
+
+    ``background`` (async training): install the values pulled since the previous run
+    and start the next pull, so the round trip overlaps the next step's compute (the
+    parameters are one step staler, which async training tolerates).
+    """
     a = ctx.attrs
     reqs = [(ep, name) for eps, names in zip(a["epmap"], a["recv_varnames"]) for ep, name in zip(eps, names)]
-    values = _client(ctx).get_vars(reqs, barrier=bool(a["with_barrier"]))
+    client = _client(ctx)
+    pull = lambda: client.get_vars(reqs, barrier=bool(a["with_barrier"]))  # noqa: E731
+    if not a["background"]:
+        values = pull()
+    else:
+        with _pending_lock:
+            prev = _pulls.pop(id(ctx.op), None)
+        values = prev.result() if prev is not None else pull()
+        with _pending_lock:
+            global _pull_pool
+            if _pull_pool is None:
+                _pull_pool = ThreadPoolExecutor(1, thread_name_prefix="fk-async-recv")
+            _pulls[id(ctx.op)] = _pull_pool.submit(pull)
     i = 0
     for out, names in zip(ctx.outs["Out"], a["recv_varnames"]):
         parts = [_dense(v) for v in values[i:i + len(names)]]
         i += len(names)
         ctx.env[out] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+
+_pulls: dict[int, Future] = {}
+_pull_pool: ThreadPoolExecutor | None = None
+
+
+def drain_background() -> None:
+    """Finish the background push (re-raising its error) and drop background pulls;
+    call before telling the pservers this trainer is done."""
+    flush_sends()
+    with _pending_lock:
+        pulls = list(_pulls.values())
+        _pulls.clear()
+    for f in pulls:
+        f.exception()  # wait; a pull's result (or failure) no longer matters
 
 
 def _dense(v: Any) -> Any:
@@ -127,14 +192,20 @@ def _dense(v: Any) -> Any:
                     "padding_idx": -1, "is_sparse": True, "is_distributed": True},
              sparse_grad=lambda op: {"W"})
 def distributed_lookup_table(ctx: KernelContext) -> None:
-    """Out[i] = table[Ids[i]], rows prefetched from pserver ``id % n`` (each id once)."""
+    """Out[k][i] = table[Ids[k][i]], rows prefetched from pserver ``id % n``.
+
+    Several lookups of one table may share the op (Ids and Out lists, fused by the
+    transpiler): every distinct id of the step is fetched once, in one concurrent
+    round of calls, whatever the number of lookups.
+    """
     a = ctx.attrs
-    ids_in = to_numpy(ctx.x("Ids"))
-    ids = ids_in.reshape(-1).astype(np.int64)
     height, dim, table = int(a["table_height"]), int(a["table_dim"]), a["table_name"]
+    ids_in = [to_numpy(x) for x in ctx.xs("Ids")]
+    flat = [x.reshape(-1).astype(np.int64) for x in ids_in]
+    ids = np.concatenate(flat) if len(flat) > 1 else flat[0]
     if ids.size and (ids.min() < 0 or ids.max() >= height):
         bad = int(ids.max() if ids.max() >= height else ids.min())
-        raise InvalidArgumentError(f"op 'distributed_lookup_table': Ids '{ctx.ins['Ids'][0]}' holds id {bad}, "
+        raise InvalidArgumentError(f"op 'distributed_lookup_table': Ids {ctx.ins['Ids']} hold id {bad}, "
                                    f"outside the table '{table}' of {height} rows")
     uniq, inv = np.unique(ids, return_inverse=True)
     eps = list(a["epmap"])
@@ -152,8 +223,16 @@ def distributed_lookup_table(ctx: KernelContext) -> None:
     pad = int(a["padding_idx"])
     if pad != -1:
         out[ids == pad] = 0
-    lead = ids_in.shape[:-1] if ids_in.ndim > 1 and ids_in.shape[-1] == 1 else ids_in.shape
-    ctx.out("Out", ctx.xp.asarray(out.reshape(tuple(lead) + (dim,))), ctx.lod("Ids"))
+    start = 0
+    for k, (x, f) in enumerate(zip(ids_in, flat)):
+        part = out[start:start + len(f)]
+        start += len(f)
+        lead = x.shape[:-1] if x.ndim > 1 and x.shape[-1] == 1 else x.shape
+        name = ctx.outs["Out"][k]
+        v = ctx.env.get(ctx.ins["Ids"][k])
+        lod = v._lod if v.__class__ is LoDTensor and v._lod else None
+        value = ctx.xp.asarray(part.reshape(tuple(lead) + (dim,)))
+        ctx.env[name] = LoDTensor(value, lod) if lod else value
 
 
 @register_grad("distributed_lookup_table")
