@@ -1,0 +1,270 @@
+"""Parameter-server RPC throughput next to raw loopback sockets, measured in one run.
+
+    python benchmarks/pserver.py [--iters 30] [--json out.json]
+
+* push+pull: each trainer, per iteration, sends one 4 MiB float32 gradient block to
+  every pserver (SendVariable, async mode: the pserver applies SGD to its block on
+  arrival) and pulls the 4 MiB parameter block back (GetVariable), all pservers
+  concurrently.  MB/s counts bytes in both directions (8 MiB per trainer per pserver
+  per iteration); "per pserver" divides the aggregate by the number of pservers.
+  1 and 2 trainers x 1 and 2 pservers, every process separate (spawned).
+* raw socket: the same 4 MiB-out / 4 MiB-back exchange over one plain TCP loopback
+  connection between two processes (sendall / recv_into a preallocated buffer): the
+  ceiling for one trainer-pserver pair.  Ratio = pserver MB/s per pserver / raw MB/s.
+* bare gRPC echo: 4 MiB bytes in and out of a Python gRPC server with no codec, no
+  handler and no copies of ours: how much of the gap to the socket is gRPC itself.
+* sparse prefetch: rows/s of PrefetchVariable for 16-float rows of a table over a
+  10^9-id space, batches of 10 000 random ids, first touch (rows created) and warm.
+
+Children run with OMP_NUM_THREADS=1 and the malloc settings from DESIGN.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "268435456",
+             "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+BLOCK = 4 << 20   # bytes
+REPEATS = 3
+MB = 1e6
+
+
+# ---------------------------------------------------------------- raw socket
+def _raw_server(port_conn: Any, iters: int) -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_conn.send(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = bytearray(BLOCK)
+    view = memoryview(buf)
+    for _ in range(iters):
+        got = 0
+        while got < BLOCK:
+            got += conn.recv_into(view[got:], BLOCK - got)
+        conn.sendall(view)
+    conn.close()
+
+
+def raw_socket_mb_s(iters: int) -> float:
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_raw_server, args=(writer, REPEATS * iters + 3))
+    proc.start()
+    port = reader.recv()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    out = np.random.rand(BLOCK // 8).view(np.uint8)
+    back = bytearray(BLOCK)
+    view = memoryview(back)
+
+    def once() -> None:
+        sock.sendall(out)
+        got = 0
+        while got < BLOCK:
+            got += sock.recv_into(view[got:], BLOCK - got)
+    for _ in range(3):
+        once()
+    dt = _best_of(REPEATS, iters, once)
+    sock.close()
+    proc.join(30)
+    return 2 * BLOCK * iters / dt / MB
+
+
+def _best_of(repeats: int, iters: int, once: Any) -> float:
+    """Shortest time of ``repeats`` runs of ``iters`` calls (the machine is shared: the
+    best run is the one least disturbed by other processes)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            once()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ------------------------------------------------- bare gRPC (the transport's ceiling)
+def _echo_server(port_conn: Any) -> None:
+    import grpc
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleetkit.pserver import rpc
+
+    blob = os.urandom(BLOCK)
+    server = grpc.server(ThreadPoolExecutor(8), options=rpc.server_options(64 << 20))
+    handler = grpc.unary_unary_rpc_method_handler(lambda req, ctx: blob, request_deserializer=lambda b: b,
+                                                  response_serializer=lambda b: b)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
+    port_conn.send(server.add_insecure_port("127.0.0.1:0"))
+    server.start()
+    server.wait_for_termination(600)
+
+
+def grpc_echo_mb_s(iters: int) -> float:
+    """4 MiB request, 4 MiB response, bytes in and out untouched by Python: what Python
+    gRPC itself moves over one channel, with the same channel options as the client."""
+    import grpc
+
+    from fleetkit.pserver import rpc
+
+    ctx = mp.get_context("spawn")
+    reader, writer = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_echo_server, args=(writer,), daemon=True)
+    proc.start()
+    ch = grpc.insecure_channel(f"127.0.0.1:{reader.recv()}", options=rpc.channel_options(64 << 20))
+    stub = ch.unary_unary("/bench.Echo/Echo", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    data = os.urandom(BLOCK)
+    for _ in range(3):
+        stub(data)
+    dt = _best_of(REPEATS, iters, lambda: stub(data))
+    ch.close()
+    proc.kill()
+    proc.join(10)
+    return 2 * BLOCK * iters / dt / MB
+
+
+# ------------------------------------------------------------------ pservers
+def _serve(conn: Any, n_trainers: int) -> None:
+    from fleetkit.errors import NotFoundError
+    from fleetkit.pserver.server import ParameterServer, ServerHandler, ServerOptions
+    from fleetkit.pserver.tables import SparseTable
+
+    class Handler(ServerHandler):
+        def __init__(self) -> None:
+            self.p = {f"w.block{i}": np.zeros(BLOCK // 4, np.float32) for i in range(n_trainers)}
+            self.table = SparseTable("emb", 16)
+
+        def apply(self, grads: dict) -> None:
+            for name, g in grads.items():
+                p = self.p[name.removesuffix("@GRAD")]
+                p -= np.float32(0.01) * g
+
+        def get(self, name: str) -> Any:
+            if name not in self.p:
+                raise NotFoundError(name)
+            return self.p[name]
+
+        def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
+            return self.table.lookup(ids)
+
+        def state(self) -> dict:
+            return dict(self.p)
+
+        def load_state(self, d: dict) -> None:
+            self.p.update(d)
+
+    server = ParameterServer("127.0.0.1:0", Handler(), n_trainers, sync_mode=False,
+                             options=ServerOptions(exit_when_complete=True))
+    conn.send(server.start())
+    conn.close()
+    server.wait()
+
+
+def _trainer(rank: int, endpoints: list[str], iters: int, start: Any, out: Any) -> None:
+    from fleetkit.pserver.client import RPCClient
+
+    c = RPCClient(rank)
+    g = np.random.RandomState(rank).rand(BLOCK // 4).astype(np.float32)
+    name = f"w.block{rank}"   # each trainer its own block: no contention on one param
+
+    def once() -> None:
+        c.send_vars([(ep, name + "@GRAD", g) for ep in endpoints])
+        c.get_vars([(ep, name) for ep in endpoints], barrier=False)
+    for _ in range(3):
+        once()
+    start.wait()
+    out.put((rank, _best_of(REPEATS, iters, once)))
+    c.send_complete(endpoints)
+    c.close()
+
+
+def _start_servers(n: int, n_trainers: int) -> tuple[list, list[str]]:
+    ctx = mp.get_context("spawn")
+    procs, eps = [], []
+    for _ in range(n):
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_serve, args=(writer, n_trainers))
+        p.start()
+        procs.append(p)
+        eps.append(f"127.0.0.1:{reader.recv()}")
+    return procs, eps
+
+
+def pserver_mb_s(n_trainers: int, n_pservers: int, iters: int) -> float:
+    """Aggregate push+pull MB/s of ``n_trainers`` against ``n_pservers``."""
+    ctx = mp.get_context("spawn")
+    procs, eps = _start_servers(n_pservers, n_trainers)
+    start, out = ctx.Barrier(n_trainers + 1), ctx.Queue()
+    trainers = [ctx.Process(target=_trainer, args=(r, eps, iters, start, out)) for r in range(n_trainers)]
+    for t in trainers:
+        t.start()
+    start.wait(120)
+    times = [out.get(timeout=600)[1] for _ in trainers]
+    for p in trainers + procs:
+        p.join(60)
+    return n_trainers * n_pservers * 2 * BLOCK * iters / max(times) / MB
+
+
+def prefetch_rows_s(batches: int, batch: int = 10_000) -> tuple[float, float]:
+    """(first-touch rows/s, warm rows/s) of 16-float rows from one pserver."""
+    from fleetkit.pserver.client import RPCClient
+
+    procs, eps = _start_servers(1, 1)
+    c = RPCClient(0)
+    rng = np.random.RandomState(0)
+    id_batches = [rng.randint(0, 10**9, size=batch) for _ in range(batches)]
+    rates = []
+    for _ in range(2):   # first pass creates the rows, second finds them
+        t0 = time.perf_counter()
+        for ids in id_batches:
+            rows = c.prefetch([(eps[0], "emb", ids)])[0]
+        rates.append(batches * batch / (time.perf_counter() - t0))
+        assert rows.shape == (batch, 16)
+    c.send_complete(eps)
+    c.close()
+    procs[0].join(60)
+    return rates[0], rates[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=30, help="timed push+pull iterations per config")
+    ap.add_argument("--prefetch-batches", type=int, default=30)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    os.environ.update(CHILD_ENV)   # inherited by every spawned child
+
+    raw = raw_socket_mb_s(args.iters)
+    echo = grpc_echo_mb_s(args.iters)
+    print(f"raw loopback socket, 4 MiB out + 4 MiB back: {raw:8.0f} MB/s (one connection)")
+    print(f"bare Python gRPC echo, same exchange:        {echo:8.0f} MB/s ({echo / raw:.0%} of raw: "
+          f"the transport's own ceiling)")
+    print(f"{'trainers':>8} {'pservers':>8} {'aggregate MB/s':>15} {'per pserver MB/s':>17} {'vs raw':>7}")
+    rows = []
+    for n_t in (1, 2):
+        for n_p in (1, 2):
+            agg = pserver_mb_s(n_t, n_p, args.iters)
+            per = agg / n_p
+            rows.append({"trainers": n_t, "pservers": n_p, "aggregate_mb_s": agg, "per_pserver_mb_s": per,
+                         "ratio_vs_raw": per / raw})
+            print(f"{n_t:>8} {n_p:>8} {agg:>15.0f} {per:>17.0f} {per / raw:>6.0%}", flush=True)
+    cold, warm = prefetch_rows_s(args.prefetch_batches)
+    print(f"sparse prefetch, 16-float rows, batches of 10000 ids in a 1e9-id space: "
+          f"{cold:,.0f} rows/s first touch, {warm:,.0f} rows/s warm")
+    print(f"(cores: {os.cpu_count()}, python {sys.version.split()[0]}, goal: per pserver >= 50% of raw)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"raw_socket_mb_s": raw, "grpc_echo_mb_s": echo, "push_pull": rows, "prefetch_rows_s_first_touch": cold,
+                       "prefetch_rows_s_warm": warm}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
