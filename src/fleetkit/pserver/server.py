@@ -80,7 +80,11 @@ class ServerOptions:
     auth_token: str | None = None        #: None: FLEETKIT_AUTH_TOKEN from the environment
     tls_cert_path: str | None = None     #: PEM certificate + key: serve TLS
     tls_key_path: str | None = None
-    max_workers: int = 64                #: gRPC threads (sync gets block in them)
+    #: gRPC threads; None: 16 per trainer + 32.  Sync gets block in these threads, and a
+    #: barrier queued behind a full pool of blocked gets would never run: each trainer's
+    #: client has at most 16 calls in flight (ClientOptions.max_concurrency), so 16 per
+    #: trainer plus headroom always leaves a thread for the barrier that frees them.
+    max_workers: int | None = None
     exit_when_complete: bool = True      #: wait() returns once every trainer sent COMPLETE
 
 
@@ -126,7 +130,8 @@ class ParameterServer:
             if state is not None:
                 self.handler.load_state(state)
                 log.info("pserver %s: resumed from checkpoint in %s", self.endpoint, o.checkpoint_dir)
-        server = grpc.server(ThreadPoolExecutor(o.max_workers, thread_name_prefix="fk-pserver"),
+        workers = o.max_workers or 16 * self.num_trainers + 32
+        server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="fk-pserver"),
                              options=rpc.server_options(o.max_message_bytes))
         server.add_generic_rpc_handlers((self._generic_handler(),))
         try:
