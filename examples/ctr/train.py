@@ -107,6 +107,11 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     out["final"] = {n: scope.numpy(n).copy() for n in params}
     if tid == 0 and cfg.get("fetch_table_rows"):
         out["table"] = _pull_table(model, cfg["fetch_table_rows"])
+    if cfg.get("save_dir"):  # the chief writes; the other trainers' calls do nothing
+        fleet.save_persistables(exe, cfg["save_dir"])
+        if not cfg.get("is_distributed"):
+            fleet.save_inference_model(exe, os.path.join(cfg["save_dir"], "inference"),
+                                       [v.name for v in model.feeds[:-1]], [model.predict])
     fleet.stop_worker()
     return out
 

@@ -137,6 +137,35 @@ def test_trainers_far_apart_and_more_pservers_than_blocks():
         np.testing.assert_allclose(value, scope.numpy(name), rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+# ------------------------------------------------------------------ save and restore
+@pytest.mark.parametrize("distributed", [False, True], ids=["sliced-table", "distributed-table"])
+def test_save_persistables_then_init_server_from_model_dir(tmp_path, distributed):
+    """Job 1 trains and saves (chief gathers dense blocks, each pserver its shard); job 2's
+    pservers start from that directory, so its trainers start where job 1 ended."""
+    save = str(tmp_path / "model")
+    cfg = {"sync": True, "steps": 3, "batch_size": 32, "trainers": 2, "optimizer": "adam", "lr": 0.01,
+           "is_sparse": True, "is_distributed": distributed, "data": SMALL, "save_dir": save}
+    if distributed:
+        cfg["fetch_table_rows"] = 3 * SMALL["vocab"]
+    first = run_job(2, cfg)[2]
+    assert os.path.isfile(os.path.join(save, "fc_0.w_0"))
+    if distributed:
+        assert sorted(os.listdir(os.path.join(save, "__lookup_table__"))) == ["pserver_0.fkckpt",
+                                                                              "pserver_1.fkckpt"]
+    else:  # the saved inference model loads and predicts without any pserver
+        exe, sc = fk.Executor(), fk.Scope()
+        prog, feeds, fetches = fk.io.load_inference_model(os.path.join(save, "inference"), exe, scope=sc)
+        data = CTRData(CTRConfig(**SMALL))
+        feed = {k: v for k, v in data.feed(data.examples(16, 5)).items() if k in feeds}
+        (prob,) = exe.run(prog, feed=feed, fetch_list=fetches, scope=sc)
+        assert prob.shape == (16, 2) and np.allclose(prob.sum(1), 1, atol=1e-5)
+    second = run_job(2, {**cfg, "steps": 0, "save_dir": None, "model_dir": save})[2]
+    for name, value in first["final"].items():
+        np.testing.assert_array_equal(second["start"][name], value, err_msg=name)
+    if distributed:
+        np.testing.assert_array_equal(second["table"], first["table"])
+
+
 # ------------------------------------------------------------------ async CTR
 ASYNC_CFG = {"sync": False, "steps": 300, "batch_size": 128, "trainers": 2, "optimizer": "adam", "lr": 0.005,
              "is_sparse": True, "is_distributed": True, "test_examples": 20000}
