@@ -57,8 +57,8 @@ def _spmd_main() -> None:
 
     backend = get_backend("mpi", timeout=120)
     checks = check_against_oracle(backend)
-    if backend.world_size == 2:
-        checks += check_large_all_reduce(backend, 64 << 20)
+    for dtype in (np.float32, np.float64, np.int64):  # 64 MiB each, on 2 and on 3 ranks
+        checks += check_large_all_reduce(backend, 64 << 20, dtype)
     try:
         backend.all_reduce(np.ones(3 + (backend.rank == 1)))
         raise AssertionError("a size mismatch went unnoticed")

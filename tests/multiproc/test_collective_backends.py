@@ -51,20 +51,16 @@ def test_tcp_tiny_chunks_pipeline_correctly(store_port):
     assert counts[0] > 100
 
 
-def _large(rank, world_size, port, dtype_name):
+def _large(rank, world_size, port, dtype_names):
     with _tcp(rank, world_size, port, timeout=60) as backend:
-        return check_large_all_reduce(backend, 64 << 20, np.dtype(dtype_name))
+        return sum(check_large_all_reduce(backend, 64 << 20, np.dtype(d)) for d in dtype_names)
 
 
-def test_tcp_64mib_two_ranks(store_port):
-    assert run_workers(_large, 2, (store_port, "float32"), timeout=120, env=FAST_MALLOC) == [1, 1]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("world_size,dtype", [(2, "float64"), (2, "int64"), (3, "float32"),
-                                              (3, "float64"), (3, "int64")])
-def test_tcp_64mib_slow(store_port, world_size, dtype):
-    assert run_workers(_large, world_size, (store_port, dtype), timeout=300, env=FAST_MALLOC) == [1] * world_size
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_tcp_64mib_every_dtype(store_port, world_size):
+    # One group per world size runs all three dtypes: spawning and rendezvous once.
+    dtypes = ("float32", "float64", "int64")
+    assert run_workers(_large, world_size, (store_port, dtypes), timeout=240, env=FAST_MALLOC) == [3] * world_size
 
 
 # ---- rendezvous variants ---------------------------------------------------------------------------

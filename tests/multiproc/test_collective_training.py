@@ -165,3 +165,52 @@ def test_collective_op_without_a_group_says_how_to_set_one_up():
     main.global_block().append_op("c_allreduce_sum", {"X": [x]}, {"Out": [x]}, {"ring_id": 7})
     with pytest.raises(fk.FleetkitError, match="init_parallel_env"):
         fk.Executor().run(main, feed={"x": np.ones(3, "float32")}, scope=fk.Scope())
+
+
+# ---- a worker dies mid-training ---------------------------------------------------------------------
+
+
+def _dies_mid_training(rank, world_size, port):
+    import os
+    import socket
+    import time
+
+    from fleetkit import fleet
+    from fleetkit.fleet import PaddleCloudRoleMaker
+
+    # Roles from Paddle's variables; each rank binds port 0 first and shares the real port.
+    listener = socket.create_server(("127.0.0.1", 0))
+    store = collective.TCPStore("127.0.0.1", port, timeout=30)
+    store.set(f"ep/{rank}", f"127.0.0.1:{listener.getsockname()[1]}".encode())
+    endpoints = [store.get(f"ep/{r}").decode() for r in range(world_size)]
+    os.environ.update(PADDLE_TRAINER_ENDPOINTS=",".join(endpoints), PADDLE_TRAINER_ID=str(rank),
+                      PADDLE_TRAINERS_NUM=str(world_size))
+    collective.set_group(collective.get_backend("tcp", listener=listener, timeout=10))
+    fleet.init(PaddleCloudRoleMaker(is_collective=True))
+    main, startup, loss, opt = _build("momentum", seed=7)
+    with fk.program_guard(main, startup):
+        fleet.distributed_optimizer(opt).minimize(loss)
+    exe, scope = fk.Executor(), fk.Scope()
+    exe.run(fleet.startup_program, scope=scope)
+    x, y = _data(world_size)
+    feed = {"x": x[0][:BATCH], "label": y[0][:BATCH]}
+    exe.run(fleet.main_program, feed=feed, scope=scope)
+    if rank == 1:
+        os._exit(17)
+    start = time.monotonic()
+    with pytest.raises(collective.PeerFailedError) as info:
+        for _ in range(3):
+            exe.run(fleet.main_program, feed=feed, scope=scope)
+    return str(info.value), time.monotonic() - start, endpoints[1]
+
+
+def test_a_worker_dying_mid_training_is_named_by_the_others():
+    server = collective.TCPStoreServer("127.0.0.1", 0)
+    try:
+        results = run_workers(_dies_mid_training, 3, (server.port,), timeout=60, expect_exit={1: 17})
+    finally:
+        server.close()
+    for rank in (0, 2):
+        message, elapsed, endpoint = results[rank]
+        assert "rank 1" in message and endpoint in message, message
+        assert elapsed < 8.0, f"rank {rank} took {elapsed:.1f} s to notice"
