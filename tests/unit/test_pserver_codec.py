@@ -104,3 +104,41 @@ def test_truncated_and_malformed_messages_are_rejected_clearly():
 def test_unsupported_dtype_names_the_variable():
     with pytest.raises(DTypeError, match="'c'.*complex"):
         codec.encode("c", np.ones(3, np.complex64))
+
+
+def test_grpc_failures_map_to_retryable_or_permanent_fleetkit_errors():
+    import grpc
+
+    from fleetkit import errors
+    from fleetkit.pserver import rpc
+
+    class Failed(grpc.RpcError):
+        def __init__(self, code, details="why", md=()):
+            self._c, self._d, self._md = code, details, md
+
+        def code(self):
+            return self._c
+
+        def details(self):
+            return self._d
+
+        def trailing_metadata(self):
+            return self._md
+
+    S = grpc.StatusCode
+    cases = {S.UNAVAILABLE: (errors.PServerUnavailableError, errors.RetryableError),
+             S.DEADLINE_EXCEEDED: (errors.RPCDeadlineError, errors.RetryableError),
+             S.UNAUTHENTICATED: (errors.RPCAuthError, errors.PermanentError),
+             S.INVALID_ARGUMENT: (errors.RPCRequestError, errors.PermanentError),
+             S.NOT_FOUND: (errors.RPCRequestError, errors.PermanentError),
+             S.INTERNAL: (errors.PServerError, errors.PermanentError),
+             S.ABORTED: (errors.PServerError, errors.PermanentError)}
+    for code, (cls, family) in cases.items():
+        e = rpc.map_rpc_error(Failed(code), "10.0.0.1:6174", "fc.w@GRAD", "SendVariable")
+        assert type(e) is cls and isinstance(e, family) and isinstance(e, errors.RPCError), code
+        assert "10.0.0.1:6174" in str(e) and "'fc.w@GRAD'" in str(e) and code.name in str(e)
+        assert e.endpoint == "10.0.0.1:6174" and e.varname == "fc.w@GRAD" and e.code == code.name
+        assert rpc.is_retryable(Failed(code)) == (code == S.UNAVAILABLE)
+    e = rpc.map_rpc_error(Failed(S.ABORTED, "round failed", ((rpc.MISSING_TRAINERS_KEY, "1,3"),)),
+                          "h:1", "w", "GetVariable")
+    assert isinstance(e, errors.BarrierTimeoutError) and e.missing_trainers == (1, 3)

@@ -82,14 +82,15 @@ class IdIndex:
         mask = len(self._keys) - 1
         pos = self._home(ids)
         while len(ids):
-            free = self._keys[pos] == _EMPTY
-            # among ids aiming at the same free cell only the first takes it this pass
-            cand = np.flatnonzero(free)
-            _, first = np.unique(pos[cand], return_index=True)
+            free = np.flatnonzero(self._keys[pos] == _EMPTY)
+            # ids aiming at the same free cell all write it; one value survives, and
+            # since ids are distinct exactly that id reads itself back: it won the cell
+            self._keys[pos[free]] = ids[free]
             won = np.zeros(len(ids), dtype=bool)
-            won[cand[first]] = True
-            self._keys[pos[won]], self._slots[pos[won]] = ids[won], slots[won]
-            ids, slots, pos = ids[~won], slots[~won], (pos[~won] + 1) & mask
+            won[free] = self._keys[pos[free]] == ids[free]
+            self._slots[pos[won]] = slots[won]
+            lost = ~won
+            ids, slots, pos = ids[lost], slots[lost], (pos[lost] + 1) & mask
 
     def _grow(self, need: int) -> None:
         live = self._keys != _EMPTY
