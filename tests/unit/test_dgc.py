@@ -73,3 +73,43 @@ def test_single_process_minimize_is_plain_momentum():
     DGCMomentumOptimizer(0.1, 0.9, rampup_begin_step=0, num_trainers=1).minimize(loss)
     types = [op.type for op in fk.default_main_program().global_block().ops]
     assert "dgc" not in types and not any(t.startswith("c_") for t in types) and "momentum" in types
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_dgc_op_momentum_correction_clipping_and_masking(nesterov):
+    # A one-rank local group: the exchange returns this rank's own selection.
+    from fleetkit import collective
+
+    group = collective.LocalGroup(1, timeout=10)
+    collective.set_group(group[0], ring_id=5)
+    try:
+        n, k_frac, m, clip = 100, 0.7, 0.9, 0.5
+        rng = np.random.default_rng(1)
+        u0, v0, g = (rng.standard_normal(n).astype("float32") for _ in range(3))
+        main = fk.Program()
+        block = main.global_block()
+        for name, shape in (("u", [n]), ("v", [n]), ("g", [n]), ("step", [1])):
+            block.create_var(name=name, shape=shape, dtype="float32")
+        block.append_op("dgc", {"U": ["u"], "V": ["v"], "Grad": ["g"], "CurrentStep": ["step"]},
+                        {"U_out": ["u"], "V_out": ["v"], "Grad_out": ["g"]},
+                        {"m": m, "use_nesterov": nesterov, "ring_id": 5, "clip_norm": clip, "exchange": "sparse",
+                         "rampup_begin_step": 1, "rampup_step": 1, "sparsity": [1 - k_frac]})
+        scope = fk.Scope()
+        out_u, out_v, out_g = fk.Executor().run(
+            main, feed={"u": u0.copy(), "v": v0.copy(), "g": g.copy(), "step": np.array([3.0], "float32")},
+            fetch_list=["u", "v", "g"], scope=scope)
+        gc = g * np.float32(clip / np.linalg.norm(g))  # the clipped gradient
+        if nesterov:
+            u = (u0 + gc) * np.float32(m)
+            v = v0 + u + gc
+        else:
+            u = u0 * np.float32(m) + gc
+            v = v0 + u
+        k = int(n * k_frac)
+        sent = np.zeros(n, bool)
+        sent[np.argsort(-np.abs(v))[:k]] = True
+        np.testing.assert_allclose(out_g, np.where(sent, v, 0), rtol=1e-6)
+        np.testing.assert_allclose(out_u, np.where(sent, 0, u), rtol=1e-6)
+        np.testing.assert_allclose(out_v, np.where(sent, 0, v), rtol=1e-6)
+    finally:
+        collective.destroy_group(5)
