@@ -178,8 +178,15 @@ class ParameterServer:
         return self.rounds.all_complete.is_set() if self.rounds is not None else not self._live
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop serving (waiting trainers get an error); idempotent."""
+        """Stop serving (waiting trainers get an error); idempotent.  With periodic
+        checkpoints configured, a last one is written first."""
+        first = not self._stop_flag.is_set()
         self._stop_flag.set()
+        if first and self._ckpt_thread is not None:
+            try:
+                self.save_checkpoint()
+            except Exception:  # noqa: BLE001 - stopping anyway; the previous checkpoint stays
+                log.exception("pserver %s: final checkpoint failed", self.endpoint)
         if self.rounds is not None:
             self.rounds.stop()
         if self._server is not None:
