@@ -118,15 +118,34 @@ def test_parse_lod_offsets_and_big_ids():
     assert len(r.values) == 2  # unused slot 'c' checked but not returned
 
 
-def test_parser_matches_float_and_int_text_exactly():
+@pytest.mark.parametrize("fast", [True, False])
+def test_parser_matches_float_and_int_text_exactly(fast):
     rng = np.random.default_rng(0)
     floats = np.concatenate([rng.normal(0, 1e3, 300), rng.random(300), [0.0, -0.0, 1e-30, 3e20]])
     ints = rng.integers(0, 2**63 - 1, 300, dtype=np.int64)
     line = f"{len(floats)} " + " ".join(repr(float(x)) for x in floats)
     line += f" {len(ints)} " + " ".join(map(str, ints.tolist()))
-    r = parse_lines(line.encode(), [Slot("f", "float"), Slot("i", "uint64")])
+    r = parse_lines(line.encode(), [Slot("f", "float"), Slot("i", "uint64")], fast=fast)
     np.testing.assert_array_equal(r.values[0], floats.astype(np.float32))
     np.testing.assert_array_equal(r.values[1], ints)
+
+
+@pytest.mark.parametrize("layout_name", sorted(LAYOUTS))
+def test_compiled_scanner_equals_numpy_parser(layout_name):
+    from fleetkit.dataset._fastparse import fast_parse
+    layout = LAYOUTS[layout_name][:1] + [("unused", "float", False, 1)] + LAYOUTS[layout_name][1:]
+    rng = np.random.default_rng(3)
+    lines = _SampleGen(_random_samples(layout, 300, rng)).run_to_lines([str(i) for i in range(300)])
+    buf = ("\n".join(lines) + "  \t\n").encode()  # blank lines and trailing blanks too
+    slots = [Slot(n, k, d, n != "unused", (-1, w) if d else ()) for n, k, d, w in layout]
+    ref = parse_lines(buf, slots, fast=False)
+    got = parse_lines(buf, slots)
+    assert got.num == ref.num == 300 and len(got.values) == len(layout) - 1
+    for a, b in zip(got.values + got.lengths, ref.values + ref.lengths):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    if fast_parse(buf, slots) is None:
+        pytest.skip("no C compiler here: only the numpy parser runs")
 
 
 @pytest.mark.parametrize("line,reason", [

