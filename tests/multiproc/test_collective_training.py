@@ -2,6 +2,8 @@
 collective ops in programs and the plain collective API."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,7 @@ def _tcp_group(rank: int, world_size: int, port: int):
                                                        timeout=30))
 
 
-def _data_parallel(rank, world_size, port, opt_name, fuse):
+def _data_parallel(rank, world_size, port, opt_name, fuse, save_dir):
     from fleetkit import fleet
     from fleetkit.fleet import DistributedStrategy, UserDefinedCollectiveRoleMaker
 
@@ -78,6 +80,8 @@ def _data_parallel(rank, world_size, port, opt_name, fuse):
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
     for step in range(STEPS):
         exe.run(fleet.main_program, feed={"x": x[step][mine], "label": y[step][mine]}, scope=scope)
+    with fk.scope_guard(scope):
+        fleet.save_persistables(exe, os.path.join(save_dir, f"from_rank_{rank}"))
     fleet.stop_worker()
     return _params(main, scope), types
 
@@ -85,12 +89,13 @@ def _data_parallel(rank, world_size, port, opt_name, fuse):
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("opt_name", ["sgd", "momentum"])
 @pytest.mark.parametrize("fuse", [False, True])
-def test_data_parallel_equals_single_process(world_size, opt_name, fuse):
+def test_data_parallel_equals_single_process(world_size, opt_name, fuse, tmp_path):
     server = collective.TCPStoreServer("127.0.0.1", 0)
     try:
-        results = run_workers(_data_parallel, world_size, (server.port, opt_name, fuse), timeout=120)
+        results = run_workers(_data_parallel, world_size, (server.port, opt_name, fuse, str(tmp_path)), timeout=120)
     finally:
         server.close()
+    assert sorted(os.listdir(tmp_path)) == ["from_rank_0"]  # only the first worker saves
     want = _single(opt_name, world_size)
     for rank, (params, types) in enumerate(results):
         assert set(params) == set(want)
