@@ -144,3 +144,18 @@ def test_python_generator_as_pipe_command(tmp_path):
     ds.local_shuffle(seed=3)
     ids = _ids(ds)
     assert sorted(ids[0::2].tolist()) == list(range(100)) and (ids[1::2] == ids[0::2] + 1).all()
+
+
+def test_queue_dataset_skips_bad_lines_and_reports_at_the_end(tmp_path, caplog):
+    path = tmp_path / "f"
+    path.write_text("2 1 2 1 0\n2 1 1 0\n1 5 1 1\n1 x 1 1\n")
+    ds = _dataset("QueueDataset")
+    ds.set_filelist([str(path)])
+    ds.set_skip_bad_lines(True)
+    for _ in range(2):  # counts are per pass
+        ds._prepare_to_run()
+        assert _ids(ds).tolist() == [1, 2, 5]
+        with caplog.at_level("WARNING"):
+            ds._finish_run()
+        assert ds.skipped_lines() == 2
+    assert "skipped 2 malformed line(s); first: " + str(path) + ":2:" in caplog.text

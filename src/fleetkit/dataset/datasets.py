@@ -148,6 +148,10 @@ class DatasetBase:
                     self._first_skipped = self._first_skipped or parsed.first_bad
             yield InstanceStore.from_parsed(self.used_slots, parsed)
 
+    def _reset_skipped(self) -> None:
+        with self._lock:
+            self._skipped, self._first_skipped = 0, None
+
     def _report_skipped(self) -> None:
         if self._skipped:
             log.warning("skipped %d malformed line(s); first: %s", self._skipped, self._first_skipped)
@@ -189,6 +193,7 @@ class QueueDataset(DatasetBase):
 
     def _prepare_to_run(self) -> None:
         super()._prepare_to_run()
+        self._reset_skipped()  # counts are per pass over the files
         self._check_first_lines()
 
     def _thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
@@ -212,8 +217,7 @@ class QueueDataset(DatasetBase):
             for store in self._read_file(path):
                 store = InstanceStore.concat(self.used_slots, [carry, store])
                 full = len(store) // bs * bs
-                for start in range(0, full, bs):
-                    yield store.slice(start, start + bs).feed()
+                yield from store.slice(0, full).batches(bs)
                 carry = store.slice(full, len(store))
         if len(carry):
             yield carry.feed()
@@ -242,6 +246,7 @@ class InMemoryDataset(DatasetBase):
             raise InvalidArgumentError("InMemoryDataset: call set_use_var(vars) before load_into_memory")
         if not self.filelist:
             raise InvalidArgumentError("InMemoryDataset: set_filelist(files) gave no files")
+        self._reset_skipped()
         threads = max(1, min(self.thread_num or 1, len(self.filelist)))
         with ThreadPoolExecutor(threads, thread_name_prefix="load") as pool:
             parts = list(pool.map(lambda p: list(self._read_file(p)), self.filelist))
@@ -280,7 +285,8 @@ class InMemoryDataset(DatasetBase):
         self._store = None
 
     def get_memory_data_size(self, fleet: Any = None) -> int:
-        """Instances in memory here, or summed over the fleet's trainers."""
+        """Instances in memory here, or summed over the fleet's trainers (then every
+        trainer must call it: it is a collective)."""
         return self._sum_over(fleet, len(self._store) if self._store is not None else 0)
 
     def get_shuffle_data_size(self, fleet: Any = None) -> int:

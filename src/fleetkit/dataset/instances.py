@@ -92,21 +92,28 @@ class InstanceStore:
 
     def feed(self) -> dict[str, Any]:
         """This store as one feed dict: LoD tensors for sparse slots, dense arrays otherwise."""
-        from ..core.scope import LoDTensor  # the core is below the dataset layer: fine to import
-        n = len(self)
-        out: dict[str, Any] = {}
-        for slot, vals, off in zip(self.slots, self.values, self.offsets):
-            if slot.is_dense:
-                out[slot.name] = vals.reshape(_dense_shape(slot, n, vals.size))
-            else:
-                out[slot.name] = _lod_tensor(LoDTensor, vals.reshape(-1, 1), off)
-        return out
+        return next(self.batches(max(len(self), 1)), None) or {}
 
     def batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
-        """Feed dicts of ``batch_size`` instances (the last one may be smaller)."""
+        """Feed dicts of ``batch_size`` instances (the last one may be smaller): sparse slots
+        as LoDTensors ([values, 1] and level-1 offsets), dense ones as [batch, dims...]."""
+        from ..core.scope import LoDTensor  # the core is below the dataset layer: fine to import
         n = len(self)
+        plan = [(s.name, _dense_rest(s), v, o) for s, v, o in zip(self.slots, self.values, self.offsets)]
         for start in range(0, n, batch_size):
-            yield self.slice(start, min(start + batch_size, n)).feed()
+            stop = min(start + batch_size, n)
+            out: dict[str, Any] = {}
+            for name, rest, vals, off in plan:
+                if rest is not None:  # every instance has exactly prod(rest) values (checked when parsed)
+                    width = 1
+                    for d in rest:
+                        width *= d
+                    out[name] = vals[start * width:stop * width].reshape((stop - start,) + rest)
+                else:
+                    o = off[start:stop + 1]
+                    first = int(o[0])
+                    out[name] = _lod_tensor(LoDTensor, vals[first:int(o[-1])].reshape(-1, 1), o - first)
+            yield out
 
 
 def _lod_tensor(cls: Any, values: np.ndarray, offsets: np.ndarray) -> Any:
@@ -118,13 +125,14 @@ def _lod_tensor(cls: Any, values: np.ndarray, offsets: np.ndarray) -> Any:
     return t
 
 
-def _dense_shape(slot: Slot, n: int, size: int) -> tuple[int, ...]:
-    """[batch] + the variable's non-batch dims (values were checked per line)."""
+def _dense_rest(slot: Slot) -> tuple[int, ...] | None:
+    """Non-batch dims of a dense slot's feed (None for a sparse slot): the variable's
+    shape without its -1 batch dim, or [width] when that shape does not say."""
+    if not slot.is_dense:
+        return None
     dims = tuple(int(d) for d in slot.shape)
-    if dims and dims[0] < 0:
-        rest = dims[1:]
-    else:
-        rest = dims[1:] if dims and dims[0] == n and len(dims) > 1 else dims
-    if int(np.prod(rest, dtype=np.int64)) * n != size or any(d < 0 for d in rest):
-        return (n, size // max(n, 1))
-    return (n,) + rest
+    rest = dims[1:] if dims and dims[0] < 0 else dims
+    width = 1
+    for d in rest:
+        width *= d
+    return rest if rest and all(d > 0 for d in rest) and width == slot.dense_width else (slot.dense_width,)
