@@ -20,7 +20,7 @@ import math
 from typing import Any, Callable
 
 from ..core.registry import KernelContext, ShapeContext, register_op
-from .constants import REDUCE_OPS, WAIT_GRACE_S
+from .constants import REDUCE_OPS
 from .groups import get_group
 
 __all__ = ["pending_count", "wait_pending"]
@@ -43,9 +43,10 @@ def wait_pending(ring_id: int = 0) -> None:
     items = _PENDING.pop(ring_id, [])
     if not items:
         return
-    limit = get_group(ring_id).timeout + WAIT_GRACE_S
+    group = get_group(ring_id)
     for work, env, finish in items:
-        finish(env, work.wait(limit))
+        # _sync: a wait that outlives the op's own deadline marks the group broken
+        finish(env, group._sync(work, None))
 
 
 def _start(ctx: KernelContext, start: Callable[[Any], Any], finish: Callable[[dict, Any], None]) -> None:
@@ -55,7 +56,7 @@ def _start(ctx: KernelContext, start: Callable[[Any], Any], finish: Callable[[di
     if ctx.attrs.get("use_calc_stream", True):
         wait_pending(ring)  # keep results in program order
         work = start(group)
-        finish(ctx.env, work.wait(group.timeout + WAIT_GRACE_S))
+        finish(ctx.env, group._sync(work, None))
     else:
         _PENDING.setdefault(ring, []).append((start(group), ctx.env, finish))
 
