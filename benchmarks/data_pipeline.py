@@ -112,7 +112,8 @@ def main() -> None:
     args = ap.parse_args()
     paths = make_files(args.dir, args.mb)
     total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
-    model = build_ctr_model(SPEC, emb_dim=8, hidden=64, lr=0.001)
+    # Adagrad updates only the embedding rows a batch touches: the fastest honest training rate
+    model = build_ctr_model(SPEC, emb_dim=8, hidden=64, opt=fk.optimizer.Adagrad(0.01))
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     print(f"data: {total_mb:.1f} MB in {len(paths)} files, 26 sparse + 13 dense slots + label, "
@@ -131,7 +132,8 @@ def main() -> None:
     print(f"memory   load_into_memory (2 threads)   : {load:8.2f} s  ({total_mb / load:.1f} MB/s, {n} instances)")
     print(f"memory   local_shuffle                  : {shuffle:8.2f} s")
     train = train_rate(model, exe, paths[0])
-    print(f"train    CTR model, train_from_dataset 1 thread: {train:10.0f} instances/s")
+    print(f"train    CTR model (26 x 100k x 8 embeddings, fc 64, Adagrad), train_from_dataset 1 thread: "
+          f"{train:10.0f} instances/s")
     print(f"ratio    parse (1 thread) / train       : {rates[1] / train:8.1f}x  (goal >= 5x)")
     print(f"goal     >= 100 MB/s per thread         : {'met' if parse_rate_ok(rates, total_mb, n) else 'NOT met'}"
           f"  (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")

@@ -75,8 +75,10 @@ def write_ctr_files(directory: str, spec: CtrSpec, n_files: int, lines_per_file:
     return paths
 
 
-def build_ctr_model(spec: CtrSpec, emb_dim: int = 8, hidden: int = 16, lr: float = 0.01) -> dict[str, Any]:
-    """Build the model into the default programs; returns its variables.
+def build_ctr_model(spec: CtrSpec, emb_dim: int = 8, hidden: int = 16, lr: float = 0.01,
+                    opt: Any = None) -> dict[str, Any]:
+    """Build the model into the default programs (``opt``: the optimizer, default Adam(lr));
+    returns its variables.
 
     Keys: ``use_vars`` (label, dense_*, sparse_* in line order), ``loss``, ``predict``.
     """
@@ -92,5 +94,5 @@ def build_ctr_model(spec: CtrSpec, emb_dim: int = 8, hidden: int = 16, lr: float
     h = layers.fc(feats, hidden, act="relu")
     predict = layers.fc(h, 2, act="softmax")
     loss = layers.mean(layers.cross_entropy(predict, label))
-    optimizer.Adam(lr).minimize(loss)
+    (opt or optimizer.Adam(lr)).minimize(loss)
     return {"use_vars": [label] + dense + sparse, "loss": loss, "predict": predict}
