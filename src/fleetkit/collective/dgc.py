@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,7 +254,8 @@ class _ParamState:
         self.choice: str | None = None
 
 
-_STATES: dict[tuple[int, str], _ParamState] = {}
+# Keyed by the dgc op itself: two programs in one process (same names) keep separate buffers.
+_STATES: "weakref.WeakKeyDictionary[Operator, _ParamState]" = weakref.WeakKeyDictionary()
 
 
 def _dgc_infer(ctx: ShapeContext) -> None:
@@ -291,7 +293,7 @@ def dgc(ctx: KernelContext) -> None:
         u *= m
         u += g
         v += u
-    state = _STATES.setdefault((int(a["ring_id"]), ctx.ins["Grad"][0]), _ParamState())
+    state = _STATES.setdefault(ctx.op, _ParamState())
     how = _choose(state, a["exchange"], group, ctx.ins["Grad"][0])
     start = time.perf_counter()
     if how == "sparse":

@@ -17,6 +17,7 @@ per collective is cheap next to moving the bytes.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any, Callable
 
 from ..core.registry import KernelContext, ShapeContext, register_op
@@ -27,8 +28,9 @@ __all__ = ["pending_count", "wait_pending"]
 
 # ring_id -> [(work, env, finish)]; ``finish(env, result)`` stores the result.
 _PENDING: dict[int, list[tuple[Any, dict, Callable[[dict, Any], None]]]] = {}
-# id(op) -> reusable flat buffer of a fused all-reduce (multi-MiB allocations are slow here)
-_BUFFERS: dict[int, Any] = {}
+# op -> reusable flat buffer of a fused all-reduce (multi-MiB allocations are slow here);
+# weak keys, so a dropped program frees its buffers
+_BUFFERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 
 _RING = {"ring_id": 0, "use_calc_stream": True}
 
@@ -96,9 +98,9 @@ def c_fused_allreduce_sum(ctx: KernelContext) -> None:
     xp = ctx.xp
     sizes = [int(x.size) for x in xs]
     total = sum(sizes)
-    buf = _BUFFERS.get(id(ctx.op))
+    buf = _BUFFERS.get(ctx.op)
     if buf is None or buf.size != total or buf.dtype != xs[0].dtype:
-        buf = _BUFFERS[id(ctx.op)] = xp.empty(total, dtype=xs[0].dtype)
+        buf = _BUFFERS[ctx.op] = xp.empty(total, dtype=xs[0].dtype)
     offset = 0
     for x, n in zip(xs, sizes):
         buf[offset:offset + n] = x.reshape(-1)
