@@ -58,59 +58,72 @@ def _tcp_group(rank: int, world_size: int, port: int):
                                                        timeout=30))
 
 
-def _data_parallel(rank, world_size, port, opt_name, fuse, save_dir):
+CONFIGS = [(opt_name, fuse) for opt_name in ("sgd", "momentum") for fuse in (False, True)]
+
+
+def _data_parallel(rank, world_size, port, save_dir):
+    """Every config in one group: spawning and rendezvous are the expensive part."""
     from fleetkit import fleet
     from fleetkit.fleet import DistributedStrategy, UserDefinedCollectiveRoleMaker
 
     group = _tcp_group(rank, world_size, port)
-    fleet.init(UserDefinedCollectiveRoleMaker(rank, group.endpoints))
-    # A different seed per rank: only the startup broadcast makes the weights equal.
-    main, startup, loss, opt = _build(opt_name, seed=7 if rank == 0 else 100 + rank)
-    strategy = DistributedStrategy()
-    strategy.fuse_all_reduce_ops = fuse
-    strategy.fuse_grad_size_in_MB = 0.0005  # ~500 bytes: several buckets for this small net
-    with fk.program_guard(main, startup):
-        fleet.distributed_optimizer(opt, strategy).minimize(loss)
-    assert fleet.main_program is main and fleet.startup_program is startup
-    types = [op.type for op in main.global_block().ops]
-    exe, scope = fk.Executor(), fk.Scope()
-    fleet.init_worker()
-    exe.run(fleet.startup_program, scope=scope)
-    x, y = _data(world_size)
-    mine = slice(rank * BATCH, (rank + 1) * BATCH)
-    for step in range(STEPS):
-        exe.run(fleet.main_program, feed={"x": x[step][mine], "label": y[step][mine]}, scope=scope)
-    with fk.scope_guard(scope):
-        fleet.save_persistables(exe, os.path.join(save_dir, f"from_rank_{rank}"))
+    out = {}
+    for opt_name, fuse in CONFIGS:
+        fleet.init(UserDefinedCollectiveRoleMaker(rank, group.endpoints))
+        # A different seed per rank: only the startup broadcast makes the weights equal.
+        main, startup, loss, opt = _build(opt_name, seed=7 if rank == 0 else 100 + rank)
+        strategy = DistributedStrategy()
+        strategy.fuse_all_reduce_ops = fuse
+        strategy.fuse_grad_size_in_MB = 0.0005  # ~500 bytes: several buckets for this small net
+        with fk.program_guard(main, startup):
+            fleet.distributed_optimizer(opt, strategy).minimize(loss)
+        assert fleet.main_program is main and fleet.startup_program is startup
+        types = [op.type for op in main.global_block().ops]
+        exe, scope = fk.Executor(), fk.Scope()
+        fleet.init_worker()
+        exe.run(fleet.startup_program, scope=scope)
+        x, y = _data(world_size)
+        mine = slice(rank * BATCH, (rank + 1) * BATCH)
+        for step in range(STEPS):
+            exe.run(fleet.main_program, feed={"x": x[step][mine], "label": y[step][mine]}, scope=scope)
+        with fk.scope_guard(scope):
+            fleet.save_persistables(exe, os.path.join(save_dir, f"{opt_name}_{fuse}_from_rank_{rank}"))
+        out[opt_name, fuse] = _params(main, scope), types
     fleet.stop_worker()
-    return _params(main, scope), types
+    return out
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-@pytest.mark.parametrize("opt_name", ["sgd", "momentum"])
-@pytest.mark.parametrize("fuse", [False, True])
-def test_data_parallel_equals_single_process(world_size, opt_name, fuse, tmp_path):
+def test_data_parallel_equals_single_process(world_size, tmp_path):
+    """SGD and Momentum, with and without fusion: parameters equal one process on the
+    concatenated batches (rtol 1e-5) on every rank."""
     server = collective.TCPStoreServer("127.0.0.1", 0)
     try:
-        results = run_workers(_data_parallel, world_size, (server.port, opt_name, fuse, str(tmp_path)), timeout=120)
+        results = run_workers(_data_parallel, world_size, (server.port, str(tmp_path)), timeout=180)
     finally:
         server.close()
-    assert sorted(os.listdir(tmp_path)) == ["from_rank_0"]  # only the first worker saves
-    want = _single(opt_name, world_size)
-    for rank, (params, types) in enumerate(results):
-        assert set(params) == set(want)
-        for name, value in want.items():
-            np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=1e-7,
-                                       err_msg=f"rank {rank} parameter {name}")
-        if fuse:
-            assert "c_allreduce_sum" not in types and types.count("c_fused_allreduce_sum") >= 2, types
-        else:
-            assert types.count("c_allreduce_sum") == 6, types
-        assert types.count("c_sync_comm_stream") == 1
-        # communication starts inside backward: the first all-reduce precedes the last grad op
-        first = min(i for i, t in enumerate(types) if t.startswith("c_"))
-        last_grad = max(i for i, t in enumerate(types) if t.endswith("_grad"))
-        assert first < last_grad, types
+    # only the first worker saves
+    assert sorted(os.listdir(tmp_path)) == sorted(f"{o}_{f}_from_rank_0" for o, f in CONFIGS)
+    for opt_name, fuse in CONFIGS:
+        want = _single(opt_name, world_size)
+        for rank, by_config in enumerate(results):
+            params, types = by_config[opt_name, fuse]
+            _check_rank(params, types, want, fuse, f"{opt_name} fuse={fuse} rank {rank}")
+
+
+def _check_rank(params, types, want, fuse, what):
+    assert set(params) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(params[name], value, rtol=1e-5, atol=1e-7, err_msg=f"{what} parameter {name}")
+    if fuse:
+        assert "c_allreduce_sum" not in types and types.count("c_fused_allreduce_sum") >= 2, types
+    else:
+        assert types.count("c_allreduce_sum") == 6, types
+    assert types.count("c_sync_comm_stream") == 1
+    # communication starts inside backward: the first all-reduce precedes the last grad op
+    first = min(i for i, t in enumerate(types) if t.startswith("c_"))
+    last_grad = max(i for i, t in enumerate(types) if t.endswith("_grad"))
+    assert first < last_grad, types
 
 
 # ---- collective ops inside a program, and the plain API ------------------------------------------
