@@ -9,6 +9,7 @@ import pytest
 
 import fleetkit as fk
 from fleetkit import collective, layers
+from fleetkit.fleet import DistributedStrategy
 from fleetkit.testing import run_workers
 
 
@@ -20,6 +21,7 @@ def store_port():
 
 
 def _init_fleet(rank, world_size, port):
+
     from fleetkit import fleet
     from fleetkit.fleet import UserDefinedCollectiveRoleMaker
 
@@ -30,7 +32,7 @@ def _init_fleet(rank, world_size, port):
     return fleet
 
 
-def _train_mlp(fleet, rank, world_size, make_opt, steps=6):
+def _train_mlp(fleet, rank, world_size, make_opt, steps=6, fuse=False):
     """An MLP whose middle weight (128x128 = 16384 elements) is compressible."""
     main, startup = fk.Program(), fk.Program()
     main.random_seed = startup.random_seed = 3
@@ -40,7 +42,9 @@ def _train_mlp(fleet, rank, world_size, make_opt, steps=6):
         h = layers.fc(x, 128, act="tanh")
         h = layers.fc(h, 128, act="tanh")
         loss = layers.mean(layers.cross_entropy(layers.fc(h, 4, act="softmax"), label))
-        fleet.distributed_optimizer(make_opt()).minimize(loss)
+        strategy = DistributedStrategy()
+        strategy.fuse_all_reduce_ops = fuse
+        fleet.distributed_optimizer(make_opt(), strategy).minimize(loss)
     exe, scope = fk.Executor(), fk.Scope()
     exe.run(startup, scope=scope)
     rng = np.random.default_rng(5)
@@ -55,17 +59,21 @@ def _train_mlp(fleet, rank, world_size, make_opt, steps=6):
 
 def _sparsity_zero(rank, world_size, port):
     fleet = _init_fleet(rank, world_size, port)
-    dense, _ = _train_mlp(fleet, rank, world_size, lambda: fk.optimizer.Momentum(0.1, momentum=0.9))
-    dgc, types = _train_mlp(fleet, rank, world_size, lambda: fk.optimizer.DGCMomentumOptimizer(
-        0.1, momentum=0.9, rampup_begin_step=2, sparsity=[0.0], exchange="sparse"))
-    return dense, dgc, types
+    out = []
+    for fuse in (False, True):  # the small parameters' gradients go in buckets or one by one
+        dense, _ = _train_mlp(fleet, rank, world_size, lambda: fk.optimizer.Momentum(0.1, momentum=0.9), fuse=fuse)
+        dgc, types = _train_mlp(fleet, rank, world_size, lambda: fk.optimizer.DGCMomentumOptimizer(
+            0.1, momentum=0.9, rampup_begin_step=2, sparsity=[0.0], exchange="sparse"), fuse=fuse)
+        out.append((dense, dgc, types))
+    return out
 
 
 def test_dgc_sparsity_zero_equals_dense_allreduce_exactly(store_port):
-    for dense, dgc, types in run_workers(_sparsity_zero, 2, (store_port,), timeout=120):
-        assert types.count("dgc") == 1 and types.count("dgc_momentum") == 1, types
-        for name in dense:
-            np.testing.assert_array_equal(dgc[name], dense[name], err_msg=name)
+    for per_rank in run_workers(_sparsity_zero, 2, (store_port,), timeout=120):
+        for dense, dgc, types in per_rank:
+            assert types.count("dgc") == 1 and types.count("dgc_momentum") == 1, types
+            for name in dense:
+                np.testing.assert_array_equal(dgc[name], dense[name], err_msg=name)
 
 
 def _auto_exchange(rank, world_size, port):
