@@ -240,7 +240,10 @@ def main() -> None:
     ap.add_argument("--prefetch-batches", type=int, default=30)
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
-    os.environ.update(CHILD_ENV)   # inherited by every spawned child
+    if any(os.environ.get(k) != v for k, v in CHILD_ENV.items()):
+        # glibc reads the malloc settings at start-up: re-run this process with them, so
+        # the clients measured here get them too (spawned children inherit them)
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **CHILD_ENV})
 
     raw = raw_socket_mb_s(args.iters)
     echo = grpc_echo_mb_s(args.iters)
