@@ -40,9 +40,21 @@ class CTRData:
     def __init__(self, cfg: CTRConfig = CTRConfig()) -> None:
         self.cfg = cfg
         rng = np.random.default_rng(cfg.seed)
-        self.id_weight = rng.normal(0.0, 1.0, cfg.table_rows).astype(np.float64)
         self.dense_weight = rng.normal(0.0, 1.0, cfg.dense_dim)
         self.bias = -0.3
+
+    def id_weight(self, ids: np.ndarray) -> np.ndarray:
+        """The hidden weight of each id: a standard normal that is a pure function of
+        (seed, id), so a 10^9-id space costs no memory."""
+        x = np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(self.cfg.seed)
+        u = []
+        for salt in (np.uint64(0x632BE59BD9B4E019), np.uint64(0x85157AF5)):
+            z = x ^ salt
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            z = z ^ (z >> np.uint64(31))
+            u.append(((z >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53)
+        return np.sqrt(-2.0 * np.log(u[0])) * np.cos(2.0 * np.pi * u[1])  # Box-Muller
 
     def examples(self, n: int, seed: int) -> dict[str, Any]:
         """``n`` examples: {'ids': [slot][example] -> int64 array, 'dense', 'label', 'prob'}."""
@@ -54,9 +66,10 @@ class CTRData:
             total = int(lengths[s].sum())
             # skewed popularity: a few ids are frequent, most are rare (as in click logs)
             raw = np.minimum((rng.pareto(1.2, total) * 50).astype(np.int64), cfg.vocab - 1)
-            flat = raw + s * cfg.vocab
+            # popularity rank -> id: a fixed permutation, so popular ids spread over the space
+            flat = (raw * 2_654_435_761) % cfg.vocab + s * cfg.vocab
             offsets = np.concatenate([[0], np.cumsum(lengths[s])])
-            logit += np.add.reduceat(self.id_weight[flat], offsets[:-1]) / np.sqrt(lengths[s])
+            logit += np.add.reduceat(self.id_weight(flat), offsets[:-1]) / np.sqrt(lengths[s])
             ids.append((flat, lengths[s]))
         dense = rng.normal(0.0, 1.0, (n, cfg.dense_dim)).astype(np.float32)
         logit += dense @ self.dense_weight * 0.5

@@ -72,7 +72,7 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     data = CTRData(CTRConfig(**cfg.get("data", {})))
     strategy = fleet.DistributeTranspilerConfig(sync_mode=cfg["sync"])
     make_opt = {"sgd": lambda: fk.optimizer.SGD(cfg.get("lr", 0.1)),
-                "adam": lambda: fk.optimizer.Adam(cfg.get("lr", 0.005)),
+                "adam": lambda: fk.optimizer.Adam(cfg.get("lr", 0.005), epsilon=cfg.get("adam_epsilon", 1e-8)),
                 "adagrad": lambda: fk.optimizer.Adagrad(cfg.get("lr", 0.05))}[cfg.get("optimizer", "adam")]
     model = ctr_model.build(data.cfg, hidden=tuple(cfg.get("hidden", (64, 32))), is_sparse=cfg.get("is_sparse", True),
                             is_distributed=cfg.get("is_distributed", False), make_optimizer=make_opt,
@@ -107,6 +107,9 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     out["final"] = {n: scope.numpy(n).copy() for n in params}
     if tid == 0 and cfg.get("fetch_table_rows"):
         out["table"] = _pull_table(model, cfg["fetch_table_rows"])
+    if tid == 0 and cfg.get("report_sparse_memory"):
+        from fleetkit.pserver.client import get_client
+        out["sparse_memory"] = [get_client(tid).sparse_memory(ep) for ep in fleet.server_endpoints()]
     if cfg.get("save_dir"):  # the chief writes; the other trainers' calls do nothing
         fleet.save_persistables(exe, cfg["save_dir"])
         if not cfg.get("is_distributed"):
