@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 
 from ..core.scope import LoDTensor, SelectedRows
-from ..errors import InvalidArgumentError, ServerNotReadyError
+from ..errors import InvalidArgumentError, RPCRequestError, ServerNotReadyError
 from . import codec, rpc
 
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
@@ -99,21 +99,29 @@ class RPCClient:
                 raise rpc.map_rpc_error(e, endpoint, varname, method, note) from None
 
     def _call_value(self, endpoint: str, method: str, env: codec.Envelope, varname: str) -> Any:
-        """A call whose response is a value, fetching the remaining chunks of a big one."""
-        first = self._call(endpoint, method, env, varname)
-        count = first.header.chunk_count
-        if count <= 1:
-            return _owned(codec.decode(first))
-        asm = codec.Reassembler()
-        whole = asm.add(first)
-        for k in range(1, count):
-            req = codec.Envelope(type(env.header)())
-            req.header.CopyFrom(env.header)
-            req.header.chunk_index, req.header.transfer_id = k, first.header.transfer_id
-            whole = asm.add(self._call(endpoint, method, req, varname)) or whole
-        if whole is None:
-            raise InvalidArgumentError(f"{method} '{varname}' from {endpoint}: chunks missing")
-        return codec.decode(whole)   # reassembled buffers are already writable and ours
+        """A call whose response is a value, fetching the remaining chunks of a big one
+        (from the start again, once, if the pserver lost the transfer, e.g. restarted)."""
+        for attempt in (1, 2):
+            first = self._call(endpoint, method, env, varname)
+            count = first.header.chunk_count
+            if count <= 1:
+                return _owned(codec.decode(first))
+            asm = codec.Reassembler()
+            whole = asm.add(first)
+            try:
+                for k in range(1, count):
+                    req = codec.Envelope(type(env.header)())
+                    req.header.CopyFrom(env.header)
+                    req.header.chunk_index, req.header.transfer_id = k, first.header.transfer_id
+                    whole = asm.add(self._call(endpoint, method, req, varname)) or whole
+            except RPCRequestError as e:
+                if attempt == 2 or e.code != "FAILED_PRECONDITION":
+                    raise
+                continue
+            if whole is None:
+                raise InvalidArgumentError(f"{method} '{varname}' from {endpoint}: chunks missing")
+            return codec.decode(whole)   # reassembled buffers are already writable and ours
+        raise AssertionError("unreachable")
 
     def _run_all(self, jobs: Sequence[Callable[[], Any]]) -> list[Any]:
         """Run jobs concurrently; return results in order; raise the first failure

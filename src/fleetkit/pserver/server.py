@@ -96,6 +96,10 @@ class _Precondition(Exception):
     pass
 
 
+class _ShuttingDown(Exception):
+    """Answered as UNAVAILABLE: a client retries, and reaches a restarted pserver."""
+
+
 class ParameterServer:
     """Serves one pserver endpoint for ``num_trainers`` trainers."""
 
@@ -259,6 +263,8 @@ class ParameterServer:
     def _status_for(self, e: Exception, method: str, request: Any) -> tuple[grpc.StatusCode, str, tuple]:
         name = request.name if isinstance(request, codec.Envelope) else "?"
         where = f"pserver {self.endpoint} {method} '{name}': "
+        if isinstance(e, _ShuttingDown) or self._stop_flag.is_set():
+            return grpc.StatusCode.UNAVAILABLE, where + f"pserver is shutting down ({e})", ()
         if isinstance(e, _AuthFailure):
             return grpc.StatusCode.UNAUTHENTICATED, where + str(e), ()
         if isinstance(e, BarrierTimeoutError):
