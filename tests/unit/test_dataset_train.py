@@ -115,3 +115,16 @@ def test_bad_arguments_and_slot_mismatch_fail_before_any_op_runs(tmp_path, ctr_f
     mem.set_use_var(model["use_vars"])
     with pytest.raises(InvalidArgumentError, match="load_into_memory"):
         exe.train_from_dataset(main, mem, thread=1)
+
+
+def test_collective_program_needs_one_thread(ctr_files):
+    import fleetkit.collective.ops  # noqa: F401  (registers c_allreduce_sum)
+    model = build_ctr_model(SPEC)
+    main = fk.default_main_program()
+    grad = [v.name for v in main.list_vars() if v.name.endswith("@GRAD")][0]
+    main.global_block().append_op("c_allreduce_sum", {"X": [grad]}, {"Out": [grad]})
+    ds = fk.DatasetFactory().create_dataset("QueueDataset")
+    ds.set_use_var(model["use_vars"])
+    ds.set_filelist(ctr_files)
+    with pytest.raises(InvalidArgumentError, match=r"collective ops \(c_allreduce_sum\): use thread=1"):
+        fk.Executor().train_from_dataset(main, ds, thread=2)

@@ -12,7 +12,9 @@ The dataset is duck-typed (the core does not import ``fleetkit.dataset``): it
 needs ``thread_num``, ``_prepare_to_run()``, ``_thread_feeds(n)`` returning one
 iterator of feed dicts per worker and, optionally, ``_finish_run()``.  A PS
 trainer program or a collective program is just a program with more ops
-(send/recv, all-reduce) and runs the same way.
+(send/recv, all-reduce) and runs the same way; a collective program needs
+``thread=1`` (and the same number of batches on every rank), since its ranks
+must issue their all-reduces in the same order.
 """
 from __future__ import annotations
 
@@ -70,6 +72,11 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
     for name in fetch_names:
         if block._find_var_recursive(name) is None:
             raise NotFoundError(f"fetch_list: variable '{name}' is not in the program")
+    collective = sorted({op.type for op in block.ops if op.type.startswith("c_")})
+    if collective and thread > 1:
+        raise InvalidArgumentError(
+            f"train_from_dataset: the program has collective ops ({', '.join(collective)}): use thread=1. "
+            f"Every rank must run its collectives in the same order, which Hogwild threads would not")
     dataset._prepare_to_run()
     for slot in getattr(dataset, "used_slots", []):
         if block._find_var_recursive(slot.name) is None:
