@@ -23,8 +23,8 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import fleetkit as fk  # noqa: E402
-from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_lines  # noqa: E402
+import fleetkit as fk
+from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_lines
 
 SPEC = CtrSpec(n_sparse=26, n_dense=13, vocab=100_000, max_ids=1, seed=3)
 BATCH = 512
@@ -40,8 +40,7 @@ def make_files(directory: str, mb: float) -> list[str]:
     for i, path in enumerate(paths):
         block = ("\n".join(ctr_lines(SPEC, 20_000, 100 + i)) + "\n").encode()
         with open(path, "wb") as f:
-            for _ in range(max(1, round(want / len(block)))):
-                f.write(block)
+            f.writelines(block for _ in range(max(1, round(want / len(block)))))
     return paths
 
 

@@ -36,8 +36,7 @@ def _write_rank_file(path, rank):
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
     with open(path, "w") as f:
         for step in range(STEPS):
-            for xi, yi in zip(x[step][mine], y[step][mine]):
-                f.write("12 " + " ".join(repr(float(v)) for v in xi) + f" 1 {int(yi[0])}\n")
+            f.writelines("12 " + " ".join(repr(float(v)) for v in xi) + f" 1 {int(yi[0])}\n" for xi, yi in zip(x[step][mine], y[step][mine]))
 
 
 def _params(main, scope):

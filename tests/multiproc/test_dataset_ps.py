@@ -5,7 +5,6 @@ Only learning is checked (test AUC); what one sync step means with several threa
 trainer is not specified here."""
 from __future__ import annotations
 
-import importlib.util
 import socket
 import sys
 from pathlib import Path

@@ -20,11 +20,18 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ..errors import InvalidArgumentError, NotFoundError
-from .framework import ROLE_BACKWARD, ROLE_OPTIMIZE, Program, Variable, default_main_program
+from .framework import (
+    ROLE_BACKWARD,
+    ROLE_OPTIMIZE,
+    Program,
+    Variable,
+    default_main_program,
+)
 from .scope import LoDTensor, Scope, global_scope
 
 __all__ = ["DatasetRunStats", "run_from_dataset"]
@@ -53,7 +60,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
                      thread: int, debug: bool, fetch_list: Sequence[Any] | None,
                      fetch_info: Sequence[str] | None, print_period: int, infer: bool) -> DatasetRunStats:
     """Run ``program`` over every batch of ``dataset`` in ``thread`` Hogwild workers."""
-    from .executor import _Prepared  # noqa: PLC0415  (executor imports this module lazily)
+    from .executor import _Prepared
     program = default_main_program() if program is None else getattr(program, "_program", program)
     if not isinstance(program, Program):
         raise InvalidArgumentError(f"train_from_dataset: program must be a Program, got {type(program).__name__}")
@@ -132,7 +139,7 @@ class _Run:
         return DatasetRunStats(self.batches, self.examples, seconds, len(workers), dict(self.fetched))
 
     def _worker(self, tid: int, feed_iter: Any, prep: Any) -> None:
-        from .executor import convert_feed  # noqa: PLC0415
+        from .executor import convert_feed
         env = dict(self.shared)
         for ctx in prep.ctxs:
             ctx.env = env

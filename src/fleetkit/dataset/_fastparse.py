@@ -20,7 +20,8 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

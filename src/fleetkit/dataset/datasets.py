@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ SHUFFLE_TIMEOUT_S = 300.0
 class DatasetFactory:
     """Creates datasets by class name, as ``fluid.DatasetFactory``."""
 
-    def create_dataset(self, datafeed_class: str = "QueueDataset") -> "DatasetBase":
+    def create_dataset(self, datafeed_class: str = "QueueDataset") -> DatasetBase:
         classes = {"QueueDataset": QueueDataset, "InMemoryDataset": InMemoryDataset}
         if datafeed_class not in classes:
             raise InvalidArgumentError(f"create_dataset: unknown dataset class {datafeed_class!r}; "

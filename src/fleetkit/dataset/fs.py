@@ -130,7 +130,7 @@ def open_source(path: str, config: FsConfig | None = None) -> Source:
 
 def _fsspec_source(url: str, config: FsConfig) -> Source:
     try:
-        import fsspec  # noqa: PLC0415  (optional: the ``s3`` extra)
+        import fsspec
     except ImportError:
         raise InvalidArgumentError(f"reading {url} needs fsspec (and s3fs for s3://): "
                                    f"pip install 'fleetkit[s3]'") from None
@@ -222,7 +222,7 @@ class StderrTail:
 
 def read_with_timeout(stream: IO[bytes], n: int, timeout: float, on_timeout: Any) -> bytes:
     """``read1``-style read of at most ``n`` bytes; calls ``on_timeout()`` if nothing arrives in time."""
-    import select  # noqa: PLC0415
+    import select
     fd = stream.fileno()
     ready, _, _ = select.select([fd], [], [], timeout)
     if not ready:
@@ -240,7 +240,7 @@ def wait_exit(proc: subprocess.Popen, timeout: float) -> int:
 
 def kill_group(proc: subprocess.Popen) -> None:
     """Kill the command and whatever it started (it runs in its own session)."""
-    import signal  # noqa: PLC0415
+    import signal
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

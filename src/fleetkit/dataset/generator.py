@@ -23,8 +23,9 @@ the input line.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from numbers import Integral, Real
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 import numpy as np
 

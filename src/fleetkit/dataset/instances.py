@@ -7,7 +7,8 @@ per instance.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,15 +38,15 @@ class InstanceStore:
         self.offsets = offsets
 
     @classmethod
-    def empty(cls, slots: Sequence[Slot]) -> "InstanceStore":
+    def empty(cls, slots: Sequence[Slot]) -> InstanceStore:
         return cls(slots, [np.zeros(0, s.dtype) for s in slots], [np.zeros(1, np.int64) for _ in slots])
 
     @classmethod
-    def from_parsed(cls, slots: Sequence[Slot], parsed: ParseResult) -> "InstanceStore":
+    def from_parsed(cls, slots: Sequence[Slot], parsed: ParseResult) -> InstanceStore:
         return cls(slots, parsed.values, [_offsets(n) for n in parsed.lengths])
 
     @classmethod
-    def concat(cls, slots: Sequence[Slot], parts: Sequence["InstanceStore"]) -> "InstanceStore":
+    def concat(cls, slots: Sequence[Slot], parts: Sequence[InstanceStore]) -> InstanceStore:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls.empty(slots)
@@ -67,7 +68,7 @@ class InstanceStore:
     def lengths(self, k: int) -> np.ndarray:
         return np.diff(self.offsets[k])
 
-    def take(self, index: np.ndarray) -> "InstanceStore":
+    def take(self, index: np.ndarray) -> InstanceStore:
         """The instances at ``index`` (any order, repeats allowed), as a new store."""
         index = np.asarray(index, np.int64)
         values, offsets = [], []
@@ -81,7 +82,7 @@ class InstanceStore:
             offsets.append(new_off)
         return InstanceStore(self.slots, values, offsets)
 
-    def slice(self, start: int, stop: int) -> "InstanceStore":
+    def slice(self, start: int, stop: int) -> InstanceStore:
         """Instances ``start..stop-1`` (views where possible)."""
         values, offsets = [], []
         for vals, off in zip(self.values, self.offsets):
@@ -97,7 +98,9 @@ class InstanceStore:
     def batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Feed dicts of ``batch_size`` instances (the last one may be smaller): sparse slots
         as LoDTensors ([values, 1] and level-1 offsets), dense ones as [batch, dims...]."""
-        from ..core.scope import LoDTensor  # the core is below the dataset layer: fine to import
+        from ..core.scope import (
+            LoDTensor,  # the core is below the dataset layer: fine to import
+        )
         n = len(self)
         plan = [(s.name, _dense_rest(s), v, o) for s, v, o in zip(self.slots, self.values, self.offsets)]
         for start in range(0, n, batch_size):

@@ -18,8 +18,9 @@ reference, and every block with a problem is (re)parsed here for the message.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -285,17 +286,17 @@ def parse_lines(buf: bytes | memoryview, slots: Sequence[Slot], source: str = "<
     for s_i, slot in enumerate(slots):
         missing = pos >= end
         errs.mark(missing, lambda i, s_i=s_i: (
-            f"line ends before slot '{slots[s_i].name}' (#{s_i + 1} of {len(slots)}): it has "
+            f"line ends before slot '{slot.name}' (#{s_i + 1} of {len(slots)}): it has "
             f"{s_i} slot(s) but set_use_var / the data feed has {len(slots)}"))
         at = np.minimum(pos, len(starts) - 1)
         count_ok = (kind[at] == _INT) & (ival[at] > 0)
         errs.mark(~missing & ~count_ok, lambda i, s_i=s_i, at=at: (
-            f"slot '{slots[s_i].name}' (#{s_i + 1}): count {text(int(at[i]))!r} must be an integer > 0 "
+            f"slot '{slot.name}' (#{s_i + 1}): count {text(int(at[i]))!r} must be an integer > 0 "
             f"(the number of ids can not be zero: pad empty slots in the data generator)"))
         cnt = np.where(errs.bad | missing | ~count_ok, 0, ival[at])
         short = pos + 1 + cnt > end
         errs.mark(short, lambda i, s_i=s_i, cnt=cnt: (
-            f"slot '{slots[s_i].name}' (#{s_i + 1}) announces {int(cnt[i])} value(s) but the line has "
+            f"slot '{slot.name}' (#{s_i + 1}) announces {int(cnt[i])} value(s) but the line has "
             f"only {int(end[i] - pos[i] - 1)} token(s) left"))
         cnt = np.where(errs.bad, 0, cnt)
         per_slot.append((pos + 1, cnt))

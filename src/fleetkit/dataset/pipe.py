@@ -15,10 +15,18 @@ from __future__ import annotations
 import fcntl
 import subprocess
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import DataReadError
-from .fs import FsConfig, Source, StderrTail, kill_group, open_source, read_with_timeout, wait_exit
+from .fs import (
+    FsConfig,
+    Source,
+    StderrTail,
+    kill_group,
+    open_source,
+    read_with_timeout,
+    wait_exit,
+)
 
 __all__ = ["DEFAULT_BLOCK_BYTES", "read_blocks"]
 

@@ -35,7 +35,7 @@ def shuffle_rng(seed: int | None, *stream: int) -> np.random.Generator:
 
 def open_backend(fleet: Any, timeout: float) -> Any:
     """A tcp collective backend over the fleet's worker endpoints."""
-    from ..collective.backends.tcp import TcpBackend  # noqa: PLC0415  (only multi-trainer jobs need it)
+    from ..collective.backends.tcp import TcpBackend
     endpoints = list(fleet.worker_endpoints())
     rank, world = int(fleet.worker_index()), int(fleet.worker_num())
     if len(endpoints) != world:

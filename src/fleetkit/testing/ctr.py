@@ -82,7 +82,7 @@ def build_ctr_model(spec: CtrSpec, emb_dim: int = 8, hidden: int = 16, lr: float
 
     Keys: ``use_vars`` (label, dense_*, sparse_* in line order), ``loss``, ``predict``.
     """
-    from .. import layers, optimizer  # noqa: PLC0415
+    from .. import layers, optimizer
     label = layers.data("label", shape=[1], dtype="int64")
     dense = [layers.data(f"dense_{i}", shape=[1], dtype="float32") for i in range(spec.n_dense)]
     sparse = [layers.data(f"sparse_{i}", shape=[1], dtype="int64", lod_level=1) for i in range(spec.n_sparse)]

