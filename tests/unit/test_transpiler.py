@@ -27,9 +27,10 @@ def build(opt=None, distributed=False, sparse=True, hidden=128):
                                param_attr=fk.ParamAttr(name="emb"))
         pooled = layers.sequence_pool(emb, "sum")
         h = layers.fc(layers.concat([pooled, x], axis=1), hidden, act="relu")
-        h = layers.fc(h, hidden, act="relu")
+        h = layers.fc(h, hidden, act="relu", param_attr=fk.ParamAttr(learning_rate=2.0))
         predict = layers.fc(h, 2, act="softmax")
         loss = layers.mean(layers.cross_entropy(predict, label))
+        opt = opt() if callable(opt) else opt
         (opt or optimizer.SGD(0.1)).minimize(loss)
     return main, startup, loss
 
@@ -189,6 +190,8 @@ def _pserver_replay(main, startup, t, feed, scope_init):
                 v = scope_init[orig]
                 scope.set(new, v[off:off + rows] if rows >= 0 else v)
         ls = prog.global_block().ops[-1]
+        if ls.attr("lr_block_id") >= 0:  # what the pserver handler runs once per round
+            exe.run_block(prog, ls.attr("lr_block_id"), scope)
         for entry in ls.attr("grad_to_block_id"):
             g, b = entry.rsplit(":", 1)
             base = g.split(".block")[0]
@@ -206,9 +209,16 @@ def _pserver_replay(main, startup, t, feed, scope_init):
     return {k: np.concatenate([v for _, v in sorted(parts, key=lambda x: x[0])]) for k, parts in out.items()}
 
 
-@pytest.mark.parametrize("opt", [lambda: optimizer.SGD(0.1), lambda: optimizer.Adam(0.01)])
+def _fancy_sgd():
+    """LR schedule + per-parameter LR + L2 decay + value clipping: every kind of optimize op."""
+    fk.clip.set_gradient_clip(fk.clip.GradientClipByValue(0.05))
+    return optimizer.SGD(layers.exponential_decay(0.1, 2, 0.5), regularization=fk.regularizer.L2Decay(0.01))
+
+
+@pytest.mark.parametrize("opt", [lambda: optimizer.SGD(0.1), lambda: optimizer.Adam(0.01), _fancy_sgd],
+                         ids=["sgd", "adam", "schedule-decay-clip"])
 def test_pserver_blocks_replay_local_step(opt):
-    main, startup, loss = build(opt=opt(), sparse=False)
+    main, startup, loss = build(opt=opt, sparse=False)
     t = transpile(main, startup, trainers=1)
     exe = fk.Executor()
     scope = fk.Scope()

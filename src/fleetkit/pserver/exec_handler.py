@@ -76,6 +76,12 @@ class ExecutorHandler(ServerHandler):
             self._tables[cfg["name"]] = table_from_config(cfg)
             self._table_cfg[cfg["name"]] = cfg
             self._table_of_grad[cfg["grad"]] = cfg["name"]
+        # The LR schedule advances once per round (sync) or, in async mode, when the
+        # gradient of the first hosted block arrives: about once per trainer step, not
+        # once per gradient message.
+        self._sync = bool(attrs.get("sync_mode", True))
+        firsts = sorted(self._grad_block, key=self._grad_block.get) + sorted(self._table_of_grad)
+        self._lr_trigger = firsts[0] if firsts else None
         # One lock: async pushes from several trainers arrive on several threads and
         # the optimizer kernels update arrays in place.
         self._lock = threading.RLock()
@@ -83,7 +89,7 @@ class ExecutorHandler(ServerHandler):
     # ------------------------------------------------------------ ServerHandler
     def apply(self, grads: dict[str, Any]) -> None:
         with self._lock:
-            if self._lr_block >= 0:
+            if self._lr_block >= 0 and (self._sync or self._lr_trigger in grads):
                 self._exe.run_block(self._program, self._lr_block, self._scope)
             for name, value in grads.items():
                 table = self._table_of_grad.get(name)
