@@ -98,10 +98,12 @@ static const char *token_end(const char *p, const char *end) {
 }
 
 /* One walk over the lines; with outs == NULL it only counts (values are checked and
-   converted in the second walk).  Returns the number
+   converted in the second walk).  With caps, outs are only that large: -2 when a
+   slot (or the line count) would overflow them.  Returns the number
    of instances, or -1 if any line is not well formed (the caller falls back). */
 int64_t ms_parse(const char *buf, int64_t len, int32_t nslots, const int32_t *types,
-                 const int32_t *widths, int64_t *totals, void **outs, int64_t **lens) {
+                 const int32_t *widths, int64_t *totals, void **outs, int64_t **lens,
+                 const int64_t *caps, int64_t max_lines) {
     const char *p = buf, *end = buf + len;
     int64_t line = 0;
     int32_t s;
@@ -117,6 +119,7 @@ int64_t ms_parse(const char *buf, int64_t len, int32_t nslots, const int32_t *ty
             p = skip(p, end);
             if (p >= end || *p == '\n' || !parse_u64(&p, end, &n) || n == 0) return -1;
             if (widths[s] > 0 && n != (uint64_t)widths[s]) return -1;
+            if (caps && (fill[s] + (int64_t)n > caps[s] || line >= max_lines)) return -2;
             for (i = 0; i < n; i++) {
                 p = skip(p, end);
                 if (p >= end || *p == '\n') return -1;
@@ -172,7 +175,8 @@ def _build() -> Any:
     lib = ctypes.CDLL(so)
     lib.ms_parse.restype = ctypes.c_int64
     lib.ms_parse.argtypes = [ctypes.c_char_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_int64]
     return lib
 
 
@@ -192,6 +196,11 @@ def _library() -> Any:
     return _lib
 
 
+# values per input byte of each slot, from the last block with the same slots: blocks of one
+# dataset look alike, so one pass into arrays sized from it usually suffices
+_RATIOS: dict[tuple, np.ndarray] = {}
+
+
 def fast_parse(buf: bytes, slots: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray], int] | None:
     """(values, lengths, instances) for the used slots of a well-formed block, or None
     (no compiled scanner, or some line needs the numpy parser's checks and messages)."""
@@ -199,17 +208,37 @@ def fast_parse(buf: bytes, slots: Sequence[Any]) -> tuple[list[np.ndarray], list
     if lib is None or not isinstance(buf, bytes):
         return None  # bytes objects end with a NUL byte, which strtof relies on
     n = len(slots)
+    key = tuple((s.type, s.is_used, s.is_dense, s.dense_width) for s in slots)
     types = np.array([0 if s.type == "uint64" else 1 for s in slots], np.int32)
     widths = np.array([s.dense_width if (s.is_dense and s.is_used) else 0 for s in slots], np.int32)
     totals = np.zeros(n, np.int64)
-    lines = lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, totals.ctypes.data, None, None)
+    ratio = _RATIOS.get(key)
+    lines = -2
+    if ratio is not None:  # one pass into estimated arrays
+        caps = (ratio * len(buf) * 1.25).astype(np.int64) + 64
+        max_lines = buf.count(b"\n") + 1
+        lines, values, lengths = _fill(lib, buf, slots, types, widths, totals, caps, max_lines)
+    if lines == -2:  # first block, or the estimate was short: count, then fill exact arrays
+        if lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, totals.ctypes.data,
+                        None, None, None, 0) < 0:
+            return None
+        lines, values, lengths = _fill(lib, buf, slots, types, widths, totals, totals.copy(), -1)
     if lines < 0:
         return None
-    values = [np.empty(int(totals[i]), s.dtype) if s.is_used else None for i, s in enumerate(slots)]
-    lengths = [np.empty(lines, np.int64) if s.is_used else None for s in slots]
+    _RATIOS[key] = totals / max(len(buf), 1)
+    return ([v[:t] for v, t in zip(values, totals) if v is not None],
+            [x[:lines] for x in lengths if x is not None], int(lines))
+
+
+def _fill(lib: Any, buf: bytes, slots: Sequence[Any], types: np.ndarray, widths: np.ndarray,
+          totals: np.ndarray, caps: np.ndarray, max_lines: int) -> tuple[int, list, list]:
+    """Convert into arrays of ``caps`` values per slot (``max_lines`` < 0: exact, from counting)."""
+    n = len(slots)
+    count = max_lines if max_lines >= 0 else buf.count(b"\n") + 1  # lines <= newlines + 1
+    values = [np.empty(int(caps[i]), s.dtype) if s.is_used else None for i, s in enumerate(slots)]
+    lengths = [np.empty(count, np.int64) if s.is_used else None for s in slots]
     outs = (ctypes.c_void_p * n)(*[v.ctypes.data if v is not None else None for v in values])
     lens = (ctypes.c_void_p * n)(*[x.ctypes.data if x is not None else None for x in lengths])
-    got = lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, None, outs, lens)
-    if got != lines:
-        return None
-    return ([v for v in values if v is not None], [x for x in lengths if x is not None], int(lines))
+    lines = lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, totals.ctypes.data,
+                         outs, lens, caps.ctypes.data, count)
+    return int(lines), values, lengths
