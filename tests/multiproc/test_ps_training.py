@@ -18,7 +18,7 @@ import pytest
 import fleetkit as fk
 from fleetkit.errors import ServerNotReadyError
 from fleetkit.fleet import Role, UserDefinedRoleMaker
-from fleetkit.testing import run_workers
+from fleetkit.testing import WorkerFailure, run_workers
 
 CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
 
@@ -65,10 +65,16 @@ def _job(rank: int, world: int, n_ps: int, eps: list[str], cfg: dict):
     return ctr_train.run_ps_role(_role_maker(rank, n_ps, eps, cfg["trainers"]), cfg)
 
 
-def run_job(n_ps: int, cfg: dict, timeout: float = 120.0) -> list:
+def run_job(n_ps: int, cfg: dict, timeout: float = 120.0, env: dict | None = None) -> list:
     eps = [f"127.0.0.1:{p}" for p in free_ports(n_ps)]
     return run_workers(_job, n_ps + cfg["trainers"], (n_ps, eps, cfg), timeout=timeout,
-                       env={"OMP_NUM_THREADS": "1"})
+                       env={"OMP_NUM_THREADS": "1", **(env or {})})
+
+
+# a proxy that does not exist: any RPC routed through it would fail
+DEAD_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+              "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+              "no_proxy": None, "NO_PROXY": None}
 
 
 # ------------------------------------------------------------------ sync == local
@@ -125,13 +131,14 @@ def test_sync_2x2_equals_single_process(case):
         np.testing.assert_allclose(t0["table"], scope.numpy("ctr_emb"), rtol=1e-5, atol=atol)
 
 
-def test_trainers_far_apart_and_more_pservers_than_blocks():
+def test_trainers_far_apart_more_pservers_than_blocks_behind_a_proxy():
     """Trainer 1 starts 4 s after trainer 0; 5 pservers for 3 parameter blocks (two host
-    nothing).  Sync training still equals single-process training."""
+    nothing); http(s)_proxy point at a dead proxy.  Sync training still equals
+    single-process training."""
     cfg = {"sync": True, "steps": 4, "batch_size": 32, "trainers": 2, "optimizer": "sgd", "lr": 0.1,
            "is_sparse": True, "is_distributed": False, "data": {"vocab": 100}, "hidden": (),
            "delays": {6: 4.0}}
-    results = run_job(5, cfg)
+    results = run_job(5, cfg, env=DEAD_PROXY)
     t0 = results[5]
     assert len(t0["final"]) == 3  # ctr_emb, fc w, fc b
     ref, scope = _local_reference(cfg, t0, lazy_adam=False)
@@ -153,6 +160,25 @@ def test_billion_id_table_holds_only_touched_rows():
     for shard, (rows, nbytes) in enumerate(t0["sparse_memory"]):
         assert rows == int(np.sum(touched % 2 == shard))
         assert nbytes < 64 * rows * 8 * 4 + (1 << 20), nbytes  # value + 2 Adam moments + index, not 32 GB
+
+
+def _dying_job(rank: int, world: int, eps: list[str], cfg: dict):
+    if rank == 3:  # trainer 1 dies (no COMPLETE) after 2 steps
+        return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), {**cfg, "steps": 2},
+                                     on_trained=lambda: os._exit(17))
+    return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), cfg)
+
+
+def test_sync_trainer_death_fails_the_others_naming_it():
+    cfg = {"sync": True, "steps": 50, "batch_size": 16, "trainers": 2, "optimizer": "sgd", "lr": 0.1,
+           "is_sparse": True, "data": {"vocab": 100}, "hidden": (), "barrier_timeout_s": 3.0}
+    eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    t = time.monotonic()
+    with pytest.raises(WorkerFailure) as info:
+        run_workers(_dying_job, 4, (eps, cfg), timeout=60, expect_exit={3: 17}, env={"OMP_NUM_THREADS": "1"})
+    report = info.value.reports[2]  # trainer 0
+    assert "BarrierTimeoutError" in report and "trainer(s) 1 did not send BATCH_BARRIER" in report, report
+    assert time.monotonic() - t < 45
 
 
 # ------------------------------------------------------------------ save and restore
