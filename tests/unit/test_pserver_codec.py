@@ -88,7 +88,7 @@ def test_truncated_and_malformed_messages_are_rejected_clearly():
     with pytest.raises(codec.PayloadError):
         codec.from_bytes(b"\xff\xff\xff")
     bad = codec.control("x")
-    bad.header.data_type = 99 if False else 17  # unknown code
+    bad.header.data_type = 17  # no such code
     bad.header.dims.extend([2])
     with pytest.raises(codec.PayloadError, match="unknown data_type"):
         codec.decode(bad)
