@@ -38,10 +38,11 @@ def save(path: str, values: Mapping[str, Any]) -> str:
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC)
             for name, value in values.items():
-                env = codec.encode(name, value, max_bytes=1 << 62)[0]
-                blob = codec.to_bytes(env)
-                f.write(_LEN.pack(len(blob)))
-                f.write(blob)
+                # pieces written straight from the arrays: no second copy of a huge table
+                parts = codec.wire_parts(codec.encode(name, value, max_bytes=1 << 62)[0])
+                f.write(_LEN.pack(sum(memoryview(p).nbytes for p in parts)))
+                for part in parts:
+                    f.write(part)
             f.write(TRAILER + _LEN.pack(len(values)))
             f.flush()
             os.fsync(f.fileno())

@@ -29,8 +29,8 @@ from ..errors import DTypeError, InvalidArgumentError
 from ..proto.sendrecv_pb2 import SELECTED_ROWS, LOD_TENSOR, VariableMessage
 
 __all__ = ["Envelope", "PayloadError", "Reassembler", "Value", "DEFAULT_MAX_MESSAGE_BYTES",
-           "control", "decode", "encode", "from_bytes", "to_bytes", "to_message", "from_message",
-           "payload_nbytes"]
+           "control", "decode", "encode", "from_bytes", "to_bytes", "wire_parts", "to_message",
+           "from_message", "payload_nbytes"]
 
 Value = Union[np.ndarray, LoDTensor, SelectedRows]
 #: default largest payload per message (chunks above it); gRPC limits get headroom on top
@@ -76,14 +76,20 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def to_bytes(env: Envelope) -> bytes:
-    """Serialize an envelope (one copy of the payload, into the returned buffer)."""
+def wire_parts(env: Envelope) -> list[Any]:
+    """The wire encoding as a list of bytes-like pieces (the payloads uncopied): write
+    them in order to a file, or join them."""
     parts: list[Any] = [env.header.SerializeToString()]
     for tag, payload in ((_ROWS_TAG, env.rows), (_DATA_TAG, env.data)):
         n = memoryview(payload).nbytes
         if n:
             parts += [tag, _varint(n), payload]
-    return b"".join(parts)
+    return parts
+
+
+def to_bytes(env: Envelope) -> bytes:
+    """Serialize an envelope (one copy of the payload, into the returned buffer)."""
+    return b"".join(wire_parts(env))
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
