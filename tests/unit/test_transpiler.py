@@ -290,3 +290,49 @@ def test_lookups_of_one_distributed_table_are_fused_into_one_prefetch():
     assert recv.attr("background") is True  # async: pulls overlap the next step
     test = t.get_trainer_test_program(main.clone(for_test=True))
     assert test.global_block().ops[0].type == "recv" and test.global_block().ops[0].attr("background") is False
+
+
+# ------------------------------------------------------------------ kernels and handler (no sockets)
+def test_split_rows_and_shard_by_id():
+    from fleetkit.core.scope import SelectedRows
+    from fleetkit.pserver.ops import shard_by_id, split_rows
+    dense = np.arange(20, dtype="float32").reshape(10, 2)
+    a, b = split_rows(dense, [6, 4], "g")
+    np.testing.assert_array_equal(np.concatenate([a, b]), dense)
+    sr = SelectedRows([1, 7, 7, 9], np.ones((4, 2), "float32"), 10)
+    lo, hi = split_rows(sr, [6, 4], "g")
+    assert lo.rows.tolist() == [1] and lo.height == 6 and hi.rows.tolist() == [1, 1, 3] and hi.height == 4
+    shards = shard_by_id(SelectedRows([4, 3, 4, 8], np.ones((4, 2), "float32"), 10), 2, "g")
+    assert shards[0].rows.tolist() == [4, 8] and shards[0].values[0, 0] == 2  # duplicates merged
+    assert shards[1].rows.tolist() == [3] and shards[1].height == 10
+    with pytest.raises(InvalidArgumentError, match="'g'"):
+        split_rows(np.zeros((3, 2)), [6, 4], "g")
+
+
+def test_executor_handler_applies_checks_and_checkpoints():
+    from fleetkit.core.scope import SelectedRows
+    from fleetkit.errors import ShapeError
+    from fleetkit.pserver.exec_handler import ExecutorHandler
+    main, startup, _ = build(opt=optimizer.Adam(0.01), distributed=True)
+    t = transpile(main, startup, pservers="127.0.0.1:7001", trainers=1)
+    prog, st = t.get_pserver_programs("127.0.0.1:7001")
+    scope = fk.Scope()
+    fk.Executor().run(st, scope=scope)
+    h = ExecutorHandler(prog, scope, fk.CPUPlace(), prog.global_block().ops[-1].attrs)
+    w0 = h.get("fc_2.w_0")
+    g = np.ones_like(w0)
+    h.check_grad("fc_2.w_0@GRAD", g)
+    h.apply({"fc_2.w_0@GRAD": g})
+    np.testing.assert_allclose(h.get("fc_2.w_0"), w0 - 0.01, rtol=1e-4)  # Adam's first step: lr * sign
+    with pytest.raises(NotFoundError, match="'nope@GRAD'"):
+        h.check_grad("nope@GRAD", g)
+    with pytest.raises(ShapeError, match="fc_2.w_0@GRAD"):
+        h.check_grad("fc_2.w_0@GRAD", np.ones((3, 3), "float32"))
+    rows = h.prefetch("emb", np.array([3, 40]))
+    h.apply({"emb@GRAD": SelectedRows([3], np.ones((1, 8), "float32"), 50)})
+    assert not np.allclose(h.prefetch("emb", np.array([3])), rows[:1])
+    assert h.sparse_memory("emb")[0] == 2
+    state = h.state()
+    h.apply({"fc_2.w_0@GRAD": g})
+    h.load_state(state)
+    np.testing.assert_array_equal(h.get("fc_2.w_0"), state["fc_2.w_0"])
