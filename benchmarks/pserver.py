@@ -239,6 +239,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=30, help="timed push+pull iterations per config")
     ap.add_argument("--prefetch-batches", type=int, default=30)
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--ctr-steps", type=int, default=300, help="CTR steps per trainer (0: skip the CTR run)")
     args = ap.parse_args()
     if any(os.environ.get(k) != v for k, v in CHILD_ENV.items()):
         # glibc reads the malloc settings at start-up: re-run this process with them, so
@@ -263,10 +264,20 @@ def main() -> None:
     print(f"sparse prefetch, 16-float rows, batches of 10000 ids in a 1e9-id space: "
           f"{cold:,.0f} rows/s first touch, {warm:,.0f} rows/s warm")
     print(f"(cores: {os.cpu_count()}, python {sys.version.split()[0]}, goal: per pserver >= 50% of raw)")
+    ctr = {}
+    if args.ctr_steps > 0:  # end-to-end CTR training (benchmarks/ps_ctr.py, examples/ctr)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import ps_ctr  # noqa: PLC0415
+        local_eps, local_auc = ps_ctr.single_process(2 * args.ctr_steps, 128)
+        ps_eps, ps_auc = ps_ctr.ps_async(args.ctr_steps, 128, distributed=True)
+        ctr = {"ctr_single_process_examples_s": local_eps, "ctr_async_2x2_examples_s": ps_eps}
+        print(f"CTR end to end (batch 128, Adam, is_distributed table): single process {local_eps:,.0f} "
+              f"examples/s (AUC {local_auc:.3f}), async 2 pservers x 2 trainers {ps_eps:,.0f} examples/s "
+              f"(AUC {ps_auc:.3f}), ratio {ps_eps / local_eps:.2f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"raw_socket_mb_s": raw, "grpc_echo_mb_s": echo, "push_pull": rows, "prefetch_rows_s_first_touch": cold,
-                       "prefetch_rows_s_warm": warm}, f, indent=1)
+                       "prefetch_rows_s_warm": warm, **ctr}, f, indent=1)
 
 
 if __name__ == "__main__":
