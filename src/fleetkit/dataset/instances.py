@@ -98,7 +98,9 @@ class InstanceStore:
     def batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Feed dicts of ``batch_size`` instances (the last one may be smaller): sparse slots
         as LoDTensors ([values, 1] and level-1 offsets), dense ones as [batch, dims...]."""
-        from ..core.scope import LoDTensor  # the core is below the dataset layer: fine to import
+        from ..core.scope import (
+            LoDTensor,  # the core is below the dataset layer: fine to import
+        )
         n = len(self)
         dense = [(s.name, _dense_rest(s), v) for s, v in zip(self.slots, self.values) if s.is_dense]
         sparse = [(s.name, v) for s, v in zip(self.slots, self.values) if not s.is_dense]

@@ -285,24 +285,24 @@ def parse_lines(buf: bytes | memoryview, slots: Sequence[Slot], source: str = "<
     per_slot: list[tuple[np.ndarray, np.ndarray]] = []
     for s_i, slot in enumerate(slots):
         missing = pos >= end
-        errs.mark(missing, lambda i, s_i=s_i: (
+        errs.mark(missing, lambda i, s_i=s_i, slot=slot: (
             f"line ends before slot '{slot.name}' (#{s_i + 1} of {len(slots)}): it has "
             f"{s_i} slot(s) but set_use_var / the data feed has {len(slots)}"))
         at = np.minimum(pos, len(starts) - 1)
         count_ok = (kind[at] == _INT) & (ival[at] > 0)
-        errs.mark(~missing & ~count_ok, lambda i, s_i=s_i, at=at: (
+        errs.mark(~missing & ~count_ok, lambda i, s_i=s_i, at=at, slot=slot: (
             f"slot '{slot.name}' (#{s_i + 1}): count {text(int(at[i]))!r} must be an integer > 0 "
             f"(the number of ids can not be zero: pad empty slots in the data generator)"))
         cnt = np.where(errs.bad | missing | ~count_ok, 0, ival[at])
         short = pos + 1 + cnt > end
-        errs.mark(short, lambda i, s_i=s_i, cnt=cnt: (
+        errs.mark(short, lambda i, s_i=s_i, cnt=cnt, slot=slot, pos=pos: (
             f"slot '{slot.name}' (#{s_i + 1}) announces {int(cnt[i])} value(s) but the line has "
             f"only {int(end[i] - pos[i] - 1)} token(s) left"))
         cnt = np.where(errs.bad, 0, cnt)
         per_slot.append((pos + 1, cnt))
         pos = np.where(errs.bad, end, pos + 1 + cnt)
     extra = pos < end
-    errs.mark(extra, lambda i: (f"{int(end[i] - pos[i])} token(s) after the last of the {len(slots)} slots: "
+    errs.mark(extra, lambda i, pos=pos: (f"{int(end[i] - pos[i])} token(s) after the last of the {len(slots)} slots: "
                                 f"the line has more slots than set_use_var / the data feed"))
     _check_values(slots, per_slot, kind, errs, text)
     bad = errs.first()
