@@ -75,7 +75,7 @@ def test_train_from_dataset_thread2_matches_feed_loop_auc(ctr_files, capsys):
     assert abs(auc_ds - auc_loop) <= 0.01
 
 
-def test_infer_from_dataset_updates_nothing_and_queue_dataset_streams(ctr_files):
+def test_infer_from_dataset_updates_nothing_and_queue_dataset_streams(ctr_files, capsys):
     model = build_ctr_model(SPEC)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
@@ -84,7 +84,9 @@ def test_infer_from_dataset_updates_nothing_and_queue_dataset_streams(ctr_files)
     ds.set_use_var(model["use_vars"])
     ds.set_filelist(ctr_files)
     ds.set_batch_size(100)
-    stats = exe.infer_from_dataset(fk.default_main_program(), ds, thread=2, fetch_list=[model["predict"]])
+    stats = exe.infer_from_dataset(fk.default_main_program(), ds, thread=2, fetch_list=[model["predict"]],
+                                   debug=True)
+    assert "[debug] op lookup_table" in capsys.readouterr().out  # per-op time table of thread 0
     assert stats.examples == FILES * LINES and stats.batches == FILES * LINES // 100
     assert stats.fetched["" + model["predict"].name].shape[1] == 2
     for name, before in params.items():
@@ -115,6 +117,11 @@ def test_bad_arguments_and_slot_mismatch_fail_before_any_op_runs(tmp_path, ctr_f
     mem.set_use_var(model["use_vars"])
     with pytest.raises(InvalidArgumentError, match="load_into_memory"):
         exe.train_from_dataset(main, mem, thread=1)
+    mem.set_filelist(ctr_files[:1])
+    mem.load_into_memory()
+    assert mem.get_memory_data_size() == LINES
+    mem.release_memory()
+    assert mem.get_memory_data_size() == 0
 
 
 def test_collective_program_needs_one_thread(ctr_files):
