@@ -59,14 +59,16 @@ def evaluate(program: fk.Program, predict: Any, data: CTRData, n: int, scope: fk
     return auc(ex["label"], prob[:, 1])
 
 
-def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | None = None) -> dict:
+def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | None = None,
+                on_step: Callable[[int], None] | None = None) -> dict:
     """Build the model, transpile for this role and run it.
 
     ``cfg``: sync (bool), steps, batch_size, trainers, seed, is_distributed, optimizer
     ("sgd" | "adam"), lr, test_examples (0: no eval), checkpoint_dir, checkpoint_interval_s,
     model_dir, server_wait_s, step_sleep_s.  A trainer returns its losses, timing, the
     parameters after the startup pull and at the end, and the test AUC (trainer 0).
-    ``on_trained`` runs on a trainer after its last step and before stop_worker.
+    ``on_trained`` runs on a trainer after its last step and before stop_worker;
+    ``on_step(step)`` after each step.
     """
     fleet.init(role_maker)
     data = CTRData(CTRConfig(**cfg.get("data", {})))
@@ -97,6 +99,8 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
         losses.append(float(np.asarray(loss).reshape(-1)[0]))
         if cfg.get("step_sleep_s"):
             time.sleep(cfg["step_sleep_s"])
+        if on_step is not None:
+            on_step(step)
     elapsed = time.perf_counter() - t0
     if on_trained is not None:
         on_trained()

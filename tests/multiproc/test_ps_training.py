@@ -246,37 +246,49 @@ def _kill_job(rank: int, world: int, eps: list[str], cfg: dict, ckpt: str, flag:
         open(marker, "w").close()
         while not all(os.path.exists(f"{flag}.{t}") for t in range(2)):
             time.sleep(0.05)
-    return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), cfg, on_trained=done)
+
+    def progress(step: int) -> None:  # tells the supervisor when to kill
+        if step == cfg["kill_at_step"] and tid == 0:
+            open(f"{flag}.progress", "w").close()
+    return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), cfg, on_trained=done, on_step=progress)
 
 
 def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     import json
-    code = ("import json,sys; sys.path.insert(0, sys.argv[1]); import importlib.util as u;"
+    code = ("import json,sys,logging; logging.basicConfig(level=logging.INFO);"
+            "sys.path.insert(0, sys.argv[1]); import importlib.util as u;"
             "s=u.spec_from_file_location('ctr_train', sys.argv[1]+'/train.py'); m=u.module_from_spec(s);"
             "s.loader.exec_module(m); from fleetkit.fleet import Role, UserDefinedRoleMaker as R;"
             "cfg=json.loads(sys.argv[2]);"
             "m.run_ps_role(R(current_id=1, role=Role.SERVER, worker_num=2, server_endpoints=cfg['eps']), cfg)")
     arg = json.dumps({**cfg, "eps": eps, "checkpoint_dir": ckpt})
     proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg])
-    time.sleep(cfg["kill_after_s"])
+    deadline = time.monotonic() + 90
+    while not os.path.exists(f"{flag}.progress") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(3 * cfg["checkpoint_interval_s"])  # at least one checkpoint with trained values
     assert proc.poll() is None, "pserver 1 died before it was killed"
     mid_training = not any(os.path.exists(f"{flag}.{t}") for t in range(2))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     ckpts = sorted(os.listdir(ckpt)) if os.path.isdir(ckpt) else []
     time.sleep(0.5)
-    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg])
-    rc = proc.wait(timeout=110)
-    return {"rc": rc, "checkpoints_at_kill": ckpts, "mid_training": mid_training}
+    log_path = ckpt + ".restart.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], stderr=log)
+        rc = proc.wait(timeout=110)
+    with open(log_path) as f:
+        resumed = "resumed from checkpoint" in f.read()
+    return {"rc": rc, "checkpoints_at_kill": ckpts, "mid_training": mid_training, "resumed": resumed}
 
 
 def test_kill9_pserver_restarts_from_checkpoint_and_job_completes(tmp_path):
-    cfg = {**ASYNC_CFG, "steps": 200, "checkpoint_interval_s": 0.3, "kill_after_s": 6.0, "step_sleep_s": 0.01}
+    cfg = {**ASYNC_CFG, "steps": 200, "checkpoint_interval_s": 0.3, "kill_at_step": 50, "step_sleep_s": 0.02}
     eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
     results = run_workers(_kill_job, 4, (eps, cfg, str(tmp_path), str(tmp_path / "trained")), timeout=150,
                           env={"OMP_NUM_THREADS": "1"})
     sup, t0 = results[1], results[2]
-    assert sup["rc"] == 0 and sup["checkpoints_at_kill"] and sup["mid_training"], sup
+    assert sup["rc"] == 0 and sup["checkpoints_at_kill"] and sup["mid_training"] and sup["resumed"], sup
     print(f"after kill -9 + restart: AUC {t0['auc']:.4f}, checkpoints {sup['checkpoints_at_kill']}")
     assert t0["auc"] > 0.75, t0["auc"]
     assert len(t0["losses"]) == cfg["steps"] and len(results[3]["losses"]) == cfg["steps"]
