@@ -107,10 +107,11 @@ def _lod_or_rows(batch):
     return [range(len(v.lod()[0]) - 1)] if isinstance(v, fk.LoDTensor) else [range(np.asarray(v).shape[0])]
 
 
-def test_parse_lod_offsets_and_big_ids():
+@pytest.mark.parametrize("fast", [True, False])
+def test_parse_lod_offsets_and_big_ids(fast):
     slots = [Slot("a", "uint64"), Slot("b", "float", True, True, (-1, 2)), Slot("c", "uint64", False, False)]
     buf = b"2 5 18446744073709551615 2 0.5 -1e-05 1 7\n\n3 1 2 3 2 1 2.25 1 9"
-    r = parse_lines(buf, slots)
+    r = parse_lines(buf, slots, fast=fast)
     assert r.num == 2
     np.testing.assert_array_equal(r.values[0], [5, -1, 1, 2, 3])  # 2**64-1 stored as int64, as Paddle
     np.testing.assert_array_equal(r.lengths[0], [2, 3])
@@ -157,6 +158,8 @@ def test_compiled_scanner_equals_numpy_parser(layout_name):
     (b"1 5 2 0.5 1 1 3 4", "more slots than set_use_var"),
     (b"1 5 1 0.5 1 3", "dense slot 'b' (#2) has 1 value(s)"),
     (b"9 5 2 0.5 1 1 3", "announces 9 value(s)"),
+    (b"1 18446744073709551616 2 0.5 1 1 3", "value '18446744073709551616' is not an unsigned integer"),
+    (b"1 99999999999999999999 2 0.5 1 1 3", "is not an unsigned integer"),
 ])
 def test_malformed_line_names_file_line_reason(line, reason):
     slots = [Slot("a", "uint64"), Slot("b", "float", True, True, (-1, 2)), Slot("c", "uint64")]

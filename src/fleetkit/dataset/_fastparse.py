@@ -49,8 +49,8 @@ static int parse_u64(const char **pp, const char *end, uint64_t *out) {
     if (p < end && *p == '+') p++;
     while (p < end && *p >= '0' && *p <= '9') {
         unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10) return 0;
-        v = v * 10 + d;
+        if (nd < 19) v = v * 10 + d;  /* 19 digits always fit: no overflow test needed */
+        else if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v)) return 0;
         p++; nd++;
     }
     if (nd == 0 || (p < end && (unsigned char)*p > 32)) return 0;

@@ -181,6 +181,8 @@ def _parse_group(padded: np.ndarray, starts: np.ndarray, width: int,
         raw = digit.astype(np.uint64) @ weights
         raw_f = raw.astype(np.float64)
     ok_int = plain & (ndig <= _MAX_DIGITS)
+    if width >= _MAX_DIGITS:  # 20 digits may exceed 2**64 - 1 (the sum above wrapped): compare text
+        ok_int &= ~_above_u64_max(mat[:, width - _MAX_DIGITS:], ndig)
     mant_i = raw.view(np.int64)
     if neg.any():
         ival[:] = np.where(neg, -mant_i, mant_i)
@@ -203,6 +205,17 @@ def _parse_group(padded: np.ndarray, starts: np.ndarray, width: int,
     value = ((raw_r - right) / 10.0 + right) / scale  # the mantissa (exact below 2**53) / 10**decimals
     fval[rest] = np.where(neg[rest], -value, value)
     kind[rest] = _DEC
+
+
+_U64_MAX_TEXT = np.frombuffer(b"18446744073709551615", np.uint8)
+
+
+def _above_u64_max(digits: np.ndarray, ndig: np.ndarray) -> np.ndarray:
+    """Rows of 20 digit characters whose number is above 2**64 - 1 (lexicographic compare)."""
+    differ = digits != _U64_MAX_TEXT
+    first = np.argmax(differ, axis=1)
+    bigger = digits[np.arange(len(digits)), first] > _U64_MAX_TEXT[first]
+    return (ndig == _MAX_DIGITS) & differ.any(axis=1) & bigger
 
 
 def _exotic_floats(a: np.ndarray, starts: np.ndarray, lens: np.ndarray, fval: np.ndarray,
