@@ -187,10 +187,15 @@ def test_sync_round_applies_once_after_all_barriers_and_complete_lowers_the_coun
     r.complete(2)                        # trainer 2 finished: the round completes without it
     assert len(applied) == 1 and np.allclose(applied[0]["g"], 3.0)
     r.wait_applied(0)
-    r.add_grad(0, "g", np.ones(2), round_=0)  # stale: round 0 already closed by its barrier
+    assert not r.add_grad(0, "g", np.ones(2), round_=0)  # stale: round 0 closed by its barrier
     r.batch_barrier(0, 1)
     r.batch_barrier(1, 1)
     assert len(applied) == 2 and applied[1] == {}
+    # trainer 1 restarts: its round count begins at 0 again, and its gradients still count
+    r.batch_barrier(0, 2)
+    assert r.add_grad(1, "g", np.ones(2), round_=0)
+    r.batch_barrier(1, 0)
+    assert len(applied) == 3 and np.allclose(applied[2]["g"], 1.0)
 
 
 def test_barrier_timeout_names_the_missing_trainer_and_state_recovers():

@@ -80,15 +80,19 @@ class SyncRounds:
         return f"pserver {self._endpoint}: " if self._endpoint else ""
 
     def add_grad(self, trainer: int, name: str, value: Any, round_: int = 0) -> bool:
-        """Store a trainer's gradient for its current round; False if it was stale
-        (from a round already closed by a barrier, e.g. a retried duplicate).  A
-        gradient sent twice in one round replaces the first (retries are idempotent)."""
+        """Store a trainer's gradient for its current round; False if it was stale (a
+        retried message of the round the trainer's last barrier closed).  A gradient
+        sent twice in one round replaces the first (retries are idempotent).  A round
+        number further back means the trainer process restarted: accepted."""
         with self._cond:
             if trainer not in self.live:
                 raise PServerError(f"{self._where()}trainer {trainer} sent gradient '{name}' "
                                    f"after COMPLETE")
-            if round_ < self._seen_round.get(trainer, 0):
-                return False
+            seen = self._seen_round.get(trainer, 0)
+            if round_ == seen - 1:
+                return False      # a retry from the round this trainer's barrier closed
+            if round_ < seen - 1:
+                self._seen_round[trainer] = round_   # the trainer restarted: its count began anew
             self._grads.setdefault(trainer, {})[name] = value
             return True
 
@@ -97,7 +101,7 @@ class SyncRounds:
         with self._cond:
             if trainer not in self.live:
                 raise PServerError(f"{self._where()}trainer {trainer} sent BATCH_BARRIER after COMPLETE")
-            self._seen_round[trainer] = max(self._seen_round.get(trainer, 0), round_ + 1)
+            self._seen_round[trainer] = round_ + 1
             self._failed.pop(trainer, None)
             self._barrier.add(trainer)
             self._pending.add(trainer)
