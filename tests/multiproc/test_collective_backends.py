@@ -239,17 +239,23 @@ def test_run_workers_returns_results_with_per_rank_env():
     assert "FK_TEST_VAR" not in os.environ
 
 
-def _one_fails(rank, world_size):
+def _one_fails(rank, world_size, tmp):
     if rank == 1:
+        # Fail only once the others are inside this function, so that their stack dumps
+        # show it even when a busy machine makes spawning slow.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(os.listdir(tmp)) < world_size - 1:
+            time.sleep(0.05)
         raise ValueError("boom from rank 1")
+    open(os.path.join(tmp, f"in_{rank}"), "w").close()
     time.sleep(60)
 
 
-def test_run_workers_kills_all_on_first_failure_and_reports_every_rank():
+def test_run_workers_kills_all_on_first_failure_and_reports_every_rank(tmp_path):
     start = time.monotonic()
     with pytest.raises(WorkerFailure) as info:
-        run_workers(_one_fails, 3, timeout=60)
-    assert time.monotonic() - start < 15
+        run_workers(_one_fails, 3, (str(tmp_path),), timeout=60)
+    assert time.monotonic() - start < 40
     assert "boom from rank 1" in info.value.reports[1]
     for rank in (0, 2):  # killed while sleeping: their stacks show where
         assert "_one_fails" in info.value.reports[rank]
@@ -261,8 +267,9 @@ def _sleepy(rank, world_size):
 
 
 def test_run_workers_deadline():
+    # 10 s: rank 1 must have started and returned by then, even on busy cores
     with pytest.raises(WorkerFailure, match="deadline") as info:
-        run_workers(_sleepy, 2, timeout=2)
+        run_workers(_sleepy, 2, timeout=10)
     assert info.value.results == {1: 1}
 
 
