@@ -203,7 +203,8 @@ def _dies_mid_training(rank, world_size, port):
     endpoints = [store.get(f"ep/{r}").decode() for r in range(world_size)]
     os.environ.update(PADDLE_TRAINER_ENDPOINTS=",".join(endpoints), PADDLE_TRAINER_ID=str(rank),
                       PADDLE_TRAINERS_NUM=str(world_size))
-    collective.set_group(collective.get_backend("tcp", listener=listener, timeout=10))
+    group = collective.init_parallel_env("tcp", listener=listener, timeout=10)  # from the env above
+    assert (group.rank, group.world_size) == (rank, world_size) and collective.init_parallel_env() is group
     fleet.init(PaddleCloudRoleMaker(is_collective=True))
     main, startup, loss, opt = _build("momentum", seed=7)
     with fk.program_guard(main, startup):
