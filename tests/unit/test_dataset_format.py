@@ -270,3 +270,26 @@ def test_compiled_scanner_reestimates_when_a_block_differs():
         assert got.num == ref.num == 200
         for a, b in zip(got.values + got.lengths, ref.values + ref.lengths):
             np.testing.assert_array_equal(a, b)
+
+
+def test_instance_store_take_slice_concat():
+    from fleetkit.dataset import InstanceStore
+    slots = [Slot("ids", "uint64"), Slot("w", "float", True, True, (-1, 2)), Slot("one", "uint64")]
+    rows = [([1, 2], [0.5, 1.5], [7]), ([3], [2.5, 3.5], [8]), ([4, 5, 6], [4.5, 5.5], [9])]
+
+    def store(rs):
+        vals = [np.array([x for r in rs for x in r[k]], s.dtype) for k, s in enumerate(slots)]
+        offs = [np.concatenate([[0], np.cumsum([len(r[k]) for r in rs])]).astype(np.int64) for k in range(3)]
+        return InstanceStore(slots, vals, offs)
+
+    def rows_of(st):
+        return [tuple(tuple(st.values[k][st.offsets[k][i]:st.offsets[k][i + 1]].tolist()) for k in range(3))
+                for i in range(len(st))]
+
+    want = [tuple(tuple(x) for x in r) for r in rows]
+    s = store(rows)
+    assert rows_of(s.take(np.array([2, 0, 2, 1]))) == [want[2], want[0], want[2], want[1]]  # fixed + ragged
+    assert rows_of(s.slice(1, 3)) == want[1:]
+    assert rows_of(InstanceStore.concat(slots, [s.slice(2, 3), s.slice(0, 2)])) == [want[2]] + want[:2]
+    feed = s.feed()
+    assert feed["ids"].lod() == [[0, 2, 3, 6]] and feed["w"].shape == (3, 2)

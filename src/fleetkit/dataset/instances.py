@@ -73,6 +73,12 @@ class InstanceStore:
         index = np.asarray(index, np.int64)
         values, offsets = [], []
         for vals, off in zip(self.values, self.offsets):
+            lens = np.diff(off)
+            if lens.size and lens[0] > 0 and (lens == lens[0]).all():  # fixed width (dense slots): rows
+                width = int(lens[0])
+                values.append(vals[off[0]:off[-1]].reshape(-1, width)[index].reshape(-1))
+                offsets.append(np.arange(len(index) + 1, dtype=np.int64) * width)
+                continue
             starts = off[index]
             lens = off[index + 1] - starts
             new_off = _offsets(lens)
