@@ -216,7 +216,13 @@ class QueueDataset(DatasetBase):
         carry = InstanceStore.empty(self.used_slots)
         while (path := next_file()) is not None:
             for store in self._read_file(path):
-                store = InstanceStore.concat(self.used_slots, [carry, store])
+                if len(carry):  # complete the partial batch: copies at most one batch, not the block
+                    head = store.slice(0, min(bs - len(carry), len(store)))
+                    carry = InstanceStore.concat(self.used_slots, [carry, head])
+                    store = store.slice(len(head), len(store))
+                    if len(carry) < bs:
+                        continue
+                    yield carry.feed()
                 full = len(store) // bs * bs
                 yield from store.slice(0, full).batches(bs)
                 carry = store.slice(full, len(store))

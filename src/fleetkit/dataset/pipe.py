@@ -126,15 +126,13 @@ def _blocks(proc: subprocess.Popen, label: str, command: str, idle_timeout: floa
         pending.append(data)
         size += len(data)
         if size >= block_bytes:
-            buf = b"".join(pending)
-            cut = buf.rfind(b"\n") + 1
+            cut = data.rfind(b"\n") + 1  # split the newest chunk only: the block is joined once
             if cut:
-                block, rest = buf[:cut], buf[cut:]
+                block = b"".join(pending[:-1] + [data[:cut]])
                 yield block, line_no
                 line_no += block.count(b"\n")
+                rest = data[cut:]
                 pending, size = ([rest], len(rest)) if rest else ([], 0)
-            else:
-                pending = [buf]
     if feeder is not None:
         feeder.join(idle_timeout)
         if feeder.error is not None:
