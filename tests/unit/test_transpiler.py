@@ -319,7 +319,7 @@ def test_executor_handler_applies_checks_and_checkpoints():
     scope = fk.Scope()
     fk.Executor().run(st, scope=scope)
     h = ExecutorHandler(prog, scope, fk.CPUPlace(), prog.global_block().ops[-1].attrs)
-    w0 = h.get("fc_2.w_0")
+    w0 = h.get("fc_2.w_0").copy()  # get returns the live array (the server encodes it under its lock)
     g = np.ones_like(w0)
     h.check_grad("fc_2.w_0@GRAD", g)
     h.apply({"fc_2.w_0@GRAD": g})

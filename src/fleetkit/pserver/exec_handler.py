@@ -118,8 +118,9 @@ class ExecutorHandler(ServerHandler):
             except NotFoundError:
                 raise NotFoundError(f"pserver: variable '{name}' is not hosted here (hosted parameters: "
                                     f"{self._params})") from None
-            v = v.values if isinstance(v, LoDTensor) else v
-            return np.array(v, copy=True)  # the optimizer updates the scope's array in place
+            # No copy: ParameterServer serializes the reply under the same lock that
+            # serializes apply (the optimizer updates this array in place).
+            return v.values if isinstance(v, LoDTensor) else v
 
     def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
         t = self._tables.get(table)
