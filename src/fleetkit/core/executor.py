@@ -18,10 +18,15 @@ from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, leng
 
 
 class _Prepared:
-    __slots__ = ("steps", "ctxs", "version")
+    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names")
 
     def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
         self.version = program._version
+        #: the scope dict the contexts point at (re-pointed only when another scope runs)
+        self.env: dict | None = None
+        #: feed key -> Variable, and fetch_list item names already checked to exist
+        self.feed_vars: dict[str, Variable] = {}
+        self.fetch_names: set[str] = set()
         self.steps: list[tuple[Any, KernelContext]] = []
         xp = place.xp
         for idx, op in enumerate(program.block(block_idx).ops):
@@ -65,9 +70,7 @@ class Executor:
         """
         scope = global_scope() if scope is None else scope
         prepared = self._prepare(program, True, block_idx)
-        env = scope._vars
-        for ctx in prepared.ctxs:
-            ctx.env = env
+        _bind(prepared, scope._vars)
         self._run_steps(prepared.steps)
 
     def run(self, program: Program | None = None, feed: dict | None = None,
@@ -84,16 +87,21 @@ class Executor:
             raise InvalidArgumentError(f"Executor.run: program must be a Program, got {type(program).__name__}")
         scope = global_scope() if scope is None else scope
         block = program.global_block()
-        fetch_names = [_fetch_name(block, f) for f in (fetch_list or [])]
-        env = scope._vars
-        for name, value in (feed or {}).items():
-            var = block._find_var_recursive(name.name if isinstance(name, Variable) else name)
-            if var is None:
-                raise NotFoundError(f"feed: variable '{name}' is not in the program")
-            env[var.name] = convert_feed(var, value, self.place)
         prepared = self._prepare(program, use_program_cache)
-        for ctx in prepared.ctxs:
-            ctx.env = env
+        fetch_names = [_fetch_name(block, f, prepared.fetch_names) for f in (fetch_list or [])]
+        env = scope._vars
+        if feed:
+            feed_vars = prepared.feed_vars
+            for name, value in feed.items():
+                key = name.name if isinstance(name, Variable) else name
+                var = feed_vars.get(key)
+                if var is None:
+                    var = block._find_var_recursive(key)
+                    if var is None:
+                        raise NotFoundError(f"feed: variable '{name}' is not in the program")
+                    feed_vars[key] = var
+                env[var.name] = convert_feed(var, value, self.place)
+        _bind(prepared, env)
         self._run_steps(prepared.steps)
         return [self._fetch(env, n, return_numpy) for n in fetch_names]
 
@@ -146,10 +154,22 @@ def _host_copy(a: Any) -> np.ndarray:
     return h.copy() if h is a else h
 
 
-def _fetch_name(block: Any, f: Any) -> str:
+def _bind(prepared: _Prepared, env: dict) -> None:
+    """Point every op context at ``env`` (skipped when they already do)."""
+    if prepared.env is not env:
+        for ctx in prepared.ctxs:
+            ctx.env = env
+        prepared.env = env
+
+
+def _fetch_name(block: Any, f: Any, known: set[str] | None = None) -> str:
     name = f.name if isinstance(f, Variable) else str(f)
+    if known is not None and name in known:
+        return name
     if block._find_var_recursive(name) is None:
         raise NotFoundError(f"fetch_list: variable '{name}' is not in the program")
+    if known is not None:
+        known.add(name)
     return name
 
 

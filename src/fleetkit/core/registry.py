@@ -86,9 +86,14 @@ class KernelContext:
     """What a kernel sees: its op's inputs, attributes and where to put outputs.
 
     Built once per op when a program is prepared; ``env`` is the scope's dict.
+    The first name of each non-empty slot is looked up once here (``_in0`` /
+    ``_out0``), so the per-call accessors are one dict lookup each: kernels run
+    every step and their Python overhead is a large share of a small model's
+    step time.  A program edit bumps its version, which re-prepares (and
+    rebuilds these tables).
     """
 
-    __slots__ = ("op", "ins", "outs", "attrs", "env", "xp", "rng", "place")
+    __slots__ = ("op", "ins", "outs", "attrs", "env", "xp", "rng", "place", "_in0", "_out0")
 
     def __init__(self, op: Operator, xp: Any, rng: np.random.Generator | None, place: Any) -> None:
         self.op = op
@@ -99,25 +104,32 @@ class KernelContext:
         self.xp = xp
         self.rng = rng
         self.place = place
+        self._in0 = {s: ns[0] for s, ns in op.inputs.items() if ns and ns[0] != EMPTY_VAR}
+        self._out0 = {s: ns[0] for s, ns in op.outputs.items() if ns and ns[0] != EMPTY_VAR}
 
     def _get(self, name: str) -> Any:
         try:
             return self.env[name]
         except KeyError:
-            raise NotFoundError(
-                f"op '{self.op.type}' needs variable '{name}', which has no value "
-                f"(not fed, or not initialized: did you run the startup program?)") from None
+            raise self._missing(name) from None
+
+    def _missing(self, name: str) -> NotFoundError:
+        return NotFoundError(
+            f"op '{self.op.type}' needs variable '{name}', which has no value "
+            f"(not fed, or not initialized: did you run the startup program?)")
 
     def has(self, slot: str) -> bool:
-        names = self.ins.get(slot)
-        return bool(names) and names[0] != EMPTY_VAR
+        return slot in self._in0
 
     def x(self, slot: str) -> Any:
         """First input of ``slot`` as an array (LoD stripped), or None if the slot is empty."""
-        names = self.ins.get(slot)
-        if not names or names[0] == EMPTY_VAR:
+        name = self._in0.get(slot)
+        if name is None:
             return None
-        v = self._get(names[0])
+        try:
+            v = self.env[name]
+        except KeyError:
+            raise self._missing(name) from None
         return v.values if v.__class__ is LoDTensor else v
 
     def xs(self, slot: str) -> list[Any]:
@@ -128,10 +140,16 @@ class KernelContext:
         return out
 
     def lod(self, slot: str, i: int = 0) -> list[list[int]] | None:
-        names = self.ins.get(slot)
-        if not names:
-            return None
-        v = self.env.get(names[i])
+        if i == 0:
+            name = self._in0.get(slot)
+            if name is None:
+                return None
+        else:
+            names = self.ins.get(slot)
+            if not names:
+                return None
+            name = names[i]
+        v = self.env.get(name)
         return v._lod if v.__class__ is LoDTensor and v._lod else None
 
     def raw(self, slot: str, i: int = 0) -> Any:
@@ -142,14 +160,12 @@ class KernelContext:
         return self.attrs.get(name, default)
 
     def wants(self, slot: str) -> bool:
-        names = self.outs.get(slot)
-        return bool(names) and names[0] != EMPTY_VAR
+        return slot in self._out0
 
     def out(self, slot: str, value: Any, lod: list[list[int]] | None = None) -> None:
-        names = self.outs.get(slot)
-        if not names or names[0] == EMPTY_VAR:
-            return
-        self.env[names[0]] = LoDTensor(value, lod) if lod else value
+        name = self._out0.get(slot)
+        if name is not None:
+            self.env[name] = LoDTensor(value, lod) if lod else value
 
     def outs_list(self, slot: str, values: list[Any], lods: list | None = None) -> None:
         for i, (n, v) in enumerate(zip(self.outs.get(slot, ()), values)):
