@@ -66,9 +66,17 @@ def _job(rank: int, world: int, n_ps: int, eps: list[str], cfg: dict):
 
 
 def run_job(n_ps: int, cfg: dict, timeout: float = 120.0, env: dict | None = None) -> list:
-    eps = [f"127.0.0.1:{p}" for p in free_ports(n_ps)]
-    return run_workers(_job, n_ps + cfg["trainers"], (n_ps, eps, cfg), timeout=timeout,
-                       env={"OMP_NUM_THREADS": "1", **(env or {})})
+    for attempt in range(2):
+        eps = [f"127.0.0.1:{p}" for p in free_ports(n_ps)]
+        try:
+            return run_workers(_job, n_ps + cfg["trainers"], (n_ps, eps, cfg), timeout=timeout,
+                               env={"OMP_NUM_THREADS": "1", **(env or {})})
+        except WorkerFailure as e:
+            # a free port taken by another process between our probe and the pserver's
+            # bind (other test runs share the machine): try once more with new ports
+            if attempt or not any("cannot listen on" in r for r in e.reports.values()):
+                raise
+    raise AssertionError("unreachable")
 
 
 # a proxy that does not exist: any RPC routed through it would fail
