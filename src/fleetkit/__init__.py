@@ -25,3 +25,23 @@ from . import dataset  # noqa: E402
 from .dataset import DatasetFactory, InMemoryDataset, QueueDataset  # noqa: E402
 
 __all__ += ["DatasetFactory", "InMemoryDataset", "QueueDataset", "dataset"]
+
+# fluid.CompiledProgram and its strategies (one place per process; see core/compiler.py)
+from .core.compiler import BuildStrategy, CompiledProgram, ExecutionStrategy  # noqa: E402
+
+__all__ += ["BuildStrategy", "CompiledProgram", "ExecutionStrategy"]
+
+# fluid exposes the transpiler at top level too (fluid.DistributeTranspiler, fluid.transpiler);
+# imported on first use so ``import fleetkit`` does not load the parameter-server code.
+_LAZY = {"DistributeTranspiler": "fleetkit.transpiler", "DistributeTranspilerConfig": "fleetkit.transpiler",
+         "transpiler": None, "fleet": None}
+__all__ += ["DistributeTranspiler", "DistributeTranspilerConfig"]
+
+
+def __getattr__(name: str):  # PEP 562: lazy public names
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+    if _LAZY[name] is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

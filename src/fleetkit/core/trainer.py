@@ -36,6 +36,10 @@ from .scope import LoDTensor, Scope, global_scope
 
 __all__ = ["DatasetRunStats", "run_from_dataset"]
 
+
+class _NoDatasetError(InvalidArgumentError, RuntimeError):
+    """``dataset`` is None: fluid raises RuntimeError here, fleetkit's callers expect ValueError."""
+
 # ops an inference pass leaves out (no gradients, no updates)
 _TRAIN_ONLY_ROLES = {ROLE_BACKWARD, ROLE_OPTIMIZE}
 
@@ -65,8 +69,8 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
     if not isinstance(program, Program):
         raise InvalidArgumentError(f"train_from_dataset: program must be a Program, got {type(program).__name__}")
     if dataset is None:
-        raise InvalidArgumentError("train_from_dataset: dataset is None; create one with "
-                                   "fleetkit.DatasetFactory().create_dataset(...)")
+        raise _NoDatasetError("train_from_dataset: dataset is None; create one with "
+                              "fleetkit.DatasetFactory().create_dataset(...)")
     thread = int(thread) if thread and int(thread) > 0 else int(getattr(dataset, "thread_num", 0) or 0)
     if thread <= 0:
         raise InvalidArgumentError("train_from_dataset: thread must be > 0 (pass thread= or dataset.set_thread)")

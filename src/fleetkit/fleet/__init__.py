@@ -23,6 +23,7 @@ import importlib
 from typing import Any, Sequence
 
 from . import role_maker  # noqa: F401
+from ..errors import InvalidArgumentError
 from .base import FleetBase
 from .base import split_files as _split_files
 from .role_maker import (MPISymetricRoleMaker, PaddleCloudRoleMaker, Role, RoleMakerBase,
@@ -46,15 +47,41 @@ def _mode_class(rm: RoleMakerBase) -> type[FleetBase]:
     return importlib.import_module(".ps_mode", __name__).PSFleet
 
 
-def init(role_maker: RoleMakerBase | None = None) -> FleetBase:
-    """Read the role, pick the fleet mode for it and make it this module's fleet."""
+def init(*args: Any, role_maker: RoleMakerBase | None = None, executor: Any = None) -> FleetBase:
+    """Read the role, pick the fleet mode for it and make it this module's fleet.
+
+    Both fluid signatures work: ``init(role_maker=None)`` (1.5) and
+    ``init(executor, role_maker=None)`` (1.4, positional or keyword).  An executor
+    given that way runs the fleet's own programs (``init_server``, ``run_server``).
+    """
     global _fleet
+    rest = list(args)
+    if rest and _is_executor(rest[0]):
+        if executor is not None:
+            raise TypeError("fleet.init: executor given twice")
+        executor = rest.pop(0)
+    if rest:
+        if role_maker is not None or len(rest) > 1:
+            raise TypeError(f"fleet.init takes (role_maker) or (executor, role_maker), got {len(args)} "
+                            f"positional argument(s){' and role_maker=' if role_maker is not None else ''}")
+        role_maker = rest.pop(0)
+    if executor is not None and not _is_executor(executor):
+        raise InvalidArgumentError(f"fleet.init: executor must be a fleetkit Executor, got {type(executor).__name__}")
     if role_maker is None:
         role_maker = PaddleCloudRoleMaker()
+    if not isinstance(role_maker, RoleMakerBase):
+        raise InvalidArgumentError(f"fleet.init: role_maker must be a RoleMakerBase, got {type(role_maker).__name__}")
     fleet_obj = _mode_class(role_maker)()
     fleet_obj.init(role_maker)
+    if executor is not None and hasattr(fleet_obj, "_executor"):
+        fleet_obj._executor = executor
     _fleet = fleet_obj
     return fleet_obj
+
+
+def _is_executor(obj: Any) -> bool:
+    from ..core.executor import Executor  # noqa: PLC0415  (core is imported already; keeps this module light)
+    return isinstance(obj, Executor)
 
 
 def current() -> FleetBase:

@@ -1,0 +1,178 @@
+"""The public API under the names and signatures fluid 1.4 scripts use (issues 2-5, DESIGN.md,
+the 1.4 spec): a ported script changes only its imports."""
+import importlib
+import inspect
+
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import fleet, layers
+from fleetkit.fleet import role_maker
+
+
+def _params(fn):
+    return list(inspect.signature(fn).parameters)
+
+
+def _defaults(fn):
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+@pytest.fixture
+def fresh_fleet(monkeypatch):
+    """fleet.init replaces a module global; give it back after the test."""
+    monkeypatch.setattr(fleet, "_fleet", None)
+    yield
+
+
+def _ps_worker_role():
+    return role_maker.UserDefinedRoleMaker(current_id=0, role=role_maker.Role.WORKER, worker_num=2,
+                                           server_endpoints=["127.0.0.1:6174", "127.0.0.1:6175"])
+
+
+# ---- where names live -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    "fleetkit.layers", "fleetkit.optimizer", "fleetkit.initializer", "fleetkit.io", "fleetkit.regularizer",
+    "fleetkit.clip", "fleetkit.fleet", "fleetkit.fleet.role_maker", "fleetkit.collective", "fleetkit.dataset",
+    "fleetkit.install_check", "fleetkit.transpiler"])
+def test_module_paths_import(path):
+    importlib.import_module(path)
+
+
+def test_transpiler_exposed_where_fluid_has_it():
+    from fleetkit.fleet import transpiler as impl
+    for name in ("DistributeTranspiler", "DistributeTranspilerConfig"):
+        assert getattr(fk, name) is getattr(impl, name)          # fluid.DistributeTranspiler
+        assert getattr(fleet, name) is getattr(impl, name)
+        assert getattr(fk.transpiler, name) is getattr(impl, name)  # fluid.transpiler.DistributeTranspiler
+        assert name in fk.__all__
+    assert fk.transpiler.RoundRobin is impl.RoundRobin and fk.transpiler.HashName is impl.HashName
+
+
+def test_top_level_names():
+    for name in ("Executor", "CPUPlace", "CUDAPlace", "Program", "program_guard", "default_main_program",
+                 "default_startup_program", "ParamAttr", "Scope", "global_scope", "scope_guard", "LoDTensor",
+                 "create_lod_tensor", "append_backward", "DatasetFactory", "InMemoryDataset", "QueueDataset",
+                 "CompiledProgram", "BuildStrategy", "ExecutionStrategy"):
+        assert hasattr(fk, name), name
+    assert callable(fk.install_check.run_check)
+    assert fk.optimizer.DGCMomentumOptimizer is fk.collective.DGCMomentumOptimizer
+    for name in ("Constant", "Uniform", "Normal", "Xavier", "MSRA", "ConstantInitializer", "XavierInitializer"):
+        assert hasattr(fk.initializer, name), name
+    for name in ("SGD", "Momentum", "Adam", "Adagrad", "SGDOptimizer", "AdamOptimizer"):
+        assert hasattr(fk.optimizer, name), name
+    for name in ("PaddleCloudRoleMaker", "UserDefinedRoleMaker", "UserDefinedCollectiveRoleMaker",
+                 "MPISymetricRoleMaker", "Role", "RoleMakerBase"):
+        assert hasattr(role_maker, name), name
+    assert hasattr(fleet, "DistributedStrategy")
+
+
+# ---- signatures ---------------------------------------------------------------------------
+
+
+def test_signatures_follow_fluid():
+    run_from = ["self", "program", "dataset", "scope", "thread", "debug", "fetch_list", "fetch_info", "print_period"]
+    assert _params(fk.Executor.train_from_dataset) == run_from
+    assert _params(fk.Executor.infer_from_dataset) == run_from
+    assert _defaults(fk.Executor.train_from_dataset) == {
+        "program": None, "dataset": None, "scope": None, "thread": 0, "debug": False, "fetch_list": None,
+        "fetch_info": None, "print_period": 100}
+    assert _params(fk.Executor.run)[:8] == ["self", "program", "feed", "fetch_list", "feed_var_name",
+                                             "fetch_var_name", "scope", "return_numpy"]
+    assert _params(layers.embedding)[:6] == ["input", "size", "is_sparse", "is_distributed", "padding_idx",
+                                             "param_attr"]
+    assert _params(layers.fc)[:6] == ["input", "size", "num_flatten_dims", "param_attr", "bias_attr", "act"]
+    assert _params(layers.data)[:5] == ["name", "shape", "append_batch_size", "dtype", "lod_level"]
+    assert _params(fk.ParamAttr.__init__)[1:6] == ["name", "initializer", "learning_rate", "regularizer",
+                                                   "trainable"]
+    assert _params(fk.io.save_inference_model)[:5] == ["dirname", "feeded_var_names", "target_vars", "executor",
+                                                       "main_program"]
+    assert _defaults(fk.DatasetFactory.create_dataset) == {"datafeed_class": "QueueDataset"}
+    dgc = fk.optimizer.DGCMomentumOptimizer.__init__
+    assert _params(dgc)[1:9] == ["learning_rate", "momentum", "rampup_begin_step", "rampup_step", "sparsity",
+                                 "use_nesterov", "local_grad_clip_norm", "num_trainers"]
+    d = _defaults(dgc)
+    assert (d["rampup_step"], list(d["sparsity"]), d["use_nesterov"]) == (1, [0.999], False)
+    assert _params(fk.DistributeTranspiler.transpile)[1:7] == ["trainer_id", "program", "pservers", "trainers",
+                                                               "sync_mode", "startup_program"]
+    assert _params(fk.collective.all_reduce)[:2] == ["array", "op"]
+    assert _defaults(role_maker.PaddleCloudRoleMaker.__init__) == {"is_collective": False}
+
+
+# ---- fleet.init: both fluid signatures ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("call", ["rm", "kw", "exe_rm", "exe_kw", "all_kw"])
+def test_fleet_init_accepts_1_4_and_1_5_signatures(fresh_fleet, call):
+    rm, exe = _ps_worker_role(), fk.Executor(fk.CPUPlace())
+    {"rm": lambda: fleet.init(rm), "kw": lambda: fleet.init(role_maker=rm),
+     "exe_rm": lambda: fleet.init(exe, rm), "exe_kw": lambda: fleet.init(exe, role_maker=rm),
+     "all_kw": lambda: fleet.init(executor=exe, role_maker=rm)}[call]()
+    assert (fleet.is_worker(), fleet.worker_index(), fleet.worker_num(), fleet.server_num()) == (True, 0, 2, 2)
+    if call.startswith("exe") or call == "all_kw":
+        assert fleet.current()._executor is exe
+
+
+def test_fleet_init_rejects_bad_arguments(fresh_fleet):
+    exe = fk.Executor(fk.CPUPlace())
+    with pytest.raises(ValueError, match="RoleMakerBase"):
+        fleet.init("not a role maker")
+    with pytest.raises(TypeError):
+        fleet.init(exe, _ps_worker_role(), _ps_worker_role())
+    with pytest.raises(ValueError, match="Executor"):
+        fleet.init(executor="exe", role_maker=_ps_worker_role())
+
+
+# ---- CompiledProgram ------------------------------------------------------------------------
+
+
+def _tiny():
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 1
+    with fk.program_guard(main, startup):
+        x = layers.data("x", [4])
+        loss = layers.mean(layers.fc(x, 2, param_attr=fk.ParamAttr(initializer=fk.initializer.Constant(0.1))))
+        fk.optimizer.SGD(0.5).minimize(loss)
+    return main, startup, loss
+
+
+def test_compiled_program_runs_like_the_program():
+    feed = {"x": np.arange(8, dtype="float32").reshape(2, 4)}
+    results = []
+    for compiled in (False, True):
+        main, startup, loss = _tiny()
+        exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
+        exe.run(startup, scope=scope)
+        prog = main
+        if compiled:
+            bs, es = fk.BuildStrategy(), fk.ExecutionStrategy()
+            bs.reduce_strategy = fk.BuildStrategy.ReduceStrategy.AllReduce
+            prog = fk.CompiledProgram(main).with_data_parallel(loss_name=loss.name, build_strategy=bs,
+                                                               exec_strategy=es)
+        results.append([exe.run(prog, feed=feed, fetch_list=[loss], scope=scope)[0] for _ in range(3)])
+    np.testing.assert_array_equal(np.array(results[0]), np.array(results[1]))
+
+
+def test_compiled_program_refuses_multi_trainer():
+    main, _, loss = _tiny()
+    bs = fk.BuildStrategy()
+    bs.num_trainers = 2
+    with pytest.raises(ValueError, match="collective"):
+        fk.CompiledProgram(main).with_data_parallel(loss_name=loss.name, build_strategy=bs)
+    with pytest.raises(ValueError, match="Program"):
+        fk.CompiledProgram("main")
+
+
+# ---- train_from_dataset argument errors -------------------------------------------------------
+
+
+def test_train_from_dataset_without_dataset_is_runtime_error():
+    # fluid raises RuntimeError; fleetkit's own callers catch ValueError: both work
+    with pytest.raises(RuntimeError, match="dataset is None"):
+        fk.Executor(fk.CPUPlace()).train_from_dataset(fk.Program(), None)
+    with pytest.raises(ValueError):
+        fk.Executor(fk.CPUPlace()).infer_from_dataset(program=fk.Program(), dataset=None)
