@@ -7,13 +7,25 @@
 (b) Per-op dispatch overhead on tiny tensors: a chain of `scale` ops through the
     executor vs the same numpy expression called directly.
 
-    python benchmarks/executor.py [--steps 300]
+    python benchmarks/executor.py [--steps 300] [--rounds 5]
+
+How (a) is measured (the machine is shared, so wall time swings by 30% or more
+between runs): the two loops run *interleaved step by step* (executor step,
+numpy step, then numpy first on the next step, ...), each step timed with
+``time.thread_time()`` (CPU time of this thread, so time spent descheduled by
+other processes does not count).  The per-step times are pooled over
+``--rounds`` fresh trainings; the headline figures are medians, and the ratio
+is the median executor step over the median numpy step.  The spread line gives
+the per-round ratios (min / median / max) so a noisy run is visible.  Both
+loops do the same math on the same batches from the same initial parameters.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
+from typing import Callable
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny matmuls: threads only add noise
 
@@ -32,7 +44,8 @@ def make_batches(steps: int, batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
              rng.integers(0, SIZES[-1], size=(batch, 1)).astype(np.int64)) for _ in range(steps)]
 
 
-def executor_run(batches: list, warmup: int) -> tuple[float, dict]:
+def executor_step(batches: list) -> tuple[Callable, dict]:
+    """A fresh digits MLP in the executor: (step(xb, yb) -> None, initial parameters)."""
     main, startup = fk.Program(), fk.Program()
     startup.random_seed = 1
     with fk.program_guard(main, startup), fk.unique_name.guard():
@@ -48,15 +61,13 @@ def executor_run(batches: list, warmup: int) -> tuple[float, dict]:
     exe.run(startup, scope=scope)
     params = {n: scope.numpy(n).copy() for n in ("fc_0.w_0", "fc_0.b_0", "fc_1.w_0", "fc_1.b_0",
                                                    "fc_2.w_0", "fc_2.b_0")}
-    for xb, yb in batches[:warmup]:
+
+    def step(xb: np.ndarray, yb: np.ndarray) -> None:
         exe.run(main, feed={"x": xb, "y": yb}, fetch_list=[loss], scope=scope)
-    t0 = time.perf_counter()
-    for xb, yb in batches[warmup:]:
-        exe.run(main, feed={"x": xb, "y": yb}, fetch_list=[loss], scope=scope)
-    return time.perf_counter() - t0, params
+    return step, params
 
 
-def numpy_run(batches: list, warmup: int, params: dict) -> float:
+def numpy_step(params: dict) -> Callable:
     """The same math by hand: fc+relu, fc+relu, fc+softmax, cross_entropy, mean, SGD."""
     w = [params[f"fc_{i}.w_0"].copy() for i in range(3)]
     b = [params[f"fc_{i}.b_0"].copy() for i in range(3)]
@@ -83,13 +94,28 @@ def numpy_run(batches: list, warmup: int, params: dict) -> float:
         for arr, g in ((w[0], dw0), (b[0], db0), (w[1], dw1), (b[1], db1), (w[2], dw2), (b[2], db2)):
             arr -= LR * g
         return loss
+    return step
 
+
+def interleaved(batches: list, warmup: int) -> tuple[list[float], list[float]]:
+    """Per-step thread CPU seconds of the executor and the numpy loop, run alternately."""
+    exe, params = executor_step(batches)
+    ref = numpy_step(params)
     for xb, yb in batches[:warmup]:
-        step(xb, yb)
-    t0 = time.perf_counter()
-    for xb, yb in batches[warmup:]:
-        step(xb, yb)
-    return time.perf_counter() - t0
+        exe(xb, yb)
+        ref(xb, yb)
+    clock = time.thread_time
+    t_exe, t_np = [], []
+    for i, (xb, yb) in enumerate(batches[warmup:]):
+        first, second, t_first, t_second = (exe, ref, t_exe, t_np) if i % 2 == 0 else (ref, exe, t_np, t_exe)
+        t0 = clock()
+        first(xb, yb)
+        t1 = clock()
+        second(xb, yb)
+        t2 = clock()
+        t_first.append(t1 - t0)
+        t_second.append(t2 - t1)
+    return t_exe, t_np
 
 
 def dispatch_overhead(n_ops: int = 2000, reps: int = 20) -> tuple[float, float]:
@@ -120,19 +146,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description="executor overhead benchmark")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=5, help="fresh trainings whose step times are pooled")
     args = ap.parse_args()
     warmup = 20
     batches = make_batches(args.steps + warmup, args.batch)
-    best_exe = best_np = float("inf")
-    for _ in range(3):  # interleave and keep the best of 3 so both see the same machine state
-        t_exe, params = executor_run(batches, warmup)
-        t_np = numpy_run(batches, warmup, params)
-        best_exe, best_np = min(best_exe, t_exe), min(best_np, t_np)
-    n = args.steps * args.batch
-    print(f"(a) digits MLP {'-'.join(map(str, SIZES))}, batch {args.batch}, SGD, {args.steps} steps")
-    print(f"    executor:           {n / best_exe:10.0f} examples/s  ({best_exe / args.steps * 1e6:7.1f} us/step)")
-    print(f"    hand-written numpy: {n / best_np:10.0f} examples/s  ({best_np / args.steps * 1e6:7.1f} us/step)")
-    print(f"    executor time / numpy time = {best_exe / best_np:.3f}  (goal <= 1.15)")
+    all_exe, all_np, ratios = [], [], []
+    for _ in range(args.rounds):
+        t_exe, t_np = interleaved(batches, warmup)
+        all_exe += t_exe
+        all_np += t_np
+        ratios.append(statistics.median(t_exe) / statistics.median(t_np))
+    med_exe, med_np = statistics.median(all_exe), statistics.median(all_np)
+    print(f"(a) digits MLP {'-'.join(map(str, SIZES))}, batch {args.batch}, SGD, {args.steps} steps x "
+          f"{args.rounds} rounds, interleaved, median thread CPU time per step")
+    print(f"    executor:           {args.batch / med_exe:10.0f} examples/s  ({med_exe * 1e6:7.1f} us/step)")
+    print(f"    hand-written numpy: {args.batch / med_np:10.0f} examples/s  ({med_np * 1e6:7.1f} us/step)")
+    print(f"    executor time / numpy time = {med_exe / med_np:.3f}  (goal <= 1.15)")
+    ratios.sort()
+    print(f"    per-round ratio min / median / max: {ratios[0]:.3f} / {statistics.median(ratios):.3f} / "
+          f"{ratios[-1]:.3f}")
     us_exe, us_np = dispatch_overhead()
     print("(b) per-op cost on a [1] float32 tensor (scale op)")
     print(f"    executor {us_exe:.2f} us/op, numpy alone {us_np:.2f} us/op, "

@@ -24,17 +24,46 @@ def _softmax(xp: Any, x: Any, axis: int = -1) -> Any:
     return e
 
 
+_TINY: dict[Any, Any] = {}
+
+
+def _tiny(dtype: Any) -> Any:
+    """The dtype's smallest normal number (np.finfo costs ~0.5 us per call; cached)."""
+    t = _TINY.get(dtype)
+    if t is None:
+        t = _TINY[dtype] = np.finfo(dtype).tiny
+    return t
+
+
 def _safe_log(xp: Any, x: Any) -> Any:
-    return xp.log(xp.maximum(x, np.finfo(x.dtype).tiny))
+    return xp.log(xp.maximum(x, _tiny(x.dtype)))
 
 
 def _label_name(ctx: KernelContext, slot: str) -> str:
     return ctx.ins[slot][0]
 
 
+def _valid_rows(lab: Any, classes: int, ignore: int) -> Any:
+    """None when every row counts (each label a class in [0, classes), none equal to
+    ``ignore``), else the boolean mask of the rows whose label is not ``ignore`` (then
+    a label may also be out of range: the caller checks).
+
+    ``lab`` is a flat int64 vector.  Viewed as unsigned, a negative label becomes huge,
+    so one reduction rules out both bounds in the common case.
+    """
+    if lab.size == 0:
+        return None
+    in_range = int(lab.view(np.uint64).max()) < classes
+    if in_range and not 0 <= ignore < classes:
+        return None
+    valid = lab != ignore
+    return None if in_range and bool(valid.all()) else valid
+
+
 def _hard_labels(ctx: KernelContext, label: Any, rows: int, classes: int, ignore: int,
                  x_slot: str) -> tuple[Any, Any]:
-    """Labels as a flat int vector plus the mask of rows that count (label != ignore_index).
+    """Labels as a flat int vector plus the mask of rows that count (label != ignore_index),
+    or None for the mask when every row counts.
 
     Checks the row count and the class range so a bad label is reported with its
     value instead of failing inside fancy indexing.
@@ -50,17 +79,19 @@ def _hard_labels(ctx: KernelContext, label: Any, rows: int, classes: int, ignore
             f"match input '{ctx.ins[x_slot][0]}' ({rows} rows of {classes} classes): expected shape [..., 1] "
             f"with {rows} rows")
     lab = label.reshape(-1).astype(np.int64, copy=False)
-    valid = lab != ignore
-    # two reductions rule out bad labels in the common case; the detailed scan only on failure
-    if lab.size and (int(lab.min()) < 0 or int(lab.max()) >= classes):
-        bad = valid & ((lab < 0) | (lab >= classes))
+    valid = _valid_rows(lab, classes, ignore)
+    if valid is None:
+        return lab, None
+    out_of_range = (lab < 0) | (lab >= classes)
+    if bool(out_of_range.any()):
+        bad = valid & out_of_range
         if bool(bad.any()):
             first = int(lab[xp.argmax(bad)])
             raise InvalidArgumentError(
                 f"op '{ctx.op.type}': label '{_label_name(ctx, 'Label')}' holds class {first}, outside "
                 f"[0, {classes}) (ignore_index={ignore})")
         return xp.where(valid, lab, 0), valid
-    return lab, valid  # every label is in range: no ignored row to remap
+    return lab, valid  # every label is in range: the ignored rows are masked by the caller
 
 
 def _check_soft(ctx: KernelContext, label: Any, x: Any, x_slot: str) -> None:
@@ -134,7 +165,7 @@ def cross_entropy(ctx: KernelContext) -> None:
     else:
         lab, valid = _hard_labels(ctx, label, x2.shape[0], d, ctx.attrs["ignore_index"], "X")
         y = -_safe_log(xp, x2[xp.arange(x2.shape[0]), lab])[:, None]
-        if not bool(valid.all()):
+        if valid is not None:
             y = xp.where(valid[:, None], y, 0)
     ctx.out("Y", y.astype(x.dtype, copy=False).reshape(x.shape[:-1] + (1,)), ctx.lod("X"))
 
@@ -145,7 +176,7 @@ def cross_entropy_grad(ctx: KernelContext) -> None:
         return
     xp, x, label = ctx.xp, ctx.x("X"), ctx.x("Label")
     d = x.shape[-1]
-    tiny = np.finfo(x.dtype).tiny
+    tiny = _tiny(x.dtype)
     g = ctx.x("Y@GRAD").reshape(-1, 1)
     if ctx.attrs["soft_label"]:
         dx = -g * label.reshape(-1, d) / xp.maximum(x.reshape(-1, d), tiny)
@@ -153,11 +184,14 @@ def cross_entropy_grad(ctx: KernelContext) -> None:
         # the forward op already validated these labels; only the picked entries matter
         x2 = x.reshape(-1, d)
         lab = label.reshape(-1).astype(np.int64, copy=False)
-        valid = lab != ctx.attrs["ignore_index"]
-        lab = xp.where(valid, lab, 0)
+        valid = _valid_rows(lab, d, ctx.attrs["ignore_index"])
         rows = xp.arange(x2.shape[0])
         dx = xp.zeros_like(x2)
-        dx[rows, lab] = xp.where(valid, -g[:, 0] / xp.maximum(x2[rows, lab], tiny), 0)
+        if valid is None:
+            dx[rows, lab] = -g[:, 0] / xp.maximum(x2[rows, lab], tiny)
+        else:
+            lab = xp.where(valid, lab, 0)
+            dx[rows, lab] = xp.where(valid, -g[:, 0] / xp.maximum(x2[rows, lab], tiny), 0)
     ctx.out("X@GRAD", dx.astype(x.dtype, copy=False).reshape(x.shape), ctx.lod("X"))
 
 
@@ -187,7 +221,9 @@ def softmax_with_cross_entropy(ctx: KernelContext) -> None:
         loss = log_total * lab.sum(axis=1, keepdims=True) - (lab * shifted).sum(axis=1, keepdims=True)
     else:
         lab, valid = _hard_labels(ctx, label, x2.shape[0], d, ctx.attrs["ignore_index"], "Logits")
-        loss = xp.where(valid[:, None], log_total - xp.take_along_axis(shifted, lab[:, None], axis=1), 0)
+        loss = log_total - xp.take_along_axis(shifted, lab[:, None], axis=1)
+        if valid is not None:
+            loss = xp.where(valid[:, None], loss, 0)
     lod = ctx.lod("Logits")
     ctx.out("Softmax", sm.reshape(logits.shape), lod)
     ctx.out("Loss", loss.astype(logits.dtype, copy=False).reshape(logits.shape[:-1] + (1,)), lod)
@@ -209,7 +245,7 @@ def softmax_with_cross_entropy_grad(ctx: KernelContext) -> None:
         lab, valid = _hard_labels(ctx, label, sm2.shape[0], d, ctx.attrs["ignore_index"], "Softmax")
         dx = sm2.copy()
         dx[xp.arange(sm2.shape[0]), lab] -= 1
-        dx *= xp.where(valid[:, None], g, 0)
+        dx *= g if valid is None else xp.where(valid[:, None], g, 0)
     ctx.out("Logits@GRAD", dx.astype(sm.dtype, copy=False).reshape(sm.shape), ctx.lod("Logits"))
 
 
