@@ -107,10 +107,11 @@ def test_trainer_program_async_has_no_barriers():
     assert types[-2:] == ["send", "recv"]
 
 
-def test_trainer_startup_pulls_params_and_drops_server_state():
+@pytest.mark.parametrize("in_place", [False, True], ids=["get_trainer_startup_program", "caller-startup"])
+def test_trainer_startup_pulls_params_and_drops_server_state(in_place):
     main, startup, _ = build(opt=optimizer.Adam(0.01), distributed=True)
     t = transpile(main, startup)
-    st = t.get_trainer_startup_program()
+    st = startup if in_place else t.get_trainer_startup_program()
     outs = {n for op in st.global_block().ops for n in op.output_arg_names}
     assert "emb" not in outs  # the distributed table is never materialized on a trainer
     assert not [n for n in outs if "moment" in n]  # optimizer state lives on the pservers
@@ -219,10 +220,11 @@ def _fancy_sgd():
                          ids=["sgd", "adam", "schedule-decay-clip"])
 def test_pserver_blocks_replay_local_step(opt):
     main, startup, loss = build(opt=opt, sparse=False)
+    local_startup = startup.clone()  # transpile turns `startup` into the trainer's (pulls params)
     t = transpile(main, startup, trainers=1)
     exe = fk.Executor()
     scope = fk.Scope()
-    exe.run(startup, scope=scope)
+    exe.run(local_startup, scope=scope)
     params = [p.name for p in main.all_parameters()]
     init = {n: scope.numpy(n).copy() for n in params}
     rng = np.random.default_rng(0)

@@ -257,12 +257,18 @@ class DistributeTranspiler:
         if not isinstance(trainer_id, int) or not 0 <= trainer_id < trainers:
             raise InvalidArgumentError(f"transpile: trainer_id must be in [0, {trainers}), got {trainer_id!r}")
         self.origin_program = default_main_program() if program is None else program
-        self.origin_startup = default_startup_program() if startup_program is None else startup_program
+        startup = default_startup_program() if startup_program is None else startup_program
+        # pserver programs are built from this snapshot; the caller's startup program is
+        # rewritten in place into the trainer's (as fluid 1.4 does), so a ported script's
+        # exe.run(default_startup_program()) pulls the parameters instead of initializing
+        # them locally (and never materializes a distributed table)
+        self.origin_startup = startup.clone()
         self.trainer_id, self.trainer_num = trainer_id, trainers
         self.sync_mode = bool(sync_mode if self.config.sync_mode is None else self.config.sync_mode)
         self.pserver_endpoints = _parse_endpoints(pservers)
         self._plan()
         self._done = True
+        self._rewrite_trainer_startup(startup)
         meta = self.origin_program._meta
         meta.update({"is_distributed": True, "endpoints": list(self.pserver_endpoints),
                      "is_chief": trainer_id == 0, "distributed_lookup_table": sorted(self.tables)})
@@ -397,7 +403,9 @@ class DistributeTranspiler:
         """The trainer's startup: local init ops (minus what pservers own), then a pull of
         every parameter from the pservers so all trainers start identical."""
         self._check()
-        prog = self.origin_startup.clone()
+        return self._rewrite_trainer_startup(self.origin_startup.clone())
+
+    def _rewrite_trainer_startup(self, prog: Program) -> Program:
         block = prog.global_block()
         dropped = self._server_only_vars()
         block.ops = [op for op in block.ops if not (op.output_arg_names and
@@ -405,6 +413,7 @@ class DistributeTranspiler:
         # Without a barrier: a trainer that starts late still gets the values the
         # pservers started from (a sync round cannot finish until it has sent).
         self._append_recv(block, with_barrier=False)
+        prog._bump()
         return prog
 
     def _server_only_vars(self) -> set[str]:
