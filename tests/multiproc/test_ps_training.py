@@ -189,6 +189,46 @@ def test_sync_trainer_death_fails_the_others_naming_it():
     assert time.monotonic() - t < 45
 
 
+def _fluid_script(rank: int, world: int, eps: list[str]):
+    """A fluid 1.4 style script: DistributeTranspiler directly, default programs, no fleet."""
+    from fleetkit import layers
+    from fleetkit.pserver.client import get_client
+    main, startup = fk.default_main_program(), fk.default_startup_program()
+    main.random_seed = startup.random_seed = 3
+    x = layers.data("x", shape=[20])
+    y = layers.data("y", shape=[1])
+    loss = layers.mean(layers.square_error_cost(layers.fc(layers.fc(x, 1024, act="tanh"), 1), y))
+    fk.optimizer.Momentum(0.01, 0.9).minimize(loss)
+    t = fk.DistributeTranspiler()
+    trainer_id = max(rank - 2, 0)
+    t.transpile(trainer_id, pservers=",".join(eps), trainers=2)
+    exe = fk.Executor(fk.CPUPlace())
+    if rank < 2:
+        prog = t.get_pserver_program(eps[rank])
+        exe.run(t.get_startup_program(eps[rank], prog))
+        exe.run(prog)
+        return None
+    exe.run(startup)  # rewritten by transpile: pulls the parameters
+    prog = t.get_trainer_program()
+    rng = np.random.default_rng(trainer_id)
+    w = np.linspace(-1, 1, 20).astype("float32").reshape(20, 1)
+    losses = []
+    for _ in range(30):
+        xb = rng.normal(size=(32, 20)).astype("float32")
+        (lv,) = exe.run(prog, feed={"x": xb, "y": xb @ w}, fetch_list=[loss])
+        losses.append(float(np.asarray(lv).reshape(-1)[0]))
+    get_client(trainer_id).send_complete(eps)
+    return losses
+
+
+def test_fluid_style_transpiler_script():
+    """The 20x1024 weight (20480 floats) is split over both pservers; the loss falls."""
+    eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    out = run_workers(_fluid_script, 4, (eps,), timeout=90, env={"OMP_NUM_THREADS": "1"})
+    for losses in out[2:]:
+        assert losses[-1] < 0.5 * losses[0], losses
+
+
 # ------------------------------------------------------------------ save and restore
 @pytest.mark.parametrize("distributed", [False, True], ids=["sliced-table", "distributed-table"])
 def test_save_persistables_then_init_server_from_model_dir(tmp_path, distributed):
