@@ -103,9 +103,17 @@ def _load_ps(env: Mapping[str, str]) -> RoleInfo:
                             f"{PADDLE_PSERVERS_IP_PORT_LIST}={','.join(pservers)}")
         elif ip and port and pservers:
             server_index = pservers.index(current)
+    # Optional in PS mode: the trainers' own endpoints, for trainer-to-trainer traffic
+    # (InMemoryDataset.global_shuffle(fleet)); Paddle's pslib had its own channel for that.
+    trainer_eps = _endpoints(env.get(PADDLE_TRAINER_ENDPOINTS, ""))
+    if trainer_eps and _bad_endpoints(trainer_eps):
+        problems.append(f"{PADDLE_TRAINER_ENDPOINTS} has malformed endpoints {_bad_endpoints(trainer_eps)}")
+    elif trainer_eps and trainers > 0 and len(trainer_eps) != trainers:
+        problems.append(f"{PADDLE_TRAINER_ENDPOINTS} has {len(trainer_eps)} endpoints but "
+                        f"{PADDLE_TRAINERS_NUM}={trainers}")
     if problems:
         raise ConfigError("bad parameter-server environment: " + "; ".join(problems))
-    return RoleInfo(role, trainer_id, trainers, pservers, (), current, server_index)
+    return RoleInfo(role, trainer_id, trainers, pservers, trainer_eps, current, server_index)
 
 
 def _load_collective(env: Mapping[str, str]) -> RoleInfo:

@@ -176,3 +176,23 @@ def test_train_from_dataset_without_dataset_is_runtime_error():
         fk.Executor(fk.CPUPlace()).train_from_dataset(fk.Program(), None)
     with pytest.raises(ValueError):
         fk.Executor(fk.CPUPlace()).infer_from_dataset(program=fk.Program(), dataset=None)
+
+
+# ---- the DESIGN.md flow's global_shuffle(fleet) needs trainer endpoints in PS mode too ---------
+
+
+def test_ps_env_reads_optional_trainer_endpoints(fresh_fleet, monkeypatch):
+    env = {"TRAINING_ROLE": "TRAINER", "PADDLE_PSERVERS_IP_PORT_LIST": "127.0.0.1:6174",
+           "PADDLE_TRAINERS_NUM": "2", "PADDLE_TRAINER_ID": "1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("PADDLE_TRAINER_ENDPOINTS", raising=False)
+    fleet.init(role_maker.PaddleCloudRoleMaker())
+    assert fleet.worker_endpoints() == []          # optional: PS training itself does not need them
+    monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "127.0.0.1:7000,127.0.0.1:7001")
+    fleet.init(role_maker.PaddleCloudRoleMaker())
+    assert fleet.worker_endpoints(to_string=True) == "127.0.0.1:7000,127.0.0.1:7001"
+    assert (fleet.worker_index(), fleet.worker_num()) == (1, 2)
+    monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "127.0.0.1:7000")
+    with pytest.raises(ValueError, match="PADDLE_TRAINER_ENDPOINTS has 1 endpoints but PADDLE_TRAINERS_NUM=2"):
+        fleet.init(role_maker.PaddleCloudRoleMaker())

@@ -40,7 +40,9 @@ def open_backend(fleet: Any, timeout: float) -> Any:
     rank, world = int(fleet.worker_index()), int(fleet.worker_num())
     if len(endpoints) != world:
         raise InvalidArgumentError(f"global_shuffle: fleet has {world} workers but {len(endpoints)} worker "
-                                   f"endpoints {endpoints}: each trainer needs an endpoint to exchange data")
+                                   f"endpoints {endpoints}: each trainer needs an endpoint to exchange data (parameter-server "
+                                   f"jobs: set PADDLE_TRAINER_ENDPOINTS for the trainers, or give the role maker "
+                                   f"worker_endpoints)")
     return TcpBackend(rank=rank, endpoints=endpoints, timeout=timeout, prefix="fleetkit/shuffle/")
 
 
