@@ -196,3 +196,22 @@ def test_ps_env_reads_optional_trainer_endpoints(fresh_fleet, monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "127.0.0.1:7000")
     with pytest.raises(ValueError, match="PADDLE_TRAINER_ENDPOINTS has 1 endpoints but PADDLE_TRAINERS_NUM=2"):
         fleet.init(role_maker.PaddleCloudRoleMaker())
+
+
+FLEET_API = ["is_first_worker", "worker_index", "worker_num", "is_worker", "worker_endpoints", "server_num",
+             "server_index", "server_endpoints", "is_server", "split_files", "init_worker", "run_worker",
+             "init_server", "run_server", "stop_worker", "stop", "distributed_optimizer",
+             "save_inference_model", "save_persistables"]
+
+
+@pytest.mark.parametrize("mode", ["PSFleet", "CollectiveFleet"])
+def test_both_fleet_modes_have_the_fluid_fleet_methods(mode):
+    cls = getattr(fleet, mode)
+    missing = [m for m in FLEET_API + ["main_program", "startup_program"] if not hasattr(cls, m)]
+    assert not missing, f"{mode} lacks {missing}"
+
+
+def test_collective_fleet_stop_and_run_worker(fresh_fleet):
+    fleet.init(role_maker.UserDefinedCollectiveRoleMaker(current_id=0, worker_endpoints=["127.0.0.1:1"]))
+    fleet.run_worker()
+    fleet.stop()  # no group was created: nothing to close

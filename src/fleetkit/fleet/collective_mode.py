@@ -152,6 +152,13 @@ class CollectiveFleet(FleetBase):
             groups.get_group(ring).barrier()
             groups.destroy_group(ring)
 
+    def stop(self) -> None:
+        """fluid's ``fleet.stop()``: same as ``stop_worker()`` in collective mode."""
+        self.stop_worker()
+
+    def run_worker(self, main_programs: Any = None, scopes: Any = None) -> None:
+        """Nothing to do: workers run ``fleet.main_program`` themselves (as in fluid 1.4)."""
+
     def init_server(self, *args: Any, **kwargs: Any) -> None:
         """No servers in collective mode (fluid logs a warning too)."""
         log.warning("init_server() does nothing in collective mode")
