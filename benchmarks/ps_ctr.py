@@ -22,8 +22,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
 import fleetkit as fk  # noqa: E402
 from fleetkit.fleet import Role, UserDefinedRoleMaker  # noqa: E402
 from fleetkit.testing import run_workers  # noqa: E402

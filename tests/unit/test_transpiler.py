@@ -241,7 +241,7 @@ def test_pserver_blocks_replay_local_step(opt):
 # ------------------------------------------------------------------ fleet (PS mode)
 def _fleet_minimize(role, current_id):
     from fleetkit import fleet
-    from fleetkit.fleet import Role, UserDefinedRoleMaker
+    from fleetkit.fleet import UserDefinedRoleMaker
     fleet.init(UserDefinedRoleMaker(current_id=current_id, role=role, worker_num=2,
                                     server_endpoints=EPS2.split(",")))
     main, startup = fk.Program(), fk.Program()

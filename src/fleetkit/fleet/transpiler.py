@@ -331,7 +331,7 @@ class DistributeTranspiler:
         block.ops = [op for op in block.ops if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
         self._rewrite_lookups(block)
         eps = self.pserver_endpoints
-        names, epmap, sections, grads, offsets = [], [], [], [], []
+        names, epmap, sections, grads = [], [], [], []
         for p in self.params:
             grads.append(p.grad)
             names.append([_grad_block_name(p.grad, b) for b in p.blocks])

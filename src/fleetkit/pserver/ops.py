@@ -144,6 +144,7 @@ def recv(ctx: KernelContext) -> None:
     and start the next pull, so the round trip overlaps the next step's compute (the
     parameters are one step staler, which async training tolerates).
     """
+    global _pull_pool
     a = ctx.attrs
     reqs = [(ep, name) for eps, names in zip(a["epmap"], a["recv_varnames"]) for ep, name in zip(eps, names)]
     client = _client(ctx)
@@ -155,7 +156,6 @@ def recv(ctx: KernelContext) -> None:
             prev = _pulls.pop(id(ctx.op), None)
         values = prev.result() if prev is not None else pull()
         with _pending_lock:
-            global _pull_pool
             if _pull_pool is None:
                 _pull_pool = ThreadPoolExecutor(1, thread_name_prefix="fk-async-recv")
             _pulls[id(ctx.op)] = _pull_pool.submit(pull)
