@@ -215,3 +215,20 @@ def test_collective_fleet_stop_and_run_worker(fresh_fleet):
     fleet.init(role_maker.UserDefinedCollectiveRoleMaker(current_id=0, worker_endpoints=["127.0.0.1:1"]))
     fleet.run_worker()
     fleet.stop()  # no group was created: nothing to close
+
+
+def test_random_layers():
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = 3
+    with fk.program_guard(main, startup):
+        u = layers.uniform_random([3, 4], min=2.0, max=3.0, seed=5)
+        g = layers.gaussian_random(shape=[4000], mean=1.0, std=2.0)
+        g64 = layers.gaussian_random([2], 0.0, 1.0, 0, "float64")
+    assert _params(layers.uniform_random) == ["shape", "dtype", "min", "max", "seed"]
+    assert _params(layers.gaussian_random) == ["shape", "mean", "std", "seed", "dtype"]
+    a, b, c = fk.Executor(fk.CPUPlace()).run(main, fetch_list=[u, g, g64], scope=fk.Scope())
+    assert a.shape == (3, 4) and a.dtype == np.float32 and a.min() >= 2.0 and a.max() < 3.0
+    assert abs(b.mean() - 1.0) < 0.2 and abs(b.std() - 2.0) < 0.2
+    assert c.dtype == np.float64
+    with pytest.raises(ValueError, match="max"):
+        layers.uniform_random([2], min=1.0, max=0.0)

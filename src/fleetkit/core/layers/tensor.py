@@ -21,7 +21,7 @@ __all__ = [
     "split", "reduce_sum", "reduce_mean", "reduce_max", "reduce_min", "reduce_prod", "clip", "clip_by_norm",
     "squeeze", "unsqueeze", "stack", "expand", "slice", "gather", "one_hot", "flatten", "shape",
     "uniform_random_batch_size_like", "argsort", "has_inf", "has_nan", "isfinite", "sign",
-    "elementwise_mod", "elementwise_floordiv",
+    "elementwise_mod", "elementwise_floordiv", "uniform_random", "gaussian_random",
 ]
 
 
@@ -145,6 +145,29 @@ def uniform_random_batch_size_like(input: Variable, shape: Sequence[int], dtype:
     """Uniform [min, max) samples shaped like ``shape`` with the batch dim taken from ``input``."""
     return _batch_like("uniform_random_batch_size_like", input, shape, dtype, input_dim_idx, output_dim_idx,
                        {"min": float(min), "max": float(max), "seed": int(seed)})
+
+
+def _random(op_type: str, shape: Sequence[int], dtype: Any, attrs: dict) -> Variable:
+    dtype = convert_dtype(dtype)
+    helper = LayerHelper(op_type)
+    out = helper.create_variable_for_type_inference(dtype, stop_gradient=True)
+    helper.append_op(op_type, {}, {"Out": [out]},
+                     {"shape": _int_list(op_type, "shape", shape), "dtype": dtype, **attrs})
+    return out
+
+
+def uniform_random(shape: Sequence[int], dtype: Any = "float32", min: float = -1.0, max: float = 1.0,
+                   seed: int = 0) -> Variable:
+    """Uniform [min, max) samples of ``shape`` (seed 0: the program's random seed decides)."""
+    if max < min:
+        raise InvalidArgumentError(f"uniform_random: max ({max}) < min ({min})")
+    return _random("uniform_random", shape, dtype, {"min": float(min), "max": float(max), "seed": int(seed)})
+
+
+def gaussian_random(shape: Sequence[int], mean: float = 0.0, std: float = 1.0, seed: int = 0,
+                    dtype: Any = "float32") -> Variable:
+    """Normal(mean, std) samples of ``shape`` (fluid 1.4 argument order: dtype last)."""
+    return _random("gaussian_random", shape, dtype, {"mean": float(mean), "std": float(std), "seed": int(seed)})
 
 
 def assign(input: Any, output: Variable | None = None) -> Variable:
