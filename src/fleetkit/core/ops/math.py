@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,11 @@ def _mul_infer(ctx: ShapeContext) -> None:
 @register_op("mul", _mul_infer, attrs={"x_num_col_dims": 1, "y_num_col_dims": 1})
 def mul(ctx: KernelContext) -> None:
     x, y = ctx.x("X"), ctx.x("Y")
-    xk, yk = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
+    attrs = ctx.attrs
+    xk, yk = attrs["x_num_col_dims"], attrs["y_num_col_dims"]
+    if x.ndim == 2 and y.ndim == 2 and xk == 1 and yk == 1:  # the fc case: no reshapes
+        ctx.out("Out", x @ y, ctx.lod("X"))
+        return
     x2 = x if x.ndim == 2 and xk == 1 else x.reshape(_flat2d(x.shape, xk))
     y2 = y if y.ndim == 2 and yk == 1 else y.reshape(_flat2d(y.shape, yk))
     out = x2 @ y2
@@ -43,11 +48,14 @@ def mul_grad(ctx: KernelContext) -> None:
     x, y, g = ctx.x("X"), ctx.x("Y"), ctx.x("Out@GRAD")
     xk, yk = ctx.attrs["x_num_col_dims"], ctx.attrs["y_num_col_dims"]
     if x.ndim == 2 and y.ndim == 2 and xk == 1 and yk == 1:  # the fc case: no reshapes
-        x2, y2, g2 = x, y, g
-    else:
-        x2 = x.reshape(_flat2d(x.shape, xk))
-        y2 = y.reshape(_flat2d(y.shape, yk))
-        g2 = g.reshape(x2.shape[0], y2.shape[1])
+        if ctx.wants("X@GRAD"):
+            ctx.out("X@GRAD", g @ y.T, ctx.lod("X"))
+        if ctx.wants("Y@GRAD"):
+            ctx.out("Y@GRAD", x.T @ g)
+        return
+    x2 = x.reshape(_flat2d(x.shape, xk))
+    y2 = y.reshape(_flat2d(y.shape, yk))
+    g2 = g.reshape(x2.shape[0], y2.shape[1])
     if ctx.wants("X@GRAD"):
         ctx.out("X@GRAD", (g2 @ y2.T).reshape(x.shape), ctx.lod("X"))
     if ctx.wants("Y@GRAD"):
@@ -124,23 +132,51 @@ def _ew_infer(ctx: ShapeContext) -> None:
 
 def _operands(ctx: KernelContext) -> tuple:
     x, y = ctx.x("X"), ctx.x("Y")
+    return x, _aligned_y(ctx, x, y)
+
+
+def _aligned_y(ctx: KernelContext, x: Any, y: Any) -> Any:
+    """Y reshaped so numpy broadcasting lines it up with X as fluid's ``axis`` says."""
     if y.ndim == 1 and x.ndim == 2 and y.shape[0] == x.shape[1]:
-        return x, y  # bias add: numpy broadcasting already lines Y up with X's last dim
+        return y  # bias add: numpy broadcasting already lines Y up with X's last dim
     if y.ndim != x.ndim or ctx.attrs.get("axis", -1) != -1:
         pad = bcast_shape_y(x.shape, y.shape, ctx.attrs.get("axis", -1))
         if pad is not None:
             y = y.reshape(pad)
-    return x, y
+    return y
 
 
-def _register_elementwise(name: str, fwd, dx, dy) -> None:
-    """fwd(x, y); dx(x, y, out, g) / dy(x, y, out, g) give full-shape grads."""
+def _linear_grad(ctx: KernelContext, sign_y: float) -> None:
+    """elementwise_add / _sub gradients: dX = g, dY = +-g summed over Y's broadcast axes.
+
+    Neither needs the values of X, Y or Out, only their shapes, so those are not computed.
+    """
+    x, y0, g = ctx.x("X"), ctx.x("Y"), ctx.x("Out@GRAD")
+    if ctx.wants("X@GRAD"):
+        ctx.out("X@GRAD", g if g.shape == x.shape else unbroadcast(ctx.xp, g, x.shape), ctx.lod("X"))
+    if ctx.wants("Y@GRAD"):
+        gy = g if sign_y > 0 else -g
+        if y0.ndim == 1 and g.ndim == 2 and g.shape[1] == y0.shape[0]:
+            ctx.out("Y@GRAD", gy.sum(axis=0))  # bias gradient: one column sum
+        else:
+            y = _aligned_y(ctx, x, y0)
+            ctx.out("Y@GRAD", unbroadcast(ctx.xp, gy, y.shape).reshape(y0.shape))
+
+
+def _register_elementwise(name: str, fwd, dx, dy, linear: float = 0.0) -> None:
+    """fwd(x, y); dx(x, y, out, g) / dy(x, y, out, g) give full-shape grads.
+
+    ``linear`` = +1 / -1 marks add / sub, whose gradient needs only shapes.
+    """
 
     def kernel(ctx: KernelContext) -> None:
         x, y = _operands(ctx)
         ctx.out("Out", fwd(x, y), ctx.lod("X"))
 
     def grad(ctx: KernelContext) -> None:
+        if linear:
+            _linear_grad(ctx, linear)
+            return
         x, y = _operands(ctx)
         y_shape = ctx.x("Y").shape
         out, g = ctx.x("Out"), ctx.x("Out@GRAD")
@@ -158,9 +194,9 @@ def _register_elementwise(name: str, fwd, dx, dy) -> None:
 
 
 _register_elementwise("elementwise_add", lambda x, y: x + y,
-                      lambda x, y, o, g: g, lambda x, y, o, g: g)
+                      lambda x, y, o, g: g, lambda x, y, o, g: g, linear=1.0)
 _register_elementwise("elementwise_sub", lambda x, y: x - y,
-                      lambda x, y, o, g: g, lambda x, y, o, g: -g)
+                      lambda x, y, o, g: g, lambda x, y, o, g: -g, linear=-1.0)
 _register_elementwise("elementwise_mul", lambda x, y: x * y,
                       lambda x, y, o, g: g * y, lambda x, y, o, g: g * x)
 _register_elementwise("elementwise_div", lambda x, y: x / y,
