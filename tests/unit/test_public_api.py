@@ -232,3 +232,21 @@ def test_random_layers():
     assert c.dtype == np.float64
     with pytest.raises(ValueError, match="max"):
         layers.uniform_random([2], min=1.0, max=0.0)
+
+
+def test_data_generator_error_names_the_offending_line():
+    from fleetkit.dataset import MultiSlotDataGenerator
+    from fleetkit.errors import DataFormatError
+    rows = {"first\n": [("a", [1]), ("b", [2])], "second\n": [("b", [1]), ("a", [2])]}
+
+    class Gen(MultiSlotDataGenerator):
+        def generate_sample(self, line):
+            def samples():
+                yield rows[line]
+            return samples
+
+    gen = Gen()
+    gen.set_batch(2)
+    with pytest.raises(DataFormatError, match=r"slot #1 is 'b' but was 'a'.*input line 'second\\n'"):
+        gen.run_to_lines(["first\n", "second\n"])
+    assert Gen().run_to_lines(["first\n"]) == ["1 1 1 2\n"]

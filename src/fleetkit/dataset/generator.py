@@ -93,6 +93,12 @@ class DataGenerator:
         return out
 
     def _flush(self, batch: list[tuple[Any, Any]], stdout: IO[str]) -> None:
+        if type(self).generate_batch is DataGenerator.generate_batch:
+            # passthrough batching: each output sample comes from one known line, so errors name it
+            for line, sample in batch:
+                self._line = line
+                stdout.write(self._gen_str(sample))
+            return
         lines = [ln for ln, _ in batch]
         self._line = lines[0] if len(set(map(repr, lines))) == 1 else f"one of {len(lines)} lines from {lines[0]!r}"
         for sample in self._call_user(self.generate_batch, [s for _, s in batch])():
