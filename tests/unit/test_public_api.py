@@ -250,3 +250,12 @@ def test_data_generator_error_names_the_offending_line():
     with pytest.raises(DataFormatError, match=r"slot #1 is 'b' but was 'a'.*input line 'second\\n'"):
         gen.run_to_lines(["first\n", "second\n"])
     assert Gen().run_to_lines(["first\n"]) == ["1 1 1 2\n"]
+
+
+def test_python_dash_m_fleetkit():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "fleetkit", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "check" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "fleetkit"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "COMMAND" in bad.stderr
