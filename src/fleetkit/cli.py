@@ -1,6 +1,7 @@
 """The ``fleetkit`` command line.
 
     fleetkit check          verify the installation (exit 0 when it works, 1 otherwise)
+    fleetkit launch ...     run a training script as a job of pservers and workers on this host
 
 Each subcommand is a function that adds its parser to the subparsers and sets
 ``func`` (called with the parsed args, returns the exit code); new subcommands
@@ -32,8 +33,13 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_launch(sub: Any) -> None:
+    from .fleet.launch import add_launch_parser
+    add_launch_parser(sub)
+
+
 #: subcommand builders, in help order: ``add(subparsers)`` adds one subcommand
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check, _add_launch]
 
 
 def build_parser() -> argparse.ArgumentParser:
