@@ -173,6 +173,11 @@ class KernelContext:
                 lod = lods[i] if lods else None
                 self.env[n] = LoDTensor(v, lod) if lod else v
 
+    def same_var(self, in_slot: str, out_slot: str) -> bool:
+        """Whether output ``out_slot`` names the same variable as input ``in_slot`` (in-place ops)."""
+        name = self._in0.get(in_slot)
+        return name is not None and self._out0.get(out_slot) == name
+
     def out_value(self, slot: str) -> Any:
         """Current value of an output var (for in-place updates such as optimizer accumulators)."""
         names = self.outs.get(slot)
