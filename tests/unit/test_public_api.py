@@ -259,3 +259,19 @@ def test_python_dash_m_fleetkit():
     assert out.returncode == 0 and "check" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "fleetkit"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "COMMAND" in bad.stderr
+
+
+def test_user_defined_role_maker_both_fluid_orders():
+    Role = role_maker.Role
+    r14 = role_maker.UserDefinedRoleMaker(0, "127.0.0.1:7000", Role.WORKER, ["127.0.0.1:7000", "127.0.0.1:7001"],
+                                          ["127.0.0.1:6174"])
+    assert (r14.worker_index(), r14.worker_num(), r14.server_num()) == (0, 2, 1)
+    r15 = role_maker.UserDefinedRoleMaker(1, Role.SERVER, 2, ["127.0.0.1:6174", "127.0.0.1:6175"])  # 1.5 order
+    assert (r15.is_server(), r15.server_index(), r15.worker_num(), r15.server_num()) == (True, 1, 2, 2)
+    r15w = role_maker.UserDefinedRoleMaker(1, Role.WORKER, 3)
+    assert (r15w.worker_index(), r15w.worker_num()) == (1, 3)
+    assert role_maker.UserDefinedRoleMaker(0, Role.SERVER).is_server()
+    kw = role_maker.UserDefinedRoleMaker(current_id=0, role=Role.WORKER, worker_num=2, server_endpoints=["a:1"])
+    assert kw.worker_num() == 2
+    with pytest.raises(ValueError, match="worker_num"):
+        role_maker.UserDefinedRoleMaker(0, Role.WORKER, "2")

@@ -109,6 +109,14 @@ class UserDefinedRoleMaker(RoleMakerBase):
                  worker_endpoints: Sequence[str] | None = None, server_endpoints: Sequence[str] | None = None,
                  worker_num: int = 0) -> None:
         super().__init__()
+        if isinstance(current_endpoint, Role):
+            # fluid 1.5 positional order (current_id, role, worker_num, server_endpoints)
+            if worker_num or server_endpoints is not None:
+                raise InvalidArgumentError("UserDefinedRoleMaker: mixed fluid 1.4 and 1.5 argument orders")
+            current_endpoint, role, worker_num, server_endpoints, worker_endpoints = (
+                None, current_endpoint, 0 if isinstance(role, Role) else role, worker_endpoints, None)
+            if not isinstance(worker_num, int):
+                raise InvalidArgumentError(f"UserDefinedRoleMaker: worker_num must be an int, got {worker_num!r}")
         if not isinstance(role, Role):
             raise InvalidArgumentError(f"UserDefinedRoleMaker: role must be Role.WORKER or Role.SERVER, got {role!r}")
         if not isinstance(current_id, int) or current_id < 0:
