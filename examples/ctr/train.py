@@ -75,7 +75,10 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     strategy = fleet.DistributeTranspilerConfig(sync_mode=cfg["sync"])
     make_opt = {"sgd": lambda: fk.optimizer.SGD(cfg.get("lr", 0.1)),
                 "adam": lambda: fk.optimizer.Adam(cfg.get("lr", 0.005), epsilon=cfg.get("adam_epsilon", 1e-8)),
-                "adagrad": lambda: fk.optimizer.Adagrad(cfg.get("lr", 0.05))}[cfg.get("optimizer", "adam")]
+                "adagrad": lambda: fk.optimizer.Adagrad(cfg.get("lr", 0.05)),
+                # an LR schedule: runs on the pservers, once per round / trainer step
+                "sgd_decay": lambda: fk.optimizer.SGD(fk.layers.exponential_decay(cfg.get("lr", 0.1), 2, 0.5)),
+                }[cfg.get("optimizer", "adam")]
     model = ctr_model.build(data.cfg, hidden=tuple(cfg.get("hidden", (64, 32))), is_sparse=cfg.get("is_sparse", True),
                             is_distributed=cfg.get("is_distributed", False), make_optimizer=make_opt,
                             wrap_optimizer=lambda o: fleet.distributed_optimizer(o, strategy))

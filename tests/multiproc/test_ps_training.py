@@ -89,6 +89,7 @@ DEAD_PROXY = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0
 def _local_reference(cfg: dict, trainer0: dict, lazy_adam: bool) -> tuple[dict, fk.Scope]:
     data = CTRData(CTRConfig(**cfg.get("data", {})))
     make = {"sgd": lambda: fk.optimizer.SGD(cfg["lr"]),
+            "sgd_decay": lambda: fk.optimizer.SGD(fk.layers.exponential_decay(cfg["lr"], 2, 0.5)),
             "adam": lambda: fk.optimizer.Adam(cfg["lr"], lazy_mode=lazy_adam,
                                               epsilon=cfg.get("adam_epsilon", 1e-8))}[cfg["optimizer"]]
     model = ctr_model.build(data.cfg, is_sparse=cfg["is_sparse"], make_optimizer=make,
@@ -109,6 +110,7 @@ CASES = {  # name: (optimizer, is_sparse, is_distributed)
     "adam-sparse": ("adam", True, False),
     "sgd-distributed": ("sgd", True, True),
     "adam-distributed": ("adam", True, True),
+    "lr-schedule-sparse": ("sgd_decay", True, False),
 }
 
 
@@ -120,7 +122,7 @@ def test_sync_2x2_equals_single_process(case):
     # local sum decides its sign; with 1e-3 such elements stay in Adam's linear regime and
     # the comparison tests the update rule, not the rounding (same kernels either way).
     cfg = {"sync": True, "steps": 8, "batch_size": 32, "trainers": 2, "optimizer": opt,
-           "lr": 0.1 if opt == "sgd" else 0.01, "is_sparse": is_sparse, "is_distributed": is_dist,
+           "lr": 0.01 if opt == "adam" else 0.1, "is_sparse": is_sparse, "is_distributed": is_dist,
            "data": SMALL, "hidden": (64, 32), "adam_epsilon": 1e-3}
     if is_dist:
         cfg["fetch_table_rows"] = 3 * SMALL["vocab"]
