@@ -27,7 +27,10 @@ from .dataset import DatasetFactory, InMemoryDataset, QueueDataset  # noqa: E402
 __all__ += ["DatasetFactory", "InMemoryDataset", "QueueDataset", "dataset"]
 
 # fluid.CompiledProgram and its strategies (one place per process; see core/compiler.py)
+from .core import compiler  # noqa: E402
 from .core.compiler import BuildStrategy, CompiledProgram, ExecutionStrategy  # noqa: E402
+
+_sys.modules[f"{__name__}.compiler"] = compiler  # fluid.compiler.CompiledProgram
 
 __all__ += ["BuildStrategy", "CompiledProgram", "ExecutionStrategy"]
 

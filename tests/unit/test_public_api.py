@@ -38,7 +38,7 @@ def _ps_worker_role():
 @pytest.mark.parametrize("path", [
     "fleetkit.layers", "fleetkit.optimizer", "fleetkit.initializer", "fleetkit.io", "fleetkit.regularizer",
     "fleetkit.clip", "fleetkit.fleet", "fleetkit.fleet.role_maker", "fleetkit.collective", "fleetkit.dataset",
-    "fleetkit.install_check", "fleetkit.transpiler"])
+    "fleetkit.install_check", "fleetkit.transpiler", "fleetkit.compiler"])
 def test_module_paths_import(path):
     importlib.import_module(path)
 
