@@ -275,3 +275,11 @@ def test_user_defined_role_maker_both_fluid_orders():
     assert kw.worker_num() == 2
     with pytest.raises(ValueError, match="worker_num"):
         role_maker.UserDefinedRoleMaker(0, Role.WORKER, "2")
+
+
+def test_star_imports_resolve():
+    for mod in ("fleetkit", "fleetkit.fleet", "fleetkit.layers", "fleetkit.collective", "fleetkit.dataset",
+                "fleetkit.transpiler"):
+        ns: dict = {}
+        exec(f"from {mod} import *", ns)  # every __all__ name resolves (lazy ones included)
+        assert all(name in ns for name in importlib.import_module(mod).__all__), mod

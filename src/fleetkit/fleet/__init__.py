@@ -109,3 +109,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["FleetBase", "MPISymetricRoleMaker", "PaddleCloudRoleMaker", "Role", "UserDefinedCollectiveRoleMaker",
            "UserDefinedRoleMaker", "current", "init", "role_maker", "split_files"]
+__all__ += sorted(_LAZY)  # ``from fleetkit.fleet import *`` gets them too (imported then)
