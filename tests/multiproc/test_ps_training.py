@@ -332,8 +332,10 @@ def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     return {"rc": rc, "checkpoints_at_kill": ckpts, "mid_training": mid_training, "resumed": resumed}
 
 
-def test_kill9_pserver_restarts_from_checkpoint_and_job_completes(tmp_path):
-    cfg = {**ASYNC_CFG, "steps": 200, "checkpoint_interval_s": 0.3, "kill_at_step": 50, "step_sleep_s": 0.02}
+@pytest.mark.parametrize("sync", [False, True], ids=["async", "sync"])
+def test_kill9_pserver_restarts_from_checkpoint_and_job_completes(tmp_path, sync):
+    cfg = {**ASYNC_CFG, "sync": sync, "steps": 150 if sync else 200, "checkpoint_interval_s": 0.3,
+           "kill_at_step": 50, "step_sleep_s": 0.02}
     eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
     results = run_workers(_kill_job, 4, (eps, cfg, str(tmp_path), str(tmp_path / "trained")), timeout=150,
                           env={"OMP_NUM_THREADS": "1"})
