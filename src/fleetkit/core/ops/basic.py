@@ -5,6 +5,7 @@ import numpy as np
 
 from ..registry import KernelContext, ShapeContext, register_grad, register_op, same_shape_infer
 from ..scope import LoDTensor, SelectedRows
+from .common import full
 
 
 def _shape_attr_infer(ctx: ShapeContext) -> None:
@@ -23,7 +24,7 @@ def fill_constant(ctx: KernelContext) -> None:
 @register_op("fill_any_like", same_shape_infer, attrs={"value": 0.0})
 def fill_any_like(ctx: KernelContext) -> None:
     x = ctx.x("X")
-    ctx.out("Out", ctx.xp.full(x.shape, ctx.attr("value"), dtype=x.dtype), ctx.lod("X"))
+    ctx.out("Out", full(ctx.xp, x.shape, ctx.attr("value"), x.dtype), ctx.lod("X"))
 
 
 @register_op("fill_zeros_like", same_shape_infer)

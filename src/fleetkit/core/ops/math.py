@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..registry import KernelContext, ShapeContext, register_grad, register_op, same_shape_infer
-from .common import bcast_shape_y, unbroadcast
+from .common import bcast_shape_y, full, unbroadcast
 
 
 # ----------------------------------------------------------------- mul (fc)
@@ -225,7 +225,7 @@ def mean(ctx: KernelContext) -> None:
 @register_grad("mean")
 def mean_grad(ctx: KernelContext) -> None:
     x, g = ctx.x("X"), ctx.x("Out@GRAD")
-    ctx.out("X@GRAD", ctx.xp.full(x.shape, g.reshape(()) / max(x.size, 1), dtype=x.dtype), ctx.lod("X"))
+    ctx.out("X@GRAD", full(ctx.xp, x.shape, g.reshape(()) / max(x.size, 1), x.dtype), ctx.lod("X"))
 
 
 @register_op("scale", same_shape_infer, attrs={"scale": 1.0, "bias": 0.0, "bias_after_scale": True})
