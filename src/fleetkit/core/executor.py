@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
 from .backend import CPUPlace, Place, to_numpy
 from .framework import Program, Variable, default_main_program
+from .fusion import failed_context, fuse_steps
 from .registry import KernelContext, get_op_def
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, lengths_to_offsets
 
@@ -59,6 +60,7 @@ class Executor:
         p = self._cache.get(key) if use_cache else None
         if p is None or p.version != program._version:
             p = _Prepared(program, self.place, block_idx)
+            p.steps = fuse_steps(p.steps)  # ctxs keeps every op's context (all get the env)
             if use_cache:
                 self._cache[key] = p
         return p
@@ -114,9 +116,10 @@ class Executor:
         except FleetkitError:
             raise
         except Exception as e:
-            op = steps[i][1].op
-            raise OpError(f"op #{i} {op.type} failed: {type(e).__name__}: {e}\n  op: {op}\n"
-                          f"  inputs: {_describe_inputs(steps[i][1])}") from e
+            ctx = failed_context(e) or steps[i][1]  # a fused step names the member that failed
+            op = ctx.op
+            raise OpError(f"op #{_op_index(op, i)} {op.type} failed: {type(e).__name__}: {e}\n  op: {op}\n"
+                          f"  inputs: {_describe_inputs(ctx)}") from e
 
     def _fetch(self, env: dict, name: str, return_numpy: bool) -> Any:
         if name not in env:
@@ -152,6 +155,14 @@ def _host_copy(a: Any) -> np.ndarray:
     """A host array that does not alias the scope's (optimizers update parameters in place)."""
     h = to_numpy(a)
     return h.copy() if h is a else h
+
+
+def _op_index(op: Any, default: int) -> int:
+    """The op's position in its block (steps may be fused, so the step index can differ)."""
+    try:
+        return next(k for k, o in enumerate(op.block.ops) if o is op)
+    except (AttributeError, StopIteration):
+        return default
 
 
 def _bind(prepared: _Prepared, env: dict) -> None:

@@ -6,8 +6,13 @@ from typing import Callable
 from ..registry import KernelContext, register_grad, register_op, same_shape_infer
 
 
+#: op type -> (fwd, bwd) of the unary ops below (the executor's fc fusion calls them directly)
+UNARY: dict[str, tuple[Callable, Callable]] = {}
+
+
 def _register_unary(name: str, fwd: Callable, bwd: Callable, attrs: dict | None = None) -> None:
     """fwd(xp, x, attrs) -> out; bwd(xp, x, out, g, attrs) -> dx."""
+    UNARY[name] = (fwd, bwd)
 
     def kernel(ctx: KernelContext) -> None:
         ctx.out("Out", fwd(ctx.xp, ctx.x("X"), ctx.attrs), ctx.lod("X"))

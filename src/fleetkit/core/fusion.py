@@ -1,0 +1,226 @@
+"""Prepare-time fusion: common runs of ops become one executor step.
+
+On a small model most of a step's time beyond the numpy calls themselves is the
+Python work of calling one kernel per op (context lookups, shape checks, LoD
+propagation).  The runs fused here are the ones every ``layers.fc`` training
+program has:
+
+- ``mul -> elementwise_add [-> unary activation]`` (the fc forward),
+- ``[unary activation grad ->] elementwise_add_grad -> mul_grad`` (its backward),
+- consecutive ``sgd`` updates.
+
+A fused step computes exactly what the separate kernels compute, with the same
+numpy expressions in the same order, and writes *every* output variable of every
+member op (any later op or fetch may read them).  Its fast path runs only for
+host (numpy) arrays without LoD whose shapes are the plain fc case, checked on
+each call; anything else (a LoDTensor, a device array, another rank, a missing
+variable) runs the member kernels one by one, so behaviour and error messages
+are those of the unfused program.  An error raised by a member carries that
+member's context so the executor names the right op.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .registry import KernelContext
+
+Step = tuple[Callable[[KernelContext], None], KernelContext]
+
+#: set False to run every op as its own step (debugging, A/B timing)
+ENABLED = True
+
+
+def fuse_steps(steps: list[Step]) -> list[Step]:
+    """``steps`` with the runs described in the module docstring merged into single steps."""
+    if not ENABLED:
+        return steps
+    from .ops.activation import UNARY  # noqa: PLC0415  (ops import the registry, not this module)
+    out: list[Step] = []
+    i, n = 0, len(steps)
+    while i < n:
+        got = _match_fc(steps, i, UNARY) or _match_fc_grad(steps, i, UNARY) or _match_sgd_run(steps, i)
+        if got is None:
+            out.append(steps[i])
+            i += 1
+        else:
+            kernel, count = got
+            out.append((kernel, steps[i][1]))
+            i += count
+    return out
+
+
+def failed_context(exc: BaseException) -> KernelContext | None:
+    """The member context a fused step's failure came from (None when not from a fused step)."""
+    return getattr(exc, "_fleetkit_ctx", None)
+
+
+def _run_members(members: list[Step]) -> None:
+    """The unfused path: each member kernel in order; a failure is tagged with its op's context."""
+    for kernel, ctx in members:
+        try:
+            kernel(ctx)
+        except Exception as e:
+            try:
+                e._fleetkit_ctx = ctx  # type: ignore[attr-defined]
+            except AttributeError:  # exceptions with __slots__: the executor names the first member
+                pass
+            raise
+
+
+def _disjoint(members: list[KernelContext], links: set[str]) -> bool:
+    """No member writes a variable that a member reads, except the chain ``links``.
+
+    With that, reading each input right before its member runs (as the fast paths do)
+    sees the same values as running the members one by one.
+    """
+    ins = {n for c in members for n in c._in0.values()} - links
+    outs = [n for c in members for n in c._out0.values()]
+    return not ins.intersection(outs) and len(outs) == len(set(outs))
+
+
+def _is_fc_mul(ctx: KernelContext) -> bool:
+    a = ctx.attrs
+    return ctx.op.type in ("mul", "mul_grad") and a.get("x_num_col_dims", 1) == 1 and a.get("y_num_col_dims", 1) == 1
+
+
+# ------------------------------------------------------------------ fc forward
+def _match_fc(steps: list[Step], i: int, unary: dict) -> tuple[Callable, int] | None:
+    cm = steps[i][1]
+    if cm.op.type != "mul" or i + 1 >= len(steps) or not _is_fc_mul(cm):
+        return None
+    ca = steps[i + 1][1]
+    n_x, n_w, n_t0 = cm._in0.get("X"), cm._in0.get("Y"), cm._out0.get("Out")
+    if ca.op.type != "elementwise_add" or None in (n_x, n_w, n_t0) or ca._in0.get("X") != n_t0:
+        return None
+    n_b, n_t1 = ca._in0.get("Y"), ca._out0.get("Out")
+    if n_b is None or n_t1 is None:
+        return None
+    members = [steps[i], steps[i + 1]]
+    act = None
+    if i + 2 < len(steps):
+        cu = steps[i + 2][1]
+        if cu.op.type in unary and cu._in0.get("X") == n_t1 and "Out" in cu._out0:
+            act = (unary[cu.op.type][0], cu.attrs, cu._out0["Out"])
+            members.append(steps[i + 2])
+    if not _disjoint([c for _, c in members], {n_t0, n_t1}):
+        return None
+
+    def fc(_ctx: KernelContext) -> None:
+        env = cm.env
+        x, w, b = env.get(n_x), env.get(n_w), env.get(n_b)
+        if (x.__class__ is np.ndarray and w.__class__ is np.ndarray and b.__class__ is np.ndarray
+                and x.ndim == 2 and w.ndim == 2 and b.ndim == 1
+                and x.shape[1] == w.shape[0] and b.shape[0] == w.shape[1]):
+            t = x @ w                      # mul, the fc case
+            env[n_t0] = t
+            t = t + b                      # elementwise_add, bias broadcast over rows
+            env[n_t1] = t
+            if act is not None:
+                env[act[2]] = act[0](np, t, act[1])
+            return
+        _run_members(members)
+    fc.members = members  # type: ignore[attr-defined]
+    return fc, len(members)
+
+
+# ----------------------------------------------------------------- fc backward
+def _match_fc_grad(steps: list[Step], i: int, unary: dict) -> tuple[Callable, int] | None:
+    j = i
+    act = None
+    c0 = steps[i][1]
+    if c0.op.type.endswith("_grad") and c0.op.type[:-5] in unary:
+        n_ax, n_ao, n_ag, n_adx = (c0._in0.get("X"), c0._in0.get("Out"), c0._in0.get("Out@GRAD"),
+                                   c0._out0.get("X@GRAD"))
+        if None in (n_ax, n_ao, n_ag, n_adx):
+            return None
+        act = (unary[c0.op.type[:-5]][1], c0.attrs, n_ax, n_ao, n_ag, n_adx)
+        j += 1
+    if j + 1 >= len(steps):
+        return None
+    ce, cm = steps[j][1], steps[j + 1][1]
+    if ce.op.type != "elementwise_add_grad" or cm.op.type != "mul_grad" or not _is_fc_mul(cm):
+        return None
+    n_g = ce._in0.get("Out@GRAD")
+    n_ex, n_eb = ce._in0.get("X"), ce._in0.get("Y")
+    n_edx, n_edy = ce._out0.get("X@GRAD"), ce._out0.get("Y@GRAD")
+    n_mx, n_my = cm._in0.get("X"), cm._in0.get("Y")
+    n_mdx, n_mdy = cm._out0.get("X@GRAD"), cm._out0.get("Y@GRAD")
+    if (None in (n_g, n_ex, n_eb, n_edx, n_mx, n_my) or cm._in0.get("Out@GRAD") != n_edx
+            or (act is not None and act[5] != n_g)):
+        return None
+    members = steps[i:j + 2]
+    if not _disjoint([c for _, c in members], {n_g, n_edx} if act is not None else {n_edx}):
+        return None
+    first = members[0][1]
+
+    def fc_grad(_ctx: KernelContext) -> None:
+        env = first.env
+        if act is not None:
+            ax, ao, g = env.get(act[2]), env.get(act[3]), env.get(act[4])
+            ok = (ax.__class__ is np.ndarray and ao.__class__ is np.ndarray and g.__class__ is np.ndarray
+                  and ax.shape == g.shape and ao.shape == g.shape)
+        else:
+            g = env.get(n_g)
+            ok = g.__class__ is np.ndarray
+        if ok:
+            ex, eb, mx, mw = env.get(n_ex), env.get(n_eb), env.get(n_mx), env.get(n_my)
+            ok = (ex.__class__ is np.ndarray and eb.__class__ is np.ndarray and mx.__class__ is np.ndarray
+                  and mw.__class__ is np.ndarray and g.ndim == 2 and ex.shape == g.shape and eb.ndim == 1
+                  and eb.shape[0] == g.shape[1] and mx.ndim == 2 and mw.ndim == 2
+                  and mx.shape[0] == g.shape[0] and mw.shape[1] == g.shape[1])
+        if not ok:
+            _run_members(members)
+            return
+        if act is not None:                # activation grad
+            g = act[0](np, ax, ao, g, act[1])
+            env[act[5]] = g
+        env[n_edx] = g                     # elementwise_add_grad: dX is the incoming grad
+        if n_edy is not None:
+            env[n_edy] = g.sum(axis=0)     # bias gradient: one column sum
+        if n_mdx is not None:              # mul_grad, the fc case
+            env[n_mdx] = g @ mw.T
+        if n_mdy is not None:
+            env[n_mdy] = mx.T @ g
+    fc_grad.members = members  # type: ignore[attr-defined]
+    return fc_grad, len(members)
+
+
+# -------------------------------------------------------------------- sgd runs
+def _match_sgd_run(steps: list[Step], i: int) -> tuple[Callable, int] | None:
+    j = i
+    while j < len(steps) and _plain_sgd(steps[j][1]):
+        j += 1
+    if j - i < 2:
+        return None
+    members = steps[i:j]
+    names = [(c._in0["LearningRate"], c._in0["Param"], c._in0["Grad"]) for _, c in members]
+    first = members[0][1]
+
+    def sgd_run(_ctx: KernelContext) -> None:
+        env = first.env
+        for (n_lr, n_p, n_g), member in zip(names, members):
+            lr, p, g = env.get(n_lr), env.get(n_p), env.get(n_g)
+            if (lr.__class__ is np.ndarray and p.__class__ is np.ndarray and g.__class__ is np.ndarray
+                    and p.flags.writeable):
+                p -= lr.reshape(()) * g    # the sgd rule, in place (ParamOut is Param)
+            else:
+                _run_members([member])
+    sgd_run.members = members  # type: ignore[attr-defined]
+    return sgd_run, len(members)
+
+
+def _plain_sgd(ctx: KernelContext) -> bool:
+    """A dense-capable sgd op updating its Param in place."""
+    return (ctx.op.type == "sgd" and "LearningRate" in ctx._in0 and "Grad" in ctx._in0
+            and ctx.same_var("Param", "ParamOut") and set(ctx._out0) == {"ParamOut"})
+
+
+def describe(steps: list[Step]) -> list[str]:
+    """Op types of each step, fused ones joined by '+' (for debugging and tests)."""
+    out = []
+    for kernel, ctx in steps:
+        members: Any = getattr(kernel, "members", None)
+        out.append("+".join(c.op.type for _, c in members) if members else ctx.op.type)
+    return out
