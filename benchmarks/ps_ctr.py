@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import fleetkit as fk  # noqa: E402
 from fleetkit.fleet import Role, UserDefinedRoleMaker  # noqa: E402
-from fleetkit.testing import run_workers  # noqa: E402
+from fleetkit.testing import free_ports, run_workers  # noqa: E402
 
 CTR_DIR = Path(__file__).resolve().parents[1] / "examples" / "ctr"
 sys.path.insert(0, str(CTR_DIR))
@@ -43,14 +42,6 @@ def _ctr_train():
     return sys.modules["ctr_train"]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _role(rank: int, world: int, eps: list[str], cfg: dict) -> dict:
@@ -77,7 +68,7 @@ def single_process(steps: int, batch: int) -> tuple[float, float]:
 
 
 def ps_async(steps: int, batch: int, distributed: bool, n_ps: int = 2, trainers: int = 2) -> tuple[float, float]:
-    eps = [f"127.0.0.1:{p}" for p in _free_ports(n_ps)]
+    eps = [f"127.0.0.1:{p}" for p in free_ports(n_ps)]
     cfg = {"sync": False, "steps": steps, "batch_size": batch, "trainers": trainers, "optimizer": "adam",
            "lr": 0.005, "is_sparse": True, "is_distributed": distributed, "test_examples": 20000}
     out = run_workers(_role, n_ps + trainers, (eps, cfg), timeout=600,

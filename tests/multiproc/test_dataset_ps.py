@@ -5,13 +5,12 @@ Only learning is checked (test AUC); what one sync step means with several threa
 trainer is not specified here."""
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
 import pytest
 
-from fleetkit.testing import run_workers
+from fleetkit.testing import free_ports, run_workers
 
 CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
 pytestmark = pytest.mark.skipif(not (CTR_DIR / "ctr_model.py").exists(), reason="examples/ctr is not there")
@@ -19,14 +18,6 @@ pytestmark = pytest.mark.skipif(not (CTR_DIR / "ctr_model.py").exists(), reason=
 FILES, LINES, TEST_N = 4, 700, 3000
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _ctr():
@@ -85,7 +76,7 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("sync,threads", [(False, 2), (True, 2)])
 def test_train_from_dataset_on_ps_trainer_program(files, sync, threads):
-    eps = [f"127.0.0.1:{p}" for p in _free_ports(1)]
+    eps = [f"127.0.0.1:{p}" for p in free_ports(1)]
     res = run_workers(_job, 3, (eps, files, sync, threads), timeout=90, env={"OMP_NUM_THREADS": "1"})
     trainers = res[1:]
     assert sum(r["examples"] for r in trainers) == FILES * LINES

@@ -1,24 +1,15 @@
 """InMemoryDataset.global_shuffle across 3 real trainer processes over the tcp transport."""
 from __future__ import annotations
 
-import socket
 from collections import Counter
 
 import numpy as np
 
-from fleetkit.testing import run_workers
+from fleetkit.testing import free_ports, run_workers
 
 WORLD = 3
 
 
-def _free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _lines(rank):
@@ -71,7 +62,7 @@ def _trainer(rank, world, endpoints, data_dir, send_batch):
 
 
 def test_global_shuffle_three_trainers(tmp_path):
-    endpoints = [f"127.0.0.1:{p}" for p in _free_ports(WORLD)]
+    endpoints = [f"127.0.0.1:{p}" for p in free_ports(WORLD)]
     res = run_workers(_trainer, WORLD, (endpoints, str(tmp_path), 16), timeout=120)
     n_all = sum(40 + 25 * r for r in range(WORLD))
     for run in ("a", "b", "c"):

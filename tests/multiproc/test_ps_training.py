@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 import fleetkit as fk
 from fleetkit.errors import ServerNotReadyError
 from fleetkit.fleet import Role, UserDefinedRoleMaker
-from fleetkit.testing import WorkerFailure, run_workers
+from fleetkit.testing import WorkerFailure, free_ports, run_workers
 
 CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
 
@@ -42,15 +41,6 @@ from ctr_data import CTRConfig, CTRData  # noqa: E402
 SMALL = {"vocab": 2000}
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _role_maker(rank: int, n_ps: int, eps: list[str], trainers: int) -> UserDefinedRoleMaker:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from .. import env as envmod
 
-__all__ = ["JobSpec", "add_launch_parser", "job_envs", "run_job"]
+__all__ = ["JobSpec", "add_launch_parser", "free_ports", "job_envs", "run_job"]
 
 #: seconds pservers get to exit on their own after the last worker finished
 SERVER_GRACE_S = 30.0
@@ -61,8 +61,11 @@ class _Proc:
     reader: threading.Thread | None = None
 
 
-def _free_ports(ip: str, n: int) -> list[int]:
-    """n distinct ports the OS says are free now (held together so they differ)."""
+def free_ports(n: int, ip: str = "127.0.0.1") -> list[int]:
+    """n distinct ports the OS says are free now (held together so they differ).
+
+    Another process may still take one before it is bound again: callers that
+    can, bind port 0 instead."""
     socks = []
     try:
         for _ in range(n):
@@ -85,7 +88,7 @@ def job_envs(spec: JobSpec) -> list[tuple[str, bool, dict[str, str]]]:
         raise SystemExit("fleetkit launch: --collective jobs have no parameter servers (drop --server_num)")
     n = spec.server_num + spec.worker_num
     ports = (list(range(spec.start_port, spec.start_port + n)) if spec.start_port
-             else _free_ports(spec.ip, n))
+             else free_ports(n, spec.ip))
     server_eps = [f"{spec.ip}:{p}" for p in ports[:spec.server_num]]
     worker_eps = [f"{spec.ip}:{p}" for p in ports[spec.server_num:]]
     common = {
