@@ -287,3 +287,14 @@ def test_star_imports_resolve():
     ns = {}
     exec("from fleetkit.layers import *", ns)
     assert {"fc", "embedding", "data", "sequence_pool", "uniform_random"} <= set(ns)
+
+
+def test_executor_close_runs_registered_hooks(monkeypatch):
+    from fleetkit.core import executor as exmod
+    monkeypatch.setattr(exmod, "_CLOSE_HOOKS", [])
+    seen = []
+    hook = exmod.register_close_hook(seen.append)
+    exmod.register_close_hook(hook)  # registered once
+    exe = fk.Executor(fk.CPUPlace())
+    exe.close()
+    assert seen == [exe]

@@ -45,6 +45,18 @@ def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
     return np.random.default_rng(seed if seed else None)
 
 
+#: called as ``hook(executor)`` by ``Executor.close()``; core cannot import the subsystems
+#: (pserver client, ...) that have something to finish there, so they register themselves.
+_CLOSE_HOOKS: list[Any] = []
+
+
+def register_close_hook(hook: Any) -> Any:
+    """Run ``hook(executor)`` in every ``Executor.close()`` (once per hook; returns the hook)."""
+    if hook not in _CLOSE_HOOKS:
+        _CLOSE_HOOKS.append(hook)
+    return hook
+
+
 class Executor:
     """Runs programs on a place: ``Executor(CPUPlace()).run(program, feed, fetch_list)``."""
 
@@ -53,7 +65,11 @@ class Executor:
         self._cache: dict[int, _Prepared] = {}
 
     def close(self) -> None:
+        """Drop the prepared programs and run the ``register_close_hook`` hooks (fluid's
+        ``Executor.close()`` is where a trainer tells the pservers it is done)."""
         self._cache.clear()
+        for hook in list(_CLOSE_HOOKS):
+            hook(self)
 
     def _prepare(self, program: Program, use_cache: bool, block_idx: int = 0) -> _Prepared:
         key = program._id if block_idx == 0 else (program._id, block_idx)
