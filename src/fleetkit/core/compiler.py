@@ -15,7 +15,8 @@ than a silent single-process run.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..errors import InvalidArgumentError
 from .framework import Program
@@ -81,7 +82,7 @@ class CompiledProgram:
 
     def with_data_parallel(self, loss_name: str | None = None, build_strategy: BuildStrategy | None = None,
                            exec_strategy: ExecutionStrategy | None = None, share_vars_from: Any = None,
-                           places: Sequence[Any] | None = None) -> "CompiledProgram":
+                           places: Sequence[Any] | None = None) -> CompiledProgram:
         """Mark the program data parallel (see the module docstring); returns self."""
         if build_strategy is not None and int(getattr(build_strategy, "num_trainers", 1) or 1) > 1:
             raise InvalidArgumentError(
@@ -96,7 +97,7 @@ class CompiledProgram:
         self._places = places
         return self
 
-    def with_inference_optimize(self, config: Any) -> "CompiledProgram":
+    def with_inference_optimize(self, config: Any) -> CompiledProgram:
         """Accepted for fluid compatibility; the program runs as is."""
         return self
 
