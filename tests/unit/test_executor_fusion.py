@@ -105,3 +105,25 @@ def test_error_inside_a_fused_step_names_the_member(monkeypatch):
         messages.append(str(err.value))
     assert messages[0] == messages[1]
     assert "op #4 elementwise_add failed" in messages[0] and "fc_1.b_0[5]" in messages[0]
+
+
+def test_error_in_a_fused_sgd_run_names_that_update(monkeypatch):
+    """An int parameter cannot take a float update in place: that sgd op (the 4th) is named."""
+    main, startup, loss = _mlp()
+    scope = fk.Scope()
+    fk.Executor(fk.CPUPlace()).run(startup, scope=scope)
+    sgd_ops = [k for k, op in enumerate(main.global_block().ops) if op.type == "sgd"]
+    assert main.global_block().ops[sgd_ops[3]].input("Param") == ["fc_1.w_0"]
+    feed = {"x": np.ones((2, 8), "float32"), "y": np.zeros((2, 1), "int64")}
+    messages = []
+    for enabled in (True, False):
+        monkeypatch.setattr(fusion, "ENABLED", enabled)
+        s = fk.Scope()
+        for n in ("fc_0.w_0", "fc_0.b_0", "fc_1.b_0", "fc_2.w_0", "fc_2.b_0", "learning_rate_0"):
+            s.set(n, scope.numpy(n).copy())
+        s.set("fc_1.w_0", np.ones((16, 12), "int32"))
+        with pytest.raises(OpError) as err:
+            fk.Executor(fk.CPUPlace()).run(main, feed=feed, fetch_list=[loss], scope=s)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith(f"op #{sgd_ops[3]} sgd failed")

@@ -56,16 +56,22 @@ def failed_context(exc: BaseException) -> KernelContext | None:
     return getattr(exc, "_fleetkit_ctx", None)
 
 
+def _tag(exc: BaseException, ctx: KernelContext) -> None:
+    """Mark ``exc`` as raised by ``ctx``'s op (read back by ``failed_context``)."""
+    if getattr(exc, "_fleetkit_ctx", None) is None:
+        try:
+            exc._fleetkit_ctx = ctx  # type: ignore[attr-defined]
+        except AttributeError:  # exceptions with __slots__: the executor names the first member
+            pass
+
+
 def _run_members(members: list[Step]) -> None:
     """The unfused path: each member kernel in order; a failure is tagged with its op's context."""
     for kernel, ctx in members:
         try:
             kernel(ctx)
         except Exception as e:
-            try:
-                e._fleetkit_ctx = ctx  # type: ignore[attr-defined]
-            except AttributeError:  # exceptions with __slots__: the executor names the first member
-                pass
+            _tag(e, ctx)
             raise
 
 
@@ -113,12 +119,19 @@ def _match_fc(steps: list[Step], i: int, unary: dict) -> tuple[Callable, int] | 
         if (x.__class__ is np.ndarray and w.__class__ is np.ndarray and b.__class__ is np.ndarray
                 and x.ndim == 2 and w.ndim == 2 and b.ndim == 1
                 and x.shape[1] == w.shape[0] and b.shape[0] == w.shape[1]):
-            t = x @ w                      # mul, the fc case
-            env[n_t0] = t
-            t = t + b                      # elementwise_add, bias broadcast over rows
-            env[n_t1] = t
-            if act is not None:
-                env[act[2]] = act[0](np, t, act[1])
+            k = 0  # the member computing (names the op if numpy raises, e.g. on an object dtype)
+            try:
+                t = x @ w                  # mul, the fc case
+                env[n_t0] = t
+                k = 1
+                t = t + b                  # elementwise_add, bias broadcast over rows
+                env[n_t1] = t
+                if act is not None:
+                    k = 2
+                    env[act[2]] = act[0](np, t, act[1])
+            except Exception as e:
+                _tag(e, members[k][1])
+                raise
             return
         _run_members(members)
     fc.members = members  # type: ignore[attr-defined]
@@ -173,16 +186,23 @@ def _match_fc_grad(steps: list[Step], i: int, unary: dict) -> tuple[Callable, in
         if not ok:
             _run_members(members)
             return
-        if act is not None:                # activation grad
-            g = act[0](np, ax, ao, g, act[1])
-            env[act[5]] = g
-        env[n_edx] = g                     # elementwise_add_grad: dX is the incoming grad
-        if n_edy is not None:
-            env[n_edy] = g.sum(axis=0)     # bias gradient: one column sum
-        if n_mdx is not None:              # mul_grad, the fc case
-            env[n_mdx] = g @ mw.T
-        if n_mdy is not None:
-            env[n_mdy] = mx.T @ g
+        k = 0  # the member computing (names the op if numpy raises)
+        try:
+            if act is not None:            # activation grad
+                g = act[0](np, ax, ao, g, act[1])
+                env[act[5]] = g
+                k = 1
+            env[n_edx] = g                 # elementwise_add_grad: dX is the incoming grad
+            if n_edy is not None:
+                env[n_edy] = g.sum(axis=0)  # bias gradient: one column sum
+            k += 1
+            if n_mdx is not None:          # mul_grad, the fc case
+                env[n_mdx] = g @ mw.T
+            if n_mdy is not None:
+                env[n_mdy] = mx.T @ g
+        except Exception as e:
+            _tag(e, members[k][1])
+            raise
     fc_grad.members = members  # type: ignore[attr-defined]
     return fc_grad, len(members)
 
@@ -204,7 +224,11 @@ def _match_sgd_run(steps: list[Step], i: int) -> tuple[Callable, int] | None:
             lr, p, g = env.get(n_lr), env.get(n_p), env.get(n_g)
             if (lr.__class__ is np.ndarray and p.__class__ is np.ndarray and g.__class__ is np.ndarray
                     and p.flags.writeable):
-                p -= lr.reshape(()) * g    # the sgd rule, in place (ParamOut is Param)
+                try:
+                    p -= lr.reshape(()) * g  # the sgd rule, in place (ParamOut is Param)
+                except Exception as e:
+                    _tag(e, member[1])
+                    raise
             else:
                 _run_members([member])
     sgd_run.members = members  # type: ignore[attr-defined]
