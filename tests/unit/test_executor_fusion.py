@@ -50,6 +50,7 @@ def test_fused_training_is_bit_identical(act, monkeypatch):
     assert f"mul+elementwise_add+{act}" in kinds
     assert f"{act}_grad+elementwise_add_grad+mul_grad" in kinds
     assert "sgd+sgd+sgd+sgd+sgd+sgd" in kinds
+    assert "mean+fill_any_like+mean_grad" in kinds
     assert all("+" not in k for k in plain_kinds)
     for a, b in zip(fused, plain):
         for u, v in zip(a, b):

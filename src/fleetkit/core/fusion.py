@@ -7,6 +7,7 @@ program has:
 
 - ``mul -> elementwise_add [-> unary activation]`` (the fc forward),
 - ``[unary activation grad ->] elementwise_add_grad -> mul_grad`` (its backward),
+- ``mean -> fill_any_like -> mean_grad`` (a mean loss and the start of its backward),
 - consecutive ``sgd`` updates.
 
 A fused step computes exactly what the separate kernels compute, with the same
@@ -24,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .ops.common import full
 from .registry import KernelContext
 
 Step = tuple[Callable[[KernelContext], None], KernelContext]
@@ -40,7 +42,8 @@ def fuse_steps(steps: list[Step]) -> list[Step]:
     out: list[Step] = []
     i, n = 0, len(steps)
     while i < n:
-        got = _match_fc(steps, i, UNARY) or _match_fc_grad(steps, i, UNARY) or _match_sgd_run(steps, i)
+        got = (_match_fc(steps, i, UNARY) or _match_fc_grad(steps, i, UNARY) or _match_mean_head(steps, i)
+               or _match_sgd_run(steps, i))
         if got is None:
             out.append(steps[i])
             i += 1
@@ -205,6 +208,43 @@ def _match_fc_grad(steps: list[Step], i: int, unary: dict) -> tuple[Callable, in
             raise
     fc_grad.members = members  # type: ignore[attr-defined]
     return fc_grad, len(members)
+
+
+# ------------------------------------------------------------------ mean loss
+def _match_mean_head(steps: list[Step], i: int) -> tuple[Callable, int] | None:
+    if i + 2 >= len(steps):
+        return None
+    ca, cb, cc = steps[i][1], steps[i + 1][1], steps[i + 2][1]
+    if (ca.op.type, cb.op.type, cc.op.type) != ("mean", "fill_any_like", "mean_grad"):
+        return None
+    n_x, n_out, n_g, n_dx = ca._in0.get("X"), ca._out0.get("Out"), cb._out0.get("Out"), cc._out0.get("X@GRAD")
+    if (None in (n_x, n_out, n_g, n_dx) or cb._in0.get("X") != n_out or cc._in0.get("X") != n_x
+            or cc._in0.get("Out@GRAD") != n_g or cc._in0.get("Out", n_out) != n_out):
+        return None
+    members = steps[i:i + 3]
+    if not _disjoint([ca, cb, cc], {n_out, n_g}):
+        return None
+
+    def mean_head(_ctx: KernelContext) -> None:
+        env = ca.env
+        x = env.get(n_x)
+        if x.__class__ is not np.ndarray:
+            _run_members(members)
+            return
+        k = 0
+        try:                               # mean: sum * (1/n), as the mean kernel
+            out = (x.sum(dtype=x.dtype) * x.dtype.type(1.0 / max(x.size, 1))).reshape(1)
+            env[n_out] = out
+            k = 1                          # fill_any_like: the loss gradient seed
+            g = full(np, out.shape, cb.attrs.get("value"), out.dtype)
+            env[n_g] = g
+            k = 2                          # mean_grad
+            env[n_dx] = full(np, x.shape, g.reshape(()) / max(x.size, 1), x.dtype)
+        except Exception as e:
+            _tag(e, members[k][1])
+            raise
+    mean_head.members = members  # type: ignore[attr-defined]
+    return mean_head, len(members)
 
 
 # -------------------------------------------------------------------- sgd runs
