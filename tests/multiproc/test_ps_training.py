@@ -184,7 +184,6 @@ def test_sync_trainer_death_fails_the_others_naming_it():
 def _fluid_script(rank: int, world: int, eps: list[str]):
     """A fluid 1.4 style script: DistributeTranspiler directly, default programs, no fleet."""
     from fleetkit import layers
-    from fleetkit.pserver.client import get_client
     main, startup = fk.default_main_program(), fk.default_startup_program()
     main.random_seed = startup.random_seed = 3
     x = layers.data("x", shape=[20])
@@ -205,16 +204,17 @@ def _fluid_script(rank: int, world: int, eps: list[str]):
     rng = np.random.default_rng(trainer_id)
     w = np.linspace(-1, 1, 20).astype("float32").reshape(20, 1)
     losses = []
-    for _ in range(30):
+    for _ in range(30 - 10 * trainer_id):  # unequal step counts: COMPLETE must release the sync rounds
         xb = rng.normal(size=(32, 20)).astype("float32")
         (lv,) = exe.run(prog, feed={"x": xb, "y": xb @ w}, fetch_list=[loss])
         losses.append(float(np.asarray(lv).reshape(-1)[0]))
-    get_client(trainer_id).send_complete(eps)
+    exe.close()  # fluid 1.4: closing the trainer's executor sends COMPLETE to its pservers
     return losses
 
 
 def test_fluid_style_transpiler_script():
-    """The 20x1024 weight (20480 floats) is split over both pservers; the loss falls."""
+    """The 20x1024 weight (20480 floats) is split over both pservers; the loss falls; trainers
+    that run different step counts and end with ``exe.close()`` let the job finish (pservers exit)."""
     eps = [f"127.0.0.1:{p}" for p in free_ports(2)]
     out = run_workers(_fluid_script, 4, (eps,), timeout=90, env={"OMP_NUM_THREADS": "1"})
     for losses in out[2:]:

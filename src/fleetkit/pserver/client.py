@@ -56,6 +56,7 @@ class RPCClient:
         self._stubs: dict[tuple[str, str], Callable] = {}
         self._rounds: dict[str, int] = {}   # endpoint -> batch barriers sent (sync round)
         self._contacted: list[str] = []
+        self.completed = False              # COMPLETE sent: Executor.close() must not send it again
         self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="fk-rpc")
 
     # ---------------------------------------------------------------- plumbing
@@ -202,6 +203,7 @@ class RPCClient:
     def send_complete(self, endpoints: Sequence[str] | None = None) -> None:
         """Tell pservers (default: every one contacted) that this trainer has finished."""
         eps = _unique(self._contacted if endpoints is None else endpoints)
+        self.completed = True
         self._run_all([
             (lambda ep=ep: self._call(ep, "SendVariable", codec.control(rpc.COMPLETE, self.trainer_id),
                                       rpc.COMPLETE))
@@ -271,6 +273,12 @@ def get_client(trainer_id: int = 0, options: ClientOptions | None = None) -> RPC
         if client is None:
             client = _CLIENTS[trainer_id] = RPCClient(trainer_id, options)
         return client
+
+
+def live_clients() -> list[RPCClient]:
+    """The process-wide clients created so far."""
+    with _CLIENTS_LOCK:
+        return list(_CLIENTS.values())
 
 
 def reset_clients() -> None:

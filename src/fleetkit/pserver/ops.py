@@ -22,6 +22,7 @@ import numpy as np
 
 from ..core.backend import to_numpy
 from ..core.ops.sequence import _lookup_infer
+from ..core.executor import register_close_hook
 from ..core.registry import KernelContext, register_grad, register_op
 from ..core.scope import LoDTensor, SelectedRows
 from ..errors import InvalidArgumentError, NotFoundError
@@ -179,6 +180,19 @@ def drain_background() -> None:
         _pulls.clear()
     for f in pulls:
         f.exception()  # wait; a pull's result (or failure) no longer matters
+
+
+@register_close_hook
+def _complete_on_close(executor: Any) -> None:
+    """fluid 1.4: a trainer's ``Executor.close()`` tells its pservers it is done, so sync
+    rounds stop waiting for it and the pservers can exit (unless ``fleet.stop_worker()``
+    already did)."""
+    from .client import live_clients  # noqa: PLC0415
+    pending = [c for c in live_clients() if c._contacted and not c.completed]
+    if pending:
+        drain_background()
+    for client in pending:
+        client.send_complete()
 
 
 def _dense(v: Any) -> Any:
