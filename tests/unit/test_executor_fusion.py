@@ -128,3 +128,23 @@ def test_error_in_a_fused_sgd_run_names_that_update(monkeypatch):
         messages.append(str(err.value))
     assert messages[0] == messages[1]
     assert messages[0].startswith(f"op #{sgd_ops[3]} sgd failed")
+
+
+def test_a_replaced_kernel_is_never_fused_away(monkeypatch):
+    from fleetkit.core.registry import get_op_def
+    opdef = get_op_def("relu")
+    calls = []
+
+    def counting_relu(ctx):
+        calls.append(1)
+        return fusion._STOCK["relu"](ctx)
+    monkeypatch.setattr(opdef, "forward", counting_relu)
+    main, startup, loss = _mlp()
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    exe.run(main, feed={"x": np.ones((2, 8), "float32"), "y": np.zeros((2, 1), "int64")},
+            fetch_list=[loss], scope=scope)
+    assert len(calls) == 2
+    kinds = fusion.describe(exe._prepare(main, True).steps)
+    assert "mul+elementwise_add+relu" not in kinds and "mul+elementwise_add" in kinds
