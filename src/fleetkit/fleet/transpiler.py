@@ -147,7 +147,9 @@ class DistributeTranspilerConfig:
     mode: str = "pserver"
     print_log: bool = False
     wait_port: bool = True
-    runtime_split_send_recv: bool = True  # always on here: send/recv split and concat at run time
+    # fluid's default; either way send/recv split and concat the blocks at run time here
+    runtime_split_send_recv: bool = False
+    nccl_comm_num: int = 1  # nccl2 mode only (not the parameter-server transpiler): kept for ported configs
     sync_mode: bool | None = None  # None: use transpile(sync_mode=...)
 
     def __init__(self, **kwargs: Any) -> None:
