@@ -20,7 +20,11 @@ import math
 import weakref
 from typing import Any, Callable
 
+import numpy as np
+
+from ..core.framework import Program
 from ..core.registry import KernelContext, ShapeContext, register_op
+from ..core.trainer import register_lockstep
 from .constants import REDUCE_OPS
 from .groups import get_group
 
@@ -197,3 +201,20 @@ def fused_bucket_bytes(sizes_bytes: list[int], bucket_mb: float) -> list[list[in
             buckets.append([])
             filled = 0
     return [b for b in buckets if b]
+
+
+def _dataset_lockstep(program: Program) -> Callable[[bool], bool] | None:
+    """train_from_dataset on a program with collectives: before each step the ranks of its
+    group agree (one tiny min all-reduce) that every one of them still has a batch."""
+    rings = sorted({int(op.attrs.get("ring_id", 0)) for op in program.global_block().ops
+                    if op.type.startswith("c_")})
+    if not rings:
+        return None
+    group = get_group(rings[0])
+
+    def agree(has_batch: bool) -> bool:
+        return bool(group.all_reduce(np.array([1 if has_batch else 0], dtype=np.int64), op="min")[0])
+    return agree
+
+
+register_lockstep(_dataset_lockstep)

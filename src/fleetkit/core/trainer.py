@@ -13,14 +13,15 @@ needs ``thread_num``, ``_prepare_to_run()``, ``_thread_feeds(n)`` returning one
 iterator of feed dicts per worker and, optionally, ``_finish_run()``.  A PS
 trainer program or a collective program is just a program with more ops
 (send/recv, all-reduce) and runs the same way; a collective program needs
-``thread=1`` (and the same number of batches on every rank), since its ranks
+``thread=1`` (ranks stop together when the first runs out of batches), since its ranks
 must issue their all-reduces in the same order.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ from .framework import (
     default_main_program,
 )
 from .scope import LoDTensor, Scope, global_scope
+
+_log = logging.getLogger("fleetkit.trainer")
 
 __all__ = ["DatasetRunStats", "run_from_dataset"]
 
@@ -54,10 +57,34 @@ class DatasetRunStats:
     threads: int = 0
     #: fetch label -> last value thread 0 fetched
     fetched: dict[str, Any] = field(default_factory=dict)
+    #: batches this rank did not run because another rank of a collective job ran out first
+    unused_batches: int = 0
 
     @property
     def examples_per_second(self) -> float:
         return self.examples / self.seconds if self.seconds > 0 else 0.0
+
+
+# A collective program's ranks must take the same number of steps: a rank with
+# one batch more would wait forever in an all-reduce its peers never join (after
+# a global shuffle, counts differ by a few).  ``fleetkit.collective`` registers a
+# factory here (core does not import it): ``factory(program)`` returns None, or
+# ``agree(has_batch) -> bool``, True while EVERY rank still has a batch.
+_LOCKSTEP_FACTORIES: list[Callable[[Program], Callable[[bool], bool] | None]] = []
+
+
+def register_lockstep(factory: Callable[[Program], Callable[[bool], bool] | None]) -> None:
+    """Add a step-agreement factory for train_from_dataset (see ``_LOCKSTEP_FACTORIES``)."""
+    if factory not in _LOCKSTEP_FACTORIES:
+        _LOCKSTEP_FACTORIES.append(factory)
+
+
+def _lockstep(program: Program) -> Callable[[bool], bool] | None:
+    for factory in _LOCKSTEP_FACTORIES:
+        agree = factory(program)
+        if agree is not None:
+            return agree
+    return None
 
 
 def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope: Scope | None,
@@ -95,6 +122,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
     scope = global_scope() if scope is None else scope
     feeds = dataset._thread_feeds(thread)
     runner = _Run(executor, program, scope, fetch_names, labels, max(1, int(print_period)), debug)
+    runner.agree = _lockstep(program) if collective else None
     preps = []
     for _ in feeds:
         prep = _Prepared(program, executor.place)
@@ -125,6 +153,8 @@ class _Run:
         self.fetched: dict[str, Any] = {}
         self.op_seconds: dict[str, float] = {}
         self.start = time.perf_counter()
+        self.agree: Callable[[bool], bool] | None = None
+        self.unused_batches = 0
 
     def run(self, feeds: list[Any], preps: list[Any]) -> DatasetRunStats:
         workers = [threading.Thread(target=self._worker, args=(i, it, p), name=f"hogwild-{i}", daemon=True)
@@ -140,7 +170,8 @@ class _Run:
             total = sum(self.op_seconds.values()) or 1.0
             for op, sec in sorted(self.op_seconds.items(), key=lambda kv: -kv[1]):
                 print(f"[debug] op {op}: {sec:.3f} s ({100 * sec / total:.1f}%) in thread 0")
-        return DatasetRunStats(self.batches, self.examples, seconds, len(workers), dict(self.fetched))
+        return DatasetRunStats(self.batches, self.examples, seconds, len(workers), dict(self.fetched),
+                               self.unused_batches)
 
     def _worker(self, tid: int, feed_iter: Any, prep: Any) -> None:
         from .executor import convert_feed
@@ -151,7 +182,7 @@ class _Run:
         place = self.executor.place
         shared, persist = self.shared, self.persistable
         try:
-            for feed in feed_iter:
+            for feed in self._feeds(feed_iter):
                 if self.stop.is_set():
                     break
                 for n in persist:  # pick up persistables other threads replaced
@@ -176,6 +207,24 @@ class _Run:
             close = getattr(feed_iter, "close", None)
             if close is not None:
                 close()  # stops readers (kills pipe commands) of an unfinished stream
+
+    def _feeds(self, feed_iter: Any) -> Any:
+        """The batches to run: all of them, or (collective programs) as many as every rank has."""
+        if self.agree is None:
+            yield from feed_iter
+            return
+        it = iter(feed_iter)
+        while True:
+            feed = next(it, None)
+            if not self.agree(feed is not None):
+                if feed is not None:  # a peer ran out first: count what this rank leaves unused
+                    self.unused_batches = 1 + sum(1 for _ in it)
+                    _log.warning("train_from_dataset: another rank ran out of data; this rank leaves %d "
+                                 "batch(es) unused so that all ranks take the same number of steps "
+                                 "(balance the files, or use InMemoryDataset.global_shuffle)",
+                                 self.unused_batches)
+                return
+            yield feed
 
     def _steps(self, steps: list, tid: int) -> None:
         if not (self.debug and tid == 0):
