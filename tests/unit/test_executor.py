@@ -155,3 +155,17 @@ def test_run_block_runs_a_sub_block():
     fk.Executor().run_block(prog, 1, s)
     np.testing.assert_array_equal(s.numpy("v"), [3.0, 3.0])
     assert prog.num_blocks == 2 and b1.idx == 1
+
+
+def test_random_op_with_its_own_seed_repeats_every_run():
+    """fluid: an op with a nonzero ``seed`` attr draws the same numbers on every run; without
+    one, runs differ."""
+    main = fk.Program()
+    with fk.program_guard(main, fk.Program()):
+        fixed = layers.uniform_random([4, 3], min=-1.0, max=1.0, seed=5)
+        free = layers.uniform_random([4, 3], min=-1.0, max=1.0)
+    exe = fk.Executor()
+    a_fixed, a_free = exe.run(main, fetch_list=[fixed, free])
+    b_fixed, b_free = exe.run(main, fetch_list=[fixed, free])
+    np.testing.assert_array_equal(a_fixed, b_fixed)
+    assert not np.array_equal(a_free, b_free)

@@ -19,7 +19,7 @@ from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, leng
 
 
 class _Prepared:
-    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names")
+    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names", "reseed")
 
     def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
         self.version = program._version
@@ -29,12 +29,23 @@ class _Prepared:
         self.feed_vars: dict[str, Variable] = {}
         self.fetch_names: set[str] = set()
         self.steps: list[tuple[Any, KernelContext]] = []
+        #: random ops with their own nonzero ``seed``: as in fluid, every run draws the same
+        #: numbers, so their generator restarts from the seed before each run
+        self.reseed: list[tuple[KernelContext, int]] = []
         xp = place.xp
         for idx, op in enumerate(program.block(block_idx).ops):
             opdef = get_op_def(op.type)
             rng = _op_rng(program, op, idx) if opdef.random else None
-            self.steps.append((opdef.forward, KernelContext(op, xp, rng, place)))
+            ctx = KernelContext(op, xp, rng, place)
+            self.steps.append((opdef.forward, ctx))
+            if opdef.random and int(op.attrs.get("seed", 0) or 0):
+                self.reseed.append((ctx, int(op.attrs["seed"])))
         self.ctxs = [c for _, c in self.steps]
+
+
+def _reseed(prepared: _Prepared) -> None:
+    for ctx, seed in prepared.reseed:
+        ctx.rng = np.random.default_rng(seed)
 
 
 def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
@@ -89,6 +100,7 @@ class Executor:
         scope = global_scope() if scope is None else scope
         prepared = self._prepare(program, True, block_idx)
         _bind(prepared, scope._vars)
+        _reseed(prepared)
         self._run_steps(prepared.steps)
 
     def run(self, program: Program | None = None, feed: dict | None = None,
@@ -120,6 +132,7 @@ class Executor:
                     feed_vars[key] = var
                 env[var.name] = convert_feed(var, value, self.place)
         _bind(prepared, env)
+        _reseed(prepared)
         self._run_steps(prepared.steps)
         return [self._fetch(env, n, return_numpy) for n in fetch_names]
 
