@@ -93,8 +93,14 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     exe.run(fleet.startup_program)
     scope = fk.global_scope()
     params = [p.name for p in model.main.all_parameters() if p.name not in fleet.current()._t().tables]
-    start = {n: scope.numpy(n).copy() for n in params}
+    # a sliced is_sparse table is prefetched row by row, never pulled into the trainer's
+    # scope: read it from the pservers (no barrier: no round can finish before we train)
+    remote = fleet.current()._t().prefetch_tables
+    start = _param_values(params, remote, scope)
     tid = fleet.worker_index()
+    from fleetkit.pserver.client import get_client
+    client = get_client(tid)
+    fetched_before = dict(client.fetched)
     losses, t0 = [], time.perf_counter()
     for step in range(cfg["steps"]):
         feed = data.feed(trainer_batch(data, step, tid, cfg["batch_size"], cfg.get("seed", 0)))
@@ -105,13 +111,18 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
         if on_step is not None:
             on_step(step)
     elapsed = time.perf_counter() - t0
+    # what the training steps pulled (var/block name -> calls): shows which tables are
+    # prefetched instead of received whole
+    fetched = {k: v - fetched_before.get(k, 0) for k, v in client.fetched.items()
+               if v - fetched_before.get(k, 0)}
     if on_trained is not None:
         on_trained()
-    out = {"role": "trainer", "id": tid, "losses": losses, "seconds": elapsed, "start": start}
+    out = {"role": "trainer", "id": tid, "losses": losses, "seconds": elapsed, "start": start,
+           "fetched": fetched, "remote_tables": list(remote)}
     if tid == 0 and cfg.get("test_examples"):
         test = fleet.current()._t().get_trainer_test_program(model.test_program)
         out["auc"] = evaluate(test, model.predict, data, cfg["test_examples"], scope)
-    out["final"] = {n: scope.numpy(n).copy() for n in params}
+    out["final"] = _param_values(params, remote, scope)
     if tid == 0 and cfg.get("fetch_table_rows"):
         out["table"] = _pull_table(model, cfg["fetch_table_rows"])
     if tid == 0 and cfg.get("report_sparse_memory"):
@@ -123,6 +134,15 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
             fleet.save_inference_model(exe, os.path.join(cfg["save_dir"], "inference"),
                                        [v.name for v in model.feeds[:-1]], [model.predict])
     fleet.stop_worker()
+    return out
+
+
+def _param_values(params: list[str], remote: list[str], scope: fk.Scope) -> dict[str, np.ndarray]:
+    """Trainer-side parameter values; remotely prefetched tables are read from the pservers."""
+    out = {n: scope.numpy(n).copy() for n in params if n not in remote}
+    wanted = [n for n in params if n in remote]
+    if wanted:
+        out.update(fleet.current()._pull_params(wanted))
     return out
 
 

@@ -129,6 +129,15 @@ def test_sync_2x2_equals_single_process(case):
         np.testing.assert_array_equal(value, t1["final"][name], err_msg=name)
     if is_dist:
         np.testing.assert_allclose(t0["table"], scope.numpy("ctr_emb"), rtol=1e-5, atol=atol)
+    elif is_sparse:  # the sliced table: remote prefetch, never received whole by a training step
+        assert t0["remote_tables"] == ["ctr_emb"] and "ctr_emb" in t0["final"]
+        for t in (t0, t1):
+            got = {name for kind, name in t["fetched"] if kind == "get"}
+            assert got and not [n for n in got if n.startswith("ctr_emb")], got
+            assert t["fetched"][("get", "fc_0.b_0")] == cfg["steps"]  # dense params: pulled every step
+            prefetched = {name: n for (kind, name), n in t["fetched"].items() if kind == "prefetch"}
+            assert set(prefetched) == {"ctr_emb.block0", "ctr_emb.block1"}, prefetched
+            assert all(0 < n <= cfg["steps"] for n in prefetched.values())
 
 
 def test_trainers_far_apart_more_pservers_than_blocks_behind_a_proxy():

@@ -15,7 +15,7 @@ from fleetkit.fleet.transpiler import (DistributeTranspiler, DistributeTranspile
 EPS2 = "127.0.0.1:7001,127.0.0.1:7002"
 
 
-def build(opt=None, distributed=False, sparse=True, hidden=128):
+def build(opt=None, distributed=False, sparse=True, hidden=128, vocab=50):
     """ids -> embedding -> pool -> fc(hidden) -> fc(hidden, 128x128 gets split) -> fc(2)."""
     main, startup = fk.Program(), fk.Program()
     main.random_seed = startup.random_seed = 7
@@ -23,7 +23,7 @@ def build(opt=None, distributed=False, sparse=True, hidden=128):
         ids = layers.data("ids", shape=[1], dtype="int64", lod_level=1)
         x = layers.data("x", shape=[4], dtype="float32")
         label = layers.data("label", shape=[1], dtype="int64")
-        emb = layers.embedding(ids, size=[50, 8], is_sparse=sparse, is_distributed=distributed,
+        emb = layers.embedding(ids, size=[vocab, 8], is_sparse=sparse, is_distributed=distributed,
                                param_attr=fk.ParamAttr(name="emb"))
         pooled = layers.sequence_pool(emb, "sum")
         h = layers.fc(layers.concat([pooled, x], axis=1), hidden, act="relu")
@@ -338,3 +338,92 @@ def test_executor_handler_applies_checks_and_checkpoints():
     h.apply({"fc_2.w_0@GRAD": g})
     h.load_state(state)
     np.testing.assert_array_equal(h.get("fc_2.w_0"), state["fc_2.w_0"])
+
+
+# ------------------------------------------------------------------ remote prefetch (sliced sparse table)
+def test_sliced_sparse_table_is_prefetched_not_received():
+    """A 4000x8 is_sparse table is sliced over both pservers: its lookups prefetch rows by
+    row range (fluid 1.4's remote prefetch); neither the trainer program nor the trainer
+    startup receives (or initializes) the table; its gradient is still sent by row blocks."""
+    main, startup, _ = build(opt=optimizer.Adam(0.01), vocab=4000)
+    t = transpile(main, startup)
+    assert t.prefetch_tables == ["emb"]
+    (plan,) = [p for p in t.params if p.param.name == "emb"]
+    prog = t.get_trainer_program()
+    ops = prog.global_block().ops
+    (fwd,) = [op for op in ops if op.type == "distributed_lookup_table"]
+    assert fwd.attr("height_sections") == [2000, 2000] and fwd.attr("table_height") == 4000
+    assert fwd.attr("table_names") == ["emb.block0", "emb.block1"] and fwd.attr("epmap") == plan.endpoints
+    assert [op.type for op in ops if op.type.startswith("lookup_table")] == []
+    (recv,) = [op for op in ops if op.type == "recv"]
+    assert "emb" not in recv.output("Out") and "fc_1.w_0" in recv.output("Out")
+    assert not [n for names in recv.attr("recv_varnames") for n in names if n.startswith("emb")]
+    (send,) = [op for op in ops if op.type == "send"]
+    i = send.input("X").index("emb@GRAD")
+    assert send.attr("sections")[i] == [2000, 2000]
+    assert send.attr("send_varnames")[i] == ["emb@GRAD.block0", "emb@GRAD.block1"]
+    st = t.get_trainer_startup_program()
+    assert "emb" not in {n for op in st.global_block().ops for n in op.output_arg_names}
+    test = t.get_trainer_test_program(main.clone(for_test=True))
+    assert "emb" not in test.global_block().ops[0].output("Out")
+    assert [op.type for op in test.global_block().ops].count("distributed_lookup_table") == 1
+    # each pserver still hosts and updates its block with the dense-param, sparse-grad Adam
+    for ep, blk in zip(plan.endpoints, plan.blocks):
+        ls = t.get_pserver_program(ep).global_block().ops[-1]
+        assert blk.block_name in ls.attr("param_blocks")
+
+
+def test_remote_prefetch_only_where_it_applies():
+    # off by config: the table is received whole, as before
+    main, startup, _ = build(vocab=4000)
+    t = transpile(main, startup, remote_prefetch=False)
+    assert t.prefetch_tables == []
+    recv = [op for op in t.get_trainer_program().global_block().ops if op.type == "recv"][0]
+    assert "emb" in recv.output("Out")
+    # dense gradient (is_sparse=False) or a table in one block: plain lookup_table
+    for kw in ({"sparse": False, "vocab": 4000}, {"vocab": 50}):
+        main, startup, _ = build(**kw)
+        t = transpile(main, startup)
+        assert t.prefetch_tables == []
+        assert "lookup_table" in [op.type for op in t.get_trainer_program().global_block().ops]
+
+
+def test_prefetch_kernel_buckets_ids_by_row_range_and_handler_serves_block_rows(monkeypatch):
+    """The trainer kernel sends local row offsets to the block owning each id; the
+    pserver handler answers from its dense block; the result equals a local lookup."""
+    from fleetkit.pserver import ops as ps_ops
+    from fleetkit.pserver.exec_handler import ExecutorHandler
+    main, startup, _ = build(opt=optimizer.Adam(0.01), vocab=4000)
+    t = transpile(main, startup, pservers="127.0.0.1:7001,127.0.0.1:7002", trainers=1)
+    handlers = {}
+    for ep in t.pserver_endpoints:
+        prog, st = t.get_pserver_programs(ep)
+        scope = fk.Scope()
+        fk.Executor().run(st, scope=scope)
+        handlers[ep] = ExecutorHandler(prog, scope, fk.CPUPlace(), prog.global_block().ops[-1].attrs)
+    (plan,) = [p for p in t.params if p.param.name == "emb"]
+    full = np.concatenate([handlers[ep].get(b.block_name) for ep, b in zip(plan.endpoints, plan.blocks)])
+    asked = []
+
+    class FakeClient:
+        def prefetch(self, items):
+            items = list(items)
+            asked.extend((ep, name, ids.tolist()) for ep, name, ids in items)
+            return [handlers[ep].prefetch(name, ids) for ep, name, ids in items]
+
+    monkeypatch.setattr(ps_ops, "_client", lambda ctx: FakeClient())
+    prog = t.get_trainer_test_program(main.clone(for_test=True))
+    ids = np.array([[3], [2500], [3], [1999], [2000]], dtype="int64")
+    feed = {"ids": fk.create_lod_tensor(ids, [[2, 3]]), "x": np.zeros((2, 4), "float32"),
+            "label": np.zeros((2, 1), "int64")}
+    fwd = [op for op in prog.global_block().ops if op.type == "distributed_lookup_table"][0]
+    fwd_out = fwd.output("Out")[0]
+    prog.global_block().ops = [fwd]  # just the lookup (no pserver for the dense params here)
+    (out,) = fk.Executor().run(prog, feed=feed, fetch_list=[fwd_out], scope=fk.Scope())
+    np.testing.assert_array_equal(np.asarray(out), full[ids.reshape(-1)])
+    by_block = {name: got for _, name, got in asked}
+    assert by_block == {"emb.block0": [3, 1999], "emb.block1": [0, 500]}  # unique, local offsets
+    with pytest.raises(InvalidArgumentError, match="emb.block1"):
+        handlers[plan.endpoints[1]].prefetch("emb.block1", np.array([2000]))
+    with pytest.raises(NotFoundError, match="'nope'"):
+        handlers[plan.endpoints[0]].prefetch("nope", np.array([0]))

@@ -192,14 +192,16 @@ class PSFleet(FleetBase):
         self.stop_worker()
 
     # ------------------------------------------------------------------ saving
-    def _pull_params(self) -> dict[str, np.ndarray]:
-        """Current value of every dense pserver-hosted parameter (no barrier)."""
+    def _pull_params(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Current value of every dense pserver-hosted parameter (or of ``names``), no
+        barrier.  Remotely prefetched tables (never pulled by training) are gathered too."""
         from ..pserver.client import get_client  # noqa: PLC0415
         t = self._t()
-        reqs = [(ep, b.block_name) for p in t.params for ep, b in zip(p.endpoints, p.blocks)]
+        plans = [p for p in t.params if names is None or p.param.name in names]
+        reqs = [(ep, b.block_name) for p in plans for ep, b in zip(p.endpoints, p.blocks)]
         values = get_client(self.worker_index()).get_vars(reqs, barrier=False) if reqs else []
         out, i = {}, 0
-        for p in t.params:
+        for p in plans:
             parts = [np.asarray(getattr(v, "values", v)) for v in values[i:i + len(p.blocks)]]
             i += len(p.blocks)
             out[p.param.name] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)

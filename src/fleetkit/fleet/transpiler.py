@@ -8,7 +8,10 @@ parameter into row blocks, assigns the blocks to pservers and builds:
   split into its blocks at run time, every block sent concurrently), and in
   sync mode ``send_barrier`` / ``recv`` / ``fetch_barrier`` (``recv`` pulls the
   blocks and concatenates them into the parameter); ``lookup_table`` ops of an
-  ``is_distributed`` table become ``distributed_lookup_table`` (prefetch);
+  ``is_distributed`` table become ``distributed_lookup_table`` (prefetch), and
+  so do those of an ``is_sparse`` table sliced over several pservers (remote
+  prefetch: ids bucketed by the blocks' row ranges, rows fetched by local row
+  offset; the table is then never pulled whole by ``recv``);
 - the trainer startup: the local init ops minus what the pservers own (the
   distributed tables, optimizer accumulators), then a ``recv`` of every
   parameter so all trainers start from the pservers' values;
@@ -151,6 +154,9 @@ class DistributeTranspilerConfig:
     runtime_split_send_recv: bool = False
     nccl_comm_num: int = 1  # nccl2 mode only (not the parameter-server transpiler): kept for ported configs
     sync_mode: bool | None = None  # None: use transpile(sync_mode=...)
+    # fleetkit: look up rows of an is_sparse table sliced over several pservers remotely
+    # (fluid 1.4's remote prefetch); False pulls such tables whole every step
+    remote_prefetch: bool = True
 
     def __init__(self, **kwargs: Any) -> None:
         for key, value in kwargs.items():
@@ -183,6 +189,8 @@ class ParamPlan:
     ops: list[Operator]
     blocks: list[VarBlock]
     endpoints: list[str]
+    #: remote prefetch: the trainer looks rows up on the pservers instead of pulling the table
+    prefetch: bool = False
 
 
 @dataclass
@@ -234,6 +242,21 @@ def _update_op(param: str, ops: list[Operator]) -> Operator:
         if op.input("Param") == [param] and op.output("ParamOut") == [param]:
             return op
     raise InvalidArgumentError(f"transpile: no update op (sgd, adam, ...) found for parameter '{param}'")
+
+
+def _remote_prefetchable(program: Program, name: str) -> bool:
+    """Every op of the program that reads ``name`` (optimize ops aside) is a sparse,
+    non-distributed lookup of the global block, so the trainer needs only looked-up rows."""
+    seen = False
+    for block in program.blocks:
+        for op in block.ops:
+            if op.role in (ROLE_OPTIMIZE, ROLE_LRSCHED) or name not in op.input_arg_names:
+                continue
+            if (block.idx != 0 or op.type not in ("lookup_table", "lookup_table_grad")
+                    or op.input("W") != [name] or not op.attr("is_sparse") or op.attr("is_distributed")):
+                return False
+            seen = True
+    return seen
 
 
 def _distributed_tables(program: Program) -> set[str]:
@@ -300,7 +323,11 @@ class DistributeTranspiler:
                 raise InvalidArgumentError(f"transpile: optimizer op '{upd.type}' of parameter '{pname}' cannot "
                                            f"run on a pserver (supported: {', '.join(DENSE_OPTIMIZERS)})")
             blocks = slice_variable(param, slice_count, self.config.min_block_size)
-            self.params.append(ParamPlan(param, grad, ops, blocks, []))
+            # fluid 1.4's remote prefetch: a sliced is_sparse table is looked up on the
+            # pservers (a whole-table pull per step costs the table's size in bytes)
+            prefetch = (len(blocks) > 1 and bool(self.config.remote_prefetch)
+                        and _remote_prefetchable(self.origin_program, pname))
+            self.params.append(ParamPlan(param, grad, ops, blocks, [], prefetch))
         # Param blocks are dispatched in one pass (RoundRobin spreads them over the
         # pservers); a grad block always goes where its param block is.
         all_blocks = [b for p in self.params for b in p.blocks]
@@ -359,26 +386,45 @@ class DistributeTranspiler:
         prog._meta.update(self.origin_program._meta)
         return prog
 
+    @property
+    def prefetch_tables(self) -> list[str]:
+        """Sliced is_sparse tables the trainer prefetches rows of (never pulls whole)."""
+        return [p.param.name for p in self.params if p.prefetch]
+
     def _append_recv(self, block: Any, with_barrier: bool, background: bool = False) -> None:
-        if not self.params:
+        params = [p for p in self.params if not p.prefetch]
+        if not params:
             return
-        block.append_op("recv", {}, {"Out": [p.param.name for p in self.params]}, {
+        block.append_op("recv", {}, {"Out": [p.param.name for p in params]}, {
             "trainer_id": self.trainer_id, "sync_mode": self.sync_mode, "op_role": ROLE_RPC,
             "with_barrier": with_barrier, "background": background,
-            "epmap": [list(p.endpoints) for p in self.params],
-            "recv_varnames": [[b.block_name for b in p.blocks] for p in self.params],
-            "sections": [[b.rows for b in p.blocks] for p in self.params]}, infer=False)
+            "epmap": [list(p.endpoints) for p in params],
+            "recv_varnames": [[b.block_name for b in p.blocks] for p in params],
+            "sections": [[b.rows for b in p.blocks] for p in params]}, infer=False)
 
     def _rewrite_lookups(self, block: Any) -> None:
-        """lookup_table (and its grad) of a distributed table -> prefetch from the pservers."""
+        """lookup_table (and its grad) of a distributed table, or of a remotely prefetched
+        sliced table, -> prefetch from the pservers."""
+        remote = {p.param.name: p for p in self.params if p.prefetch}
         for op in block.ops:
-            if op.type not in ("lookup_table", "lookup_table_grad") or op.input("W")[0] not in self.tables:
+            if op.type not in ("lookup_table", "lookup_table_grad"):
                 continue
-            w = self.tables[op.input("W")[0]].param
+            name = op.input("W")[0]
+            if name in self.tables:
+                w = self.tables[name].param
+                extra: dict[str, Any] = {"epmap": list(self.pserver_endpoints), "height_sections": [],
+                                         "table_names": []}
+            elif name in remote:
+                p = remote[name]
+                w = p.param
+                # fluid 1.4 attrs: ids are bucketed by these row ranges and sent as local offsets
+                extra = {"epmap": list(p.endpoints), "height_sections": [b.rows for b in p.blocks],
+                         "table_names": [b.block_name for b in p.blocks]}
+            else:
+                continue
             op.type = "distributed_lookup_table" + ("_grad" if op.type.endswith("_grad") else "")
-            op.attrs.update({"epmap": list(self.pserver_endpoints), "table_name": w.name,
-                             "table_height": int(w.shape[0]), "table_dim": int(w.shape[1]),
-                             "trainer_id": self.trainer_id})
+            op.attrs.update({**extra, "table_name": w.name, "table_height": int(w.shape[0]),
+                             "table_dim": int(w.shape[1]), "trainer_id": self.trainer_id})
         _fuse_lookups(block)
         block.program._bump()
 
@@ -390,7 +436,8 @@ class DistributeTranspiler:
         prog = test_program.clone(for_test=True)
         block = prog.global_block()
         self._rewrite_lookups(block)
-        keep = [p for p in self.params if block._find_var_recursive(p.param.name) is not None]
+        keep = [p for p in self.params if block._find_var_recursive(p.param.name) is not None
+                and not p.prefetch]
         if keep:
             saved, self.params = self.params, keep
             try:
@@ -423,13 +470,13 @@ class DistributeTranspiler:
         kept_ops = [op for op in self.origin_program.global_block().ops
                     if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
         used = {n for op in kept_ops for n in op.input_arg_names + op.output_arg_names}
-        out = set(self.tables)
+        out = set(self.tables) | set(self.prefetch_tables)
         for p in self.params:
             for op in p.ops:
                 out.update(n for n in op.input_arg_names + op.output_arg_names if n != p.param.name)
         for t in self.tables.values():
             out.update(t.update_op.input_arg_names + t.update_op.output_arg_names)
-        return {n for n in out if n not in used or n in self.tables}
+        return {n for n in out if n not in used or n in self.tables or n in self.prefetch_tables}
 
     # -------------------------------------------------------------- pserver side
     def get_pserver_program(self, endpoint: str) -> Program:

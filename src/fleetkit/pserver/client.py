@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -57,6 +58,10 @@ class RPCClient:
         self._rounds: dict[str, int] = {}   # endpoint -> batch barriers sent (sync round)
         self._contacted: list[str] = []
         self.completed = False              # COMPLETE sent: Executor.close() must not send it again
+        #: ("get" | "prefetch", var / block / table name) -> calls, and the bytes their
+        #: replies carried: what a trainer pulls (tests, benchmarks)
+        self.fetched: Counter[tuple[str, str]] = Counter()
+        self.fetched_bytes: Counter[tuple[str, str]] = Counter()
         self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="fk-rpc")
 
     # ---------------------------------------------------------------- plumbing
@@ -156,7 +161,10 @@ class RPCClient:
         def job(ep: str, name: str) -> Callable[[], Any]:
             wire = name if barrier else name + rpc.WITHOUT_BARRIER_SUFFIX
             return lambda: self._call_value(ep, method, codec.control(wire, self.trainer_id), name)
-        return self._run_all([job(*it) for it in items])
+        items = list(items)
+        values = self._run_all([job(*it) for it in items])
+        self._count("get", [name for _, name in items], values)
+        return values
 
     def prefetch(self, items: Iterable[tuple[str, str, Any]]) -> list[np.ndarray]:
         """Rows of (endpoint, table_name, ids) lookups, each [len(ids), dim], concurrently.
@@ -170,6 +178,7 @@ class RPCClient:
                                table_name=table, out_varname=table)[0]
             return lambda: self._call_value(ep, "PrefetchVariable", env, table)
 
+        items = list(items)
         jobs, owner = [], []
         for i, (ep, table, ids) in enumerate(items):
             ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
@@ -180,7 +189,15 @@ class RPCClient:
         out: list[list[np.ndarray]] = [[] for _ in range(owner[-1] + 1 if owner else 0)]
         for i, rows in zip(owner, parts):
             out[i].append(rows)
-        return [p[0] if len(p) == 1 else np.concatenate(p, axis=0) for p in out]
+        values = [p[0] if len(p) == 1 else np.concatenate(p, axis=0) for p in out]
+        self._count("prefetch", [table for _, table, _ in items], values)
+        return values
+
+    def _count(self, kind: str, names: list[str], values: list[Any]) -> None:
+        with self._lock:
+            for name, v in zip(names, values):
+                self.fetched[kind, name] += 1
+                self.fetched_bytes[kind, name] += int(getattr(getattr(v, "values", v), "nbytes", 0))
 
     def batch_barrier(self, endpoints: Sequence[str]) -> None:
         """Tell each pserver this trainer sent all grads of its current round."""

@@ -6,7 +6,8 @@ writes it into the scope and runs the optimize block the transpiler built for it
 with ``Executor.run_block``: the same optimizer kernels as single-process
 training, which is what makes sync PS training equal local training.  Rows of
 ``is_distributed`` tables live in ``SparseTable``s (rows created on first touch,
-per-row optimizer state).
+per-row optimizer state).  Rows of a hosted dense block are served by ``prefetch``
+too (remote prefetch of a sliced ``is_sparse`` table, by local row offset).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.backend import to_numpy
 from ..core.executor import Executor
 from ..core.framework import Program
 from ..core.registry import KernelContext
@@ -123,11 +125,27 @@ class ExecutorHandler(ServerHandler):
             return v.values if isinstance(v, LoDTensor) else v
 
     def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
+        """Rows of a distributed table shard (by global id), or of a hosted dense
+        parameter block (remote prefetch of a sliced table: by local row offset)."""
         t = self._tables.get(table)
         if t is None:
-            raise NotFoundError(f"pserver: table '{table}' is not hosted here (tables: {sorted(self._tables)})")
+            if table in self._params:
+                return self._block_rows(table, ids)
+            raise NotFoundError(f"pserver: table '{table}' is not hosted here (tables: {sorted(self._tables)}, "
+                                f"parameter blocks: {self._params})")
         with self._lock:
             return t.lookup(ids)
+
+    def _block_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
+        with self._lock:
+            v = self._scope.get(name)
+            block = np.asarray(to_numpy(v.values if isinstance(v, LoDTensor) else v))
+            ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+            if ids.size and (ids.min() < 0 or ids.max() >= block.shape[0]):
+                bad = int(ids.max() if ids.max() >= block.shape[0] else ids.min())
+                raise InvalidArgumentError(f"pserver: prefetch of '{name}' asks for row {bad}, outside the "
+                                           f"block's {block.shape[0]} rows (ids are local row offsets)")
+            return np.take(block, ids, axis=0)  # a copy: the optimizer updates the block in place
 
     def state(self) -> dict[str, Any]:
         with self._lock:

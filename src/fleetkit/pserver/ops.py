@@ -3,7 +3,8 @@
 Trainer side: ``send`` (split each gradient into its pserver blocks at run time,
 send all blocks concurrently), ``send_barrier``, ``recv`` (pull blocks, concat
 into the parameter), ``fetch_barrier``, ``distributed_lookup_table`` (prefetch
-rows of an ``is_distributed`` table from the pserver owning ``id % n``) and its
+rows of an ``is_distributed`` table from the pserver owning ``id % n``, or of a
+sliced ``is_sparse`` table from the pserver whose block holds the row) and its
 gradient.  Pserver side: ``listen_and_serv``, which serves the program's vars
 through ``ParameterServer`` with an ``ExecutorHandler`` running the program's
 optimize blocks (the same optimizer kernels as single-process training).
@@ -203,10 +204,17 @@ def _dense(v: Any) -> Any:
 
 @register_op("distributed_lookup_table", _lookup_infer, no_grad_inputs=("Ids",),
              attrs={**_RPC_ATTRS, "epmap": [], "table_name": "", "table_height": 0, "table_dim": 0,
+                    "height_sections": [], "table_names": [],
                     "padding_idx": -1, "is_sparse": True, "is_distributed": True},
              sparse_grad=lambda op: {"W"})
 def distributed_lookup_table(ctx: KernelContext) -> None:
-    """Out[k][i] = table[Ids[k][i]], rows prefetched from pserver ``id % n``.
+    """Out[k][i] = table[Ids[k][i]], rows prefetched from the pservers.
+
+    An ``is_distributed`` table (``height_sections`` empty) is sharded by id: row ``id``
+    lives on pserver ``id % n``.  A sliced dense table (remote prefetch) has one block
+    per ``epmap`` entry, named ``table_names[b]`` and holding ``height_sections[b]``
+    consecutive rows: ids are bucketed by those row ranges and each block is asked for
+    its rows by local row offset.
 
     Several lookups of one table may share the op (Ids and Out lists, fused by the
     transpiler): every distinct id of the step is fetched once, in one concurrent
@@ -225,14 +233,20 @@ def distributed_lookup_table(ctx: KernelContext) -> None:
     eps = list(a["epmap"])
     rows = np.zeros((len(uniq), dim), dtype=np.float32)
     if uniq.size:
-        shard = uniq % len(eps)
-        asked = [p for p in range(len(eps)) if np.any(shard == p)]
-        got = _client(ctx).prefetch([(eps[p], table, uniq[shard == p]) for p in asked])
-        for p, vals in zip(asked, got):
+        sections = [int(h) for h in a["height_sections"]]
+        if sections:
+            reqs, where = _by_row_range(uniq, sections, eps, list(a["table_names"]), table)
+        else:
+            shard = uniq % len(eps)
+            asked = [p for p in range(len(eps)) if np.any(shard == p)]
+            reqs = [(eps[p], table, uniq[shard == p]) for p in asked]
+            where = [shard == p for p in asked]
+        got = _client(ctx).prefetch(reqs)
+        for sel, vals in zip(where, got):
             vals = _dense(vals)
             if rows.dtype != vals.dtype:
                 rows = rows.astype(vals.dtype)
-            rows[shard == p] = vals
+            rows[sel] = vals
     out = rows[inv]
     pad = int(a["padding_idx"])
     if pad != -1:
@@ -247,6 +261,25 @@ def distributed_lookup_table(ctx: KernelContext) -> None:
         lod = v._lod if v.__class__ is LoDTensor and v._lod else None
         value = ctx.xp.asarray(part.reshape(tuple(lead) + (dim,)))
         ctx.env[name] = LoDTensor(value, lod) if lod else value
+
+
+def _by_row_range(uniq: np.ndarray, sections: list[int], eps: list[str], names: list[str],
+                  table: str) -> tuple[list[tuple[str, str, np.ndarray]], list[slice]]:
+    """Prefetch requests of sorted unique ids over row blocks of ``sections`` rows:
+    (endpoint, block name, local row offsets) per block asked, and the slice of
+    ``uniq`` each answers (ids are sorted, so a block's ids are consecutive)."""
+    if len(sections) != len(eps) or len(names) != len(eps):
+        raise InvalidArgumentError(f"op 'distributed_lookup_table' of table '{table}': height_sections "
+                                   f"{sections}, table_names {names} and epmap {eps} must have equal lengths")
+    bounds = np.cumsum([0] + sections)
+    cut = np.searchsorted(uniq, bounds)
+    reqs, where = [], []
+    for b in range(len(sections)):
+        lo, hi = int(cut[b]), int(cut[b + 1])
+        if hi > lo:
+            reqs.append((eps[b], names[b], uniq[lo:hi] - bounds[b]))
+            where.append(slice(lo, hi))
+    return reqs, where
 
 
 @register_grad("distributed_lookup_table")
