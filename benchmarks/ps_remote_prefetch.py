@@ -22,12 +22,12 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import fleetkit as fk  # noqa: E402
-from fleetkit import fleet, layers  # noqa: E402
-from fleetkit.fleet import Role, UserDefinedRoleMaker  # noqa: E402
-from fleetkit.testing import free_ports, run_workers  # noqa: E402
+import fleetkit as fk
+from fleetkit import fleet, layers
+from fleetkit.fleet import Role, UserDefinedRoleMaker
+from fleetkit.testing import free_ports, run_workers
 
 SLOTS, IDS_PER_SLOT = 3, 8
 

@@ -378,7 +378,7 @@ def test_remote_prefetch_only_where_it_applies():
     main, startup, _ = build(vocab=4000)
     t = transpile(main, startup, remote_prefetch=False)
     assert t.prefetch_tables == []
-    recv = [op for op in t.get_trainer_program().global_block().ops if op.type == "recv"][0]
+    recv = next(op for op in t.get_trainer_program().global_block().ops if op.type == "recv")
     assert "emb" in recv.output("Out")
     # dense gradient (is_sparse=False) or a table in one block: plain lookup_table
     for kw in ({"sparse": False, "vocab": 4000}, {"vocab": 50}):
@@ -416,7 +416,7 @@ def test_prefetch_kernel_buckets_ids_by_row_range_and_handler_serves_block_rows(
     ids = np.array([[3], [2500], [3], [1999], [2000]], dtype="int64")
     feed = {"ids": fk.create_lod_tensor(ids, [[2, 3]]), "x": np.zeros((2, 4), "float32"),
             "label": np.zeros((2, 1), "int64")}
-    fwd = [op for op in prog.global_block().ops if op.type == "distributed_lookup_table"][0]
+    fwd = next(op for op in prog.global_block().ops if op.type == "distributed_lookup_table")
     fwd_out = fwd.output("Out")[0]
     prog.global_block().ops = [fwd]  # just the lookup (no pserver for the dense params here)
     (out,) = fk.Executor().run(prog, feed=feed, fetch_list=[fwd_out], scope=fk.Scope())
