@@ -147,6 +147,7 @@ int64_t ms_parse(const char *buf, int64_t len, int32_t nslots, const int32_t *ty
 }
 """
 
+_CFLAGS = ("-O3", "-shared", "-fPIC")
 _lib: Any = None
 _lock = threading.Lock()
 _tried = False
@@ -159,7 +160,7 @@ def _cache_dir() -> str:
 def _build() -> Any:
     """Compile (once per source version) and load the scanner; None if that is not possible."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    tag = hashlib.sha256(_C_SOURCE.encode()).hexdigest()[:16]
+    tag = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
     so = os.path.join(_cache_dir(), f"multislot_{tag}.so")
     if not os.path.exists(so):
         if cc is None:
@@ -169,7 +170,7 @@ def _build() -> Any:
             src, out = os.path.join(tmp, "ms.c"), os.path.join(tmp, "ms.so")
             with open(src, "w") as f:
                 f.write(_C_SOURCE)
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", out, src], check=True,
+            subprocess.run([cc, *_CFLAGS, "-o", out, src], check=True,
                            capture_output=True, timeout=120)
             os.replace(out, so)  # atomic: concurrent builders each install a complete file
     lib = ctypes.CDLL(so)
@@ -196,8 +197,9 @@ def _library() -> Any:
     return _lib
 
 
-# values per input byte of each slot, from the last block with the same slots: blocks of one
-# dataset look alike, so one pass into arrays sized from it usually suffices
+# values per input byte of each slot (and lines per byte, last), from the last block with the
+# same slots: blocks of one dataset look alike, so one pass into arrays sized from it usually
+# suffices, without even counting the newlines first
 _RATIOS: dict[tuple, np.ndarray] = {}
 
 
@@ -214,9 +216,9 @@ def fast_parse(buf: bytes, slots: Sequence[Any]) -> tuple[list[np.ndarray], list
     totals = np.zeros(n, np.int64)
     ratio = _RATIOS.get(key)
     lines = -2
-    if ratio is not None:  # one pass into estimated arrays
-        caps = (ratio * len(buf) * 1.25).astype(np.int64) + 64
-        max_lines = buf.count(b"\n") + 1
+    if ratio is not None:  # one pass into estimated arrays (the scanner says when one is short)
+        caps = (ratio[:-1] * len(buf) * 1.25).astype(np.int64) + 64
+        max_lines = int(ratio[-1] * len(buf) * 1.25) + 64
         lines, values, lengths = _fill(lib, buf, slots, types, widths, totals, caps, max_lines)
     if lines == -2:  # first block, or the estimate was short: count, then fill exact arrays
         if lib.ms_parse(buf, len(buf), n, types.ctypes.data, widths.ctypes.data, totals.ctypes.data,
@@ -225,7 +227,7 @@ def fast_parse(buf: bytes, slots: Sequence[Any]) -> tuple[list[np.ndarray], list
         lines, values, lengths = _fill(lib, buf, slots, types, widths, totals, totals.copy(), -1)
     if lines < 0:
         return None
-    _RATIOS[key] = totals / max(len(buf), 1)
+    _RATIOS[key] = np.append(totals, lines) / max(len(buf), 1)  # values per slot, then lines
     return ([v[:t] for v, t in zip(values, totals) if v is not None],
             [x[:lines] for x in lengths if x is not None], int(lines))
 
