@@ -265,7 +265,8 @@ def test_compiled_scanner_reestimates_when_a_block_differs():
     slots = [Slot("ids", "uint64"), Slot("w", "float", True, True, (-1, 1))]
     few = b"".join(b"1 123456789012 1 0.5\n" for _ in range(200))
     many = b"".join(b"9 1 2 3 4 5 6 7 8 9 1 0.5\n" for _ in range(200))
-    for buf in (few, many, few, many):
+    short = b"".join(b"1 7 1 0.5\n" for _ in range(200))  # far more lines per byte
+    for buf in (few, many, few, many, short, few, short):
         got, ref = parse_lines(buf, slots), parse_lines(buf, slots, fast=False)
         assert got.num == ref.num == 200
         for a, b in zip(got.values + got.lengths, ref.values + ref.lengths):
