@@ -82,3 +82,34 @@ def test_parameter_server_ctr_job(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     line = next(ln for ln in res.stdout.splitlines() if ln.startswith("[worker.0]") and "test AUC" in ln)
     assert float(line.rsplit("test AUC", 1)[1]) > 0.6, line
+
+
+def test_sigterm_to_the_launcher_stops_the_job(tmp_path):
+    """The children run in their own sessions, so the launcher must stop them itself."""
+    marker = tmp_path / "pid"
+    script = _script(tmp_path, f"""
+        import os, time
+        with open({str(marker)!r} + os.environ["PADDLE_TRAINER_ID"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", script], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids = []
+    deadline = time.monotonic() + 60
+    while len(pids) < 2 and time.monotonic() < deadline:
+        pids = [int(p.read_text()) for p in tmp_path.glob("pid*") if p.read_text()]
+        time.sleep(0.1)
+    assert len(pids) == 2, "the workers did not start"
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    for pid in pids:
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"worker pid {pid} still runs after the launcher was terminated")

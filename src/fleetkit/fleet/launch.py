@@ -183,8 +183,20 @@ def _describe(p: _Proc) -> str:
     return f"fleetkit launch: {p.name} (pid {p.popen.pid}) {how}; last output:\n{tail}"
 
 
+class _Terminated(Exception):
+    """The launcher itself got SIGTERM (e.g. from a scheduler): stop the job, then exit."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def run_job(spec: JobSpec) -> int:
     """Run the job to the end; 0 when every worker succeeded, else the first failure's code."""
+    if threading.current_thread() is threading.main_thread():
+        # the children run in their own sessions: without this, a SIGTERM to the launcher
+        # would leave them running
+        signal.signal(signal.SIGTERM, _on_sigterm)
     procs = _start(spec)
     workers = [p for p in procs if not p.is_server]
     start = time.monotonic()
@@ -215,6 +227,10 @@ def run_job(spec: JobSpec) -> int:
     except KeyboardInterrupt:
         _stop(procs)
         return 130
+    except _Terminated:
+        print("fleetkit launch: terminated; stopping the job", file=sys.stderr)
+        _stop(procs)
+        return 143
     finally:
         if any(p.popen.poll() is None for p in procs):
             _stop(procs)
