@@ -368,7 +368,7 @@ class ParameterServer:
         h = env.header
         name = h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX)
         if name == rpc.SPARSE_MEMORY:
-            rows, nbytes = self.handler.sparse_memory(h.table_name)
+            rows, nbytes = self.sparse_memory(h.table_name)   # under the handler lock
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         return self._respond(env, lambda: self._encode(name, self.handler.get(name)))
 
