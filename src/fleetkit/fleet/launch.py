@@ -142,15 +142,19 @@ def _start(spec: JobSpec) -> list[_Proc]:
     roles = job_envs(spec)
     if spec.log_dir:
         os.makedirs(spec.log_dir, exist_ok=True)
-    procs = []
-    for name, is_server, extra in roles:
-        popen = subprocess.Popen(spec.script, env=_child_env(extra, len(roles)), stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        p = _Proc(name, popen, is_server)
-        log = open(os.path.join(spec.log_dir, f"{name}.log"), "w") if spec.log_dir else None
-        p.reader = threading.Thread(target=_pump, args=(p, log), daemon=True)
-        p.reader.start()
-        procs.append(p)
+    procs: list[_Proc] = []
+    try:
+        for name, is_server, extra in roles:
+            popen = subprocess.Popen(spec.script, env=_child_env(extra, len(roles)), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            p = _Proc(name, popen, is_server)
+            procs.append(p)
+            log = open(os.path.join(spec.log_dir, f"{name}.log"), "w") if spec.log_dir else None
+            p.reader = threading.Thread(target=_pump, args=(p, log), daemon=True)
+            p.reader.start()
+    except BaseException:
+        _stop(procs)  # a later start failed (bad script, log dir): do not leave the earlier ones running
+        raise
     return procs
 
 
