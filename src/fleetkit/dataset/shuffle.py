@@ -56,7 +56,7 @@ def _encode(store: InstanceStore, dest: np.ndarray, world: int) -> np.ndarray:
     for k in range(len(part.slots)):
         pieces.append(part.lengths(k).astype(np.int64).view(np.uint8))
         pieces.append(np.ascontiguousarray(part.values[k]).view(np.uint8))
-    return np.concatenate(pieces) if pieces else np.zeros(0, np.uint8)
+    return np.concatenate(pieces)  # never empty: the counts come first
 
 
 def _decode_for(buf: np.ndarray, store: InstanceStore, rank: int, world: int) -> InstanceStore:
