@@ -22,7 +22,7 @@ from ..errors import InvalidArgumentError
 from .fs import FsConfig
 from .instances import InstanceStore
 from .multislot import DataFeedDesc, Slot, parse_lines, slots_from_vars
-from .pipe import DEFAULT_BLOCK_BYTES, read_blocks
+from .pipe import DEFAULT_BLOCK_BYTES, read_blocks, source_label
 from .shuffle import DEFAULT_SEND_BATCH, global_shuffle, open_backend, shuffle_rng
 
 __all__ = ["DatasetBase", "DatasetFactory", "InMemoryDataset", "QueueDataset"]
@@ -140,7 +140,7 @@ class DatasetBase:
 
     def _read_file(self, path: str, block_bytes: int | None = None) -> Iterator[InstanceStore]:
         cmd = self.proto_desc.pipe_command
-        label = path if cmd.strip() == "cat" else f"{path} | {cmd}"
+        label = source_label(path, cmd)
         for block, line_no in read_blocks(path, cmd, self.fs, block_bytes or self.block_bytes):
             parsed = parse_lines(block, self.slots, label, line_no, self._skip_bad)
             if parsed.bad_lines:
@@ -171,7 +171,7 @@ class DatasetBase:
         if not self.filelist:
             raise InvalidArgumentError("dataset: set_filelist(files) gave no files")
         cmd, path = self.proto_desc.pipe_command, self.filelist[0]
-        label = path if cmd.strip() == "cat" else f"{path} | {cmd}"
+        label = source_label(path, cmd)
         blocks = read_blocks(path, cmd, self.fs, 64 << 10)
         try:
             first = next(blocks, None)

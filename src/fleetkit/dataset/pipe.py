@@ -28,7 +28,7 @@ from .fs import (
     wait_exit,
 )
 
-__all__ = ["DEFAULT_BLOCK_BYTES", "read_blocks"]
+__all__ = ["DEFAULT_BLOCK_BYTES", "read_blocks", "source_label"]
 
 #: target size of the line blocks handed to the parser (big enough to amortize numpy calls)
 DEFAULT_BLOCK_BYTES = 4 << 20
@@ -70,6 +70,11 @@ class _Feeder(threading.Thread):
                 pass
 
 
+def source_label(path: str, pipe_command: str = "cat") -> str:
+    """How errors name a file's data: the path, with the pipe command unless it is ``cat``."""
+    return path if pipe_command.strip() == "cat" else f"{path} | {pipe_command}"
+
+
 def read_blocks(path: str, pipe_command: str = "cat", config: FsConfig | None = None,
                 block_bytes: int = DEFAULT_BLOCK_BYTES) -> Iterator[tuple[bytes, int]]:
     """Yield ``(lines, first_line_number)``: blocks of complete lines of ``path``
@@ -80,7 +85,7 @@ def read_blocks(path: str, pipe_command: str = "cat", config: FsConfig | None = 
     """
     config = config or FsConfig()
     source = open_source(path, config)
-    label = path if pipe_command.strip() == "cat" else f"{path} | {pipe_command}"
+    label = source_label(path, pipe_command)
     try:
         proc = subprocess.Popen(pipe_command, shell=True, stdin=source if source.direct_fd else subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
