@@ -470,13 +470,14 @@ class DistributeTranspiler:
         kept_ops = [op for op in self.origin_program.global_block().ops
                     if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED)]
         used = {n for op in kept_ops for n in op.input_arg_names + op.output_arg_names}
-        out = set(self.tables) | set(self.prefetch_tables)
+        whole = set(self.tables) | set(self.prefetch_tables)  # tables never live on a trainer
+        out = set(whole)
         for p in self.params:
             for op in p.ops:
                 out.update(n for n in op.input_arg_names + op.output_arg_names if n != p.param.name)
         for t in self.tables.values():
             out.update(t.update_op.input_arg_names + t.update_op.output_arg_names)
-        return {n for n in out if n not in used or n in self.tables or n in self.prefetch_tables}
+        return {n for n in out if n not in used or n in whole}
 
     # -------------------------------------------------------------- pserver side
     def get_pserver_program(self, endpoint: str) -> Program:
