@@ -205,11 +205,6 @@ class ExecutorHandler(ServerHandler):
         ts = [self._tables[table]] if table else list(self._tables.values())
         return sum(len(t) for t in ts), sum(t.memory_bytes() for t in ts)
 
-    # ------------------------------------------------------------ reporting
-
-    def hosted_names(self) -> list[str]:
-        return sorted(set(self._params) | set(self._grad_block) | set(self._table_of_grad))
-
 
 def serve(ctx: KernelContext) -> None:
     """The listen_and_serv kernel: serve until every trainer sent COMPLETE."""
