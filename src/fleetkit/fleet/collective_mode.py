@@ -112,6 +112,7 @@ class CollectiveFleet(FleetBase):
             group = get_backend("tcp", endpoints=list(rm.get_trainer_endpoints()), rank=rm.worker_index(),
                                 timeout=s.timeout)
         if (group.rank, group.world_size) != (rm.worker_index(), rm.worker_num()):
+            group.close()  # not kept anywhere: release its sockets and threads before failing
             raise InvalidArgumentError(
                 f"{s.backend} group has rank {group.rank}/{group.world_size}, but the role maker says "
                 f"worker {rm.worker_index()} of {rm.worker_num()}")
