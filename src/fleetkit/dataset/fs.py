@@ -71,9 +71,7 @@ class Source:
             return self._stream.read(n)
         except DataReadError:
             raise
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise DataReadError(f"reading {self.name} failed: {type(exc).__name__}: {exc}") from exc
-        except Exception as exc:  # fsspec backends raise their own classes (botocore, aiohttp ...)
+        except Exception as exc:  # OSError, EOFError, BadGzipFile; fsspec backends' own (botocore ...)
             raise DataReadError(f"reading {self.name} failed: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
