@@ -73,8 +73,8 @@ def build_pserver_program(t: "DistributeTranspiler", endpoint: str) -> Program:
     prog = Program()
     prog.random_seed = origin.random_seed
     shared = _shared_vars(t)
-    # new name -> (origin name, row offset, rows or None when not sliced): the startup
-    # program initializes exactly these
+    # new name -> [origin name, row offset, rows (-1 when not sliced), block id]: the
+    # startup program initializes exactly these
     origin_of: dict[str, list] = {}
 
     def declare(name: str, new: str, p: "ParamPlan | None" = None, blk: "VarBlock | None" = None) -> None:
