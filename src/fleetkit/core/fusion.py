@@ -271,7 +271,7 @@ def _match_sgd_run(steps: list[Step], i: int) -> tuple[Callable, int] | None:
         for (n_lr, n_p, n_g), member in zip(names, members):
             lr, p, g = env.get(n_lr), env.get(n_p), env.get(n_g)
             if (lr.__class__ is np.ndarray and p.__class__ is np.ndarray and g.__class__ is np.ndarray
-                    and p.flags.writeable):
+                    and p.flags.writeable and g.shape == p.shape):  # anything unusual: the op's own checks
                 try:
                     p -= lr.reshape(()) * g  # the sgd rule, in place (ParamOut is Param)
                 except Exception as e:

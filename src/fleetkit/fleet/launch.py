@@ -197,10 +197,19 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def run_job(spec: JobSpec) -> int:
     """Run the job to the end; 0 when every worker succeeded, else the first failure's code."""
+    old_handler = None
     if threading.current_thread() is threading.main_thread():
         # the children run in their own sessions: without this, a SIGTERM to the launcher
         # would leave them running
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _supervise(spec)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def _supervise(spec: JobSpec) -> int:
     procs = _start(spec)
     workers = [p for p in procs if not p.is_server]
     start = time.monotonic()
