@@ -92,6 +92,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
                      fetch_info: Sequence[str] | None, print_period: int, infer: bool) -> DatasetRunStats:
     """Run ``program`` over every batch of ``dataset`` in ``thread`` Hogwild workers."""
     from .executor import _Prepared
+    from .fusion import fuse_steps
     program = default_main_program() if program is None else getattr(program, "_program", program)
     if not isinstance(program, Program):
         raise InvalidArgumentError(f"train_from_dataset: program must be a Program, got {type(program).__name__}")
@@ -128,6 +129,8 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
         prep = _Prepared(program, executor.place)
         if infer:
             prep.steps = [(k, c) for k, c in prep.steps if c.op.attrs.get("op_role") not in _TRAIN_ONLY_ROLES]
+        if not debug:  # debug times every op on its own
+            prep.steps = fuse_steps(prep.steps)  # the same fused fast paths as Executor.run
         preps.append(prep)
     stats = runner.run(feeds, preps)
     finish = getattr(dataset, "_finish_run", None)
