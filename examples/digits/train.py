@@ -2,6 +2,7 @@
 
     python examples/digits/train.py --model mlp
     python examples/digits/train.py --model conv --epochs 15
+    python examples/digits/train.py --use_cuda      # on CUDAPlace(0) (needs cupy and a GPU)
 
 Prints the loss and accuracy each epoch and the final test accuracy.
 """
@@ -60,11 +61,11 @@ def build(model: str, lr: float) -> dict:
 
 
 def train(model: str = "mlp", epochs: int = 20, batch_size: int = 64, lr: float = 0.003,
-          verbose: bool = True) -> tuple[list[float], float]:
+          verbose: bool = True, use_cuda: bool = False) -> tuple[list[float], float]:
     """Train and return (per-epoch mean losses, test accuracy)."""
     xtr, ytr, xte, yte = load_data()
     net = build(model, lr)
-    exe = fk.Executor(fk.CPUPlace())
+    exe = fk.Executor(fk.CUDAPlace(0) if use_cuda else fk.CPUPlace())
     scope = fk.Scope()
     exe.run(net["startup"], scope=scope)
     order_rng = np.random.default_rng(0)
@@ -94,8 +95,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.003)
+    ap.add_argument("--use_cuda", action="store_true", help="train on CUDAPlace(0)")
     args = ap.parse_args()
-    _, acc = train(args.model, args.epochs, args.batch_size, args.lr)
+    _, acc = train(args.model, args.epochs, args.batch_size, args.lr, use_cuda=args.use_cuda)
     print(f"final test accuracy ({args.model}): {acc:.4f}")
 
 

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.backend import CUDAPlace, gpu_count, to_numpy
 from ..core.backward import make_grad_op
 from ..core.executor import Executor
 from ..core.framework import EMPTY_VAR, Program
@@ -59,8 +60,13 @@ def _scalar_loss(exe: Executor, prog: Program, feed: dict, out_slots: Sequence[s
 
 def check_grad(op_type: str, inputs: dict, attrs: dict | None = None, outputs: Sequence[str] = ("Out",),
                wrt: Sequence[str] | None = None, grad_outputs: Sequence[str] | None = None,
-               delta: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7, seed: int = 0) -> None:
+               delta: float = 1e-6, rtol: float = 1e-5, atol: float = 1e-7, seed: int = 0,
+               gpu: bool | None = None) -> None:
     """Assert the op's analytic gradients match central differences.
+
+    On a machine with a CUDA device the same forward and gradient program also runs
+    on ``CUDAPlace(0)`` and must match the CPU results (``gpu=False`` skips that,
+    ``gpu=True`` demands it), so every gradient-checked op is checked on GPU too.
 
     Args:
         op_type: the forward op.
@@ -100,6 +106,8 @@ def check_grad(op_type: str, inputs: dict, attrs: dict | None = None, outputs: S
         gfeed[f"{var_out}@GRAD"] = arr
     fetch = [n for s in wrt for n in in_grads[s]]
     analytic = exe.run(gprog, feed=gfeed, fetch_list=fetch, scope=Scope())
+    if gpu or (gpu is None and gpu_count() > 0):
+        _check_gpu_matches_cpu(op_type, exe, gprog, gfeed, [f"out_{s.lower()}" for s in outputs] + fetch)
 
     for name, got in zip(fetch, analytic):
         base = name[: -len("@GRAD")]
@@ -123,3 +131,22 @@ def check_grad(op_type: str, inputs: dict, attrs: dict | None = None, outputs: S
                 f"{op_type}: gradient of '{base}' differs from finite differences: max abs err "
                 f"{err.max():.3g} at flat index {i} (analytic {got.reshape(-1)[i]:.8g}, numeric "
                 f"{num.reshape(-1)[i]:.8g})")
+
+
+def _check_gpu_matches_cpu(op_type: str, cpu_exe: Executor, prog: Program, feed: dict,
+                           fetch: list[str]) -> None:
+    """Forward outputs and analytic gradients on CUDAPlace(0) equal CPUPlace's (float64)."""
+    def fresh_feed() -> dict:
+        return {k: LoDTensor(np.array(v.values), v.lod()) if isinstance(v, LoDTensor) else np.array(v)
+                for k, v in feed.items()}
+    cpu = cpu_exe.run(prog, feed=fresh_feed(), fetch_list=fetch, scope=Scope())
+    gpu = Executor(CUDAPlace(0)).run(prog, feed=fresh_feed(), fetch_list=fetch, scope=Scope())
+    for name, c, g in zip(fetch, cpu, gpu):
+        c, g = np.asarray(to_numpy(c)), np.asarray(to_numpy(g))
+        if c.shape != g.shape or c.dtype != g.dtype:
+            raise AssertionError(f"{op_type} on CUDAPlace(0): '{name}' is {g.dtype}{list(g.shape)}, "
+                                 f"on CPUPlace {c.dtype}{list(c.shape)}")
+        if not np.allclose(g, c, rtol=1e-7, atol=1e-10, equal_nan=True):
+            err = np.abs(g.astype(np.float64) - c.astype(np.float64))
+            raise AssertionError(f"{op_type} on CUDAPlace(0): '{name}' differs from CPUPlace: max abs "
+                                 f"err {np.nanmax(err):.3g}")
