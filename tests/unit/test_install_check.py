@@ -44,7 +44,7 @@ def test_broken_kernel_is_reported_and_exit_code_is_1(monkeypatch, capsys):
 
     monkeypatch.setattr(opdef, "forward", wrong_mean)
     with pytest.raises(install_check.InstallCheckError, match="mean loss"):
-        install_check.run_check()
+        install_check.run_check(fk.CPUPlace())  # the default is CUDAPlace(0) on a GPU machine
     assert "FAILED on CPUPlace" in capsys.readouterr().err
     assert cli.main(["check"]) == 1
     out = capsys.readouterr()

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.backend import get_array_module
 from ..core.framework import (Block, Operator, Parameter, Program, Variable, default_startup_program,
                               program_guard)
 from ..core.optimizer import MomentumOptimizer, _number
@@ -188,7 +189,7 @@ def _trainers_from_env() -> int:
 def _writable(ctx: KernelContext, slot: str, out_slot: str) -> np.ndarray:
     """The array of ``slot`` to update in place (copied and re-stored if it is read-only)."""
     a = ctx.x(slot)
-    if not a.flags.writeable:
+    if not getattr(a.flags, "writeable", True):  # cupy arrays are always writable
         a = a.copy()
     ctx.out(out_slot, a)
     return a
@@ -213,20 +214,27 @@ def sparsity_at(step: float, attrs: dict) -> float:
 def select_top_k(v: np.ndarray, k: int, scratch: np.ndarray | None = None, offset: int = 0) -> np.ndarray:
     """Indices of about the k largest ``|v|`` (never more than k), threshold estimated from a sample.
 
-    ``v`` is 1-D.  The scan runs in cache-sized blocks (abs, compare, nonzero per
-    block) so that the whole array is read from memory once, not four times.
-    ``scratch`` (float, at least SCAN_BLOCK long) avoids an allocation per call.
+    ``v`` is 1-D, numpy or cupy.  On the CPU the scan runs in cache-sized blocks (abs,
+    compare, nonzero per block) so that the whole array is read from memory once, not
+    four times; ``scratch`` (float, at least SCAN_BLOCK long) avoids an allocation per
+    call.  On the GPU one pass over the whole array is cheaper than many small kernels.
     """
+    xp = get_array_module(v)
     n = v.size
     if k >= n:
-        return np.arange(n, dtype=np.int64)
+        return xp.arange(n, dtype=np.int64)
     sample_n = max(min(n, 4096), int(n * SAMPLE_FRACTION))
     if sample_n >= n // 2:
-        return np.argpartition(np.abs(v), n - k)[n - k:]
+        return xp.argpartition(xp.abs(v), n - k)[n - k:]
     stride = n // sample_n
-    sample = np.abs(v[offset % stride::stride])
+    sample = xp.abs(v[offset % stride::stride])
     kk = max(1, int(round(k * sample.size / n)))
-    threshold = np.partition(sample, sample.size - kk)[sample.size - kk]
+    threshold = xp.partition(sample, sample.size - kk)[sample.size - kk]
+    if xp is not np:
+        idx = xp.flatnonzero(xp.abs(v) >= threshold)
+        if idx.size > k:
+            idx = idx[xp.argpartition(xp.abs(v[idx]), idx.size - k)[idx.size - k:]]
+        return idx
     if scratch is None or scratch.size < SCAN_BLOCK:
         scratch = np.empty(SCAN_BLOCK, dtype=v.dtype)
     hits = []
@@ -276,11 +284,11 @@ def dgc(ctx: KernelContext) -> None:
     g = ctx.x("Grad")
     sparsity = sparsity_at(step, a)
     if sparsity <= 0.0:
-        ctx.out("Grad_out", group.all_reduce(np.array(g, copy=True)))
+        ctx.out("Grad_out", group.all_reduce(g.copy()))
         return
     u, v = _writable(ctx, "U", "U_out"), _writable(ctx, "V", "V_out")  # accumulators, updated in place
     if a["clip_norm"] > 0:
-        norm = float(np.sqrt(np.vdot(g, g)))
+        norm = float(ctx.xp.sqrt(ctx.xp.vdot(g, g)))
         if norm > a["clip_norm"]:
             g = g * np.float32(a["clip_norm"] / norm)
     m = np.float32(a["m"])
@@ -300,7 +308,7 @@ def dgc(ctx: KernelContext) -> None:
         k = max(1, int(v.size * (1.0 - sparsity)))
         out = sparse_exchange(group, u.reshape(-1), v.reshape(-1), k, state, offset=int(step))
     else:
-        out = group.all_reduce(np.array(v, copy=True).reshape(-1))
+        out = group.all_reduce(v.reshape(-1).copy())
         v[...] = 0
     if a["exchange"] == "auto" and state.choice is None:  # trial timings only: no per-step growth
         state.times[how].append(time.perf_counter() - start)
@@ -316,14 +324,15 @@ def sparse_exchange(group: Any, u: np.ndarray, v: np.ndarray, k: int, state: _Pa
     """
     if v.size >= 2 ** 31:
         raise InvalidArgumentError(f"dgc: {v.size} elements do not fit int32 indices")
+    xp = get_array_module(v)
     if state is None:
         state = _ParamState()
-    if state.out is None or state.out.size != v.size:
-        state.scratch = np.empty(SCAN_BLOCK, dtype=v.dtype)
-        state.out, state.last = np.zeros_like(v), None
+    if state.out is None or state.out.size != v.size or get_array_module(state.out) is not xp:
+        state.scratch = np.empty(SCAN_BLOCK, dtype=v.dtype) if xp is np else None
+        state.out, state.last = xp.zeros_like(v), None
     idx = select_top_k(v, k, state.scratch, offset)
     count = idx.size
-    message = np.empty(2 * count, dtype=np.int32)
+    message = xp.empty(2 * count, dtype=np.int32)
     message[:count] = idx
     message[count:] = v[idx].view(np.int32)
     u[idx] = 0  # momentum factor masking: what was sent stops accumulating
@@ -342,7 +351,8 @@ def sparse_exchange(group: Any, u: np.ndarray, v: np.ndarray, k: int, state: _Pa
         out[part[:c]] += part[c:].view(np.float32)
         state.last.append(part[:c])
     view = out.view()
-    view.flags.writeable = False
+    if xp is np:  # cupy has no read-only arrays
+        view.flags.writeable = False
     return view
 
 

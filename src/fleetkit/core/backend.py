@@ -60,8 +60,12 @@ def scatter_add(out: Any, index: Any, values: Any) -> None:
     if isinstance(out, np.ndarray):
         np.add.at(out, np.asarray(index), values)
     else:
-        import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
-        cupyx.scatter_add(out, require_cupy().asarray(index), values)
+        cp = require_cupy()
+        if hasattr(cp.add, "at"):  # cupy >= 13; cupyx.scatter_add is deprecated there
+            cp.add.at(out, cp.asarray(index), values)
+        else:
+            import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
+            cupyx.scatter_add(out, cp.asarray(index), values)
 
 
 def to_numpy(a: Any) -> np.ndarray:

@@ -107,7 +107,7 @@ def check_grad(op_type: str, inputs: dict, attrs: dict | None = None, outputs: S
     fetch = [n for s in wrt for n in in_grads[s]]
     analytic = exe.run(gprog, feed=gfeed, fetch_list=fetch, scope=Scope())
     if gpu or (gpu is None and gpu_count() > 0):
-        _check_gpu_matches_cpu(op_type, exe, gprog, gfeed, [f"out_{s.lower()}" for s in outputs] + fetch)
+        _check_gpu_matches_cpu(op_type, exe, gprog, gfeed, [f"out_{s.lower()}" for s in grad_outputs] + fetch)
 
     for name, got in zip(fetch, analytic):
         base = name[: -len("@GRAD")]

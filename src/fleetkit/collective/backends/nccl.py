@@ -176,12 +176,21 @@ class NcclBackend(Backend):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _exchange_uid(self, store: Store, prefix: str) -> tuple[int, ...]:
-        # The id is 128 C chars; int16 keeps their sign whatever char's signedness.
+    def _exchange_uid(self, store: Store, prefix: str) -> Any:
+        # cupy >= 14 gives the id as 128 bytes, older cupy as a tuple of 128 C chars (ints,
+        # signed or not with the platform: int16 keeps either).  A one-byte tag says which
+        # form rank 0's cupy uses, and every rank rebuilds that form.
         if self._rank == 0:
-            store.set(prefix + _UID_KEY, np.asarray(self._nccl.get_unique_id(), dtype=np.int16).tobytes())
+            uid = self._nccl.get_unique_id()
+            if isinstance(uid, (bytes, bytearray)):
+                raw = b"B" + bytes(uid)
+            else:
+                raw = b"T" + np.asarray(uid, dtype=np.int16).tobytes()
+            store.set(prefix + _UID_KEY, raw)
         raw = store.get(prefix + _UID_KEY, self._timeout)
-        return tuple(int(v) for v in np.frombuffer(raw, dtype=np.int16))
+        if raw[:1] == b"B":
+            return bytes(raw[1:])
+        return tuple(int(v) for v in np.frombuffer(raw[1:], dtype=np.int16))
 
     def _exchange_headers(self, header: Header, deadline: Deadline) -> list[Header]:
         with self._device:
