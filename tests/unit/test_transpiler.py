@@ -267,6 +267,30 @@ def test_fleet_ps_mode_worker_and_server_programs():
         fleet.init_worker()
 
 
+def test_transpiler_optimizer_minimize_takes_fluid_14_arguments():
+    """minimize(loss, scope=None, startup_program=None, ...): scope is accepted, and a
+    startup program given by keyword or second (DistributedOptimizer's order) is used."""
+    from fleetkit import fleet
+    from fleetkit.fleet import Role, UserDefinedRoleMaker
+    for how in ("keyword", "positional"):
+        fleet.init(UserDefinedRoleMaker(current_id=0, role=Role.WORKER, worker_num=2,
+                                        server_endpoints=EPS2.split(",")))
+        main, startup, other_startup = fk.Program(), fk.Program(), fk.Program()
+        with fk.program_guard(main, other_startup):  # the default startup is NOT ``startup``
+            x = layers.data("x", shape=[4])
+            loss = layers.mean(layers.fc(x, 3))
+            opt = fleet.distributed_optimizer(optimizer.SGD(0.1))
+            if how == "keyword":
+                opt.minimize(loss, scope=fk.global_scope(), startup_program=startup)
+            else:
+                opt.minimize(loss, startup)
+        # the transpiler rewrote the startup program it was given (and no other)
+        assert [op.type for op in startup.global_block().ops][-1] == "recv", how
+        assert "recv" not in [op.type for op in other_startup.global_block().ops], how
+    with pytest.raises(InvalidArgumentError, match="two startup programs"):
+        opt.minimize(loss, startup, startup)
+
+
 def test_fleet_rejects_a_collective_strategy():
     from fleetkit import fleet
     from fleetkit.fleet import Role, UserDefinedRoleMaker

@@ -54,11 +54,20 @@ class TranspilerOptimizer:
     def apply_gradients(self, params_grads: Any) -> Any:
         return self._optimizer.apply_gradients(params_grads)
 
-    def minimize(self, loss: Variable, startup_program: Program | None = None,
+    def minimize(self, loss: Variable, scope: Any = None, startup_program: Program | None = None,
                  parameter_list: Sequence[Any] | None = None, no_grad_set: Any = None) -> tuple[list, list]:
-        """Optimizer.minimize, then rewrite the programs for this process's role."""
+        """Optimizer.minimize, then rewrite the programs for this process's role.
+
+        fluid 1.4's signature: ``scope`` is accepted and unused (programs are rewritten,
+        no values are touched).  A Program passed second is taken as ``startup_program``,
+        the order of ``DistributedOptimizer.minimize``.
+        """
         if isinstance(loss, (list, tuple)):
             raise InvalidArgumentError("minimize: parameter-server mode takes one loss Variable, not a list")
+        if isinstance(scope, Program):
+            if startup_program is not None:
+                raise InvalidArgumentError("minimize: got two startup programs (the second argument is `scope`)")
+            scope, startup_program = None, scope
         startup = default_startup_program() if startup_program is None else startup_program
         result = self._optimizer.minimize(loss, startup, parameter_list, no_grad_set)
         self._fleet._transpile(self._strategy, loss.block.program, startup)
