@@ -88,7 +88,7 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
                           barrier_timeout_s=cfg.get("barrier_timeout_s"))
         fleet.run_server()
         return {"role": "server"}
-    exe = fk.Executor()
+    exe = fk.Executor(fk.CUDAPlace(0) if cfg.get("use_cuda") else fk.CPUPlace())  # pservers: CPU
     fleet.init_worker(timeout=cfg.get("server_wait_s"))
     exe.run(fleet.startup_program)
     scope = fk.global_scope()

@@ -104,6 +104,27 @@ CASES = {  # name: (optimizer, is_sparse, is_distributed)
 }
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["sgd-dense", "adam-sparse", "sgd-distributed"])
+def test_sync_2x2_with_gpu_trainers_equals_single_process(case):
+    """Trainers on CUDAPlace(0), pservers on the CPU: gradients go down to the host for the
+    wire, pulled parameters and prefetched rows go up to the GPU; the result is plain
+    single-process CPU training (float32 on two devices: rtol 1e-4)."""
+    opt, is_sparse, is_dist = CASES[case]
+    cfg = {"sync": True, "steps": 6, "batch_size": 32, "trainers": 2, "optimizer": opt,
+           "lr": 0.01 if opt == "adam" else 0.1, "is_sparse": is_sparse, "is_distributed": is_dist,
+           "data": SMALL, "hidden": (64, 32), "adam_epsilon": 1e-3, "use_cuda": True}
+    if is_dist:
+        cfg["fetch_table_rows"] = 3 * SMALL["vocab"]
+    t0, t1 = run_job(2, cfg)[2:]
+    ref, scope = _local_reference(cfg, t0, lazy_adam=is_dist)
+    np.testing.assert_allclose((np.array(t0["losses"]) + t1["losses"]) / 2, ref["losses"], rtol=1e-4)
+    for name, value in t0["final"].items():
+        np.testing.assert_allclose(value, scope.numpy(name), rtol=1e-4, atol=1e-6, err_msg=name)
+    if is_dist:
+        np.testing.assert_allclose(t0["table"], scope.numpy("ctr_emb"), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_sync_2x2_equals_single_process(case):
     opt, is_sparse, is_dist = CASES[case]

@@ -41,7 +41,11 @@ def _value(ctx: KernelContext, name: str) -> Any:
         raise NotFoundError(f"op '{ctx.op.type}': variable '{name}' has no value to send (was the backward "
                             f"pass run? is it fed?)")
     v = ctx.env[name]
-    return v.values if v.__class__ is LoDTensor else v
+    v = v.values if v.__class__ is LoDTensor else v
+    # The wire codec takes host arrays: a GPU trainer's gradients are copied down here.
+    if isinstance(v, SelectedRows):
+        return v if isinstance(v.values, np.ndarray) else SelectedRows(v.rows, to_numpy(v.values), v.height)
+    return v if isinstance(v, np.ndarray) else to_numpy(v)
 
 
 # ------------------------------------------------------------------ splitting
@@ -165,7 +169,8 @@ def recv(ctx: KernelContext) -> None:
     for out, names in zip(ctx.outs["Out"], a["recv_varnames"]):
         parts = [_dense(v) for v in values[i:i + len(names)]]
         i += len(names)
-        ctx.env[out] = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        value = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        ctx.env[out] = ctx.xp.asarray(value)  # onto the GPU when the trainer runs on one
 
 
 _pulls: dict[int, Future] = {}
