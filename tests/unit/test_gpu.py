@@ -299,3 +299,33 @@ def test_collective_ops_in_a_program_on_gpu():
         collective.destroy_group(0)
         group.close()
         store.close()
+
+
+def test_host_backends_take_gpu_arrays():
+    """A host backend (here the local one, 3 thread-ranks) given cupy arrays copies them
+    down and the results back up: all_reduce in place, all_gather as a list, broadcast,
+    reduce_scatter."""
+    import cupy
+
+    def body(backend):
+        r = backend.rank
+        x = cupy.full((4, 2), r + 1, dtype=cupy.float32)
+        summed = backend.all_reduce(x)
+        gathered = backend.all_gather(cupy.arange(r + 1, dtype=cupy.int64))
+        bcast = backend.broadcast(cupy.full(3, r, dtype=cupy.float64), root=2)
+        block = backend.reduce_scatter(cupy.ones((6, 2), dtype=cupy.float32))
+        return summed is x, summed, gathered, bcast, block
+
+    group = collective.LocalGroup(3, timeout=20)
+    try:
+        results = group.run(body)
+    finally:
+        for b in group.backends:
+            b.close()
+    for in_place, summed, gathered, bcast, block in results:
+        assert in_place and isinstance(summed, cupy.ndarray)
+        np.testing.assert_array_equal(cupy.asnumpy(summed), np.full((4, 2), 6, np.float32))
+        assert all(isinstance(g, cupy.ndarray) for g in gathered)
+        assert [cupy.asnumpy(g).tolist() for g in gathered] == [[0], [0, 1], [0, 1, 2]]
+        np.testing.assert_array_equal(cupy.asnumpy(bcast), np.full(3, 2.0))
+        assert isinstance(block, cupy.ndarray) and cupy.asnumpy(block).tolist() == [[3.0, 3.0]] * 2

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.backend import get_array_module, to_numpy
 from ..errors import (CollectiveError, CollectiveMismatchError, CollectiveTimeoutError,
                       InvalidArgumentError, NotFoundError)
 from .constants import REDUCE_OPS, WAIT_GRACE_S, default_timeout
@@ -95,6 +96,10 @@ class Backend(abc.ABC):
 
     #: Registry name of the backend class.
     name: str = ""
+    #: Whether the backend moves GPU (cupy) arrays itself.  A host backend given a GPU
+    #: array copies it down for the transfer and the result back up (``_on_host``), so
+    #: tcp, mpi and local groups also serve trainers on CUDAPlace.
+    device_arrays: bool = False
 
     def __init__(self, rank: int, world_size: int, timeout: float | None = None):
         if world_size < 1 or not 0 <= rank < world_size:
@@ -171,25 +176,27 @@ class Backend(abc.ABC):
         """Start ``all_reduce``; ``wait()`` on the handle returns its result."""
         op = _check_op(op)
         self._validate(array, "all_reduce", op)
-        return self._submit("all_reduce", lambda d: self._all_reduce(array, op, d), timeout)
+        return self._submit("all_reduce", self._on_host(array, lambda a, d: self._all_reduce(a, op, d)), timeout)
 
     def all_gather_async(self, array: Any, timeout: float | None = None) -> Work:
         """Start ``all_gather``; ``wait()`` returns the list of arrays."""
         self._validate(array, "all_gather")
-        return self._submit("all_gather", lambda d: self._all_gather(array, d), timeout)
+        return self._submit("all_gather", self._on_host(array, self._all_gather), timeout)
 
     def broadcast_async(self, array: Any, root: int = 0, timeout: float | None = None) -> Work:
         """Start ``broadcast``; ``wait()`` returns the broadcast array."""
         self._validate(array, "broadcast")
         if not 0 <= root < self._world_size:
             raise InvalidArgumentError(f"broadcast root {root} outside 0..{self._world_size - 1}")
-        return self._submit("broadcast", lambda d: self._broadcast(array, int(root), d), timeout)
+        return self._submit("broadcast", self._on_host(array, lambda a, d: self._broadcast(a, int(root), d)),
+                            timeout)
 
     def reduce_scatter_async(self, array: Any, op: str = "sum", timeout: float | None = None) -> Work:
         """Start ``reduce_scatter``; ``wait()`` returns this rank's block."""
         op = _check_op(op)
         self._validate(array, "reduce_scatter", op)
-        return self._submit("reduce_scatter", lambda d: self._reduce_scatter(array, op, d), timeout)
+        return self._submit("reduce_scatter", self._on_host(array, lambda a, d: self._reduce_scatter(a, op, d)),
+                            timeout)
 
     def barrier_async(self, timeout: float | None = None) -> Work:
         """Start ``barrier``; ``wait()`` returns None once all ranks arrived."""
@@ -237,6 +244,25 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def _barrier(self, deadline: Deadline) -> None:
         """Run on the op thread.  See ``barrier``."""
+
+    def _on_host(self, array: Any, run: Callable[[Any, Deadline], Any]) -> Callable[[Deadline], Any]:
+        """``run(array, deadline)`` for the op thread.  A GPU array given to a host backend
+        is copied down, and the result copied back to the GPU: into ``array`` itself when
+        shape and dtype allow (the in-place contract), a list element-wise (all_gather)."""
+        xp = get_array_module(array)
+        if xp is np or self.device_arrays:
+            return lambda d: run(array, d)
+
+        def staged(deadline: Deadline) -> Any:
+            result = run(to_numpy(array), deadline)
+            with array.device:  # the op thread's current device may be another one
+                if isinstance(result, list):
+                    return [xp.asarray(r) for r in result]
+                if result.shape == array.shape and result.dtype == array.dtype:
+                    array[...] = xp.asarray(result)
+                    return array
+                return xp.asarray(result)
+        return staged
 
     def _validate(self, array: Any, coll: str, op: str = "") -> None:
         """Reject, at call time, arrays this backend cannot move (extend in subclasses)."""

@@ -58,6 +58,7 @@ class NcclBackend(Backend):
     """
 
     name = "nccl"
+    device_arrays = True
 
     def __init__(self, rank: int | None = None, world_size: int | None = None, *,
                  store: Store | None = None, device: int | None = None,
