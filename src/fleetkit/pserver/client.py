@@ -4,7 +4,14 @@ One :class:`RPCClient` per process (``get_client``), thread-safe, one channel pe
 endpoint.  Calls that touch several pservers run concurrently; every call has a
 deadline; UNAVAILABLE is retried with jittered exponential backoff until a total
 retry window passes, so a pserver restart is ridden out.  Failures become fleetkit
-errors (``rpc.map_rpc_error``) naming the endpoint and the variable.
+errors (``rpc.map_status``) naming the endpoint and the variable.
+
+Values of at least ``ClientOptions.bulk_threshold_bytes`` (sends: the value's size;
+gets and prefetches: the size of that variable's previous reply) travel on the
+pserver's bulk channel (``bulk.py``: raw TCP, the port asked over gRPC) when TLS is
+off, the pserver offers one, and ``bulk`` / ``FLEETKIT_PS_BULK`` do not turn it off;
+everything else, and everything under TLS, uses gRPC.  Both transports share the
+deadline, the retry with backoff and the error mapping.
 
 Values returned by ``get_vars``/``prefetch`` are writable numpy arrays (or LoDTensor /
 SelectedRows) owned by the caller.
@@ -24,7 +31,7 @@ import numpy as np
 
 from ..core.scope import LoDTensor, SelectedRows
 from ..errors import InvalidArgumentError, RPCRequestError, ServerNotReadyError
-from . import codec, rpc
+from . import bulk, codec, rpc
 
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
 
@@ -42,6 +49,10 @@ class ClientOptions:
     tls_ca_path: str | None = None     #: PEM root certificate: use TLS channels
     tls_server_name: str | None = None  #: override the name checked in the server's certificate
     max_concurrency: int = 16
+    #: send / fetch values of at least this many payload bytes on the bulk channel
+    #: (0: every call; used by tests)
+    bulk_threshold_bytes: int = 256 << 10
+    bulk: bool | None = None           #: None: FLEETKIT_PS_BULK from the environment (default on)
 
 
 class RPCClient:
@@ -51,7 +62,13 @@ class RPCClient:
         self.trainer_id = int(trainer_id)
         self.options = options or ClientOptions()
         token = rpc.auth_token(self.options.auth_token)
+        self._token = token
         self._metadata = ((rpc.AUTH_METADATA_KEY, token),) if token else ()
+        # raw TCP carries no TLS: with TLS channels every tensor stays on gRPC
+        self.bulk_on = rpc.bulk_enabled(self.options.bulk) and not self.options.tls_ca_path
+        self._bulk = bulk.BulkPool(max_idle=self.options.max_concurrency)
+        self._bulk_ports: dict[str, int] = {}            # endpoint -> advertised port (0: none)
+        self._reply_bytes: dict[tuple[str, str, str], int] = {}   # last reply size per call kind
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, str], Callable] = {}
@@ -62,6 +79,8 @@ class RPCClient:
         #: replies carried: what a trainer pulls (tests, benchmarks)
         self.fetched: Counter[tuple[str, str]] = Counter()
         self.fetched_bytes: Counter[tuple[str, str]] = Counter()
+        #: ("bulk" | "grpc", method) -> calls that succeeded on that transport
+        self.transport: Counter[tuple[str, str]] = Counter()
         self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="fk-rpc")
 
     # ---------------------------------------------------------------- plumbing
@@ -84,31 +103,102 @@ class RPCClient:
             self._stubs[key] = stub
         return stub
 
-    def _call(self, endpoint: str, method: str, env: codec.Envelope, varname: str | None) -> Any:
-        """One unary call with deadline and retry on UNAVAILABLE within the retry window."""
+    def _call(self, endpoint: str, method: str, env: codec.Envelope, varname: str | None,
+              use_bulk: bool = False) -> Any:
+        """One call with deadline and retry on UNAVAILABLE within the retry window, on gRPC
+        or (``use_bulk``) the bulk channel.  A bulk call returns ``bulk.NO_BULK`` when the
+        pserver serves no bulk port (the caller then uses gRPC)."""
         o = self.options
         give_up = time.monotonic() + o.retry_window_s
         delay, attempts = o.backoff_initial_s, 0
-        stub = self._stub(endpoint, method)
         while True:
             attempts += 1
             try:
-                return stub(env, timeout=o.deadline_s, metadata=self._metadata)
+                if use_bulk:
+                    return self._bulk_once(endpoint, method, env)
+                out = self._stub(endpoint, method)(env, timeout=o.deadline_s, metadata=self._metadata)
+                self._counted("grpc", method)
+                return out
             except grpc.RpcError as e:
-                now = time.monotonic()
-                if rpc.is_retryable(e) and now + delay < give_up:
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, o.backoff_max_s)
-                    continue
-                note = (f" (gave up after {attempts} attempts over {o.retry_window_s:.0f} s retry window)"
-                        if rpc.is_retryable(e) else "")
-                raise rpc.map_rpc_error(e, endpoint, varname, method, note) from None
+                code, details, missing = rpc.grpc_status(e)
+            except bulk.BulkStatus as e:
+                code, details, missing = e.code, e.details, e.missing
+                if code == "UNAVAILABLE":   # restarted pservers get a new bulk port: ask again
+                    self._forget_bulk(endpoint)
+            if code == "UNAVAILABLE" and time.monotonic() + delay < give_up:
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, o.backoff_max_s)
+                continue
+            note = (f" (gave up after {attempts} attempts over {o.retry_window_s:.0f} s retry window)"
+                    if code == "UNAVAILABLE" else "")
+            raise rpc.map_status(code, details, missing, endpoint, varname, method, note) from None
 
-    def _call_value(self, endpoint: str, method: str, env: codec.Envelope, varname: str) -> Any:
+    def _counted(self, transport: str, method: str) -> None:
+        with self._lock:
+            self.transport[transport, method] += 1
+
+    # ----------------------------------------------------------- bulk channel
+    def _wants_bulk(self, endpoint: str, method: str, varname: str, nbytes: int) -> bool:
+        """Whether a call goes on the bulk channel: its payload, or its variable's last
+        reply, is at least the threshold."""
+        if not self.bulk_on:
+            return False
+        thr = self.options.bulk_threshold_bytes
+        return nbytes >= thr or self._reply_bytes.get((endpoint, method, varname), -1) >= thr
+
+    def _bulk_port(self, endpoint: str) -> int:
+        """The pserver's advertised bulk port (0: none), asked once per (re)start.  Raises
+        grpc.RpcError only for UNAVAILABLE (the caller's retry loop waits for the pserver);
+        any other answer (an older pserver: NOT_FOUND) means no bulk channel."""
+        port = self._bulk_ports.get(endpoint)
+        if port is not None:
+            return port
+        env = codec.control(rpc.BULK_PORT + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
+        try:
+            out = self._stub(endpoint, "GetVariableNoBarrier")(env, timeout=self.options.deadline_s,
+                                                               metadata=self._metadata)
+            port = int(np.asarray(codec.decode(out)).reshape(-1)[0])
+        except grpc.RpcError as e:
+            if rpc.is_retryable(e):
+                raise
+            port = 0
+        except Exception:  # noqa: BLE001 - an odd answer: stay on gRPC
+            port = 0
+        self._bulk_ports[endpoint] = port
+        return port
+
+    def _forget_bulk(self, endpoint: str) -> None:
+        port = self._bulk_ports.pop(endpoint, None)
+        if port:
+            self._bulk.forget(bulk.split_host(endpoint), port)
+
+    def _bulk_once(self, endpoint: str, method: str, env: codec.Envelope) -> Any:
+        port = self._bulk_port(endpoint)
+        if not port:
+            return bulk.NO_BULK
+        out = self._bulk.call(bulk.split_host(endpoint), port, method, env, self._token, self.options.deadline_s)
+        self._counted("bulk", method)
+        return out
+
+    def _call_auto(self, endpoint: str, method: str, env: codec.Envelope, varname: str,
+                   nbytes: int = 0) -> Any:
+        """A call whose request fits one gRPC message: on the bulk channel if wanted and
+        offered, else gRPC."""
+        if self._wants_bulk(endpoint, method, varname, nbytes):
+            out = self._call(endpoint, method, env, varname, use_bulk=True)
+            if out is not bulk.NO_BULK:
+                return out
+        return self._call(endpoint, method, env, varname)
+
+    def _call_value(self, endpoint: str, method: str, env: codec.Envelope, varname: str,
+                    nbytes: int = 0) -> Any:
         """A call whose response is a value, fetching the remaining chunks of a big one
-        (from the start again, once, if the pserver lost the transfer, e.g. restarted)."""
+        (from the start again, once, if the pserver lost the transfer, e.g. restarted).
+        Bulk replies come whole, in a buffer of their own."""
+        key = (endpoint, method, varname)
         for attempt in (1, 2):
-            first = self._call(endpoint, method, env, varname)
+            first = self._call_auto(endpoint, method, env, varname, nbytes)
+            self._reply_bytes[key] = sum(codec.payload_nbytes(first.header))
             count = first.header.chunk_count
             if count <= 1:
                 return _owned(codec.decode(first))
@@ -146,8 +236,14 @@ class RPCClient:
         """Send (endpoint, name, value) triples concurrently (grads; large ones chunked)."""
         def job(ep: str, name: str, value: Any) -> Callable[[], None]:
             def run() -> None:
-                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes,
-                                    round=self._rounds.get(ep, 0))
+                r = self._rounds.get(ep, 0)
+                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r)
+                nbytes = sum(memoryview(e.rows).nbytes + memoryview(e.data).nbytes for e in envs)
+                if self._wants_bulk(ep, "SendVariable", name, nbytes):
+                    whole = envs[0] if len(envs) == 1 else codec.encode(
+                        name, value, self.trainer_id, _UNLIMITED, round=r)[0]
+                    if self._call(ep, "SendVariable", whole, name, use_bulk=True) is not bulk.NO_BULK:
+                        return
                 for env in envs:
                     self._call(ep, "SendVariable", env, name)
             return run
@@ -176,7 +272,7 @@ class RPCClient:
         def job(ep: str, table: str, ids: np.ndarray) -> Callable[[], Any]:
             env = codec.encode(table, ids, self.trainer_id, self.options.max_message_bytes,
                                table_name=table, out_varname=table)[0]
-            return lambda: self._call_value(ep, "PrefetchVariable", env, table)
+            return lambda: self._call_value(ep, "PrefetchVariable", env, table, 8 * len(ids))
 
         items = list(items)
         jobs, owner = [], []
@@ -204,8 +300,8 @@ class RPCClient:
         def job(ep: str) -> Callable[[], None]:
             def run() -> None:
                 r = self._rounds.get(ep, 0)
-                self._call(ep, "SendVariable", codec.control(rpc.BATCH_BARRIER, self.trainer_id, round=r),
-                           rpc.BATCH_BARRIER)
+                self._call_auto(ep, "SendVariable", codec.control(rpc.BATCH_BARRIER, self.trainer_id, round=r),
+                                rpc.BATCH_BARRIER)
                 self._rounds[ep] = r + 1
             return run
         self._run_all([job(ep) for ep in _unique(endpoints)])
@@ -213,8 +309,8 @@ class RPCClient:
     def fetch_barrier(self, endpoints: Sequence[str]) -> None:
         """Tell each pserver this trainer fetched its params (waits for the round's update)."""
         self._run_all([
-            (lambda ep=ep: self._call(ep, "GetVariable", codec.control(rpc.FETCH_BARRIER, self.trainer_id),
-                                      rpc.FETCH_BARRIER))
+            (lambda ep=ep: self._call_auto(ep, "GetVariable", codec.control(rpc.FETCH_BARRIER, self.trainer_id),
+                                           rpc.FETCH_BARRIER))
             for ep in _unique(endpoints)])
 
     def send_complete(self, endpoints: Sequence[str] | None = None) -> None:
@@ -250,7 +346,11 @@ class RPCClient:
                 ch.close()
             self._channels.clear()
             self._stubs.clear()
+        self._bulk.close()
         self._pool.shutdown(wait=False)
+
+
+_UNLIMITED = 1 << 62   # max_bytes of a value sent whole on the bulk channel
 
 
 def _unique(endpoints: Iterable[str]) -> list[str]:

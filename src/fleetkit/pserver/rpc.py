@@ -31,6 +31,11 @@ SAVE_CHECKPOINT = "SAVE@CHECKPOINTNOTIFY"
 LOAD_CHECKPOINT = "LOAD@CHECKPOINTNOTIFY"
 #: GetVariableNoBarrier of this name returns int64 [touched rows, bytes] of the sparse tables
 SPARSE_MEMORY = "@SPARSE_MEMORY@"
+#: GetVariableNoBarrier of this name returns int64 [port] of the pserver's bulk channel
+#: (``bulk.py``; 0: none, e.g. under TLS).  Older pservers answer NOT_FOUND: no bulk.
+BULK_PORT = "@BULK_PORT@"
+#: set to 0 / false / off to keep every tensor on gRPC (client and server)
+BULK_ENV = "FLEETKIT_PS_BULK"
 
 AUTH_METADATA_KEY = "x-fleetkit-auth-token"
 #: trailing metadata of an ABORTED barrier failure: comma-separated missing trainer ids
@@ -53,6 +58,14 @@ def deserialize(raw: bytes) -> codec.Envelope:
 
 def void_deserialize(raw: bytes) -> bytes:
     return raw   # gRPC takes a None result as a failed deserialization
+
+
+def bulk_enabled(explicit: bool | None = None) -> bool:
+    """Whether the bulk channel may be used: ``explicit`` if given, else ``FLEETKIT_PS_BULK``
+    (default on)."""
+    if explicit is not None:
+        return bool(explicit)
+    return os.environ.get(BULK_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
 def auth_token(explicit: str | None = None) -> str:
@@ -93,11 +106,12 @@ def server_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def _status_text(err: grpc.RpcError) -> tuple[str, str]:
+def grpc_status(err: grpc.RpcError) -> tuple[str, str, tuple[int, ...] | None]:
+    """(status code name, details, missing trainer ids of a barrier failure or None)."""
     code = err.code() if hasattr(err, "code") else None
     name = code.name if code is not None else "UNKNOWN"
     details = err.details() if hasattr(err, "details") else str(err)
-    return name, details or ""
+    return name, details or "", _missing_trainers(err)
 
 
 def _missing_trainers(err: grpc.RpcError) -> tuple[int, ...] | None:
@@ -107,19 +121,29 @@ def _missing_trainers(err: grpc.RpcError) -> tuple[int, ...] | None:
         return None
     for key, value in md:
         if key == MISSING_TRAINERS_KEY:
-            return tuple(int(x) for x in str(value).split(",") if x)
+            return parse_missing(value)
     return None
+
+
+def parse_missing(value: Any) -> tuple[int, ...]:
+    """Trainer ids from the comma-separated MISSING_TRAINERS_KEY value."""
+    return tuple(int(x) for x in str(value).split(",") if x)
 
 
 def map_rpc_error(err: grpc.RpcError, endpoint: str, varname: str | None, method: str,
                   note: str = "") -> RPCError:
-    """The fleetkit error for a failed call (retryable: unavailable, deadline; permanent:
-    bad request, auth, server-side failure, barrier timeout), naming endpoint and var."""
-    code, details = _status_text(err)
+    """The fleetkit error for a failed gRPC call (see ``map_status``)."""
+    return map_status(*grpc_status(err), endpoint, varname, method, note)
+
+
+def map_status(code: str, details: str, missing: tuple[int, ...] | None, endpoint: str,
+               varname: str | None, method: str, note: str = "") -> RPCError:
+    """The fleetkit error for a failed call, gRPC or bulk channel (retryable: unavailable,
+    deadline; permanent: bad request, auth, server-side failure, barrier timeout), naming
+    endpoint and var."""
     about = f" for '{varname}'" if varname else ""
     msg = f"{method}{about} to pserver {endpoint} failed: {code}: {details}{note}"
     kw = dict(endpoint=endpoint, varname=varname, code=code)
-    missing = _missing_trainers(err)
     if code == "UNAVAILABLE":
         return PServerUnavailableError(msg, **kw)
     if code == "DEADLINE_EXCEEDED":
@@ -136,4 +160,4 @@ def map_rpc_error(err: grpc.RpcError, endpoint: str, varname: str | None, method
 
 def is_retryable(err: grpc.RpcError) -> bool:
     """Whether a failed call is worth repeating (the pserver may be restarting)."""
-    return _status_text(err)[0] == "UNAVAILABLE"
+    return grpc_status(err)[0] == "UNAVAILABLE"

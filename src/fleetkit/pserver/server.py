@@ -2,7 +2,9 @@
 
 ``ParameterServer(endpoint, handler, num_trainers, sync_mode, options)`` serves
 SendRecvService.  Sync mode runs rounds (``rounds.SyncRounds``); async mode applies
-each gradient on arrival.  Every bad request (unknown var, wrong dtype/shape,
+each gradient on arrival.  Large tensors may instead arrive on the bulk channel
+(``bulk.py``: raw TCP on a second port, advertised over gRPC, off under TLS), whose
+frames go to the same methods below, so both transports behave identically.  Every bad request (unknown var, wrong dtype/shape,
 truncated payload, bad trainer id, missing or wrong auth token) gets a gRPC error
 with a clear message and the server keeps serving.  Checkpoints (``handler.state()``)
 are written atomically on CheckpointNotify and every ``checkpoint_every_s`` seconds;
@@ -27,7 +29,7 @@ import numpy as np
 
 from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError, PServerError,
                       RPCError)
-from . import checkpoint, codec, rpc
+from . import bulk, checkpoint, codec, rpc
 from .rounds import SyncRounds
 
 __all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
@@ -86,6 +88,11 @@ class ServerOptions:
     #: trainer plus headroom always leaves a thread for the barrier that frees them.
     max_workers: int | None = None
     exit_when_complete: bool = True      #: wait() returns once every trainer sent COMPLETE
+    #: serve the bulk channel (raw TCP for large tensors) on a second port; None:
+    #: FLEETKIT_PS_BULK from the environment (default on).  Never under TLS.
+    bulk: bool | None = None
+    bulk_io_timeout: float = 120.0       #: seconds a started bulk frame may take to arrive / leave
+    bulk_max_bytes: int = 8 << 30        #: largest payload one bulk frame may announce
 
 
 class _AuthFailure(Exception):
@@ -121,6 +128,8 @@ class ParameterServer:
         self._done = threading.Event()
         self._stop_flag = threading.Event()
         self._server: grpc.Server | None = None
+        self._bulk: bulk.BulkServer | None = None
+        self.bulk_port = 0                       # 0: no bulk channel
         self._ckpt_thread: threading.Thread | None = None
         self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
                                  self._apply, endpoint) if self.sync_mode else None
@@ -158,11 +167,25 @@ class ParameterServer:
             self.rounds._endpoint = self.endpoint
         server.start()
         self._server = server
+        self._start_bulk()
         if o.checkpoint_dir and o.checkpoint_every_s:
             self._ckpt_thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                                  name="fk-pserver-ckpt")
             self._ckpt_thread.start()
         return port
+
+    def _start_bulk(self) -> None:
+        o = self.options
+        if not rpc.bulk_enabled(o.bulk) or (o.tls_cert_path and o.tls_key_path):
+            return   # raw TCP has no TLS: under TLS every tensor stays on the gRPC channel
+        srv = bulk.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
+                              name=self.endpoint)
+        try:
+            self.bulk_port = srv.start()
+        except OSError as e:   # serve anyway: clients fall back to gRPC
+            log.warning("pserver %s: no bulk channel (%s); tensors go over gRPC", self.endpoint, e)
+            return
+        self._bulk = srv
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE;
@@ -193,6 +216,8 @@ class ParameterServer:
                 log.exception("pserver %s: final checkpoint failed", self.endpoint)
         if self.rounds is not None:
             self.rounds.stop()
+        if self._bulk is not None:
+            self._bulk.stop()
         if self._server is not None:
             self._server.stop(grace).wait(grace + 5)
 
@@ -231,14 +256,16 @@ class ParameterServer:
         with self._hlock:
             self.handler.apply(grads)
 
-    def _generic_handler(self) -> grpc.GenericRpcHandler:
-        impl: dict[str, Callable] = {
+    def _methods(self) -> dict[str, Callable]:
+        return {
             "SendVariable": self._send, "GetVariable": self._get,
             "GetVariableNoBarrier": self._get_no_barrier, "PrefetchVariable": self._prefetch,
             "CheckpointNotify": self._notify,
         }
+
+    def _generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
-        for name, fn in impl.items():
+        for name, fn in self._methods().items():
             void = name in rpc.VOID_METHODS
             handlers[name] = grpc.unary_unary_rpc_method_handler(
                 self._wrap(name, fn), request_deserializer=_lenient_deserialize,
@@ -280,13 +307,54 @@ class ParameterServer:
         return grpc.StatusCode.INTERNAL, where + f"{type(e).__name__}: {e}", ()
 
     def _check_auth(self, context: grpc.ServicerContext) -> None:
+        if self._token:
+            md = context.invocation_metadata() or ()
+            sent = next((v for k, v in md if k == rpc.AUTH_METADATA_KEY), None)
+            self._check_token(None if sent is None else str(sent).encode())
+
+    def _check_token(self, sent: bytes | None) -> None:
         if not self._token:
             return
-        sent = next((v for k, v in (context.invocation_metadata() or ()) if k == rpc.AUTH_METADATA_KEY), None)
         if sent is None:
             raise _AuthFailure("missing auth token: this pserver requires FLEETKIT_AUTH_TOKEN")
-        if not hmac.compare_digest(str(sent).encode(), self._token):
+        if not hmac.compare_digest(sent, self._token):
             raise _AuthFailure("wrong auth token (FLEETKIT_AUTH_TOKEN differs from the pserver's)")
+
+    # ------------------------------------------------ bulk channel (bulk.BulkTarget)
+    def _bulk_status(self, e: Exception, method: str, request: Any) -> tuple[int, str, str]:
+        code, details, md = self._status_for(e, method, request)
+        missing = next((str(v) for k, v in md if k == rpc.MISSING_TRAINERS_KEY), "")
+        return code.value[0], details, missing
+
+    def bulk_auth(self, method: str, token: bytes | None) -> tuple[int, str, str] | None:
+        """None if a bulk frame's token is accepted, else its error status."""
+        try:
+            self._check_token(token)
+        except Exception as e:  # noqa: BLE001 - becomes the reply's status
+            return self._bulk_status(e, method, None)
+        return None
+
+    def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
+                  alloc: Callable[[int], np.ndarray]) -> tuple[int, str, str, codec.Envelope | None]:
+        """Serve one bulk frame with the gRPC path's methods: (status, details, missing
+        trainers, reply envelope or None)."""
+        request: Any = None
+        try:
+            request = _lenient_deserialize(header)
+            if isinstance(request, Exception):
+                raise request
+            if memoryview(request.rows).nbytes or memoryview(request.data).nbytes:
+                raise InvalidArgumentError("malformed request: payload inside the bulk frame's header")
+            request.rows, request.data = rows, data
+            self._check_trainer(request)
+            fn = self._methods()[method]
+            if method in rpc.VOID_METHODS:
+                fn(request)
+                return 0, "", "", None
+            out = fn(request, alloc=alloc)
+            return 0, "", "", codec.from_bytes(out) if isinstance(out, bytes) else out
+        except Exception as e:  # noqa: BLE001 - every failure becomes a status
+            return (*self._bulk_status(e, method, request), None)
 
     def _check_trainer(self, env: codec.Envelope) -> None:
         t = env.header.trainer_id
@@ -326,9 +394,12 @@ class ParameterServer:
             self._apply({name: value})
         return None
 
-    def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]]) -> bytes:
+    def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]],
+                 alloc: Callable[[int], np.ndarray] | None = None) -> bytes | codec.Envelope:
         """Serialize a value response.  A chunked one is cached under a fresh transfer id
-        (carried by every chunk) and served chunk by chunk to requests echoing that id."""
+        (carried by every chunk) and served chunk by chunk to requests echoing that id.
+        With ``alloc`` (bulk channel) the reply is one whole envelope whose payload is a
+        snapshot copied into ``alloc``'s buffer."""
         h = request.header
         if h.chunk_index > 0:
             with self._asm_lock:
@@ -342,6 +413,8 @@ class ParameterServer:
                 return blob
         with self._hlock:   # serialize under the lock: no torn reads of a param being updated
             envs = make()
+            if alloc is not None:
+                return bulk.whole_copy(envs, alloc)
             if len(envs) > 1:
                 with self._asm_lock:
                     self._next_transfer += 1
@@ -356,23 +429,26 @@ class ParameterServer:
                     del self._big[next(iter(self._big))]
         return blobs[0]
 
-    def _get(self, env: codec.Envelope) -> bytes:
+    # ``alloc``: the bulk channel's reply buffer (see _respond); None on gRPC
+    def _get(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
         h = env.header
         if self.rounds is not None and h.chunk_index == 0:
             self.rounds.wait_applied(h.trainer_id)
         if h.varname == rpc.FETCH_BARRIER:
             return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)))
+        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)), alloc)
 
-    def _get_no_barrier(self, env: codec.Envelope) -> bytes:
+    def _get_no_barrier(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
         h = env.header
         name = h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX)
         if name == rpc.SPARSE_MEMORY:
             rows, nbytes = self.sparse_memory(h.table_name)   # under the handler lock
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
-        return self._respond(env, lambda: self._encode(name, self.handler.get(name)))
+        if name == rpc.BULK_PORT:
+            return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
+        return self._respond(env, lambda: self._encode(name, self.handler.get(name)), alloc)
 
-    def _prefetch(self, env: codec.Envelope) -> bytes:
+    def _prefetch(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
         h = env.header
         table = h.table_name or h.varname
         if h.chunk_index > 0:
@@ -381,7 +457,7 @@ class ParameterServer:
         if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
             raise InvalidArgumentError(f"prefetch of table '{table}' needs an integer id tensor")
         out = h.out_varname or table
-        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)))
+        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)), alloc)
 
     def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
         return codec.encode(name, value, max_bytes=self.options.max_message_bytes)

@@ -1,0 +1,420 @@
+"""The bulk channel: large tensors over a plain TCP connection beside the gRPC port.
+
+Python gRPC moves a 4 MiB message at well under half of what a loopback socket
+moves (its own copies and per-message work), so values above a threshold travel
+on a raw TCP connection instead.  The pserver listens on a second port (same host,
+chosen by the OS) and tells clients which over gRPC (``rpc.BULK_PORT``); it serves
+no bulk port under TLS.  The framing carries the same ``VariableMessage`` header
+as gRPC (``codec``), and the server dispatches a frame to the same handler methods
+as the gRPC service, so validation, auth, barriers and error texts are identical.
+
+Wire format (little-endian).  Request::
+
+    "FKB1" | method u8 | flags u8 | token len u16 | header len u32 | rows len u64 | data len u64
+    token | VariableMessage header (no payload fields) | rows bytes | tensor bytes
+
+Reply::
+
+    "FKR1" | status u8 | flags u8 | 0 u16 | header len u32 | rows len u64 | data len u64
+    status 0: VariableMessage header | rows bytes | tensor bytes (all empty for void methods)
+    else:     details (utf-8)        | missing trainer ids ("1,3", barrier failures) | -
+
+``status`` is the gRPC status code number; reply flag 1 says the server closes the
+connection after this reply (a frame it could not read to its end).  A connection
+carries one call at a time; clients keep a few idle ones per endpoint.  Payloads are
+received with ``recv_into`` straight into a fresh ``np.empty`` buffer and sent with
+``sendmsg`` of memoryviews (header and payload never concatenated).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+import grpc
+import numpy as np
+
+from . import codec, rpc
+
+__all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host", "whole_copy"]
+log = logging.getLogger(__name__)
+
+REQ_MAGIC, REPLY_MAGIC = b"FKB1", b"FKR1"
+_FRAME = struct.Struct("<4sBBHIQQ")
+METHOD_CODE = {m: i + 1 for i, m in enumerate(rpc.METHODS)}
+METHOD_NAME = {i: m for m, i in METHOD_CODE.items()}
+STATUS_NAME = {c.value[0]: c.name for c in grpc.StatusCode}
+FLAG_CLOSING = 1
+MAX_HEADER = rpc.HEADER_SLACK + (60 << 20)   # dims + LoD of a huge LoDTensor still fit
+_DRAIN = 1 << 20
+#: returned by a client call when the pserver serves no bulk port (use gRPC)
+NO_BULK = object()
+
+
+class BulkStatus(Exception):
+    """A bulk call failed with a gRPC status (a reply, or UNAVAILABLE / DEADLINE_EXCEEDED
+    from the connection); ``rpc.map_status`` turns it into the fleetkit error."""
+
+    def __init__(self, code: str, details: str, missing: tuple[int, ...] | None = None,
+                 keep: bool = False) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code, self.details, self.missing = code, details, missing
+        self.keep = keep   #: the connection is still in sync (an error reply the server sent)
+
+
+def split_host(endpoint: str) -> str:
+    """The host of ``host:port`` ('[::1]:6174' -> '::1')."""
+    host = endpoint.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _tune(sock: socket.socket) -> None:
+    # no Nagle delay for the small reply/header segments; the kernel autotunes the
+    # buffers up to tcp_[rw]mem (setting SO_*BUF would pin them, often lower)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# ------------------------------------------------------------------ raw I/O
+def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
+    """Fill ``view`` from ``sock``; ConnectionError on EOF, socket.timeout past ``deadline``."""
+    got, n = 0, view.nbytes
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            sock.settimeout(left)
+        k = sock.recv_into(view[got:], n - got)
+        if not k:
+            raise ConnectionError(f"connection closed after {got} of {n} bytes")
+        got += k
+
+
+def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | None) -> None:
+    """Send bytes-like ``parts`` in order with gathered writes (no concatenation)."""
+    views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    while views:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("timed out")
+            sock.settimeout(left)
+        sent = sock.sendmsg(views[:512])
+        while sent:
+            if sent >= views[0].nbytes:
+                sent -= views[0].nbytes
+                views.pop(0)
+            else:
+                views[0], sent = views[0][sent:], 0
+
+
+def _payload_parts(env: codec.Envelope) -> tuple[bytes, Any, Any]:
+    header = env.header.SerializeToString()
+    return header, env.rows, env.data
+
+
+# ------------------------------------------------------------------ server
+def whole_copy(envs: list[codec.Envelope], alloc: Callable[[int], np.ndarray]) -> codec.Envelope:
+    """One unchunked envelope of ``envs``' value, its payload (rows bytes, then tensor
+    bytes: the chunks are consecutive slices of that stream) copied into ``alloc(n)``."""
+    rows = [memoryview(e.rows).cast("B") for e in envs]
+    data = [memoryview(e.data).cast("B") for e in envs]
+    nrows = sum(v.nbytes for v in rows)
+    ndata = sum(v.nbytes for v in data)
+    buf = alloc(nrows + ndata)
+    pos = 0
+    for v in rows + data:
+        if v.nbytes:
+            buf[pos:pos + v.nbytes] = np.frombuffer(v, np.uint8)
+            pos += v.nbytes
+    header = type(envs[0].header)()
+    header.CopyFrom(envs[0].header)
+    for f in ("chunk_index", "chunk_count", "transfer_id"):
+        header.ClearField(f)
+    return codec.Envelope(header, memoryview(buf[:nrows]) if nrows else b"",
+                          memoryview(buf[nrows:]) if ndata else b"")
+
+
+class BulkTarget(Protocol):
+    """What the bulk server calls (implemented by ``ParameterServer``)."""
+
+    def bulk_auth(self, method: str, token: bytes | None) -> tuple[int, str, str] | None:
+        """None if the token is accepted, else the error status (code, details, missing)."""
+
+    def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
+                  alloc: Callable[[int], np.ndarray]) -> tuple[int, str, str, codec.Envelope | None]:
+        """(status, details, missing, reply envelope or None for void)."""
+
+
+class _Scratch:
+    """A per-connection reply buffer (snapshots of served values), reused between calls."""
+
+    KEEP = 256 << 20
+
+    def __init__(self) -> None:
+        self.buf: np.ndarray | None = None
+
+    def __call__(self, n: int) -> np.ndarray:
+        if self.buf is None or self.buf.nbytes < n:
+            self.buf = np.empty(n, np.uint8)
+        return self.buf[:n]
+
+    def trim(self) -> None:
+        if self.buf is not None and self.buf.nbytes > self.KEEP:
+            self.buf = None
+
+
+class BulkServer:
+    """Accepts bulk connections on ``host`` (port chosen by the OS), a thread each."""
+
+    def __init__(self, host: str, target: BulkTarget, max_payload: int, io_timeout: float,
+                 name: str = "", max_connections: int = 4096) -> None:
+        self.host, self.target, self.name = host, target, name
+        self.max_payload, self.io_timeout = int(max_payload), float(io_timeout)
+        self.max_connections = max_connections
+        self.port = 0
+        self.frames = 0                      #: frames served (tests, stats)
+        self._sock: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Bind and start accepting; returns the port."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        host = "" if self.host in ("0.0.0.0", "::", "") else self.host
+        sock = socket.create_server((host, 0), family=family, backlog=128)
+        sock.settimeout(0.5)   # the accept loop notices stop() within this
+        self._sock, self.port = sock, sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="fk-bulk-accept")
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection (blocked reads return)."""
+        self._stop.set()
+        if self._sock is not None:
+            self._sock.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return   # closed by stop()
+            with self._lock:
+                if len(self._conns) >= self.max_connections:
+                    log.warning("bulk %s: %d connections, refusing another", self.name, len(self._conns))
+                    conn.close()
+                    continue
+                self._conns.add(conn)
+            _tune(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fk-bulk-conn").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        scratch = _Scratch()
+        try:
+            while not self._stop.is_set() and self._serve_one(conn, scratch):
+                scratch.trim()
+        except (OSError, ConnectionError) as e:
+            # peer went away (mid-frame too), or a read stalled past io_timeout: drop it
+            log.debug("bulk %s: connection dropped: %s", self.name, e)
+        except Exception:  # noqa: BLE001 - a bug here must not take the pserver down
+            log.exception("bulk %s: connection failed", self.name)
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _wait_frame(self, conn: socket.socket, view: memoryview) -> bool:
+        """Read a frame's fixed part; False at a clean EOF or stop between frames."""
+        conn.settimeout(1.0)
+        while True:
+            try:
+                k = conn.recv_into(view, view.nbytes)
+            except socket.timeout:
+                if self._stop.is_set():
+                    return False
+                continue   # idle connection, waiting for the client's next call
+            if not k:
+                return False
+            if k < view.nbytes:
+                _recv_into(conn, view[k:], time.monotonic() + self.io_timeout)
+            return True
+
+    def _serve_one(self, conn: socket.socket, scratch: _Scratch) -> bool:
+        fixed = bytearray(_FRAME.size)
+        if not self._wait_frame(conn, memoryview(fixed)):
+            return False
+        deadline = time.monotonic() + self.io_timeout     # the rest of the frame
+        magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(fixed)
+        method = METHOD_NAME.get(mcode)
+        if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER:
+            why = (f"malformed bulk frame (magic {bytes(magic)!r}, method {mcode}, header {hlen} bytes)")
+            self._reply_error(conn, grpc.StatusCode.INVALID_ARGUMENT.value[0], why, "", closing=True)
+            return False
+        if rlen + dlen > self.max_payload:
+            why = (f"{method}: bulk frame announces {rlen + dlen} payload bytes, more than this "
+                   f"pserver's limit of {self.max_payload}")
+            self._reply_error(conn, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why, "", closing=True)
+            return False
+        small = bytearray(tlen + hlen)
+        _recv_into(conn, memoryview(small), deadline)
+        token = bytes(small[:tlen]) if tlen else None
+        refused = self.target.bulk_auth(method, token)
+        if refused is not None:   # read (and drop) the payload: the connection stays in sync
+            self._drain(conn, rlen + dlen, deadline)
+            self._reply_error(conn, *refused)
+            return True
+        buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
+        _recv_into(conn, memoryview(buf), deadline)
+        rows, data = buf[:rlen], buf[rlen:]
+        code, details, missing, reply = self.target.bulk_call(
+            method, bytes(small[tlen:]), memoryview(rows) if rlen else b"",
+            memoryview(data) if dlen else b"", scratch)
+        self.frames += 1
+        if code:
+            self._reply_error(conn, code, details, missing)
+        elif reply is None:
+            _send_parts(conn, [_FRAME.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0)], self._send_deadline())
+        else:
+            header, r, d = _payload_parts(reply)
+            fixed_out = _FRAME.pack(REPLY_MAGIC, 0, 0, 0, len(header), memoryview(r).nbytes, memoryview(d).nbytes)
+            _send_parts(conn, [fixed_out, header, r, d], self._send_deadline())
+        return True
+
+    def _send_deadline(self) -> float:
+        return time.monotonic() + self.io_timeout
+
+    def _drain(self, conn: socket.socket, n: int, deadline: float) -> None:
+        sink = memoryview(bytearray(min(n, _DRAIN)))
+        while n > 0:
+            k = min(n, sink.nbytes)
+            _recv_into(conn, sink[:k], deadline)
+            n -= k
+
+    def _reply_error(self, conn: socket.socket, code: int, details: str, missing: str,
+                     closing: bool = False) -> None:
+        text, miss = details.encode("utf-8", "replace"), missing.encode()
+        fixed = _FRAME.pack(REPLY_MAGIC, code, FLAG_CLOSING if closing else 0, 0, len(text), len(miss), 0)
+        _send_parts(conn, [fixed, text, miss], self._send_deadline())
+
+
+# ------------------------------------------------------------------ client
+class BulkPool:
+    """Client side: idle connections per (host, port); each call has one to itself."""
+
+    def __init__(self, max_idle: int = 8) -> None:
+        self.max_idle = max_idle
+        self._idle: dict[tuple[str, int], list[socket.socket]] = {}
+        self._lock = threading.Lock()
+
+    def _take(self, host: str, port: int, timeout: float) -> socket.socket:
+        with self._lock:
+            idle = self._idle.get((host, port))
+            if idle:
+                return idle.pop()
+        sock = socket.create_connection((host, port), timeout=min(timeout, 30.0))
+        _tune(sock)
+        return sock
+
+    def _give(self, key: tuple[str, int], sock: socket.socket) -> None:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if len(idle) < self.max_idle:
+                idle.append(sock)
+                return
+        sock.close()
+
+    def forget(self, host: str, port: int | None = None) -> None:
+        """Close idle connections to ``host`` (one port, or all): the pserver went away."""
+        with self._lock:
+            keys = [k for k in self._idle if k[0] == host and (port is None or k[1] == port)]
+            socks = [s for k in keys for s in self._idle.pop(k)]
+        for s in socks:
+            s.close()
+
+    def close(self) -> None:
+        with self._lock:
+            socks = [s for idle in self._idle.values() for s in idle]
+            self._idle.clear()
+        for s in socks:
+            s.close()
+
+    def call(self, host: str, port: int, method: str, env: codec.Envelope, token: str,
+             timeout: float) -> codec.Envelope | None:
+        """One call; the reply envelope (payload in a fresh writable buffer), or None for a
+        void method.  Raises BulkStatus (a server status, UNAVAILABLE, DEADLINE_EXCEEDED)."""
+        where = f"bulk channel {host}:{port}"
+        try:
+            sock = self._take(host, port, timeout)
+        except OSError as e:
+            raise BulkStatus("UNAVAILABLE", f"{where}: cannot connect: {e}") from None
+        keep = False
+        try:
+            deadline = time.monotonic() + timeout
+            header, rows, data = _payload_parts(env)
+            tok = token.encode()
+            fixed = _FRAME.pack(REQ_MAGIC, METHOD_CODE[method], 0, len(tok), len(header),
+                                memoryview(rows).nbytes, memoryview(data).nbytes)
+            _send_parts(sock, [fixed, tok, header, rows, data], deadline)
+            reply, keep = self._read_reply(sock, deadline, where)
+            return reply
+        except BulkStatus as e:
+            keep = e.keep
+            raise
+        except codec.PayloadError as e:
+            raise BulkStatus("INTERNAL", f"{where}: malformed reply: {e}") from None
+        except socket.timeout:
+            raise BulkStatus("DEADLINE_EXCEEDED", f"{where}: no reply within {timeout:.1f} s") from None
+        except (OSError, ConnectionError) as e:
+            raise BulkStatus("UNAVAILABLE", f"{where}: {type(e).__name__}: {e}") from None
+        finally:
+            if keep:
+                self._give((host, port), sock)
+            else:
+                sock.close()
+
+    def _read_reply(self, sock: socket.socket, deadline: float,
+                    where: str) -> tuple[codec.Envelope | None, bool]:
+        fixed = bytearray(_FRAME.size)
+        _recv_into(sock, memoryview(fixed), deadline)
+        magic, status, flags, _, hlen, rlen, dlen = _FRAME.unpack(fixed)
+        if magic != REPLY_MAGIC or hlen > MAX_HEADER:
+            raise BulkStatus("INTERNAL", f"{where}: malformed reply (magic {bytes(magic)!r})")
+        head = bytearray(hlen)
+        _recv_into(sock, memoryview(head), deadline)
+        if status:
+            miss = bytearray(rlen)
+            _recv_into(sock, memoryview(miss), deadline)
+            if dlen:
+                raise BulkStatus("INTERNAL", f"{where}: malformed error reply")
+            missing = rpc.parse_missing(miss.decode()) if rlen else None
+            raise BulkStatus(STATUS_NAME.get(status, "UNKNOWN"), head.decode("utf-8", "replace"), missing,
+                             keep=not flags & FLAG_CLOSING)
+        if not hlen:
+            return None, True
+        buf = np.empty(rlen + dlen, np.uint8)
+        _recv_into(sock, memoryview(buf), deadline)
+        env = codec.from_bytes(head)
+        if env.rows or env.data:
+            raise BulkStatus("INTERNAL", f"{where}: payload inside the reply header")
+        env.rows = memoryview(buf[:rlen]) if rlen else b""
+        env.data = memoryview(buf[rlen:]) if dlen else b""
+        return env, True
