@@ -278,6 +278,10 @@ class RPCClient:
         jobs, owner = [], []
         for i, (ep, table, ids) in enumerate(items):
             ids = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+            if len(ids) > per_call and self._wants_bulk(ep, "PrefetchVariable", table, ids.nbytes):
+                jobs.append(lambda ep=ep, table=table, ids=ids: self._prefetch_whole(ep, table, ids, per_call))
+                owner.append(i)
+                continue
             for lo in range(0, max(len(ids), 1), per_call):
                 jobs.append(job(ep, table, ids[lo:lo + per_call]))
                 owner.append(i)
@@ -288,6 +292,21 @@ class RPCClient:
         values = [p[0] if len(p) == 1 else np.concatenate(p, axis=0) for p in out]
         self._count("prefetch", [table for _, table, _ in items], values)
         return values
+
+    def _prefetch_whole(self, ep: str, table: str, ids: np.ndarray, per_call: int) -> np.ndarray:
+        """One bulk lookup of more ids than one gRPC message holds (pieces on gRPC if the
+        pserver offers no bulk channel)."""
+        env = codec.encode(table, ids, self.trainer_id, _UNLIMITED, table_name=table, out_varname=table)[0]
+        out = self._call(ep, "PrefetchVariable", env, table, use_bulk=True)
+        if out is not bulk.NO_BULK:
+            self._reply_bytes[ep, "PrefetchVariable", table] = sum(codec.payload_nbytes(out.header))
+            return _owned(codec.decode(out))
+        parts = []
+        for lo in range(0, len(ids), per_call):
+            piece = codec.encode(table, ids[lo:lo + per_call], self.trainer_id, self.options.max_message_bytes,
+                                 table_name=table, out_varname=table)[0]
+            parts.append(self._call_value(ep, "PrefetchVariable", piece, table))
+        return np.concatenate(parts, axis=0)
 
     def _count(self, kind: str, names: list[str], values: list[Any]) -> None:
         with self._lock:
