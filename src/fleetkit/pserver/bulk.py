@@ -39,7 +39,7 @@ import numpy as np
 
 from . import codec, rpc
 
-__all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host", "whole_copy"]
+__all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host"]
 log = logging.getLogger(__name__)
 
 REQ_MAGIC, REPLY_MAGIC = b"FKB1", b"FKR1"
@@ -117,27 +117,6 @@ def _payload_parts(env: codec.Envelope) -> tuple[bytes, Any, Any]:
 
 
 # ------------------------------------------------------------------ server
-def whole_copy(envs: list[codec.Envelope], alloc: Callable[[int], np.ndarray]) -> codec.Envelope:
-    """One unchunked envelope of ``envs``' value, its payload (rows bytes, then tensor
-    bytes: the chunks are consecutive slices of that stream) copied into ``alloc(n)``."""
-    rows = [memoryview(e.rows).cast("B") for e in envs]
-    data = [memoryview(e.data).cast("B") for e in envs]
-    nrows = sum(v.nbytes for v in rows)
-    ndata = sum(v.nbytes for v in data)
-    buf = alloc(nrows + ndata)
-    pos = 0
-    for v in rows + data:
-        if v.nbytes:
-            buf[pos:pos + v.nbytes] = np.frombuffer(v, np.uint8)
-            pos += v.nbytes
-    header = type(envs[0].header)()
-    header.CopyFrom(envs[0].header)
-    for f in ("chunk_index", "chunk_count", "transfer_id"):
-        header.ClearField(f)
-    return codec.Envelope(header, memoryview(buf[:nrows]) if nrows else b"",
-                          memoryview(buf[nrows:]) if ndata else b"")
-
-
 class BulkTarget(Protocol):
     """What the bulk server calls (implemented by ``ParameterServer``)."""
 
@@ -145,8 +124,8 @@ class BulkTarget(Protocol):
         """None if the token is accepted, else the error status (code, details, missing)."""
 
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
-                  alloc: Callable[[int], np.ndarray]) -> tuple[int, str, str, codec.Envelope | None]:
-        """(status, details, missing, reply envelope or None for void)."""
+                  reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
+        """(status, details, missing, reply: an envelope, ``reply``'s result, or None)."""
 
 
 class _Scratch:
@@ -167,6 +146,59 @@ class _Scratch:
             self.buf = None
 
 
+def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+    """``views`` without their first ``n`` bytes."""
+    out = list(views)
+    while n and out:
+        if n >= out[0].nbytes:
+            n -= out.pop(0).nbytes
+        else:
+            out[0], n = out[0][n:], 0
+    return out
+
+
+class _Reply:
+    """A value reply, started while the pserver's handler lock is held (no update is
+    half-done then).  The socket takes what it can without waiting, so the kernel's copy
+    is the snapshot and no copy of ours is needed; what it cannot take yet is copied
+    into the connection's scratch buffer and sent after the lock is released (a slow
+    client never holds the lock)."""
+
+    def __init__(self, conn: socket.socket, scratch: _Scratch, stats: dict[str, int]) -> None:
+        self.conn, self.scratch, self.stats = conn, scratch, stats
+        self.rest: list[memoryview] | None = None   # None: not started
+
+    def __call__(self, envs: list[codec.Envelope]) -> _Reply:
+        # chunks are consecutive slices of the (rows bytes, tensor bytes) stream: join them
+        rows = [v for v in (memoryview(e.rows).cast("B") for e in envs) if v.nbytes]
+        data = [v for v in (memoryview(e.data).cast("B") for e in envs) if v.nbytes]
+        header = type(envs[0].header)()
+        header.CopyFrom(envs[0].header)
+        for f in ("chunk_index", "chunk_count", "transfer_id"):
+            header.ClearField(f)
+        head = header.SerializeToString()
+        fixed = _FRAME.pack(REPLY_MAGIC, 0, 0, 0, len(head), sum(v.nbytes for v in rows),
+                            sum(v.nbytes for v in data))
+        views = [memoryview(fixed), memoryview(head), *rows, *data]
+        self.conn.setblocking(False)
+        try:
+            sent = self.conn.sendmsg(views[:512])
+        except BlockingIOError:
+            sent = 0
+        rest = _advance(views, sent)
+        n = sum(v.nbytes for v in rest)
+        self.rest = []
+        if n:
+            buf, pos = self.scratch(n), 0
+            for v in rest:
+                buf[pos:pos + v.nbytes] = np.frombuffer(v, np.uint8)
+                pos += v.nbytes
+            self.rest = [memoryview(buf)]
+        self.stats["kernel"] += sent
+        self.stats["copied"] += n
+        return self
+
+
 class BulkServer:
     """Accepts bulk connections on ``host`` (port chosen by the OS), a thread each."""
 
@@ -177,6 +209,8 @@ class BulkServer:
         self.max_connections = max_connections
         self.port = 0
         self.frames = 0                      #: frames served (tests, stats)
+        #: reply bytes the kernel took under the handler lock / copied aside first
+        self.reply_bytes = {"kernel": 0, "copied": 0}
         self._sock: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -285,11 +319,16 @@ class BulkServer:
         buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
         _recv_into(conn, memoryview(buf), deadline)
         rows, data = buf[:rlen], buf[rlen:]
+        started = _Reply(conn, scratch, self.reply_bytes)
         code, details, missing, reply = self.target.bulk_call(
             method, bytes(small[tlen:]), memoryview(rows) if rlen else b"",
-            memoryview(data) if dlen else b"", scratch)
+            memoryview(data) if dlen else b"", started)
         self.frames += 1
-        if code:
+        if reply is started:
+            _send_parts(conn, started.rest or [], self._send_deadline())
+        elif started.rest is not None:
+            return False   # a started reply was not sent: the stream is out of step, hang up
+        elif code:
             self._reply_error(conn, code, details, missing)
         elif reply is None:
             _send_parts(conn, [_FRAME.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0)], self._send_deadline())

@@ -335,9 +335,9 @@ class ParameterServer:
         return None
 
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
-                  alloc: Callable[[int], np.ndarray]) -> tuple[int, str, str, codec.Envelope | None]:
+                  reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
         """Serve one bulk frame with the gRPC path's methods: (status, details, missing
-        trainers, reply envelope or None)."""
+        trainers, reply: an envelope, what ``reply`` returned, or None for void)."""
         request: Any = None
         try:
             request = _lenient_deserialize(header)
@@ -351,7 +351,7 @@ class ParameterServer:
             if method in rpc.VOID_METHODS:
                 fn(request)
                 return 0, "", "", None
-            out = fn(request, alloc=alloc)
+            out = fn(request, reply=reply)
             return 0, "", "", codec.from_bytes(out) if isinstance(out, bytes) else out
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
             return (*self._bulk_status(e, method, request), None)
@@ -395,11 +395,11 @@ class ParameterServer:
         return None
 
     def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]],
-                 alloc: Callable[[int], np.ndarray] | None = None) -> bytes | codec.Envelope:
+                 reply: Callable[[list[codec.Envelope]], Any] | None = None) -> Any:
         """Serialize a value response.  A chunked one is cached under a fresh transfer id
         (carried by every chunk) and served chunk by chunk to requests echoing that id.
-        With ``alloc`` (bulk channel) the reply is one whole envelope whose payload is a
-        snapshot copied into ``alloc``'s buffer."""
+        On the bulk channel ``reply`` takes the value's envelopes while the handler lock is
+        held (so it sees no update half-done) and returns what the bulk server sends."""
         h = request.header
         if h.chunk_index > 0:
             with self._asm_lock:
@@ -413,8 +413,8 @@ class ParameterServer:
                 return blob
         with self._hlock:   # serialize under the lock: no torn reads of a param being updated
             envs = make()
-            if alloc is not None:
-                return bulk.whole_copy(envs, alloc)
+            if reply is not None:
+                return reply(envs)
             if len(envs) > 1:
                 with self._asm_lock:
                     self._next_transfer += 1
@@ -429,16 +429,16 @@ class ParameterServer:
                     del self._big[next(iter(self._big))]
         return blobs[0]
 
-    # ``alloc``: the bulk channel's reply buffer (see _respond); None on gRPC
-    def _get(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
+    # ``reply``: the bulk channel's reply (see _respond); None on gRPC
+    def _get(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
         if self.rounds is not None and h.chunk_index == 0:
             self.rounds.wait_applied(h.trainer_id)
         if h.varname == rpc.FETCH_BARRIER:
             return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)), alloc)
+        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)), reply)
 
-    def _get_no_barrier(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
+    def _get_no_barrier(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
         name = h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX)
         if name == rpc.SPARSE_MEMORY:
@@ -446,9 +446,9 @@ class ParameterServer:
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         if name == rpc.BULK_PORT:
             return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
-        return self._respond(env, lambda: self._encode(name, self.handler.get(name)), alloc)
+        return self._respond(env, lambda: self._encode(name, self.handler.get(name)), reply)
 
-    def _prefetch(self, env: codec.Envelope, alloc: Callable | None = None) -> bytes | codec.Envelope:
+    def _prefetch(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
         table = h.table_name or h.varname
         if h.chunk_index > 0:
@@ -457,7 +457,7 @@ class ParameterServer:
         if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
             raise InvalidArgumentError(f"prefetch of table '{table}' needs an integer id tensor")
         out = h.out_varname or table
-        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)), alloc)
+        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)), reply)
 
     def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
         return codec.encode(name, value, max_bytes=self.options.max_message_bytes)
