@@ -1,18 +1,28 @@
 """Parameter-server RPC throughput next to raw loopback sockets, measured in one run.
 
-    python benchmarks/pserver.py [--iters 30] [--json out.json]
+    python benchmarks/pserver.py [--iters 30] [--json out.json] [--grpc-only] [--apply numpy]
 
 * push+pull: each trainer, per iteration, sends one 4 MiB float32 gradient block to
   every pserver (SendVariable, async mode: the pserver applies SGD to its block on
-  arrival) and pulls the 4 MiB parameter block back (GetVariable), all pservers
-  concurrently.  MB/s counts bytes in both directions (8 MiB per trainer per pserver
-  per iteration); "per pserver" divides the aggregate by the number of pservers.
-  1 and 2 trainers x 1 and 2 pservers, every process separate (spawned).
+  arrival, in place with one BLAS axpy; ``--apply numpy``: numpy with a temporary) and
+  pulls the 4 MiB parameter block back (GetVariable), all pservers concurrently.
+  MB/s counts bytes in both directions (8 MiB per trainer per pserver per iteration);
+  "per pserver" divides the aggregate by the number of pservers.  1 and 2 trainers x 1
+  and 2 pservers, every process separate (spawned).
+  Path of the tensors: blocks of 256 KiB and more travel on the pservers' bulk channel
+  (raw TCP beside the gRPC port, ``fleetkit/pserver/bulk.py``; the column "path" counts
+  the calls each transport carried); barriers, COMPLETE and the bulk-port query use
+  gRPC.  ``--grpc-only`` (FLEETKIT_PS_BULK=0) keeps everything on gRPC.
 * raw socket: the same 4 MiB-out / 4 MiB-back exchange over one plain TCP loopback
   connection between two processes (sendall / recv_into a preallocated buffer): the
   ceiling for one trainer-pserver pair.  Ratio = pserver MB/s per pserver / raw MB/s.
+  "raw same topology": plain sockets doing the whole configuration's exchange in the
+  same number of processes (aggregate MB/s; ratio = pserver aggregate / it).  With 3-4
+  processes on 2 cores it is well below 2x or 4x one pair: the kernel copies alone
+  need more CPU than the cores have, so "per pserver >= 50% of one raw pair" is out of
+  reach there for any transport.
 * bare gRPC echo: 4 MiB bytes in and out of a Python gRPC server with no codec, no
-  handler and no copies of ours: how much of the gap to the socket is gRPC itself.
+  handler and no copies of ours: the ceiling of the gRPC path (why the bulk channel).
 * sparse prefetch: rows/s of PrefetchVariable for 16-float rows of a table over a
   10^9-id space, batches of 10 000 random ids, first touch (rows created) and warm.
 
@@ -79,6 +89,74 @@ def raw_socket_mb_s(iters: int) -> float:
     return 2 * BLOCK * iters / dt / MB
 
 
+def _raw_topo_server(port_conn: Any, n_conns: int, iters: int) -> None:
+    import threading
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_conn.send(srv.getsockname()[1])
+    conns = [srv.accept()[0] for _ in range(n_conns)]
+    threads = [threading.Thread(target=_echo_loop, args=(c, iters)) for c in conns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _echo_loop(conn: socket.socket, iters: int) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    view = memoryview(bytearray(BLOCK))
+    for _ in range(iters):
+        got = 0
+        while got < BLOCK:
+            got += conn.recv_into(view[got:], BLOCK - got)
+        conn.sendall(view)
+    conn.close()
+
+
+def _raw_topo_client(ports: list[int], iters: int, start: Any, out: Any) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    socks = [socket.create_connection(("127.0.0.1", p)) for p in ports]
+    data = np.random.rand(BLOCK // 8).view(np.uint8)
+    backs = [memoryview(bytearray(BLOCK)) for _ in socks]
+
+    def one(i: int) -> None:
+        socks[i].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks[i].sendall(data)
+        got = 0
+        while got < BLOCK:
+            got += socks[i].recv_into(backs[i][got:], BLOCK - got)
+    pool = ThreadPoolExecutor(len(socks))
+
+    def once() -> None:
+        list(pool.map(one, range(len(socks))))
+    for _ in range(3):
+        once()
+    start.wait()
+    out.put(_best_of(REPEATS, iters, once))
+
+
+def raw_topology_mb_s(n_trainers: int, n_pservers: int, iters: int) -> float:
+    """Aggregate MB/s of the same push+pull pattern over plain sockets, in the same
+    processes (n_trainers clients, each talking to n_pservers echo servers at once): what
+    the cores allow for that topology."""
+    ctx = mp.get_context("spawn")
+    servers, ports = [], []
+    for _ in range(n_pservers):
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_raw_topo_server, args=(writer, n_trainers, REPEATS * iters + 3))
+        p.start()
+        servers.append(p)
+        ports.append(reader.recv())
+    start, out = ctx.Barrier(n_trainers + 1), ctx.Queue()
+    clients = [ctx.Process(target=_raw_topo_client, args=(ports, iters, start, out)) for _ in range(n_trainers)]
+    for c in clients:
+        c.start()
+    start.wait(120)
+    times = [out.get(timeout=600) for _ in clients]
+    for p in clients + servers:
+        p.join(60)
+    return n_trainers * n_pservers * 2 * BLOCK * iters / max(times) / MB
+
+
 def _best_of(repeats: int, iters: int, once: Any) -> float:
     """Shortest time of ``repeats`` runs of ``iters`` calls (the machine is shared: the
     best run is the one least disturbed by other processes)."""
@@ -132,10 +210,26 @@ def grpc_echo_mb_s(iters: int) -> float:
 
 
 # ------------------------------------------------------------------ pservers
-def _serve(conn: Any, n_trainers: int) -> None:
+def _sgd(kind: str) -> Any:
+    """``p -= 0.01 * g`` in place: one BLAS axpy pass (``axpy``), or numpy with a 4 MiB
+    temporary per gradient (``numpy``: what this benchmark did before; on the 2-core test
+    machine that costs ~0.5-1 ms of the ~4 ms a 1x1 iteration takes)."""
+    if kind == "axpy":
+        try:
+            from scipy.linalg.blas import saxpy
+        except ImportError:   # no scipy: numpy, in place but in two passes
+            kind = "numpy"
+        else:
+            return lambda p, g: saxpy(g, p, a=-0.01)
+    return lambda p, g: np.subtract(p, np.float32(0.01) * g, out=p)
+
+
+def _serve(conn: Any, n_trainers: int, apply_kind: str = "axpy") -> None:
     from fleetkit.errors import NotFoundError
     from fleetkit.pserver.server import ParameterServer, ServerHandler, ServerOptions
     from fleetkit.pserver.tables import SparseTable
+
+    sgd = _sgd(apply_kind)
 
     class Handler(ServerHandler):
         def __init__(self) -> None:
@@ -144,8 +238,7 @@ def _serve(conn: Any, n_trainers: int) -> None:
 
         def apply(self, grads: dict) -> None:
             for name, g in grads.items():
-                p = self.p[name.removesuffix("@GRAD")]
-                p -= np.float32(0.01) * g
+                sgd(self.p[name.removesuffix("@GRAD")], g)
 
         def get(self, name: str) -> Any:
             if name not in self.p:
@@ -181,36 +274,43 @@ def _trainer(rank: int, endpoints: list[str], iters: int, start: Any, out: Any) 
     for _ in range(3):
         once()
     start.wait()
-    out.put((rank, _best_of(REPEATS, iters, once)))
+    out.put((rank, _best_of(REPEATS, iters, once), dict(c.transport)))
     c.send_complete(endpoints)
     c.close()
 
 
-def _start_servers(n: int, n_trainers: int) -> tuple[list, list[str]]:
+def _start_servers(n: int, n_trainers: int, apply_kind: str = "axpy") -> tuple[list, list[str]]:
     ctx = mp.get_context("spawn")
     procs, eps = [], []
     for _ in range(n):
         reader, writer = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_serve, args=(writer, n_trainers))
+        p = ctx.Process(target=_serve, args=(writer, n_trainers, apply_kind))
         p.start()
         procs.append(p)
         eps.append(f"127.0.0.1:{reader.recv()}")
     return procs, eps
 
 
-def pserver_mb_s(n_trainers: int, n_pservers: int, iters: int) -> float:
-    """Aggregate push+pull MB/s of ``n_trainers`` against ``n_pservers``."""
+def pserver_mb_s(n_trainers: int, n_pservers: int, iters: int, apply_kind: str = "axpy") -> tuple[float, str]:
+    """(aggregate push+pull MB/s of ``n_trainers`` against ``n_pservers``, which transport
+    carried the sends and gets: "bulk N" / "grpc N" calls)."""
     ctx = mp.get_context("spawn")
-    procs, eps = _start_servers(n_pservers, n_trainers)
+    procs, eps = _start_servers(n_pservers, n_trainers, apply_kind)
     start, out = ctx.Barrier(n_trainers + 1), ctx.Queue()
     trainers = [ctx.Process(target=_trainer, args=(r, eps, iters, start, out)) for r in range(n_trainers)]
     for t in trainers:
         t.start()
     start.wait(120)
-    times = [out.get(timeout=600)[1] for _ in trainers]
+    got = [out.get(timeout=600) for _ in trainers]
     for p in trainers + procs:
         p.join(60)
-    return n_trainers * n_pservers * 2 * BLOCK * iters / max(times) / MB
+    calls: dict[str, int] = {}
+    for _, _, transport in got:
+        for (path, method), n in transport.items():
+            if method in ("SendVariable", "GetVariableNoBarrier"):
+                calls[path] = calls.get(path, 0) + n
+    path = "+".join(f"{k} {v}" for k, v in sorted(calls.items()))
+    return n_trainers * n_pservers * 2 * BLOCK * iters / max(t for _, t, _ in got) / MB, path
 
 
 def prefetch_rows_s(batches: int, batch: int = 10_000) -> tuple[float, float]:
@@ -240,7 +340,12 @@ def main() -> None:
     ap.add_argument("--prefetch-batches", type=int, default=30)
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--ctr-steps", type=int, default=300, help="CTR steps per trainer (0: skip the CTR run)")
+    ap.add_argument("--apply", choices=("axpy", "numpy"), default="axpy",
+                    help="the pservers' SGD update: in-place BLAS axpy, or numpy with a temporary")
+    ap.add_argument("--grpc-only", action="store_true", help="no bulk channel (FLEETKIT_PS_BULK=0)")
     args = ap.parse_args()
+    if args.grpc_only:
+        os.environ["FLEETKIT_PS_BULK"] = "0"   # spawned pservers and trainers inherit it
     if any(os.environ.get(k) != v for k, v in CHILD_ENV.items()):
         # glibc reads the malloc settings at start-up: re-run this process with them, so
         # the clients measured here get them too (spawned children inherit them)
@@ -250,21 +355,23 @@ def main() -> None:
     echo = grpc_echo_mb_s(args.iters)
     print(f"raw loopback socket, 4 MiB out + 4 MiB back: {raw:8.0f} MB/s (one connection)")
     print(f"bare Python gRPC echo, same exchange:        {echo:8.0f} MB/s ({echo / raw:.0%} of raw: "
-          f"the transport's own ceiling)")
+          f"the gRPC path's ceiling)")
     # the machine is shared: the socket is measured again just before each configuration
     # and each row's ratio uses that figure (same background load)
     print(f"{'trainers':>8} {'pservers':>8} {'aggregate MB/s':>15} {'per pserver MB/s':>17} "
-          f"{'raw MB/s':>9} {'vs raw':>7}")
+          f"{'raw MB/s':>9} {'vs raw':>7} {'raw same topology':>18} {'vs it':>6}  path (calls)")
     rows = []
     for n_t in (1, 2):
         for n_p in (1, 2):
             raw_now = raw_socket_mb_s(args.iters)
-            agg = pserver_mb_s(n_t, n_p, args.iters)
+            topo = raw_topology_mb_s(n_t, n_p, args.iters)
+            agg, path = pserver_mb_s(n_t, n_p, args.iters, args.apply)
             per = agg / n_p
             rows.append({"trainers": n_t, "pservers": n_p, "aggregate_mb_s": agg, "per_pserver_mb_s": per,
-                         "raw_socket_mb_s": raw_now, "ratio_vs_raw": per / raw_now})
-            print(f"{n_t:>8} {n_p:>8} {agg:>15.0f} {per:>17.0f} {raw_now:>9.0f} {per / raw_now:>6.0%}",
-                  flush=True)
+                         "raw_socket_mb_s": raw_now, "ratio_vs_raw": per / raw_now, "path": path,
+                         "raw_same_topology_mb_s": topo, "ratio_vs_raw_same_topology": agg / topo})
+            print(f"{n_t:>8} {n_p:>8} {agg:>15.0f} {per:>17.0f} {raw_now:>9.0f} {per / raw_now:>6.0%} "
+                  f"{topo:>18.0f} {agg / topo:>6.0%}  {path}", flush=True)
     cold, warm = prefetch_rows_s(args.prefetch_batches)
     print(f"sparse prefetch, 16-float rows, batches of 10000 ids in a 1e9-id space: "
           f"{cold:,.0f} rows/s first touch, {warm:,.0f} rows/s warm")
