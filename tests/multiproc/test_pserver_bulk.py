@@ -315,14 +315,22 @@ def test_fallback_to_grpc_when_the_channel_is_off(servers, monkeypatch):
     c.close()
 
 
-def test_an_older_pserver_without_the_channel_is_served_over_grpc():
+@pytest.mark.parametrize("answer", ["not_found", "unreachable_port"])
+def test_a_pserver_without_a_usable_channel_is_served_over_grpc(answer):
+    """An older pserver (NOT_FOUND for the port query), or one whose bulk port cannot be
+    reached (a firewall): the client stays on gRPC instead of retrying."""
     got: list[bytes] = []
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]   # nobody listens there afterwards
 
     def send(req: bytes, ctx: grpc.ServicerContext) -> bytes:
         got.append(req)
         return b""
 
     def get_no_barrier(req: bytes, ctx: grpc.ServicerContext) -> bytes:
+        if answer == "unreachable_port":
+            return codec.to_bytes(codec.encode(rpc.BULK_PORT, np.array([dead_port], np.int64))[0])
         ctx.abort(grpc.StatusCode.NOT_FOUND, "no variable '@BULK_PORT@' on this pserver")
 
     ident = dict(request_deserializer=lambda b: b, response_serializer=lambda b: b)

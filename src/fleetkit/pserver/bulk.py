@@ -59,10 +59,11 @@ class BulkStatus(Exception):
     from the connection); ``rpc.map_status`` turns it into the fleetkit error."""
 
     def __init__(self, code: str, details: str, missing: tuple[int, ...] | None = None,
-                 keep: bool = False) -> None:
+                 keep: bool = False, connect_failed: bool = False) -> None:
         super().__init__(f"{code}: {details}")
         self.code, self.details, self.missing = code, details, missing
         self.keep = keep   #: the connection is still in sync (an error reply the server sent)
+        self.connect_failed = connect_failed   #: no connection could be opened
 
 
 def split_host(endpoint: str) -> str:
@@ -217,11 +218,11 @@ class BulkServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self) -> int:
-        """Bind and start accepting; returns the port."""
+    def start(self, port: int = 0) -> int:
+        """Bind (``port`` 0: any free one) and start accepting; returns the port."""
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         host = "" if self.host in ("0.0.0.0", "::", "") else self.host
-        sock = socket.create_server((host, 0), family=family, backlog=128)
+        sock = socket.create_server((host, port), family=family, backlog=128)
         sock.settimeout(0.5)   # the accept loop notices stop() within this
         self._sock, self.port = sock, sock.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="fk-bulk-accept")
@@ -404,7 +405,7 @@ class BulkPool:
         try:
             sock = self._take(host, port, timeout)
         except OSError as e:
-            raise BulkStatus("UNAVAILABLE", f"{where}: cannot connect: {e}") from None
+            raise BulkStatus("UNAVAILABLE", f"{where}: cannot connect: {e}", connect_failed=True) from None
         keep = False
         try:
             deadline = time.monotonic() + timeout

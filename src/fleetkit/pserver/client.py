@@ -18,6 +18,7 @@ SelectedRows) owned by the caller.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -34,6 +35,7 @@ from ..errors import InvalidArgumentError, RPCRequestError, ServerNotReadyError
 from . import bulk, codec, rpc
 
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,8 @@ class RPCClient:
                 code, details, missing = rpc.grpc_status(e)
             except bulk.BulkStatus as e:
                 code, details, missing = e.code, e.details, e.missing
-                if code == "UNAVAILABLE":   # restarted pservers get a new bulk port: ask again
-                    self._forget_bulk(endpoint)
+            if code == "UNAVAILABLE":   # a restarted pserver has a new bulk port: ask again
+                self._forget_bulk(endpoint)
             if code == "UNAVAILABLE" and time.monotonic() + delay < give_up:
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, o.backoff_max_s)
@@ -173,10 +175,21 @@ class RPCClient:
             self._bulk.forget(bulk.split_host(endpoint), port)
 
     def _bulk_once(self, endpoint: str, method: str, env: codec.Envelope) -> Any:
+        fresh = endpoint not in self._bulk_ports
         port = self._bulk_port(endpoint)
         if not port:
             return bulk.NO_BULK
-        out = self._bulk.call(bulk.split_host(endpoint), port, method, env, self._token, self.options.deadline_s)
+        try:
+            out = self._bulk.call(bulk.split_host(endpoint), port, method, env, self._token,
+                                  self.options.deadline_s)
+        except bulk.BulkStatus as e:
+            if fresh and e.connect_failed:
+                # the pserver just answered on gRPC but its bulk port cannot be reached
+                # (a firewall?): stay on gRPC for this endpoint rather than retry forever
+                log.warning("pserver %s: bulk port %d unreachable (%s); using gRPC", endpoint, port, e.details)
+                self._bulk_ports[endpoint] = 0
+                return bulk.NO_BULK
+            raise
         self._counted("bulk", method)
         return out
 

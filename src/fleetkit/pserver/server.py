@@ -93,6 +93,7 @@ class ServerOptions:
     bulk: bool | None = None
     bulk_io_timeout: float = 120.0       #: seconds a started bulk frame may take to arrive / leave
     bulk_max_bytes: int = 8 << 30        #: largest payload one bulk frame may announce
+    bulk_port: int = 0                   #: the bulk channel's port (0: any free one)
 
 
 class _AuthFailure(Exception):
@@ -165,9 +166,9 @@ class ParameterServer:
         self.port, self.endpoint = port, f"{host}:{port}"
         if self.rounds is not None:
             self.rounds._endpoint = self.endpoint
+        self._start_bulk()   # before gRPC serves: a port query must never see it missing
         server.start()
         self._server = server
-        self._start_bulk()
         if o.checkpoint_dir and o.checkpoint_every_s:
             self._ckpt_thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                                  name="fk-pserver-ckpt")
@@ -181,7 +182,7 @@ class ParameterServer:
         srv = bulk.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
                               name=self.endpoint)
         try:
-            self.bulk_port = srv.start()
+            self.bulk_port = srv.start(o.bulk_port)
         except OSError as e:   # serve anyway: clients fall back to gRPC
             log.warning("pserver %s: no bulk channel (%s); tensors go over gRPC", self.endpoint, e)
             return
