@@ -323,6 +323,13 @@ def _kill_job(rank: int, world: int, eps: list[str], cfg: dict, ckpt: str, flag:
     return ctr_train.run_ps_role(_role_maker(rank, 2, eps, 2), cfg, on_trained=done, on_step=progress)
 
 
+def _die_with_parent() -> None:
+    """In the pserver child (Linux): SIGKILL when the supervisor dies, so a supervisor that
+    run_workers kills on a failure or timeout leaves no orphaned pserver behind."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+
+
 def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     import json
     code = ("import json,sys,logging; logging.basicConfig(level=logging.INFO);"
@@ -332,7 +339,7 @@ def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
             "cfg=json.loads(sys.argv[2]);"
             "m.run_ps_role(R(current_id=1, role=Role.SERVER, worker_num=2, server_endpoints=cfg['eps']), cfg)")
     arg = json.dumps({**cfg, "eps": eps, "checkpoint_dir": ckpt})
-    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg])
+    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 90
     while not os.path.exists(f"{flag}.progress") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -345,8 +352,13 @@ def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     time.sleep(0.5)
     log_path = ckpt + ".restart.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], stderr=log)
-        rc = proc.wait(timeout=110)
+        proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], stderr=log,
+                                preexec_fn=_die_with_parent)
+        try:
+            rc = proc.wait(timeout=110)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     with open(log_path) as f:
         resumed = "resumed from checkpoint" in f.read()
     return {"rc": rc, "checkpoints_at_kill": ckpts, "mid_training": mid_training, "resumed": resumed}

@@ -245,6 +245,29 @@ def test_async_applies_each_gradient_on_arrival(servers):
     c1.close()
 
 
+@pytest.mark.parametrize("bulk_on", [False, True], ids=["grpc", "bulk"])
+def test_async_retried_gradient_is_applied_once(servers, bulk_on):
+    """A send repeated with its number (what a retry after a lost reply does) is applied
+    once; sends of another number, and sends without one (older clients), each apply."""
+    s = servers(num_trainers=1, sync=False)
+    c = _client(0, bulk=bulk_on, bulk_threshold_bytes=0)
+    g = np.ones((4, 3), np.float32)
+    c.send_vars([(s.endpoint, "w@GRAD", g)])
+    (n,) = c.get_vars([(s.endpoint, "applies")], barrier=False)
+    assert n[0] == 1
+    original = codec.encode("w@GRAD", g, 0, seq=12345)[0]
+    for _ in range(3):  # the original send and two retries of it
+        c._call(s.endpoint, "SendVariable", original, "w@GRAD", use_bulk=bulk_on)
+    c._call(s.endpoint, "SendVariable", codec.encode("w@GRAD", g, 0, seq=12346)[0], "w@GRAD", use_bulk=bulk_on)
+    for _ in range(2):  # no number: nothing to recognise, applied each time
+        c._call(s.endpoint, "SendVariable", codec.encode("w@GRAD", g, 0)[0], "w@GRAD", use_bulk=bulk_on)
+    (w, n) = c.get_vars([(s.endpoint, "w"), (s.endpoint, "applies")], barrier=False)
+    assert n[0] == 5
+    np.testing.assert_allclose(w, -5 * LR, rtol=1e-6)
+    assert c.transport[("bulk" if bulk_on else "grpc", "SendVariable")] >= 6
+    c.close()
+
+
 def _raw_call(endpoint: str, method: str, raw: bytes, token: str | None = None) -> grpc.RpcError:
     ch = grpc.insecure_channel(endpoint, options=[("grpc.enable_http_proxy", 0)])
     try:

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetkit/proto/sendrecv.proto\x12\x0e\x66leetkit.proto\"\xd3\x04\n\x0fVariableMessage\x12\x0f\n\x07varname\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.fleetkit.proto.VarType\x12\x37\n\tdata_type\x18\x03 \x01(\x0e\x32$.fleetkit.proto.VariableMessage.Type\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x11\n\tlod_level\x18\x05 \x01(\x03\x12\x34\n\x03lod\x18\x06 \x03(\x0b\x32\'.fleetkit.proto.VariableMessage.LodData\x12\x12\n\nslr_height\x18\x07 \x01(\x03\x12\x12\n\nserialized\x18\x08 \x01(\x0c\x12\x0c\n\x04rows\x18\t \x01(\x0c\x12\x13\n\x0bout_varname\x18\n \x01(\t\x12\x0f\n\x07profile\x18\x0b \x01(\x03\x12\x12\n\ntrainer_id\x18\x0c \x01(\x03\x12\x12\n\ntable_name\x18\r \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x14 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\x15 \x01(\x03\x12\r\n\x05round\x18\x16 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x17 \x01(\x03\x1a\x1b\n\x07LodData\x12\x10\n\x08lod_data\x18\x01 \x03(\x03\"\x88\x01\n\x04Type\x12\x08\n\x04\x42OOL\x10\x00\x12\t\n\x05INT16\x10\x01\x12\t\n\x05INT32\x10\x02\x12\t\n\x05INT64\x10\x03\x12\x08\n\x04\x46P16\x10\x04\x12\x08\n\x04\x46P32\x10\x05\x12\x08\n\x04\x46P64\x10\x06\x12\x08\n\x04INT8\x10\x14\x12\t\n\x05UINT8\x10\x15\x12\n\n\x06UINT16\x10\x16\x12\n\n\x06UINT32\x10\x17\x12\n\n\x06UINT64\x10\x18\"\r\n\x0bVoidMessage*9\n\x07VarType\x12\x0e\n\nLOD_TENSOR\x10\x00\x12\x11\n\rSELECTED_ROWS\x10\x01\x12\x0b\n\x07NCCL_ID\x10\x02\x32\xbc\x03\n\x0fSendRecvService\x12N\n\x0cSendVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1b.fleetkit.proto.VoidMessage\"\x00\x12Q\n\x0bGetVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12Z\n\x14GetVariableNoBarrier\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12V\n\x10PrefetchVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12R\n\x10\x43heckpointNotify\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1b.fleetkit.proto.VoidMessage\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66leetkit/proto/sendrecv.proto\x12\x0e\x66leetkit.proto\"\xe0\x04\n\x0fVariableMessage\x12\x0f\n\x07varname\x18\x01 \x01(\t\x12%\n\x04type\x18\x02 \x01(\x0e\x32\x17.fleetkit.proto.VarType\x12\x37\n\tdata_type\x18\x03 \x01(\x0e\x32$.fleetkit.proto.VariableMessage.Type\x12\x0c\n\x04\x64ims\x18\x04 \x03(\x03\x12\x11\n\tlod_level\x18\x05 \x01(\x03\x12\x34\n\x03lod\x18\x06 \x03(\x0b\x32\'.fleetkit.proto.VariableMessage.LodData\x12\x12\n\nslr_height\x18\x07 \x01(\x03\x12\x12\n\nserialized\x18\x08 \x01(\x0c\x12\x0c\n\x04rows\x18\t \x01(\x0c\x12\x13\n\x0bout_varname\x18\n \x01(\t\x12\x0f\n\x07profile\x18\x0b \x01(\x03\x12\x12\n\ntrainer_id\x18\x0c \x01(\x03\x12\x12\n\ntable_name\x18\r \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x14 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\x15 \x01(\x03\x12\r\n\x05round\x18\x16 \x01(\x03\x12\x13\n\x0btransfer_id\x18\x17 \x01(\x03\x12\x0b\n\x03seq\x18\x18 \x01(\x03\x1a\x1b\n\x07LodData\x12\x10\n\x08lod_data\x18\x01 \x03(\x03\"\x88\x01\n\x04Type\x12\x08\n\x04\x42OOL\x10\x00\x12\t\n\x05INT16\x10\x01\x12\t\n\x05INT32\x10\x02\x12\t\n\x05INT64\x10\x03\x12\x08\n\x04\x46P16\x10\x04\x12\x08\n\x04\x46P32\x10\x05\x12\x08\n\x04\x46P64\x10\x06\x12\x08\n\x04INT8\x10\x14\x12\t\n\x05UINT8\x10\x15\x12\n\n\x06UINT16\x10\x16\x12\n\n\x06UINT32\x10\x17\x12\n\n\x06UINT64\x10\x18\"\r\n\x0bVoidMessage*9\n\x07VarType\x12\x0e\n\nLOD_TENSOR\x10\x00\x12\x11\n\rSELECTED_ROWS\x10\x01\x12\x0b\n\x07NCCL_ID\x10\x02\x32\xbc\x03\n\x0fSendRecvService\x12N\n\x0cSendVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1b.fleetkit.proto.VoidMessage\"\x00\x12Q\n\x0bGetVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12Z\n\x14GetVariableNoBarrier\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12V\n\x10PrefetchVariable\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1f.fleetkit.proto.VariableMessage\"\x00\x12R\n\x10\x43heckpointNotify\x12\x1f.fleetkit.proto.VariableMessage\x1a\x1b.fleetkit.proto.VoidMessage\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fleetkit.proto.sendrecv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VARTYPE']._serialized_start=662
-  _globals['_VARTYPE']._serialized_end=719
+  _globals['_VARTYPE']._serialized_start=675
+  _globals['_VARTYPE']._serialized_end=732
   _globals['_VARIABLEMESSAGE']._serialized_start=50
-  _globals['_VARIABLEMESSAGE']._serialized_end=645
-  _globals['_VARIABLEMESSAGE_LODDATA']._serialized_start=479
-  _globals['_VARIABLEMESSAGE_LODDATA']._serialized_end=506
-  _globals['_VARIABLEMESSAGE_TYPE']._serialized_start=509
-  _globals['_VARIABLEMESSAGE_TYPE']._serialized_end=645
-  _globals['_VOIDMESSAGE']._serialized_start=647
-  _globals['_VOIDMESSAGE']._serialized_end=660
-  _globals['_SENDRECVSERVICE']._serialized_start=722
-  _globals['_SENDRECVSERVICE']._serialized_end=1166
+  _globals['_VARIABLEMESSAGE']._serialized_end=658
+  _globals['_VARIABLEMESSAGE_LODDATA']._serialized_start=492
+  _globals['_VARIABLEMESSAGE_LODDATA']._serialized_end=519
+  _globals['_VARIABLEMESSAGE_TYPE']._serialized_start=522
+  _globals['_VARIABLEMESSAGE_TYPE']._serialized_end=658
+  _globals['_VOIDMESSAGE']._serialized_start=660
+  _globals['_VOIDMESSAGE']._serialized_end=673
+  _globals['_SENDRECVSERVICE']._serialized_start=735
+  _globals['_SENDRECVSERVICE']._serialized_end=1179
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ SELECTED_ROWS: VarType
 NCCL_ID: VarType
 
 class VariableMessage(_message.Message):
-    __slots__ = ("varname", "type", "data_type", "dims", "lod_level", "lod", "slr_height", "serialized", "rows", "out_varname", "profile", "trainer_id", "table_name", "chunk_index", "chunk_count", "round", "transfer_id")
+    __slots__ = ("varname", "type", "data_type", "dims", "lod_level", "lod", "slr_height", "serialized", "rows", "out_varname", "profile", "trainer_id", "table_name", "chunk_index", "chunk_count", "round", "transfer_id", "seq")
     class Type(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         BOOL: _ClassVar[VariableMessage.Type]
@@ -66,6 +66,7 @@ class VariableMessage(_message.Message):
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     varname: str
     type: VarType
     data_type: VariableMessage.Type
@@ -83,7 +84,8 @@ class VariableMessage(_message.Message):
     chunk_count: int
     round: int
     transfer_id: int
-    def __init__(self, varname: _Optional[str] = ..., type: _Optional[_Union[VarType, str]] = ..., data_type: _Optional[_Union[VariableMessage.Type, str]] = ..., dims: _Optional[_Iterable[int]] = ..., lod_level: _Optional[int] = ..., lod: _Optional[_Iterable[_Union[VariableMessage.LodData, _Mapping]]] = ..., slr_height: _Optional[int] = ..., serialized: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., out_varname: _Optional[str] = ..., profile: _Optional[int] = ..., trainer_id: _Optional[int] = ..., table_name: _Optional[str] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., round: _Optional[int] = ..., transfer_id: _Optional[int] = ...) -> None: ...
+    seq: int
+    def __init__(self, varname: _Optional[str] = ..., type: _Optional[_Union[VarType, str]] = ..., data_type: _Optional[_Union[VariableMessage.Type, str]] = ..., dims: _Optional[_Iterable[int]] = ..., lod_level: _Optional[int] = ..., lod: _Optional[_Iterable[_Union[VariableMessage.LodData, _Mapping]]] = ..., slr_height: _Optional[int] = ..., serialized: _Optional[bytes] = ..., rows: _Optional[bytes] = ..., out_varname: _Optional[str] = ..., profile: _Optional[int] = ..., trainer_id: _Optional[int] = ..., table_name: _Optional[str] = ..., chunk_index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., round: _Optional[int] = ..., transfer_id: _Optional[int] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class VoidMessage(_message.Message):
     __slots__ = ()

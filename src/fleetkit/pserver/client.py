@@ -18,8 +18,10 @@ SelectedRows) owned by the caller.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
+import secrets
 import threading
 import time
 from collections import Counter
@@ -75,6 +77,10 @@ class RPCClient:
         self._channels: dict[str, grpc.Channel] = {}
         self._stubs: dict[tuple[str, str], Callable] = {}
         self._rounds: dict[str, int] = {}   # endpoint -> batch barriers sent (sync round)
+        # Gradient send numbers (header ``seq``): a retry repeats its number, so an async
+        # pserver applies it once.  A random start keeps a restarted trainer's numbers
+        # apart from its previous life's.
+        self._seqs = itertools.count(secrets.randbits(62) | 1)
         self._contacted: list[str] = []
         self.completed = False              # COMPLETE sent: Executor.close() must not send it again
         #: ("get" | "prefetch", var / block / table name) -> calls, and the bytes their
@@ -249,12 +255,12 @@ class RPCClient:
         """Send (endpoint, name, value) triples concurrently (grads; large ones chunked)."""
         def job(ep: str, name: str, value: Any) -> Callable[[], None]:
             def run() -> None:
-                r = self._rounds.get(ep, 0)
-                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r)
+                r, seq = self._rounds.get(ep, 0), next(self._seqs)
+                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r, seq=seq)
                 nbytes = sum(memoryview(e.rows).nbytes + memoryview(e.data).nbytes for e in envs)
                 if self._wants_bulk(ep, "SendVariable", name, nbytes):
                     whole = envs[0] if len(envs) == 1 else codec.encode(
-                        name, value, self.trainer_id, _UNLIMITED, round=r)[0]
+                        name, value, self.trainer_id, _UNLIMITED, round=r, seq=seq)[0]
                     if self._call(ep, "SendVariable", whole, name, use_bulk=True) is not bulk.NO_BULK:
                         return
                 for env in envs:
