@@ -297,7 +297,7 @@ def distributed_lookup_table_grad(ctx: KernelContext) -> None:
     pad = int(ctx.attrs["padding_idx"])
     if pad != -1:
         keep = ids != pad
-        ids, g = ids[keep], g[keep]
+        ids, g = ids[keep], g[ctx.xp.asarray(keep)]  # g is on the trainer's device
     ctx.out("W@GRAD", SelectedRows(ids, g, int(ctx.attrs["table_height"])))
 
 
