@@ -9,7 +9,7 @@
   MB/s counts bytes in both directions (8 MiB per trainer per pserver per iteration);
   "per pserver" divides the aggregate by the number of pservers.  1 and 2 trainers x 1
   and 2 pservers, every process separate (spawned).
-  Path of the tensors: blocks of 256 KiB and more travel on the pservers' bulk channel
+  Path of the tensors: they travel on the pservers' bulk channel
   (raw TCP beside the gRPC port, ``fleetkit/pserver/bulk.py``; the column "path" counts
   the calls each transport carried); barriers, COMPLETE and the bulk-port query use
   gRPC.  ``--grpc-only`` (FLEETKIT_PS_BULK=0) keeps everything on gRPC.

@@ -136,6 +136,14 @@ class Server:
         self.proc.join(10)
 
 
+@pytest.fixture(params=["grpc", "bulk"], autouse=True)
+def transport(request, monkeypatch):
+    """Every test here runs twice: all calls on gRPC (FLEETKIT_PS_BULK=0 for the clients,
+    the pservers and the processes they spawn), and with the bulk channel (the default)."""
+    monkeypatch.setenv(rpc.BULK_ENV, "0" if request.param == "grpc" else "1")
+    return request.param
+
+
 @pytest.fixture
 def servers():
     started: list[Server] = []
@@ -162,7 +170,7 @@ def _free_port() -> int:
 
 
 # ------------------------------------------------------------------- tests
-def test_every_value_type_round_trips_including_chunked(servers):
+def test_every_value_type_round_trips_including_chunked(servers, transport):
     small = 4096   # tiny max message size: the larger values below travel in chunks
     s = servers(max_message_bytes=small)
     c = _client(max_message_bytes=small)
@@ -176,6 +184,10 @@ def test_every_value_type_round_trips_including_chunked(servers):
         "echo/rows": SelectedRows(np.arange(600) * 7, np.ones((600, 2), np.float32), 5000),
     }
     c.send_vars([(s.endpoint, k, v) for k, v in values.items()])
+    if transport == "grpc":  # the larger values went in several messages
+        assert c.transport["grpc", "SendVariable"] > len(values)
+    else:  # the bulk channel sends every value whole
+        assert c.transport["bulk", "SendVariable"] == len(values)
     got = dict(zip(values, c.get_vars([(s.endpoint, k) for k in values])))
     for k, v in values.items():
         g = got[k]
@@ -245,12 +257,12 @@ def test_async_applies_each_gradient_on_arrival(servers):
     c1.close()
 
 
-@pytest.mark.parametrize("bulk_on", [False, True], ids=["grpc", "bulk"])
-def test_async_retried_gradient_is_applied_once(servers, bulk_on):
+def test_async_retried_gradient_is_applied_once(servers, transport):
     """A send repeated with its number (what a retry after a lost reply does) is applied
     once; sends of another number, and sends without one (older clients), each apply."""
+    bulk_on = transport == "bulk"
     s = servers(num_trainers=1, sync=False)
-    c = _client(0, bulk=bulk_on, bulk_threshold_bytes=0)
+    c = _client(0)
     g = np.ones((4, 3), np.float32)
     c.send_vars([(s.endpoint, "w@GRAD", g)])
     (n,) = c.get_vars([(s.endpoint, "applies")], barrier=False)
