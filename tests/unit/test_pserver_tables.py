@@ -13,7 +13,7 @@ import pytest
 from fleetkit.core.scope import SelectedRows
 from fleetkit.errors import BarrierTimeoutError, CheckpointError, InvalidArgumentError
 from fleetkit.pserver import checkpoint, sharding
-from fleetkit.pserver.rounds import SyncRounds, average
+from fleetkit.pserver.rounds import AppliedSends, SyncRounds, average
 from fleetkit.pserver.tables import IdIndex, Initializer, RowOptimizer, SparseTable, initial_rows
 
 
@@ -217,3 +217,14 @@ def test_barrier_timeout_names_the_missing_trainer_and_state_recovers():
     r.batch_barrier(1, 1)
     done.join(5)
     assert not done.is_alive() and np.allclose(applied[0]["g"], 1.5)
+
+
+def test_applied_sends_recognise_a_repeated_number_per_trainer():
+    sends = AppliedSends(keep=3)
+    assert sends.claim(0, 10) and not sends.claim(0, 10)       # a retry of send 10
+    assert sends.claim(1, 10)                                   # another trainer's numbers are its own
+    sends.release(0, 10)                                        # its apply failed: a retry must apply
+    assert sends.claim(0, 10)
+    for seq in (11, 12, 13):                                    # only the last 3 are kept
+        assert sends.claim(0, seq)
+    assert sends.claim(0, 10) and not sends.claim(0, 13)

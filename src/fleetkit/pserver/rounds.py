@@ -10,6 +10,9 @@ Why no explicit fetch phase is needed: a trainer sends the next round's gradient
 only after its gets returned, and those return only after this round's apply, so
 every gradient that arrives before an apply belongs to that apply's round.
 
+``AppliedSends`` is the async-mode counterpart: it recognises a retried gradient send by
+its number, so that the send is applied once.
+
 A round whose barriers are not complete ``barrier_timeout`` seconds after its first
 barrier fails: every trainer that is waiting (or will next ask) gets a
 BarrierTimeoutError naming the missing trainer ids, the round's gradients are
@@ -27,7 +30,7 @@ import numpy as np
 from ..core.scope import LoDTensor, SelectedRows
 from ..errors import BarrierTimeoutError, InvalidArgumentError, PServerError
 
-__all__ = ["SyncRounds", "average"]
+__all__ = ["AppliedSends", "SyncRounds", "average"]
 
 
 def average(values: list[Any]) -> Any:
@@ -189,3 +192,31 @@ class SyncRounds:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+
+class AppliedSends:
+    """Async mode: the numbers (header ``seq``) of the gradient sends applied recently, per
+    trainer, so that a send repeated by a client retry (its reply was lost, not the
+    request) is applied once.  Only the last ``keep`` numbers per trainer are remembered:
+    a retry comes within seconds of its send."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.keep = keep
+        self._seen: dict[int, dict[int, None]] = {}   # trainer -> numbers, oldest first
+        self._lock = threading.Lock()
+
+    def claim(self, trainer: int, seq: int) -> bool:
+        """Record send ``seq`` of ``trainer`` as applied; False if it already was."""
+        with self._lock:
+            seen = self._seen.setdefault(trainer, {})
+            if seq in seen:
+                return False
+            seen[seq] = None
+            if len(seen) > self.keep:
+                del seen[next(iter(seen))]
+            return True
+
+    def release(self, trainer: int, seq: int) -> None:
+        """Forget ``seq`` (its apply failed, so a retry of it must apply)."""
+        with self._lock:
+            self._seen.get(trainer, {}).pop(seq, None)

@@ -30,13 +30,10 @@ import numpy as np
 from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError, PServerError,
                       RPCError)
 from . import bulk, checkpoint, codec, rpc
-from .rounds import SyncRounds
+from .rounds import AppliedSends, SyncRounds
 
 __all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
 log = logging.getLogger(__name__)
-
-#: async mode: applied send numbers remembered per trainer (retries come within seconds)
-RECENT_SEQS = 4096
 
 
 class ServerHandler(ABC):
@@ -129,10 +126,7 @@ class ParameterServer:
         self._big: dict[int, list[bytes]] = {}  # transfer id -> chunked response being fetched
         self._next_transfer = 0
         self._live = set(range(self.num_trainers))  # async-mode COMPLETE tracking
-        # async mode: per trainer, the send numbers (header ``seq``) of recently applied
-        # gradients, oldest first, so a retried send is applied once
-        self._recent_seqs: dict[int, dict[int, None]] = {}
-        self._seq_lock = threading.Lock()
+        self._applied_sends = AppliedSends()      # async mode: a retried send applies once
         self._done = threading.Event()
         self._stop_flag = threading.Event()
         self._server: grpc.Server | None = None
@@ -399,32 +393,17 @@ class ParameterServer:
         else:
             if t not in self._live:
                 raise _Precondition(f"trainer {t} sent a gradient after COMPLETE")
-            if h.seq and not self._claim_seq(t, h.seq):
+            if h.seq and not self._applied_sends.claim(t, h.seq):
                 log.info("pserver %s: gradient '%s' #%d of trainer %d was applied already (a retry); "
                          "dropped", self.endpoint, name, h.seq, t)
                 return None
             try:
                 self._apply({name: value})
             except BaseException:
-                self._release_seq(t, h.seq)  # not applied: a retry must be
+                if h.seq:
+                    self._applied_sends.release(t, h.seq)  # not applied: a retry must be
                 raise
         return None
-
-    def _claim_seq(self, t: int, seq: int) -> bool:
-        """Record ``seq`` as applied for trainer ``t``; False if it already was."""
-        with self._seq_lock:
-            recent = self._recent_seqs.setdefault(t, {})
-            if seq in recent:
-                return False
-            recent[seq] = None
-            if len(recent) > RECENT_SEQS:  # a retry comes within seconds: old numbers can go
-                del recent[next(iter(recent))]
-            return True
-
-    def _release_seq(self, t: int, seq: int) -> None:
-        if seq:
-            with self._seq_lock:
-                self._recent_seqs.get(t, {}).pop(seq, None)
 
     def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]],
                  reply: Callable[[list[codec.Envelope]], Any] | None = None) -> Any:
