@@ -169,3 +169,16 @@ def test_random_op_with_its_own_seed_repeats_every_run():
     b_fixed, b_free = exe.run(main, fetch_list=[fixed, free])
     np.testing.assert_array_equal(a_fixed, b_fixed)
     assert not np.array_equal(a_free, b_free)
+
+
+def test_check_grad_on_gpu_demanded_without_one_says_why():
+    """check_grad(gpu=True) must not silently skip the GPU comparison."""
+    from fleetkit.core.backend import gpu_count
+    from fleetkit.errors import GPUUnavailableError
+    from fleetkit.testing.gradcheck import check_grad
+    if gpu_count() > 0:
+        pytest.skip("a GPU is present: the comparison runs")
+    x = np.random.default_rng(0).random((2, 3))
+    check_grad("tanh", {"X": x}, gpu=False)
+    with pytest.raises(GPUUnavailableError, match="CUDAPlace needs cupy"):
+        check_grad("tanh", {"X": x}, gpu=True)
