@@ -72,7 +72,7 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     """
     fleet.init(role_maker)
     data = CTRData(CTRConfig(**cfg.get("data", {})))
-    strategy = fleet.DistributeTranspilerConfig(sync_mode=cfg["sync"])
+    strategy = fleet.DistributeTranspilerConfig(sync_mode=cfg["sync"], enable_dc_asgd=cfg.get("dc_asgd", False))
     make_opt = {"sgd": lambda: fk.optimizer.SGD(cfg.get("lr", 0.1)),
                 "adam": lambda: fk.optimizer.Adam(cfg.get("lr", 0.005), epsilon=cfg.get("adam_epsilon", 1e-8)),
                 "adagrad": lambda: fk.optimizer.Adagrad(cfg.get("lr", 0.05)),

@@ -293,8 +293,9 @@ def _single_process_auc(cfg: dict) -> float:
     return ctr_train.evaluate(model.test_program, model.predict, data, cfg["test_examples"], scope)
 
 
-def test_async_2x2_ctr_auc_matches_single_process():
-    results = run_job(2, ASYNC_CFG, timeout=150)
+@pytest.mark.parametrize("dc_asgd", [False, True], ids=["plain", "dc-asgd"])
+def test_async_2x2_ctr_auc_matches_single_process(dc_asgd):
+    results = run_job(2, {**ASYNC_CFG, "dc_asgd": dc_asgd}, timeout=150)
     ps_auc = results[2]["auc"]
     local_auc = _single_process_auc(ASYNC_CFG)
     assert local_auc > 0.8

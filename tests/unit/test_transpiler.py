@@ -364,6 +364,41 @@ def test_executor_handler_applies_checks_and_checkpoints():
     np.testing.assert_array_equal(h.get("fc_2.w_0"), state["fc_2.w_0"])
 
 
+@pytest.mark.parametrize("dc_asgd", [False, True])
+def test_dc_asgd_compensates_each_trainers_gradient_for_its_stale_pull(dc_asgd):
+    """Async, 2 trainers, SGD: both pull w0; trainer 0's gradient is applied as sent (nothing
+    changed since its pull); trainer 1's becomes g + g*g*(w1 - w0) with DC-ASGD."""
+    from fleetkit.pserver.exec_handler import ExecutorHandler
+    lr = 0.5
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[4])
+        loss = layers.mean(layers.fc(x, 3, bias_attr=False))
+        optimizer.SGD(lr).minimize(loss)
+    t = transpile(main, startup, pservers="127.0.0.1:7001", trainers=2, sync=False, enable_dc_asgd=dc_asgd)
+    prog, st = t.get_pserver_programs("127.0.0.1:7001")
+    assert prog.global_block().ops[-1].attr("dc_asgd") is dc_asgd
+    scope = fk.Scope()
+    fk.Executor().run(st, scope=scope)
+    h = ExecutorHandler(prog, scope, fk.CPUPlace(), prog.global_block().ops[-1].attrs)
+    w0 = np.array(h.get_for(0, "fc_0.w_0"))
+    np.testing.assert_array_equal(h.get_for(1, "fc_0.w_0"), w0)
+    rng = np.random.default_rng(0)
+    g0, g1 = (rng.normal(size=w0.shape).astype("float32") for _ in range(2))
+    h.apply_from(0, {"fc_0.w_0@GRAD": g0.copy()})
+    w1 = w0 - lr * g0
+    np.testing.assert_allclose(h.get("fc_0.w_0"), w1, rtol=1e-6)
+    h.apply_from(1, {"fc_0.w_0@GRAD": g1.copy()})
+    want = w1 - lr * (g1 + g1 * g1 * (w1 - w0)) if dc_asgd else w1 - lr * g1
+    np.testing.assert_allclose(h.get("fc_0.w_0"), want, rtol=1e-5, atol=1e-7)
+
+
+def test_dc_asgd_needs_async_mode():
+    main, startup, _ = build()
+    with pytest.raises(InvalidArgumentError, match="enable_dc_asgd.*sync_mode=False"):
+        transpile(main, startup, sync=True, enable_dc_asgd=True)
+
+
 # ------------------------------------------------------------------ remote prefetch (sliced sparse table)
 def test_sliced_sparse_table_is_prefetched_not_received():
     """A 4000x8 is_sparse table is sliced over both pservers: its lookups prefetch rows by

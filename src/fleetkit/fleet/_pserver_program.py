@@ -118,6 +118,7 @@ def build_pserver_program(t: "DistributeTranspiler", endpoint: str) -> Program:
     persistables = sorted(n for n, v in prog.global_block().vars.items() if v.persistable)
     prog.global_block().append_op("listen_and_serv", {"X": grads}, {}, {
         "endpoint": endpoint, "Fanin": t.trainer_num, "sync_mode": t.sync_mode,
+        "dc_asgd": bool(t.config.enable_dc_asgd) and not t.sync_mode,
         "optimize_blocks": list(range(1, prog.num_blocks)), "lr_block_id": lr_block_id,
         "grad_to_block_id": grad_to_block, "param_blocks": params, "persistables": persistables,
         "sparse_tables": [json.dumps(c, sort_keys=True) for c in tables],

@@ -146,6 +146,7 @@ class DistributeTranspilerConfig:
     slice_var_up: bool = True
     split_method: type[PSDispatcher] | None = None  # None -> RoundRobin
     min_block_size: int = MIN_BLOCK_SIZE
+    # async only: delay-compensated gradients, g + g*g*(param - param at this trainer's last pull)
     enable_dc_asgd: bool = False
     mode: str = "pserver"
     print_log: bool = False
@@ -175,8 +176,6 @@ class DistributeTranspilerConfig:
         if self.mode != "pserver":
             raise InvalidArgumentError(f"DistributeTranspilerConfig: mode {self.mode!r} is not supported by the "
                                        f"parameter-server transpiler (collective jobs use fleet's collective mode)")
-        if self.enable_dc_asgd:
-            raise InvalidArgumentError("DistributeTranspilerConfig: enable_dc_asgd is not supported")
 
 
 # ------------------------------------------------------------------ analysis
@@ -290,6 +289,9 @@ class DistributeTranspiler:
         self.origin_startup = startup.clone()
         self.trainer_id, self.trainer_num = trainer_id, trainers
         self.sync_mode = bool(sync_mode if self.config.sync_mode is None else self.config.sync_mode)
+        if self.config.enable_dc_asgd and self.sync_mode:
+            raise InvalidArgumentError("DistributeTranspilerConfig: enable_dc_asgd compensates the delay of "
+                                       "async training: transpile with sync_mode=False")
         self.pserver_endpoints = _parse_endpoints(pservers)
         self._plan()
         self._done = True

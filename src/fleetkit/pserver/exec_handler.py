@@ -87,6 +87,12 @@ class ExecutorHandler(ServerHandler):
         # One lock: async pushes from several trainers arrive on several threads and
         # the optimizer kernels update arrays in place.
         self._lock = threading.RLock()
+        # DC-ASGD (async only): each trainer's copy of a parameter block as it last pulled
+        # it; a dense gradient g of that trainer becomes g + g*g*(param - backup), the
+        # first-order correction for the updates applied since its pull.
+        self._dc_asgd = bool(attrs.get("dc_asgd", False)) and not self._sync
+        self._backups: dict[tuple[int, str], np.ndarray] = {}
+        self._param_of_grad = {g: self._param_of_block(b) for g, b in self._grad_block.items()}
 
     # ------------------------------------------------------------ ServerHandler
     def apply(self, grads: dict[str, Any]) -> None:
@@ -104,6 +110,36 @@ class ExecutorHandler(ServerHandler):
                                         f"{sorted(self._grad_block) + sorted(self._table_of_grad)})")
                 self._scope.set(name, value)
                 self._exe.run_block(self._program, block, self._scope)
+
+    def apply_from(self, trainer_id: int, grads: dict[str, Any]) -> None:
+        with self._lock:
+            if self._dc_asgd:
+                grads = {n: self._compensated(trainer_id, n, g) for n, g in grads.items()}
+            self.apply(grads)
+
+    def get_for(self, trainer_id: int, name: str) -> Any:
+        with self._lock:
+            value = self.get(name)
+            if self._dc_asgd and name in self._params:
+                self._backups[trainer_id, name] = np.array(to_numpy(value), copy=True)
+            return value
+
+    def _compensated(self, trainer_id: int, grad: str, g: Any) -> Any:
+        """DC-ASGD's gradient for a dense parameter block (others, and a trainer that has
+        not pulled the block since this pserver started, are applied as sent)."""
+        param = self._param_of_grad.get(grad)
+        backup = self._backups.get((trainer_id, param)) if param else None
+        if backup is None or not isinstance(g, np.ndarray) or g.shape != backup.shape:
+            return g
+        drift = np.asarray(to_numpy(self._scope.numpy(param))) - backup
+        return (g + g * g * drift).astype(g.dtype, copy=False)
+
+    def _param_of_block(self, block_idx: int) -> str | None:
+        """The parameter the optimize block updates (its optimizer op's Param input)."""
+        for op in self._program.block(block_idx).ops:
+            if "Param" in op.inputs and op.inputs["Param"]:
+                return op.inputs["Param"][0]
+        return None
 
     def _apply_table(self, table: str, value: Any) -> None:
         if not isinstance(value, SelectedRows):

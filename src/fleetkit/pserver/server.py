@@ -47,6 +47,14 @@ class ServerHandler(ABC):
     def get(self, name: str) -> Any:
         """The current value of a hosted variable; raise NotFoundError if unknown."""
 
+    def apply_from(self, trainer_id: int, grads: dict[str, Any]) -> None:
+        """Async mode: apply gradients sent by ``trainer_id`` (default: ``apply``)."""
+        self.apply(grads)
+
+    def get_for(self, trainer_id: int, name: str) -> Any:
+        """Async mode: ``get`` on behalf of ``trainer_id`` (default: ``get``)."""
+        return self.get(name)
+
     def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
         """Rows ``ids`` of sparse table ``table`` as [len(ids), dim]."""
         raise NotFoundError(f"no sparse table '{table}' on this pserver")
@@ -398,7 +406,8 @@ class ParameterServer:
                          "dropped", self.endpoint, name, h.seq, t)
                 return None
             try:
-                self._apply({name: value})
+                with self._hlock:
+                    self.handler.apply_from(t, {name: value})
             except BaseException:
                 if h.seq:
                     self._applied_sends.release(t, h.seq)  # not applied: a retry must be
@@ -447,7 +456,7 @@ class ParameterServer:
             self.rounds.wait_applied(h.trainer_id)
         if h.varname == rpc.FETCH_BARRIER:
             return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self.handler.get(h.varname)), reply)
+        return self._respond(env, lambda: self._encode(h.varname, self._handler_get(h)), reply)
 
     def _get_no_barrier(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
@@ -457,7 +466,13 @@ class ParameterServer:
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         if name == rpc.BULK_PORT:
             return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
-        return self._respond(env, lambda: self._encode(name, self.handler.get(name)), reply)
+        return self._respond(env, lambda: self._encode(name, self._handler_get(h, name)), reply)
+
+    def _handler_get(self, h: Any, name: str | None = None) -> Any:
+        name = h.varname if name is None else name
+        if self.rounds is None:  # async: the handler may track who pulled what (DC-ASGD)
+            return self.handler.get_for(h.trainer_id, name)
+        return self.handler.get(name)
 
     def _prefetch(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
