@@ -64,3 +64,19 @@ def test_split_files_contiguous():
     assert sum((split_files(files, i, 3) for i in range(3)), []) == files
     with pytest.raises(InvalidArgumentError, match="3 workers but only 2 files"):
         split_files(["a", "b"], 0, 3)
+
+
+def test_mpi_symetric_ports(monkeypatch):
+    """MPISymetricRoleMaker's endpoint ports: PADDLE_PORT + rank, else a free port."""
+    import socket
+
+    from fleetkit.fleet.role_maker import _mpi_rank_port
+    monkeypatch.setenv("PADDLE_PORT", "7000")
+    assert [_mpi_rank_port(r) for r in range(4)] == [7000, 7001, 7002, 7003]
+    monkeypatch.setenv("PADDLE_PORT", "65535")
+    with pytest.raises(ConfigError, match="PADDLE_PORT"):
+        _mpi_rank_port(1)
+    monkeypatch.delenv("PADDLE_PORT")
+    port = _mpi_rank_port(0)
+    with socket.socket() as s:  # it was free: it can be bound
+        s.bind(("", port))

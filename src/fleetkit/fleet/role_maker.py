@@ -1,6 +1,7 @@
 """Role makers: who is a worker (trainer) and who is a server, and where everyone is."""
 from __future__ import annotations
 
+import os
 import socket
 from enum import Enum
 from typing import Sequence
@@ -150,7 +151,12 @@ class UserDefinedCollectiveRoleMaker(RoleMakerBase):
 
 
 class MPISymetricRoleMaker(RoleMakerBase):
-    """Two processes per node under mpiexec: even ranks are servers, odd ranks workers."""
+    """Two processes per node under mpiexec: even ranks are servers, odd ranks workers.
+
+    Endpoints are ``ip:port``, gathered from every rank: the ip of the rank's host, and
+    ``PADDLE_PORT + rank`` when ``PADDLE_PORT`` is set (ranks on one host never collide),
+    else a port that was free on that host when the role was generated.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -167,12 +173,14 @@ class MPISymetricRoleMaker(RoleMakerBase):
         rank, size = comm.Get_rank(), comm.Get_size()
         if size % 2:
             raise ConfigError(f"MPISymetricRoleMaker needs an even number of processes, got {size}")
-        ips = comm.allgather(socket.gethostbyname(socket.gethostname()))
+        ip = socket.gethostbyname(socket.gethostname())
+        endpoints = comm.allgather(f"{ip}:{_mpi_rank_port(rank)}")
         self._comm = comm
         self._role = Role.SERVER if rank % 2 == 0 else Role.WORKER
         self._current_id = rank // 2
-        self._server_endpoints = list(ips[::2])
-        self._worker_endpoints = list(ips[1::2])
+        self._current_endpoint = endpoints[rank]
+        self._server_endpoints = list(endpoints[::2])
+        self._worker_endpoints = list(endpoints[1::2])
         self._node_comm = comm.Split(rank % 2)
         self._role_is_generated = True
 
@@ -183,3 +191,15 @@ class MPISymetricRoleMaker(RoleMakerBase):
     def _barrier_server(self) -> None:
         if self.is_server():
             self._node_comm.barrier()
+
+
+def _mpi_rank_port(rank: int) -> int:
+    base = os.environ.get(envmod.PADDLE_PORT, "").strip()
+    if base:
+        if not base.isdigit() or not 0 < int(base) + rank < 65536:
+            raise ConfigError(f"{envmod.PADDLE_PORT}={base!r}: MPISymetricRoleMaker needs a base port such that "
+                              f"PADDLE_PORT + rank is a valid port (rank {rank})")
+        return int(base) + rank
+    with socket.socket() as probe:  # free now; the pserver binds it moments later
+        probe.bind(("", 0))
+        return int(probe.getsockname()[1])
