@@ -92,7 +92,8 @@ class ExecutorHandler(ServerHandler):
         # first-order correction for the updates applied since its pull.
         self._dc_asgd = bool(attrs.get("dc_asgd", False)) and not self._sync
         self._backups: dict[tuple[int, str], np.ndarray] = {}
-        self._param_of_grad = {g: self._param_of_block(b) for g, b in self._grad_block.items()}
+        self._param_of_grad = ({g: self._param_of_block(b) for g, b in self._grad_block.items()}
+                               if self._dc_asgd else {})
 
     # ------------------------------------------------------------ ServerHandler
     def apply(self, grads: dict[str, Any]) -> None:
@@ -131,7 +132,7 @@ class ExecutorHandler(ServerHandler):
         backup = self._backups.get((trainer_id, param)) if param else None
         if backup is None or not isinstance(g, np.ndarray) or g.shape != backup.shape:
             return g
-        drift = np.asarray(to_numpy(self._scope.numpy(param))) - backup
+        drift = self._scope.numpy(param) - backup
         return (g + g * g * drift).astype(g.dtype, copy=False)
 
     def _param_of_block(self, block_idx: int) -> str | None:

@@ -262,9 +262,13 @@ class ParameterServer:
             return self.handler.sparse_memory(table)
 
     # ----------------------------------------------------------------- plumbing
-    def _apply(self, grads: dict[str, Any]) -> None:
+    def _apply(self, grads: dict[str, Any], trainer_id: int | None = None) -> None:
+        """Sync rounds apply averaged gradients; async mode applies one trainer's."""
         with self._hlock:
-            self.handler.apply(grads)
+            if trainer_id is None:
+                self.handler.apply(grads)
+            else:
+                self.handler.apply_from(trainer_id, grads)
 
     def _methods(self) -> dict[str, Callable]:
         return {
@@ -406,8 +410,7 @@ class ParameterServer:
                          "dropped", self.endpoint, name, h.seq, t)
                 return None
             try:
-                with self._hlock:
-                    self.handler.apply_from(t, {name: value})
+                self._apply({name: value}, t)
             except BaseException:
                 if h.seq:
                     self._applied_sends.release(t, h.seq)  # not applied: a retry must be
@@ -456,7 +459,8 @@ class ParameterServer:
             self.rounds.wait_applied(h.trainer_id)
         if h.varname == rpc.FETCH_BARRIER:
             return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self._handler_get(h)), reply)
+        return self._respond(env, lambda: self._encode(h.varname, self._handler_get(h.trainer_id, h.varname)),
+                             reply)
 
     def _get_no_barrier(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
@@ -466,12 +470,11 @@ class ParameterServer:
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         if name == rpc.BULK_PORT:
             return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
-        return self._respond(env, lambda: self._encode(name, self._handler_get(h, name)), reply)
+        return self._respond(env, lambda: self._encode(name, self._handler_get(h.trainer_id, name)), reply)
 
-    def _handler_get(self, h: Any, name: str | None = None) -> Any:
-        name = h.varname if name is None else name
+    def _handler_get(self, trainer_id: int, name: str) -> Any:
         if self.rounds is None:  # async: the handler may track who pulled what (DC-ASGD)
-            return self.handler.get_for(h.trainer_id, name)
+            return self.handler.get_for(trainer_id, name)
         return self.handler.get(name)
 
     def _prefetch(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
