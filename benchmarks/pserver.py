@@ -49,25 +49,17 @@ MB = 1e6
 
 
 # ---------------------------------------------------------------- raw socket
-def _raw_server(port_conn: Any, iters: int) -> None:
-    srv = socket.create_server(("127.0.0.1", 0))
-    port_conn.send(srv.getsockname()[1])
-    conn, _ = srv.accept()
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buf = bytearray(BLOCK)
-    view = memoryview(buf)
-    for _ in range(iters):
-        got = 0
-        while got < BLOCK:
-            got += conn.recv_into(view[got:], BLOCK - got)
-        conn.sendall(view)
-    conn.close()
+def _recv_block(sock: socket.socket, view: memoryview) -> None:
+    """Receive exactly BLOCK bytes into ``view``."""
+    got = 0
+    while got < BLOCK:
+        got += sock.recv_into(view[got:], BLOCK - got)
 
 
 def raw_socket_mb_s(iters: int) -> float:
     ctx = mp.get_context("spawn")
     reader, writer = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_raw_server, args=(writer, REPEATS * iters + 3))
+    proc = ctx.Process(target=_raw_topo_server, args=(writer, 1, REPEATS * iters + 3))
     proc.start()
     port = reader.recv()
     sock = socket.create_connection(("127.0.0.1", port))
@@ -78,9 +70,7 @@ def raw_socket_mb_s(iters: int) -> float:
 
     def once() -> None:
         sock.sendall(out)
-        got = 0
-        while got < BLOCK:
-            got += sock.recv_into(view[got:], BLOCK - got)
+        _recv_block(sock, view)
     for _ in range(3):
         once()
     dt = _best_of(REPEATS, iters, once)
@@ -105,9 +95,7 @@ def _echo_loop(conn: socket.socket, iters: int) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     view = memoryview(bytearray(BLOCK))
     for _ in range(iters):
-        got = 0
-        while got < BLOCK:
-            got += conn.recv_into(view[got:], BLOCK - got)
+        _recv_block(conn, view)
         conn.sendall(view)
     conn.close()
 
@@ -115,15 +103,14 @@ def _echo_loop(conn: socket.socket, iters: int) -> None:
 def _raw_topo_client(ports: list[int], iters: int, start: Any, out: Any) -> None:
     from concurrent.futures import ThreadPoolExecutor
     socks = [socket.create_connection(("127.0.0.1", p)) for p in ports]
+    for s in socks:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     data = np.random.rand(BLOCK // 8).view(np.uint8)
     backs = [memoryview(bytearray(BLOCK)) for _ in socks]
 
     def one(i: int) -> None:
-        socks[i].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         socks[i].sendall(data)
-        got = 0
-        while got < BLOCK:
-            got += socks[i].recv_into(backs[i][got:], BLOCK - got)
+        _recv_block(socks[i], backs[i])
     pool = ThreadPoolExecutor(len(socks))
 
     def once() -> None:
