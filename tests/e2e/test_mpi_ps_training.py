@@ -11,16 +11,9 @@ import re
 import subprocess
 import sys
 
-import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_mpi_backend import _have_mpi4py, _mpiexec  # noqa: E402
-
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.skipif(not _have_mpi4py() or _mpiexec() is None,
-                       reason="needs mpi4py and mpiexec: pip install 'fleetkit[mpi]'"),
-]
+from test_mpi_backend import _mpiexec, pytestmark  # noqa: E402,F401  (e2e, skipped without MPI)
 
 STEPS, BATCH = 4, 6   # batch per trainer
 

@@ -10,6 +10,7 @@ import pytest
 import fleetkit as fk
 from fleetkit import collective, layers
 from fleetkit.testing import run_workers
+from fleetkit.testing.collective_programs import collective_ops_program
 
 STEPS = 4
 BATCH = 6  # per rank
@@ -149,22 +150,7 @@ def _check_rank(params, types, want, fuse, what, rtol=1e-5):
 
 def _ops_program(rank, world_size, port):
     _tcp_group(rank, world_size, port)
-    main = fk.Program()
-    block = main.global_block()
-    with fk.program_guard(main, fk.Program()):
-        x = layers.data("x", [2, 3], append_batch_size=False)
-    outs = {}
-    for kind in ("sum", "max", "min", "prod"):
-        outs[kind] = block.create_var(name=f"r_{kind}")
-        block.append_op(f"c_allreduce_{kind}", {"X": [x]}, {"Out": [outs[kind]]}, {"ring_id": 0})
-    outs["bcast"] = block.create_var(name="b")
-    block.append_op("c_broadcast", {"X": [x]}, {"Out": [outs["bcast"]]}, {"root": world_size - 1})
-    outs["gather"] = block.create_var(name="g")
-    block.append_op("c_allgather", {"X": [x]}, {"Out": [outs["gather"]]}, {"nranks": world_size})
-    block.append_op("c_barrier", {}, {})
-    outs["async"] = block.create_var(name="a")
-    block.append_op("c_allreduce_sum", {"X": [x]}, {"Out": [outs["async"]]}, {"use_calc_stream": False})
-    block.append_op("c_sync_comm_stream", {"X": [outs["async"]]}, {"Out": [outs["async"]]})
+    main, outs = collective_ops_program(root=world_size - 1, nranks=world_size)
     value = np.arange(6, dtype="float32").reshape(2, 3) + rank
     got = fk.Executor().run(main, feed={"x": value}, fetch_list=list(outs.values()), scope=fk.Scope())
     plain = collective.all_reduce(value.copy(), op="max")

@@ -349,15 +349,8 @@ def test_a_pserver_without_a_usable_channel_is_served_over_grpc(answer):
         server.stop(0)
 
 
-def test_tls_keeps_every_tensor_on_grpc(servers, tmp_path):
-    import shutil
-    import subprocess
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
-    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+def test_tls_keeps_every_tensor_on_grpc(servers, self_signed_cert):
+    key, cert = self_signed_cert
     s = servers(tls_cert_path=cert, tls_key_path=key)
     c = _bulk_client(0, tls_ca_path=cert)
     assert not c.bulk_on

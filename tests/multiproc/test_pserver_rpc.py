@@ -435,15 +435,8 @@ def test_wait_server_ready_and_port_zero(servers):
         ParameterServer(s.endpoint, DictHandler(), 1).start()   # the port is taken
 
 
-def test_tls_with_a_self_signed_certificate(servers, tmp_path):
-    import shutil
-    import subprocess
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
-    key, cert = str(tmp_path / "key.pem"), str(tmp_path / "cert.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True, timeout=60)
+def test_tls_with_a_self_signed_certificate(servers, self_signed_cert):
+    key, cert = self_signed_cert
     s = servers(tls_cert_path=cert, tls_key_path=key)
     c = _client(0, tls_ca_path=cert)
     c.send_vars([(s.endpoint, "echo/t", np.arange(3.0))])

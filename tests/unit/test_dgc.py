@@ -9,6 +9,7 @@ import fleetkit as fk
 from fleetkit.collective import LocalGroup
 from fleetkit.collective.dgc import (DGCMomentumOptimizer, select_top_k, sparse_exchange, sparsity_at)
 from fleetkit.errors import InvalidArgumentError
+from fleetkit.testing.collective_programs import dgc_op_program
 
 
 def test_fluid_name_resolves_lazily():
@@ -86,14 +87,8 @@ def test_dgc_op_momentum_correction_clipping_and_masking(nesterov):
         n, k_frac, m, clip = 100, 0.7, 0.9, 0.5
         rng = np.random.default_rng(1)
         u0, v0, g = (rng.standard_normal(n).astype("float32") for _ in range(3))
-        main = fk.Program()
-        block = main.global_block()
-        for name, shape in (("u", [n]), ("v", [n]), ("g", [n]), ("step", [1])):
-            block.create_var(name=name, shape=shape, dtype="float32")
-        block.append_op("dgc", {"U": ["u"], "V": ["v"], "Grad": ["g"], "CurrentStep": ["step"]},
-                        {"U_out": ["u"], "V_out": ["v"], "Grad_out": ["g"]},
-                        {"m": m, "use_nesterov": nesterov, "ring_id": 5, "clip_norm": clip, "exchange": "sparse",
-                         "rampup_begin_step": 1, "rampup_step": 1, "sparsity": [1 - k_frac]})
+        main = dgc_op_program(n, m=m, use_nesterov=nesterov, ring_id=5, clip_norm=clip, exchange="sparse",
+                              rampup_begin_step=1, rampup_step=1, sparsity=[1 - k_frac])
         scope = fk.Scope()
         out_u, out_v, out_g = fk.Executor().run(
             main, feed={"u": u0.copy(), "v": v0.copy(), "g": g.copy(), "step": np.array([3.0], "float32")},

@@ -1,19 +1,5 @@
-"""The digits example trains to the accuracy the foundation issue promises, reproducibly."""
-import importlib.util
-from pathlib import Path
-
-import pytest
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits" / "train.py"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("digits_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+"""The digits example trains to the accuracy the foundation issue promises, reproducibly
+(``digits``: the example module, a fixture in tests/conftest.py)."""
 
 
 def test_mlp_reaches_95_percent(digits):

@@ -6,21 +6,18 @@ Marked ``gpu``: skipped without CUDA.  On a GPU machine: ``python -m pytest -m g
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import fleetkit as fk
 from fleetkit import collective, layers
 from fleetkit.testing import free_ports
+from fleetkit.testing.collective_programs import collective_ops_program, dgc_op_program
 from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_arrays, write_ctr_files
 
 pytestmark = pytest.mark.gpu
 
 GPU = fk.CUDAPlace(0)
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "digits" / "train.py"
 
 
 def _params(program, scope) -> dict[str, np.ndarray]:
@@ -47,15 +44,6 @@ def _train_both(main, startup, feeds, fetch=None):
             out = exe.run(main, feed=feed, fetch_list=fetch or [], scope=scope)
             fetched[key].append([np.asarray(o) for o in out])
     return _params(main, cpu_scope), _params(main, gpu_scope), fetched
-
-
-@pytest.fixture(scope="module")
-def digits():
-    pytest.importorskip("sklearn")
-    spec = importlib.util.spec_from_file_location("digits_example", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("model", ["mlp", "conv"])
@@ -238,14 +226,8 @@ def test_dgc_op_on_gpu_matches_cpu():
     n = 40000  # above MIN_COMPRESS_NUMEL
     rng = np.random.default_rng(1)
     u0, v0, g = (rng.standard_normal(n).astype("float32") for _ in range(3))
-    main = fk.Program()
-    block = main.global_block()
-    for name, shape in (("u", [n]), ("v", [n]), ("g", [n]), ("step", [1])):
-        block.create_var(name=name, shape=shape, dtype="float32")
-    block.append_op("dgc", {"U": ["u"], "V": ["v"], "Grad": ["g"], "CurrentStep": ["step"]},
-                    {"U_out": ["u"], "V_out": ["v"], "Grad_out": ["g"]},
-                    {"m": 0.9, "use_nesterov": False, "ring_id": 6, "clip_norm": 0.5, "exchange": "sparse",
-                     "rampup_begin_step": 1, "rampup_step": 1, "sparsity": [0.99]})
+    main = dgc_op_program(n, m=0.9, use_nesterov=False, ring_id=6, clip_norm=0.5, exchange="sparse",
+                          rampup_begin_step=1, rampup_step=1, sparsity=[0.99])
     results = {}
     (port,) = free_ports(1)
     cpu_group = collective.LocalGroup(1, timeout=10)[0]
@@ -272,22 +254,7 @@ def test_collective_ops_in_a_program_on_gpu():
     group, store = _nccl_group(port)
     collective.set_group(group, ring_id=0)
     try:
-        main = fk.Program()
-        block = main.global_block()
-        with fk.program_guard(main, fk.Program()):
-            x = layers.data("x", [2, 3], append_batch_size=False)
-        outs = {}
-        for kind in ("sum", "max", "min", "prod"):
-            outs[kind] = block.create_var(name=f"r_{kind}")
-            block.append_op(f"c_allreduce_{kind}", {"X": [x]}, {"Out": [outs[kind]]}, {"ring_id": 0})
-        outs["bcast"] = block.create_var(name="b")
-        block.append_op("c_broadcast", {"X": [x]}, {"Out": [outs["bcast"]]}, {"root": 0})
-        outs["gather"] = block.create_var(name="g")
-        block.append_op("c_allgather", {"X": [x]}, {"Out": [outs["gather"]]}, {"nranks": 1})
-        block.append_op("c_barrier", {}, {})
-        outs["async"] = block.create_var(name="a")
-        block.append_op("c_allreduce_sum", {"X": [x]}, {"Out": [outs["async"]]}, {"use_calc_stream": False})
-        block.append_op("c_sync_comm_stream", {"X": [outs["async"]]}, {"Out": [outs["async"]]})
+        main, outs = collective_ops_program(root=0, nranks=1)
         value = np.arange(6, dtype="float32").reshape(2, 3)
         scope = fk.Scope()
         got = fk.Executor(GPU).run(main, feed={"x": value}, fetch_list=list(outs.values()), scope=scope)
