@@ -120,10 +120,15 @@ def open_source(path: str, config: FsConfig | None = None) -> Source:
             raise DataReadError(f"input file {path} does not exist") from None
         except OSError as exc:
             raise DataReadError(f"cannot open input file {path}: {exc}") from exc
-        if local.endswith(".gz"):
-            return Source(path, gzip.GzipFile(fileobj=f, mode="rb"), f.close)
-        return Source(path, f, direct_fd=True)
+        return _file_source(path, f, direct_fd=True)
     return _fsspec_source(path, config)
+
+
+def _file_source(path: str, f: Any, direct_fd: bool = False) -> Source:
+    """A Source over an opened binary file, decompressed when ``path`` ends in .gz."""
+    if path.endswith(".gz"):
+        return Source(path, gzip.GzipFile(fileobj=f, mode="rb"), f.close)
+    return Source(path, f, direct_fd=direct_fd)
 
 
 def _fsspec_source(url: str, config: FsConfig) -> Source:
@@ -140,9 +145,7 @@ def _fsspec_source(url: str, config: FsConfig) -> Source:
         raise DataReadError(f"input file {url} does not exist") from None
     except Exception as exc:
         raise DataReadError(f"cannot open input file {url}: {type(exc).__name__}: {exc}") from exc
-    if url.endswith(".gz"):
-        return Source(url, gzip.GzipFile(fileobj=f, mode="rb"), f.close)
-    return Source(url, f)
+    return _file_source(url, f)
 
 
 class _CommandStream:
