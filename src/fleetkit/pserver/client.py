@@ -288,12 +288,6 @@ class RPCClient:
         Id lists larger than one message are looked up in several calls (ids are
         independent), so no request is ever rejected for its size."""
         per_call = max(1, self.options.max_message_bytes // 8)
-
-        def job(ep: str, table: str, ids: np.ndarray) -> Callable[[], Any]:
-            env = codec.encode(table, ids, self.trainer_id, self.options.max_message_bytes,
-                               table_name=table, out_varname=table)[0]
-            return lambda: self._call_value(ep, "PrefetchVariable", env, table, 8 * len(ids))
-
         items = list(items)
         jobs, owner = [], []
         for i, (ep, table, ids) in enumerate(items):
@@ -303,7 +297,8 @@ class RPCClient:
                 owner.append(i)
                 continue
             for lo in range(0, max(len(ids), 1), per_call):
-                jobs.append(job(ep, table, ids[lo:lo + per_call]))
+                jobs.append(lambda ep=ep, table=table, piece=ids[lo:lo + per_call]:
+                            self._prefetch_piece(ep, table, piece))
                 owner.append(i)
         parts = self._run_all(jobs)
         out: list[list[np.ndarray]] = [[] for _ in range(owner[-1] + 1 if owner else 0)]
@@ -321,12 +316,14 @@ class RPCClient:
         if out is not bulk.NO_BULK:
             self._reply_bytes[ep, "PrefetchVariable", table] = sum(codec.payload_nbytes(out.header))
             return _owned(codec.decode(out))
-        parts = []
-        for lo in range(0, len(ids), per_call):
-            piece = codec.encode(table, ids[lo:lo + per_call], self.trainer_id, self.options.max_message_bytes,
-                                 table_name=table, out_varname=table)[0]
-            parts.append(self._call_value(ep, "PrefetchVariable", piece, table))
+        parts = [self._prefetch_piece(ep, table, ids[lo:lo + per_call]) for lo in range(0, len(ids), per_call)]
         return np.concatenate(parts, axis=0)
+
+    def _prefetch_piece(self, ep: str, table: str, ids: np.ndarray) -> Any:
+        """Rows of ids that fit one message."""
+        env = codec.encode(table, ids, self.trainer_id, self.options.max_message_bytes,
+                           table_name=table, out_varname=table)[0]
+        return self._call_value(ep, "PrefetchVariable", env, table, 8 * len(ids))
 
     def _count(self, kind: str, names: list[str], values: list[Any]) -> None:
         with self._lock:
