@@ -1,5 +1,6 @@
 """The committed protobuf modules are what scripts/gen_proto.sh generates from the .proto files,
-and pyproject.toml requires a protobuf runtime new enough for that generated code."""
+pyproject.toml pins the generator exactly (a new upstream release cannot make them look stale),
+and it requires a protobuf runtime that can load that generated code."""
 import os
 import re
 import subprocess
@@ -15,6 +16,25 @@ GENERATED = re.compile(r".*_pb2(_grpc)?\.pyi?$")
 
 def _generated(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in d.iterdir() if GENERATED.match(p.name)}
+
+
+def _pinned_generator() -> str:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    pin = re.search(r'"grpcio-tools==([0-9.]+)"', pyproject)
+    assert pin, "pyproject.toml must pin grpcio-tools exactly (==): its protoc decides the generated code"
+    return pin.group(1)
+
+
+def test_generator_is_pinned_and_installed_at_the_pin():
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = _pinned_generator()
+    try:
+        installed = version("grpcio-tools")
+    except PackageNotFoundError:
+        pytest.fail(f"grpcio-tools is not installed: pip install -e '.[test]' (it pins =={pinned})")
+    assert installed == pinned, (f"grpcio-tools {installed} is installed but the committed modules are "
+                                 f"compared against grpcio-tools=={pinned}: pip install -e '.[test]'")
 
 
 def test_committed_generated_modules_are_fresh(tmp_path):
@@ -41,6 +61,9 @@ def test_pyproject_requires_the_gencode_protobuf_version():
     lower = tuple(int(x or 0) for x in req.groups())
     assert lower >= tuple(map(int, gencode.groups())), (
         f"generated code needs protobuf>={'.'.join(gencode.groups())}, pyproject allows {lower}")
+    cap = re.search(r'"protobuf>=[0-9.]+,<(\d+)"', pyproject)
+    assert cap and int(cap.group(1)) == lower[0] + 1, (
+        f"pyproject.toml must cap protobuf below {lower[0] + 1}: a new major runtime refuses this gencode")
 
 
 def test_generated_modules_import_with_the_installed_runtime():
