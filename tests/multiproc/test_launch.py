@@ -113,3 +113,103 @@ def test_sigterm_to_the_launcher_stops_the_job(tmp_path):
             time.sleep(0.05)
         else:
             pytest.fail(f"worker pid {pid} still runs after the launcher was terminated")
+
+
+def _write_pid_script(tmp_path, marker) -> str:
+    return _script(tmp_path, f"""
+        import os, time
+        with open({str(marker)!r} + os.environ["PADDLE_TRAINER_ID"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)
+    """)
+
+
+def _wait_pids(tmp_path, n: int) -> list[int]:
+    pids: list[int] = []
+    deadline = time.monotonic() + 60
+    while len(pids) < n and time.monotonic() < deadline:
+        pids = [int(p.read_text()) for p in tmp_path.glob("pid*") if p.read_text()]
+        time.sleep(0.1)
+    assert len(pids) == n, "the workers did not start"
+    return pids
+
+
+def _running(pid: int) -> bool:
+    """In the process table and not a zombie (a reparented child may wait to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_the_launcher_leaves_no_child(tmp_path):
+    """kill -9 cannot be caught: the kernel kills the children (PR_SET_PDEATHSIG)."""
+    proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", _write_pid_script(tmp_path, tmp_path / "pid")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pids = _wait_pids(tmp_path, 2)
+    assert all(_running(p) for p in pids)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in pids if _running(p)]
+    assert not left, f"children {left} outlived the SIGKILLed launcher"
+
+
+AUTH_SCRIPT = """
+    import os
+    import numpy as np
+    import fleetkit as fk
+    from fleetkit import fleet, layers
+    from fleetkit.errors import RPCAuthError
+    from fleetkit.pserver.client import ClientOptions, RPCClient
+    fleet.init(fleet.PaddleCloudRoleMaker())
+    x = layers.data("x", shape=[4], dtype="float32")
+    y = layers.data("y", shape=[1], dtype="float32")
+    loss = layers.mean(layers.square_error_cost(layers.fc(x, 1), y))
+    strategy = fleet.DistributeTranspilerConfig(sync_mode=False)
+    fleet.distributed_optimizer(fk.optimizer.SGD(0.1), strategy).minimize(loss)
+    if fleet.is_server():
+        fleet.init_server()
+        fleet.run_server()
+    else:
+        exe = fk.Executor(fk.CPUPlace())
+        fleet.init_worker()
+        exe.run(fleet.startup_program)
+        rng = np.random.default_rng(fleet.worker_index())
+        for _ in range(3):
+            exe.run(fleet.main_program, feed={"x": rng.random((8, 4), dtype=np.float32),
+                                              "y": rng.random((8, 1), dtype=np.float32)}, fetch_list=[loss])
+        token = os.environ["FLEETKIT_AUTH_TOKEN"]
+        print(f"token length {len(token)}")
+        if fleet.worker_index() == 0:
+            outsider = RPCClient(7, ClientOptions(auth_token="", retry_window_s=5, deadline_s=10))
+            try:
+                outsider.sparse_memory(fleet.server_endpoints()[0])
+                print("unauthenticated call accepted")
+            except RPCAuthError as e:
+                print(f"unauthenticated call refused: {e}")
+            outsider.close()
+        fleet.stop_worker()
+"""
+
+
+def test_launched_ps_job_is_authenticated_by_default(tmp_path):
+    """The launcher hands every process one random FLEETKIT_AUTH_TOKEN: an outsider is refused."""
+    pytest.importorskip("grpc")
+    env = {k: v for k, v in os.environ.items() if k != "FLEETKIT_AUTH_TOKEN"}
+    res = subprocess.run(LAUNCH + ["--server_num", "1", "--worker_num", "2", "--timeout", "100",
+                                   _script(tmp_path, AUTH_SCRIPT)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "[worker.0] unauthenticated call refused" in res.stdout, res.stdout[-3000:]
+    assert "[worker.1] token length 32" in res.stdout
+    # the user's own token is kept
+    res = subprocess.run(LAUNCH + ["--worker_num", "1", "--", sys.executable, "-c",
+                                   "import os; print('token', os.environ['FLEETKIT_AUTH_TOKEN'])"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**env, "FLEETKIT_AUTH_TOKEN": "mine"})
+    assert "[worker.0] token mine" in res.stdout, res.stdout + res.stderr

@@ -11,13 +11,19 @@ only through Paddle's environment variables (``TRAINING_ROLE``,
 cluster.  It supervises the job: the first process that fails makes the
 launcher stop every other one and exit with that process's code, naming it
 and showing the end of its output; pservers are stopped once every worker has
-finished.  Nothing is left running, whatever happens (Ctrl-C included).
+finished.  Nothing is left running, whatever happens: Ctrl-C, SIGTERM, and
+SIGKILL of the launcher too (the kernel kills the children: PR_SET_PDEATHSIG).
+
+Secure by default: every process gets the same random ``FLEETKIT_AUTH_TOKEN``
+for the job (unless the user set one), so pservers refuse anyone else.
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -110,9 +116,13 @@ def job_envs(spec: JobSpec) -> list[tuple[str, bool, dict[str, str]]]:
     return out
 
 
-def _child_env(extra: dict[str, str], n_procs: int) -> dict[str, str]:
+def _child_env(extra: dict[str, str], n_procs: int, token: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(extra)
+    # secure by default: every process of the job shares one random secret, so pservers
+    # refuse whoever else reaches their ports (a token the user set is kept)
+    if not env.get(envmod.FLEETKIT_AUTH_TOKEN):
+        env[envmod.FLEETKIT_AUTH_TOKEN] = token
     # one BLAS thread per core share: with more, processes on a small host slow each other down
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_procs)))
     # big tensor buffers: keep freed memory instead of mmap/munmap each time (DESIGN.md)
@@ -138,15 +148,38 @@ def _pump(proc: _Proc, log: Any) -> None:
         log.close()
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` that puts the child in its own session (so one killpg reaches the
+    script's own children) and has the kernel SIGKILL it when the launcher dies, however
+    it dies (SIGKILL cannot be caught, so no handler of ours could do this)."""
+    # resolved before fork: nothing to load in the child (PR_SET_PDEATHSIG is Linux's)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+    launcher = os.getpid()
+
+    def preexec() -> None:
+        os.setsid()
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != launcher:  # the launcher died before prctl took effect
+            os._exit(1)
+    return preexec
+
+
 def _start(spec: JobSpec) -> list[_Proc]:
     roles = job_envs(spec)
     if spec.log_dir:
         os.makedirs(spec.log_dir, exist_ok=True)
+    token = secrets.token_hex(16)
+    preexec = _die_with_parent()
     procs: list[_Proc] = []
     try:
         for name, is_server, extra in roles:
-            popen = subprocess.Popen(spec.script, env=_child_env(extra, len(roles)), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(spec.script, env=_child_env(extra, len(roles), token),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, preexec_fn=preexec)
             p = _Proc(name, popen, is_server)
             procs.append(p)
             log = open(os.path.join(spec.log_dir, f"{name}.log"), "w") if spec.log_dir else None
