@@ -5,6 +5,10 @@
 """
 import sys as _sys
 
+from . import _logconfig
+
+_logconfig.configure_from_env()  # FLEETKIT_LOG_LEVEL (set by `fleetkit launch`): our log records on stderr
+
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
@@ -39,6 +43,15 @@ __all__ += ["BuildStrategy", "CompiledProgram", "ExecutionStrategy"]
 _LAZY = {"DistributeTranspiler": "fleetkit.transpiler", "DistributeTranspilerConfig": "fleetkit.transpiler",
          "transpiler": None, "fleet": None}
 __all__ += ["DistributeTranspiler", "DistributeTranspilerConfig"]
+
+# the rest of the fluid 1.4 surface (see docs/porting.md): readers, feeders, nets, metrics, profiler
+from . import reader  # noqa: E402  (paddle.reader)
+from .reader import batch  # noqa: E402  (paddle.batch)
+from .core import data_feeder, param_attr  # noqa: E402
+
+for _name in ("data_feeder", "param_attr"):
+    _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
+__all__ += ["batch", "reader"]
 
 
 def __getattr__(name: str):  # PEP 562: lazy public names

@@ -7,9 +7,16 @@ from .framework import (Block, Operator, Parameter, Program, Variable, default_m
                         default_startup_program, program_guard)
 from .param_attr import ParamAttr, WeightNormParamAttr
 from .scope import LoDTensor, Scope, SelectedRows, create_lod_tensor, global_scope, scope_guard
+from .data_feeder import DataFeeder
+from . import pyreader as _pyreader
+from .pyreader import EOFException
+
+# the 1.4 reader layers live beside PyReader (one module for the input pipeline)
+for _name in ("py_reader", "create_py_reader_by_data", "read_file", "double_buffer"):
+    setattr(layers, _name, getattr(_pyreader, _name))
 
 __all__ = [
-    "Block", "CPUPlace", "CUDAPlace", "Executor", "LoDTensor", "Operator", "ParamAttr", "Parameter",
+    "Block", "CPUPlace", "CUDAPlace", "DataFeeder", "EOFException", "Executor", "LoDTensor", "Operator", "ParamAttr", "Parameter",
     "Program", "Scope", "SelectedRows", "Variable", "WeightNormParamAttr", "append_backward", "clip",
     "create_lod_tensor", "default_main_program", "default_startup_program", "get_array_module",
     "global_scope", "gpu_count", "gradients", "initializer", "io", "is_compiled_with_cuda", "layers",

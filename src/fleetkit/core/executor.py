@@ -120,6 +120,11 @@ class Executor:
         prepared = self._prepare(program, use_program_cache)
         fetch_names = [_fetch_name(block, f, prepared.fetch_names) for f in (fetch_list or [])]
         env = scope._vars
+        if isinstance(feed, (list, tuple)):  # one feed dict per place (DataFeeder, PyReader): one place here
+            if len(feed) != 1:
+                raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
+                                           f"runs one place per process, so give one dict")
+            feed = feed[0]
         if feed:
             feed_vars = prepared.feed_vars
             for name, value in feed.items():

@@ -28,10 +28,11 @@ from ..proto.framework_pb2 import OpDesc, ProgramDesc, VarDesc
 from .backend import CPUPlace, to_numpy
 from .framework import EMPTY_VAR, Block, Operator, Parameter, Program, Variable, default_main_program
 from .registry import get_op_def
+from .pyreader import PyReader
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope
 
 __all__ = [
-    "TensorFormatError", "deserialize_program", "get_inference_program", "get_program_parameter",
+    "PyReader", "TensorFormatError", "deserialize_program", "get_inference_program", "get_program_parameter",
     "get_program_persistable_vars", "is_parameter", "is_persistable", "load_inference_model",
     "load_params", "load_persistables", "load_vars", "parse_program_desc", "program_from_desc", "program_to_desc",
     "prune_program", "save_inference_model", "save_params", "save_persistables", "save_vars",
