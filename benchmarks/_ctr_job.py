@@ -1,0 +1,150 @@
+"""One measurement of the CTR job of ``ctr_side_by_side.py``, in fleetkit or in Paddle 2.6.
+
+Run by ``ctr_side_by_side.py`` as a child process (so each run starts fresh and the
+two frameworks never share a process):
+
+    python _ctr_job.py --framework fleetkit|paddle --train FILES --test FILE --thread N
+
+The model: 26 sparse slots sharing one 1e6 x 10 embedding table (sum-pooled), 13 dense
+features, fc 256-128-64 (relu), a 2-way softmax, Adam(1e-3), batch 512, fed by an
+``InMemoryDataset`` and ``train_from_dataset``; then ``infer_from_dataset`` over the test
+file.  Prints one JSON line of seconds and counts (the parent computes the ratios).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+N_SPARSE, N_DENSE, TABLE, EMB, BATCH = 26, 13, 1_000_000, 10, 512
+HIDDEN = (256, 128, 64)
+
+
+def _fleetkit_model():
+    import fleetkit as fk
+    from fleetkit import layers
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 1
+    with fk.program_guard(main, startup):
+        label = layers.data("label", shape=[1], dtype="int64")
+        dense = layers.data("dense", shape=[N_DENSE], dtype="float32")
+        slots = [layers.data(f"s{i}", shape=[1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
+        pooled = [layers.sequence_pool(layers.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb"),
+                                       "sum") for s in slots]
+        h = layers.concat(pooled + [dense], axis=1)
+        for width in HIDDEN:
+            h = layers.fc(h, width, act="relu")
+        predict = layers.fc(h, 2, act="softmax")
+        loss = layers.mean(layers.cross_entropy(predict, label))
+        auc, _, stats = layers.auc(predict, label)
+        test = main.clone(for_test=True)
+        fk.optimizer.Adam(1e-3).minimize(loss)
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup)
+    return fk, exe, main, test, [label, dense] + slots, loss, auc, stats, fk.DatasetFactory().create_dataset
+
+
+def _paddle_model():
+    import paddle
+    paddle.enable_static()
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    main.random_seed = startup.random_seed = 1
+    with paddle.static.program_guard(main, startup):
+        label = paddle.static.data("label", shape=[-1, 1], dtype="int64")
+        dense = paddle.static.data("dense", shape=[-1, N_DENSE], dtype="float32")
+        slots = [paddle.static.data(f"s{i}", shape=[-1, 1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
+        pooled = [paddle.reshape(paddle.static.nn.sequence_lod.sequence_pool(  # [-1, 1, EMB] -> [-1, EMB]
+            paddle.static.nn.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb"), "sum"), [-1, EMB])
+            for s in slots]
+        h = paddle.concat(pooled + [dense], axis=1)
+        for width in HIDDEN:
+            h = paddle.static.nn.fc(h, width, activation="relu")
+        predict = paddle.static.nn.fc(h, 2, activation="softmax")
+        loss = paddle.mean(paddle.nn.functional.cross_entropy(predict, label, use_softmax=False))
+        auc, _, stats = paddle.static.auc(predict, label)
+        test = main.clone(for_test=True)
+        paddle.optimizer.Adam(1e-3).minimize(loss)
+    exe = paddle.static.Executor(paddle.CPUPlace())
+    exe.run(startup)
+
+    def dataset(kind):
+        return paddle.distributed.InMemoryDataset() if kind == "InMemoryDataset" else paddle.distributed.QueueDataset()
+    return paddle, exe, main, test, [label, dense] + slots, loss, auc, stats, dataset
+
+
+def _dataset(framework: str, create, use_vars, files, thread):
+    ds = create("InMemoryDataset")
+    if framework == "paddle":
+        ds.init(batch_size=BATCH, thread_num=thread, use_var=use_vars, pipe_command="cat")
+    else:
+        ds.set_use_var(use_vars)
+        ds.set_batch_size(BATCH)
+        ds.set_thread(thread)
+        ds.set_pipe_command("cat")
+    ds.set_filelist(files)
+    return ds
+
+
+def _stat_count(fw, scope_get, stats) -> int:
+    """Examples the cumulative auc stats counted (positives + negatives of every bucket)."""
+    pos, neg = (np.array(scope_get(v.name)) for v in stats[2:4])
+    return int(pos.sum() + neg.sum())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--framework", choices=["fleetkit", "paddle"], required=True)
+    ap.add_argument("--train", nargs="+", required=True)
+    ap.add_argument("--test", required=True)
+    ap.add_argument("--thread", type=int, default=1)
+    a = ap.parse_args()
+    fw = a.framework
+    lib, exe, main_prog, test_prog, use_vars, loss, auc, stats, create = (
+        _fleetkit_model() if fw == "fleetkit" else _paddle_model())
+    scope = lib.global_scope() if fw == "fleetkit" else lib.static.global_scope()
+
+    def scope_get(name):
+        return scope.find_var(name).get_tensor()
+
+    out = {"framework": fw, "thread": a.thread}
+    ds = _dataset(fw, create, use_vars, a.train, a.thread)
+    t = time.perf_counter()
+    ds.load_into_memory()
+    out["load_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ds.local_shuffle()
+    out["local_shuffle_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    exe.train_from_dataset(main_prog, ds, thread=a.thread, fetch_list=[loss], fetch_info=["loss"],
+                           print_period=10 ** 9)
+    out["train_s"] = time.perf_counter() - t
+    out["train_counted"] = _stat_count(fw, scope_get, stats)
+    out["train_auc"] = _auc_from_stats(scope_get, stats)
+    for v in stats:  # zero the auc state: the test pass counts from 0
+        scope_get(v.name).set(np.zeros_like(np.array(scope_get(v.name))), lib.CPUPlace())
+    test = _dataset(fw, create, use_vars, [a.test], a.thread)
+    test.load_into_memory()
+    t = time.perf_counter()
+    exe.infer_from_dataset(test_prog, test, thread=a.thread, fetch_list=[auc], fetch_info=["auc"],
+                           print_period=10 ** 9)
+    out["infer_s"] = time.perf_counter() - t
+    out["test_counted"] = _stat_count(fw, scope_get, stats)
+    out["test_auc"] = _auc_from_stats(scope_get, stats)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _auc_from_stats(scope_get, stats) -> float:
+    """ROC AUC from the cumulative bucket counts (the same formula in both frameworks)."""
+    pos, neg = (np.array(scope_get(v.name)).reshape(-1)[::-1].astype(np.float64) for v in stats[2:4])
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
+    area = (neg * (2 * tp - pos)).sum() / 2
+    return float(area / (tp[-1] * fp[-1])) if tp[-1] * fp[-1] > 0 else 0.0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
