@@ -1,0 +1,72 @@
+"""Recurrent layers over LoD sequences (fluid 1.4 names and arguments)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import InvalidArgumentError
+from ..framework import Variable
+from ..layer_helper import LayerHelper
+
+__all__ = ["dynamic_lstm", "dynamic_gru"]
+
+
+def _input(layer: str, input: Any, gates: int, size: int) -> None:
+    if not isinstance(input, Variable):
+        raise InvalidArgumentError(f"{layer}: 'input' must be a Variable, got {type(input).__name__}")
+    if len(input.shape) != 2 or input.shape[1] != gates * size:
+        raise InvalidArgumentError(
+            f"{layer}: input '{input.name}' must be [T, {gates * size}] (the {gates} gates of hidden size {size}, "
+            f"usually an fc of width {gates * size}), got {list(input.shape)}")
+
+
+def dynamic_lstm(input: Variable, size: int, h_0: Variable | None = None, c_0: Variable | None = None,
+                 param_attr: Any = None, bias_attr: Any = None, use_peepholes: bool = True,
+                 is_reverse: bool = False, gate_activation: str = "sigmoid", cell_activation: str = "tanh",
+                 candidate_activation: str = "tanh", dtype: str = "float32",
+                 name: str | None = None) -> tuple[Variable, Variable]:
+    """LSTM over each sequence of ``input`` [T, size] (``size`` = 4 * hidden size, the
+    input already projected to the gates).  Returns (hidden, cell), each [T, size / 4]
+    with the input's LoD.  ``h_0``/``c_0``: [num_sequences, size / 4] initial states."""
+    if int(size) % 4:
+        raise InvalidArgumentError(f"dynamic_lstm: size must be 4 * hidden size, got {size}")
+    d = int(size) // 4
+    _input("dynamic_lstm", input, 4, d)
+    helper = LayerHelper("lstm", param_attr=param_attr, bias_attr=bias_attr, name=name)
+    w = helper.create_parameter(param_attr, [d, 4 * d], dtype)
+    b = helper.create_parameter(bias_attr, [1, 7 * d if use_peepholes else 4 * d], dtype, is_bias=True)
+    hidden = helper.create_variable_for_type_inference(dtype)
+    cell = helper.create_variable_for_type_inference(dtype)
+    inputs = {"Input": [input], "Weight": [w], "Bias": [b]}
+    if h_0 is not None:
+        inputs["H0"] = [h_0]
+    if c_0 is not None:
+        inputs["C0"] = [c_0]
+    helper.append_op("lstm", inputs, {"Hidden": [hidden], "Cell": [cell]},
+                     {"use_peepholes": bool(use_peepholes), "is_reverse": bool(is_reverse),
+                      "gate_activation": gate_activation, "cell_activation": cell_activation,
+                      "candidate_activation": candidate_activation})
+    return hidden, cell
+
+
+def dynamic_gru(input: Variable, size: int, param_attr: Any = None, bias_attr: Any = None,
+                is_reverse: bool = False, gate_activation: str = "sigmoid", candidate_activation: str = "tanh",
+                h_0: Variable | None = None, origin_mode: bool = False) -> Variable:
+    """GRU over each sequence of ``input`` [T, 3 * size] (the update, reset and candidate
+    projections); returns the hidden states [T, size] with the input's LoD.
+
+    h = (1 - u) * h_prev + u * candidate, or u * h_prev + (1 - u) * candidate with
+    ``origin_mode`` (the original paper's form)."""
+    d = int(size)
+    _input("dynamic_gru", input, 3, d)
+    helper = LayerHelper("gru", param_attr=param_attr, bias_attr=bias_attr)
+    w = helper.create_parameter(param_attr, [d, 3 * d], input.dtype)
+    inputs = {"Input": [input], "Weight": [w]}
+    if bias_attr is not False:
+        inputs["Bias"] = [helper.create_parameter(bias_attr, [1, 3 * d], input.dtype, is_bias=True)]
+    if h_0 is not None:
+        inputs["H0"] = [h_0]
+    hidden = helper.create_variable_for_type_inference(input.dtype)
+    helper.append_op("gru", inputs, {"Hidden": [hidden]},
+                     {"is_reverse": bool(is_reverse), "gate_activation": gate_activation,
+                      "activation": candidate_activation, "origin_mode": bool(origin_mode)})
+    return hidden

@@ -1,0 +1,129 @@
+"""lstm (dynamic_lstm) and gru (dynamic_gru): forward against a per-sequence, per-row numpy
+loop, finite-difference gradients (peepholes, reverse, initial states, origin_mode)."""
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.errors import InvalidArgumentError, ShapeError
+from fleetkit.testing.gradcheck import check_grad
+
+RNG = np.random.default_rng(11)
+LENS = [3, 1, 0, 4]  # unsorted lengths, one empty sequence
+OFF = [0, 3, 4, 4, 8]
+D = 2
+
+
+def sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def ref_lstm(x, w, b, h0, c0, reverse, peep):
+    d = w.shape[0]
+    b = b.ravel()
+    hs, cs = np.zeros((x.shape[0], d)), np.zeros((x.shape[0], d))
+    for s, (a, e) in enumerate(zip(OFF, OFF[1:])):
+        h, c = h0[s].copy(), c0[s].copy()
+        for t in (range(e - 1, a - 1, -1) if reverse else range(a, e)):
+            g = x[t] + h @ w + b[:4 * d]
+            gc, gi, gf, go = np.split(g, 4)
+            if peep:
+                gi, gf = gi + b[4 * d:5 * d] * c, gf + b[5 * d:6 * d] * c
+            c = sig(gf) * c + sig(gi) * np.tanh(gc)
+            h = sig(go + b[6 * d:] * c if peep else go) * np.tanh(c)
+            hs[t], cs[t] = h, c
+    return hs, cs
+
+
+def ref_gru(x, w, b, h0, reverse, origin):
+    d = w.shape[0]
+    flat = w.ravel()
+    w_ur, w_c = flat[:2 * d * d].reshape(d, 2 * d), flat[2 * d * d:].reshape(d, d)
+    b = b.ravel()
+    hs = np.zeros((x.shape[0], d))
+    for s, (a, e) in enumerate(zip(OFF, OFF[1:])):
+        h = h0[s].copy()
+        for t in (range(e - 1, a - 1, -1) if reverse else range(a, e)):
+            ur = sig(x[t, :2 * d] + h @ w_ur + b[:2 * d])
+            u, r = ur[:d], ur[d:]
+            c = np.tanh(x[t, 2 * d:] + (r * h) @ w_c + b[2 * d:])
+            h = u * h + (1 - u) * c if origin else (1 - u) * h + u * c
+            hs[t] = h
+    return hs
+
+
+def _run_op(op, inputs, attrs, outs):
+    prog = fk.Program()
+    block = prog.global_block()
+    feed, ins = {}, {}
+    for slot, v in inputs.items():
+        arr, lod = v if isinstance(v, tuple) else (v, None)
+        block.create_var(name=slot.lower(), shape=arr.shape, dtype="float64", lod_level=1 if lod else 0)
+        ins[slot] = [slot.lower()]
+        feed[slot.lower()] = fk.LoDTensor(arr, lod) if lod else arr
+    block.append_op(op, ins, {o: [o.lower()] for o in outs}, attrs)
+    return fk.Executor().run(prog, feed=feed, fetch_list=[o.lower() for o in outs])
+
+
+@pytest.mark.parametrize("peep,reverse,init", [(True, False, False), (False, True, True), (True, True, True)])
+def test_lstm_forward_and_grad(peep, reverse, init):
+    x, w = RNG.normal(size=(8, 4 * D)), RNG.normal(size=(D, 4 * D)) * 0.5
+    b = RNG.normal(size=(1, (7 if peep else 4) * D))
+    h0, c0 = (RNG.normal(size=(4, D)), RNG.normal(size=(4, D))) if init else (np.zeros((4, D)),) * 2
+    inputs = {"Input": (x, [OFF]), "Weight": w, "Bias": b}
+    if init:
+        inputs.update(H0=h0, C0=c0)
+    attrs = {"use_peepholes": peep, "is_reverse": reverse}
+    hs, cs = _run_op("lstm", inputs, attrs, ["Hidden", "Cell"])
+    want_h, want_c = ref_lstm(x, w, b, h0, c0, reverse, peep)
+    np.testing.assert_allclose(hs, want_h, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cs, want_c, rtol=1e-10, atol=1e-12)
+    check_grad("lstm", inputs, attrs, outputs=("Hidden", "Cell"))
+
+
+@pytest.mark.parametrize("origin,reverse,init", [(False, False, False), (True, True, True)])
+def test_gru_forward_and_grad(origin, reverse, init):
+    x, w, b = RNG.normal(size=(8, 3 * D)), RNG.normal(size=(D, 3 * D)) * 0.5, RNG.normal(size=(1, 3 * D))
+    h0 = RNG.normal(size=(4, D)) if init else np.zeros((4, D))
+    inputs = {"Input": (x, [OFF]), "Weight": w, "Bias": b}
+    if init:
+        inputs["H0"] = h0
+    attrs = {"origin_mode": origin, "is_reverse": reverse}
+    (hs,) = _run_op("gru", inputs, attrs, ["Hidden"])
+    np.testing.assert_allclose(hs, ref_gru(x, w, b, h0, reverse, origin), rtol=1e-10, atol=1e-12)
+    check_grad("gru", inputs, attrs, outputs=("Hidden",))
+
+
+def test_dynamic_lstm_and_gru_layers_train_a_classifier():
+    words = layers.data("words", [1], dtype="int64", lod_level=1)
+    label = layers.data("label", [1], dtype="int64")
+    emb = layers.embedding(words, size=[20, 8])
+    hidden, cell = layers.dynamic_lstm(layers.fc(emb, 4 * 6), size=4 * 6)
+    assert hidden.shape == (-1, 6) and cell.shape == (-1, 6) and hidden.lod_level == 1
+    gru = layers.dynamic_gru(layers.fc(emb, 3 * 5), size=5, is_reverse=True)
+    assert gru.shape == (-1, 5)
+    feat = layers.concat([layers.sequence_last_step(hidden), layers.sequence_first_step(gru)], axis=1)
+    loss = layers.mean(layers.cross_entropy(layers.fc(feat, 2, act="softmax"), label))
+    fk.optimizer.Adam(0.05).minimize(loss)
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    rng = np.random.default_rng(0)
+    lens = rng.integers(1, 6, size=16)
+    ids = rng.integers(0, 20, size=(int(lens.sum()), 1))
+    # label: whether the sequence's last word is in the upper half of the vocabulary
+    y = (ids[np.cumsum(lens) - 1] >= 10).astype("int64")
+    losses = [float(exe.run(feed={"words": (ids, [lens.tolist()]), "label": y}, fetch_list=[loss])[0][0])
+              for _ in range(40)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_rnn_layers_check_their_input():
+    x = layers.data("x", [10], lod_level=1)
+    with pytest.raises(InvalidArgumentError, match=r"must be \[T, 8\].*got \[-1, 10\]"):
+        layers.dynamic_lstm(x, size=8)
+    with pytest.raises(InvalidArgumentError, match="size must be 4 \\* hidden size"):
+        layers.dynamic_lstm(x, size=10)
+    with pytest.raises(InvalidArgumentError, match=r"must be \[T, 9\]"):
+        layers.dynamic_gru(x, size=3)
+    with pytest.raises(ShapeError, match="gate_activation 'swishy'"):
+        layers.dynamic_gru(layers.data("y", [9], lod_level=1), size=3, gate_activation="swishy")
