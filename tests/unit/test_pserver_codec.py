@@ -2,6 +2,8 @@
 compatibility, and malformed input is rejected with a clear error (no sockets here)."""
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,69 @@ def test_grpc_failures_map_to_retryable_or_permanent_fleetkit_errors():
     e = rpc.map_rpc_error(Failed(S.ABORTED, "round failed", ((rpc.MISSING_TRAINERS_KEY, "1,3"),)),
                           "h:1", "w", "GetVariable")
     assert isinstance(e, errors.BarrierTimeoutError) and e.missing_trainers == (1, 3)
+
+
+# ------------------------------------------------------------ reassembly bounds
+def _chunks(name="g", n=1 << 12, count=4, trainer=0, dtype=np.float32):
+    envs = codec.encode(name, np.ones(n, dtype), trainer, max_bytes=(n * np.dtype(dtype).itemsize) // count)
+    assert len(envs) == count
+    return envs
+
+
+def test_reassembly_holds_only_bytes_received_never_what_a_header_declares():
+    """Two tiny chunks declaring a 1 GiB value hold a few hundred bytes (the old code
+    zero-filled the declared size), and are refused above the per-trainer limit."""
+    asm = codec.Reassembler(max_bytes_per_trainer=1 << 31, max_bytes=1 << 32)
+    tracemalloc.start()
+    for k in (0, 1):
+        h = VariableMessage(varname="w@GRAD", data_type=VariableMessage.FP32, dims=[1 << 28],
+                            chunk_index=k, chunk_count=1 << 26)
+        env = codec.Envelope(h, b"", b"\0" * 16)
+        assert asm.add(env) is None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20 and asm.held == 2 * (16 + codec.Reassembler.OVERHEAD)
+    small = codec.Reassembler(max_bytes_per_trainer=1 << 20)
+    h = VariableMessage(varname="w@GRAD", data_type=VariableMessage.FP32, dims=[1 << 28],
+                        chunk_index=0, chunk_count=1 << 26)
+    with pytest.raises(codec.PayloadError, match=r"'w@GRAD'.*1073741824 bytes exceeds .*limit of 1048576"):
+        small.add(codec.Envelope(h, b"", b"\0" * 16))
+    assert small.held == 0
+
+
+def test_a_wrong_sized_chunk_is_refused_before_it_is_stored():
+    asm = codec.Reassembler()
+    env = _chunks()[1]
+    env.data = memoryview(env.data)[:10]
+    with pytest.raises(codec.PayloadError, match=r"truncated chunk 1/4 of variable 'g': expected 4096 bytes, got 10"):
+        asm.add(env)
+    assert asm.held == 0
+
+
+def test_per_trainer_and_per_server_limits_and_stale_transfers():
+    now = [0.0]
+    per_chunk = 4096 + codec.Reassembler.OVERHEAD
+    asm = codec.Reassembler(max_bytes_per_trainer=(1 << 14) + 1000, max_bytes=5 * per_chunk, timeout_s=10,
+                            clock=lambda: now[0])
+    a = _chunks("a")
+    for e in a[:3]:
+        asm.add(e)
+    with pytest.raises(codec.PayloadError, match=r"'a': chunk 3 would make trainer 0's unfinished .* "
+                                                 r"limit of \d+ bytes per trainer"):
+        asm.add(a[3])
+    now[0] = 5.0
+    for e in _chunks("b", trainer=1)[:2]:
+        asm.add(e)
+    with pytest.raises(codec.PayloadError, match="'c': chunk 0 would make unfinished chunked values exceed"):
+        asm.add(_chunks("c", trainer=2)[0])
+    now[0] = 11.0   # trainer 0's value went stale: dropped, its bytes freed
+    assert asm.expire() == [(0, "a", 0, "")]
+    assert asm.held == 2 * per_chunk
+    asm.discard(1)
+    assert asm.held == 0
+    # a complete value still reassembles, and a retried chunk is not counted twice
+    c = _chunks("c", n=1 << 10)
+    whole = None
+    for e in (c[0], c[0], c[1], c[2], c[3]):
+        whole = asm.add(e) or whole
+    assert np.array_equal(codec.decode(whole), np.ones(1 << 10, np.float32)) and asm.held == 0

@@ -18,6 +18,7 @@ checked against the header before it is used.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Union
 
@@ -283,53 +284,138 @@ class Reassembler:
     """Collects the chunks of chunked values; ``add`` returns the whole envelope once
     its last chunk arrived (chunks may arrive in any order), else None.
 
-    Keys are (trainer id, var name, round, kind) so concurrent values never mix.
+    Keys are (trainer id, var name, round, kind) so concurrent values never mix.  Nothing
+    is allocated for what a header merely declares: each chunk is checked against the
+    header (index, size) and kept as received, and the whole value is joined only when
+    every chunk is there.  Bytes held for unfinished values are bounded per trainer
+    (``max_bytes_per_trainer``) and in all (``max_bytes``); values whose last chunk came
+    more than ``timeout_s`` ago are dropped.  None: no bound (a client's own replies).
     """
 
-    def __init__(self, max_pending_bytes: int = 8 << 30) -> None:
-        self._parts: dict[tuple, tuple[VariableMessage, bytearray, bytearray, set[int]]] = {}
-        self._max = max_pending_bytes
+    #: bytes charged per stored chunk on top of its payload (bookkeeping)
+    OVERHEAD = 512
+
+    def __init__(self, max_bytes_per_trainer: int | None = None, max_bytes: int | None = None,
+                 timeout_s: float | None = None, max_values_per_trainer: int = 256,
+                 clock: Any = None) -> None:
+        self._parts: dict[tuple, _Pending] = {}
+        self._per_trainer, self._max = max_bytes_per_trainer, max_bytes
+        self._timeout, self._max_values = timeout_s, max_values_per_trainer
+        self._clock = clock or time.monotonic
+        self._held: dict[int, int] = {}     # trainer -> bytes held
+        self.held = 0                       #: bytes held for unfinished values, all trainers
 
     def add(self, env: Envelope, kind: str = "") -> Envelope | None:
         h = env.header
         if h.chunk_count <= 1:
             return env
+        self.expire()
         if not 0 <= h.chunk_index < h.chunk_count:
             raise PayloadError(f"variable '{h.varname}': chunk_index {h.chunk_index} outside "
                                f"[0, {h.chunk_count})")
         nrows, ndata = payload_nbytes(h)
         total = nrows + ndata
-        if total > self._max:
-            raise PayloadError(f"variable '{h.varname}': {total} bytes exceed the reassembly "
-                               f"limit of {self._max}")
-        key = (h.trainer_id, h.varname, h.round, kind)
-        entry = self._parts.get(key)
-        if entry is None or entry[0].chunk_count != h.chunk_count or list(entry[0].dims) != list(h.dims):
-            entry = (h, bytearray(nrows), bytearray(ndata), set())
-            self._parts[key] = entry
-        first, rows, data, seen = entry
+        if self._per_trainer is not None and total > self._per_trainer:
+            raise PayloadError(f"variable '{h.varname}': a chunked value of {total} bytes exceeds this "
+                               f"pserver's reassembly limit of {self._per_trainer} bytes per trainer")
+        if h.chunk_count > max(total, 1):
+            raise PayloadError(f"variable '{h.varname}': {h.chunk_count} chunks for {total} bytes")
         size = math.ceil(total / h.chunk_count)
         lo, hi = h.chunk_index * size, min(total, (h.chunk_index + 1) * size)
         r, d = memoryview(env.rows).cast("B"), memoryview(env.data).cast("B")
         want_r = max(0, min(hi, nrows) - lo)
-        if (r.nbytes, d.nbytes) != (want_r, (hi - lo) - want_r):
+        if (r.nbytes, d.nbytes) != (want_r, max(hi - lo, 0) - want_r):
             raise PayloadError(f"truncated chunk {h.chunk_index}/{h.chunk_count} of variable "
-                               f"'{h.varname}': expected {hi - lo} bytes, got {r.nbytes + d.nbytes}")
-        if want_r:
-            rows[lo:lo + want_r] = r
-        if d.nbytes:
-            start = max(lo - nrows, 0)
-            data[start:start + d.nbytes] = d
-        seen.add(h.chunk_index)
-        if len(seen) < h.chunk_count:
+                               f"'{h.varname}': expected {max(hi - lo, 0)} bytes, got {r.nbytes + d.nbytes}")
+        key = (h.trainer_id, h.varname, h.round, kind)
+        entry = self._parts.get(key)
+        if entry is not None and not entry.matches(h):
+            self._drop(key)    # a new value under the same key (a restarted sender)
+            entry = None
+        if entry is None and sum(1 for k in self._parts if k[0] == h.trainer_id) >= self._max_values:
+            raise PayloadError(f"variable '{h.varname}': trainer {h.trainer_id} already has "
+                               f"{self._max_values} unfinished chunked values on this pserver")
+        cost = r.nbytes + d.nbytes + self.OVERHEAD
+        old = entry.cost_of(h.chunk_index) if entry is not None else 0   # a retried chunk replaces its copy
+        self._reserve(h, cost - old)
+        if entry is None:
+            entry = self._parts[key] = _Pending(h, nrows, ndata)
+        entry.store(h.chunk_index, r, d, cost, self._clock())
+        if len(entry.chunks) < h.chunk_count:
             return None
-        del self._parts[key]
-        whole = VariableMessage()
-        whole.CopyFrom(first)
-        whole.chunk_index, whole.chunk_count = 0, 1
-        return Envelope(whole, rows, data)
+        self._drop(key)
+        return entry.join()
+
+    def _reserve(self, h: VariableMessage, n: int) -> None:
+        t = h.trainer_id
+        mine = self._held.get(t, 0)
+        if self._per_trainer is not None and mine + n > self._per_trainer:
+            raise PayloadError(f"variable '{h.varname}': chunk {h.chunk_index} would make trainer {t}'s "
+                               f"unfinished chunked values exceed this pserver's limit of "
+                               f"{self._per_trainer} bytes per trainer ({mine} held)")
+        if self._max is not None and self.held + n > self._max:
+            raise PayloadError(f"variable '{h.varname}': chunk {h.chunk_index} would make unfinished "
+                               f"chunked values exceed this pserver's limit of {self._max} bytes "
+                               f"({self.held} held)")
+        self._held[t] = mine + n
+        self.held += n
+
+    def _drop(self, key: tuple) -> None:
+        entry = self._parts.pop(key)
+        self._held[key[0]] = self._held.get(key[0], 0) - entry.nbytes
+        self.held -= entry.nbytes
+
+    def expire(self) -> list[tuple]:
+        """Drop values whose last chunk came more than ``timeout_s`` ago; their keys."""
+        if self._timeout is None:
+            return []
+        old = self._clock() - self._timeout
+        stale = [k for k, e in self._parts.items() if e.touched < old]
+        for k in stale:
+            self._drop(k)
+        return stale
 
     def discard(self, trainer_id: int) -> None:
         """Forget the partial values of one trainer (it left)."""
         for key in [k for k in self._parts if k[0] == trainer_id]:
-            del self._parts[key]
+            self._drop(key)
+
+
+class _Pending:
+    """The chunks of one value received so far (views of the received messages)."""
+
+    def __init__(self, header: VariableMessage, nrows: int, ndata: int) -> None:
+        self.header, self.nrows, self.ndata = header, nrows, ndata
+        self.chunks: dict[int, tuple[Any, Any, int]] = {}
+        self.nbytes, self.touched = 0, 0.0
+
+    def matches(self, h: VariableMessage) -> bool:
+        f = self.header
+        return (f.chunk_count, list(f.dims), f.data_type, f.type) == (h.chunk_count, list(h.dims),
+                                                                      h.data_type, h.type)
+
+    def cost_of(self, index: int) -> int:
+        return self.chunks[index][2] if index in self.chunks else 0
+
+    def store(self, index: int, rows: memoryview, data: memoryview, cost: int, now: float) -> None:
+        self.nbytes += cost - self.cost_of(index)
+        self.chunks[index] = (rows, data, cost)
+        self.touched = now
+
+    def join(self) -> Envelope:
+        """The whole value in fresh (writable) buffers; chunks are consecutive slices of
+        the (rows bytes, tensor bytes) stream."""
+        rows, data = bytearray(self.nrows), bytearray(self.ndata)
+        pos = 0
+        for k in range(len(self.chunks)):
+            r, d, _ = self.chunks[k]
+            if r.nbytes:
+                rows[pos:pos + r.nbytes] = r
+            if d.nbytes:
+                start = max(pos + r.nbytes - self.nrows, 0)
+                data[start:start + d.nbytes] = d
+            pos += r.nbytes + d.nbytes
+        whole = VariableMessage()
+        whole.CopyFrom(self.header)
+        whole.chunk_index, whole.chunk_count = 0, 1
+        return Envelope(whole, rows, data)
