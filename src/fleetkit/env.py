@@ -22,6 +22,18 @@ PADDLE_PSERVERS_IP_PORT_LIST = "PADDLE_PSERVERS_IP_PORT_LIST"
 POD_IP = "POD_IP"
 PADDLE_PORT = "PADDLE_PORT"
 FLEETKIT_AUTH_TOKEN = "FLEETKIT_AUTH_TOKEN"
+#: fluid's flag: executors name the op that produced NaN/inf; pservers refuse non-finite gradients
+FLAGS_CHECK_NAN_INF = "FLAGS_check_nan_inf"
+#: 1: a pserver restarted without a checkpoint is re-seeded from trainer 0's last pulled copy
+FLEETKIT_PS_RESEED_ON_RESTART = "FLEETKIT_PS_RESEED_ON_RESTART"
+#: os.pathsep-separated directories a pserver's CheckpointNotify may write into (besides checkpoint_dir)
+FLEETKIT_PS_NOTIFY_DIRS = "FLEETKIT_PS_NOTIFY_DIRS"
+
+
+def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether a boolean variable is on ('1', 'true', 'yes', 'on'; unset: off)."""
+    raw = (os.environ if env is None else env).get(name, "")
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
 
