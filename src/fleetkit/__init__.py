@@ -48,10 +48,15 @@ __all__ += ["DistributeTranspiler", "DistributeTranspilerConfig"]
 from . import reader  # noqa: E402  (paddle.reader)
 from .reader import batch  # noqa: E402  (paddle.batch)
 from .core import data_feeder, param_attr  # noqa: E402
+from .core.memory import memory_optimize, release_memory  # noqa: E402
+from . import metrics, nets, profiler  # noqa: E402
+from .parallel_executor import ParallelExecutor  # noqa: E402
 
 for _name in ("data_feeder", "param_attr"):
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
-__all__ += ["batch", "reader"]
+__all__ += ["ParallelExecutor", "batch", "memory_optimize", "metrics", "nets", "profiler", "reader",
+            "release_memory"]
+_LAZY["incubate"] = None
 
 
 def __getattr__(name: str):  # PEP 562: lazy public names

@@ -35,6 +35,24 @@ def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     raw = (os.environ if env is None else env).get(name, "")
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
+
+#: fluid's garbage-collection flag: >= 0 makes executors free each intermediate as soon as no
+#: later op reads it (fleetkit frees at once, whatever the threshold); < 0 or unset keeps them
+FLAGS_EAGER_DELETE_TENSOR_GB = "FLAGS_eager_delete_tensor_gb"
+
+
+def eager_delete_tensor_gb(env: Mapping[str, str] | None = None) -> float:
+    """``FLAGS_eager_delete_tensor_gb`` as a number (-1.0 when unset)."""
+    raw = (os.environ if env is None else env).get(FLAGS_EAGER_DELETE_TENSOR_GB, "").strip()
+    if not raw:
+        return -1.0
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{FLAGS_EAGER_DELETE_TENSOR_GB}={raw!r} is not a number (use -1 to keep "
+                          f"intermediates, 0 to free them as soon as they are unused)") from None
+
+
 ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
 
 

@@ -10,16 +10,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..env import eager_delete_tensor_gb
 from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
 from .backend import CPUPlace, Place, to_numpy
 from .framework import Program, Variable, default_main_program
 from .fusion import failed_context, fuse_steps
+from .memory import deletion_plan, eager_deletion_on
 from .registry import KernelContext, get_op_def
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, lengths_to_offsets
 
 
 class _Prepared:
-    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names", "reseed")
+    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names", "reseed", "gc_plans")
 
     def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
         self.version = program._version
@@ -32,6 +34,8 @@ class _Prepared:
         #: random ops with their own nonzero ``seed``: as in fluid, every run draws the same
         #: numbers, so their generator restarts from the seed before each run
         self.reseed: list[tuple[KernelContext, int]] = []
+        #: fetch names -> eager-deletion plan (core/memory.py), built on first use
+        self.gc_plans: dict[tuple[str, ...], Any] = {}
         xp = place.xp
         for idx, op in enumerate(program.block(block_idx).ops):
             opdef = get_op_def(op.type)
@@ -56,6 +60,9 @@ def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
     return np.random.default_rng(seed if seed else None)
 
 
+#: set by ``fleetkit.profiler`` while profiling: ``timer(prepared, run_steps)`` runs the ops one by one, timed
+_op_timer: Any = None
+
 #: called as ``hook(executor)`` by ``Executor.close()``; core cannot import the subsystems
 #: (pserver client, ...) that have something to finish there, so they register themselves.
 _CLOSE_HOOKS: list[Any] = []
@@ -74,6 +81,7 @@ class Executor:
     def __init__(self, place: Place | None = None) -> None:
         self.place = place or CPUPlace()
         self._cache: dict[int, _Prepared] = {}
+        self._gc_flag = eager_delete_tensor_gb()  # FLAGS_eager_delete_tensor_gb, read once
 
     def close(self) -> None:
         """Drop the prepared programs and run the ``register_close_hook`` hooks (fluid's
@@ -138,15 +146,28 @@ class Executor:
                 env[var.name] = convert_feed(var, value, self.place)
         _bind(prepared, env)
         _reseed(prepared)
-        self._run_steps(prepared.steps)
+        if _op_timer is not None:
+            _op_timer(prepared, self._run_steps)
+        elif eager_deletion_on(program, self._gc_flag):
+            self._run_steps(prepared.steps, _gc_plan(prepared, block, fetch_names), env)
+        else:
+            self._run_steps(prepared.steps)
         return [self._fetch(env, n, return_numpy) for n in fetch_names]
 
     @staticmethod
-    def _run_steps(steps: list) -> None:
+    def _run_steps(steps: list, plan: list | None = None, env: dict | None = None) -> None:
+        """Run ``steps``; with a deletion ``plan``, drop ``plan[i]``'s names from ``env`` after step i."""
         i = 0
         try:
-            for i, (kernel, ctx) in enumerate(steps):
-                kernel(ctx)
+            if plan is None:
+                for i, (kernel, ctx) in enumerate(steps):
+                    kernel(ctx)
+            else:
+                assert env is not None
+                for i, (kernel, ctx) in enumerate(steps):
+                    kernel(ctx)
+                    for name in plan[i]:
+                        env.pop(name, None)
         except FleetkitError:
             raise
         except Exception as e:
@@ -183,6 +204,17 @@ class Executor:
         from .trainer import run_from_dataset
         return run_from_dataset(self, program, dataset, scope, thread, debug, fetch_list, fetch_info,
                                 print_period, infer=True)
+
+
+def _gc_plan(prepared: _Prepared, block: Any, fetch_names: list[str]) -> list | None:
+    """The eager-deletion plan for this fetch list (each step lists the ops it runs)."""
+    key = tuple(fetch_names)
+    if key not in prepared.gc_plans:
+        index = {id(op): k for k, op in enumerate(block.ops)}
+        starts = [index[id(ctx.op)] for _, ctx in prepared.steps] + [len(block.ops)]
+        step_ops = [block.ops[a:b] for a, b in zip(starts, starts[1:])]
+        prepared.gc_plans[key] = deletion_plan(block, step_ops, fetch_names)
+    return prepared.gc_plans[key]
 
 
 def _host_copy(a: Any) -> np.ndarray:
