@@ -7,6 +7,7 @@
 #   cluster.sh build            build the binaries into the cache (skipped when warm)
 #   cluster.sh start STATE_DIR  start etcd, apiserver, controller-manager; write
 #                               STATE_DIR/kubeconfig; returns once /readyz says ok
+#   cluster.sh start-apiserver STATE_DIR, start-kcm STATE_DIR: the two halves of start
 #   cluster.sh stop STATE_DIR   stop what `start` started (SIGTERM, then SIGKILL)
 #   cluster.sh bin              print the cache's bin directory (fails when cold)
 #
@@ -106,8 +107,8 @@ wait_ready() {  # url token seconds
     return 1
 }
 
-cmd_start() {
-    local run=${1:?usage: cluster.sh start STATE_DIR}
+cmd_start_apiserver() {
+    local run=${1:?usage: cluster.sh start-apiserver STATE_DIR}
     cmd_bin > /dev/null
     command -v etcd > /dev/null || die "etcd not found: run '$0 install'"
     local ep=${ETCD_PORT:-12379} pp=${ETCD_PEER_PORT:-12380} ap=${APISERVER_PORT:-16443}
@@ -147,11 +148,19 @@ KC
         tail -n 20 "$run/etcd.log" "$run/apiserver.log" >&2
         cmd_stop "$run"; die "apiserver on 127.0.0.1:$ap not ready in 60 s (logs in $run)"
     fi
+    log "up: KUBECONFIG=$run/kubeconfig"
+}
+
+cmd_start_kcm() {
+    # Start it after the CRDs are installed: its garbage collector discovers new
+    # resource kinds only every ~30 s.
+    local run=${1:?usage: cluster.sh start-kcm STATE_DIR}
+    run=$(cd "$run" && pwd)
     setsid "$BIN/kube-controller-manager" --kubeconfig="$run/kubeconfig" --leader-elect=false \
         --port=0 --secure-port=0 --service-account-private-key-file="$run/sa.key" \
         --root-ca-file="$run/certs/apiserver.crt" --controllers='*' > "$run/kcm.log" 2>&1 < /dev/null &
     echo $! > "$run/kcm.pid"
-    log "up: KUBECONFIG=$run/kubeconfig"
+    log "kube-controller-manager started (log: $run/kcm.log)"
 }
 
 stop_pid() {  # pidfile
@@ -172,7 +181,9 @@ case "${1:-}" in
     install) cmd_install ;;
     build) cmd_build ;;
     bin) cmd_bin ;;
-    start) shift; cmd_start "$@" ;;
+    start) shift; cmd_start_apiserver "$@"; cmd_start_kcm "$@" ;;
+    start-apiserver) shift; cmd_start_apiserver "$@" ;;
+    start-kcm) shift; cmd_start_kcm "$@" ;;
     stop) shift; cmd_stop "$@" ;;
-    *) sed -n '2,14p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
 esac

@@ -2,6 +2,8 @@
 
     fleetkit check          verify the installation (exit 0 when it works, 1 otherwise)
     fleetkit launch ...     run a training script as a job of pservers and workers on this host
+    fleetkit operator       run the Kubernetes PaddleJob operator
+    fleetkit submit ...     run a training script as a PaddleJob on Kubernetes and follow it
 
 Each subcommand is a function that adds its parser to the subparsers and sets
 ``func`` (called with the parsed args, returns the exit code); new subcommands
@@ -38,8 +40,18 @@ def _add_launch(sub: Any) -> None:
     add_launch_parser(sub)
 
 
+def _add_operator(sub: Any) -> None:
+    from .operator_k8s.cli import add_operator_parser
+    add_operator_parser(sub)
+
+
+def _add_submit(sub: Any) -> None:
+    from .operator_k8s.cli import add_submit_parser
+    add_submit_parser(sub)
+
+
 #: subcommand builders, in help order: ``add(subparsers)`` adds one subcommand
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check, _add_launch]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check, _add_launch, _add_operator, _add_submit]
 
 
 def build_parser() -> argparse.ArgumentParser:
