@@ -81,6 +81,14 @@ def ref_ftrl(p, g, lr, st, l1, l2, lr_power):
     return np.where(np.abs(lin) > l1, (l1 * np.sign(lin) - lin) / y, 0.0)
 
 
+def ref_lars_momentum(p, g, lr, st, mu, lars_coeff, lars_weight_decay):
+    pn, gn = np.linalg.norm(p), np.linalg.norm(g)
+    local = lr * lars_coeff * pn / (gn + lars_weight_decay * pn) if pn > 0 and gn > 0 else lr
+    v = mu * st["Velocity"] + local * (g + lars_weight_decay * p)
+    st["Velocity"] = v
+    return p - v
+
+
 # op type -> (accumulators {slot: initial value or "like"}, attrs, reference)
 CASES = {
     "sgd": ("sgd", {}, {}, ref_sgd),
@@ -96,6 +104,8 @@ CASES = {
                          {"decay": 0.9, "epsilon": 1e-6, "momentum": 0.5, "centered": True}, ref_rmsprop),
     "adamax": ("adamax", {"Moment": 0.0, "InfNorm": 0.0, "Beta1Pow": [0.9]},
                {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}, ref_adamax),
+    "lars_momentum": ("lars_momentum", {"Velocity": 0.0}, {"mu": 0.9, "lars_coeff": 0.01, "lars_weight_decay": 0.001},
+                      ref_lars_momentum),
     "adadelta": ("adadelta", {"AvgSquaredGrad": 0.0, "AvgSquaredUpdate": 0.0}, {"rho": 0.95, "epsilon": 1e-6},
                  ref_adadelta),
     "ftrl": ("ftrl", {"SquaredAccumulator": 0.0, "LinearAccumulator": 0.0},
@@ -301,6 +311,8 @@ MODEL_CASES = {
     "rmsprop": (lambda: optimizer.RMSProp(0.01, rho=0.9, momentum=0.5), "rmsprop",
                 {"decay": 0.9, "epsilon": 1e-6, "momentum": 0.5, "centered": False}),
     "adamax": (lambda: optimizer.Adamax(0.01), "adamax", {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8}),
+    "lars_momentum": (lambda: optimizer.LarsMomentum(0.5, momentum=0.9, lars_coeff=0.02), "lars_momentum",
+                      {"mu": 0.9, "lars_coeff": 0.02, "lars_weight_decay": 0.0005}),
     "decayed_adagrad": (lambda: optimizer.DecayedAdagrad(0.1, decay=0.9), "decayed_adagrad",
                         {"decay": 0.9, "epsilon": 1e-6}),
 }

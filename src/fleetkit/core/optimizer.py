@@ -1,5 +1,6 @@
 """Optimizers with fluid 1.4 names: ``SGD``, ``Momentum``, ``Adagrad``, ``Adam``, ``Adamax``,
-``DecayedAdagrad``, ``RMSProp``, ``Adadelta``, ``Ftrl`` (and their ``*Optimizer`` aliases).
+``DecayedAdagrad``, ``RMSProp``, ``Adadelta``, ``Ftrl``, ``LarsMomentum`` (and their
+``*Optimizer`` aliases), and ``ModelAverage``.
 
 ``minimize(loss)`` appends the backward pass, gradient clipping, regularization
 (this order, as fluid 1.4) and one update op per parameter, and returns
@@ -31,6 +32,7 @@ from .framework import (ROLE_LRSCHED, ROLE_OPTIMIZE, Block, Operator, Parameter,
 from .regularizer import append_regularization_ops, check_regularizer
 
 __all__ = ["SGD", "Momentum", "Adagrad", "Adam", "Adamax", "DecayedAdagrad", "RMSProp", "Adadelta", "Ftrl",
+           "LarsMomentum", "LarsMomentumOptimizer", "ModelAverage",
            "SGDOptimizer", "MomentumOptimizer", "AdagradOptimizer", "AdamOptimizer", "AdamaxOptimizer",
            "DecayedAdagradOptimizer", "RMSPropOptimizer", "AdadeltaOptimizer", "FtrlOptimizer", "Optimizer"]
 
@@ -264,6 +266,30 @@ class MomentumOptimizer(Optimizer):
                                {"mu": self._momentum, "use_nesterov": self._use_nesterov})
 
 
+class LarsMomentumOptimizer(Optimizer):
+    """Momentum with a layer-wise learning rate (LARS):
+    local_lr = lr * lars_coeff * |param| / (|grad| + lars_weight_decay * |param|);
+    velocity = momentum * velocity + local_lr * (grad + lars_weight_decay * param); param -= velocity."""
+
+    type = "lars_momentum"
+
+    def __init__(self, learning_rate: float | Variable, momentum: float, lars_coeff: float = 0.001,
+                 lars_weight_decay: float = 0.0005, regularization: Any = None, name: str | None = None) -> None:
+        super().__init__(learning_rate, regularization, name)
+        self._momentum = _number(momentum, "LarsMomentum: momentum", lo=0.0)
+        self._lars_coeff = _number(lars_coeff, "LarsMomentum: lars_coeff", lo=0.0)
+        self._lars_weight_decay = _number(lars_weight_decay, "LarsMomentum: lars_weight_decay", lo=0.0)
+
+    def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
+        for p in parameters:
+            self._add_accumulator("velocity", p)
+
+    def _append_optimize_op(self, block: Block, param_and_grad: tuple[Parameter, Variable]) -> Operator:
+        return self._update_op(block, param_and_grad, {"Velocity": "velocity"},
+                               {"mu": self._momentum, "lars_coeff": self._lars_coeff,
+                                "lars_weight_decay": self._lars_weight_decay})
+
+
 class AdagradOptimizer(Optimizer):
     """moment += grad^2; param -= lr * grad / (sqrt(moment) + epsilon)."""
 
@@ -443,6 +469,10 @@ DecayedAdagrad = DecayedAdagradOptimizer
 RMSProp = RMSPropOptimizer
 Adadelta = AdadeltaOptimizer
 Ftrl = FtrlOptimizer
+LarsMomentum = LarsMomentumOptimizer
+
+# ModelAverage builds on Optimizer, so its module imports this one: import it last
+from .model_average import ModelAverage  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

@@ -95,6 +95,16 @@ def _adam(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> Non
     p -= lr_t * (m1 / (xp.sqrt(m2) + a["epsilon"]))
 
 
+def _lars_momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
+    # layer-wise adaptive rate: lr * coeff * |p| / (|g| + wd * |p|), plain lr when either norm is 0
+    v, mu, coeff, wd = acc["Velocity"], a["mu"], a["lars_coeff"], a["lars_weight_decay"]
+    pn, gn = xp.sqrt((p * p).sum()), xp.sqrt((g * g).sum())
+    local = xp.where((pn > 0) & (gn > 0), lr * coeff * pn / (gn + wd * pn + (gn == 0)), lr)
+    v *= mu
+    v += local * (g + wd * p)
+    p -= v
+
+
 def _adagrad(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
     m = acc["Moment"]
     m += g * g
@@ -242,6 +252,8 @@ _register_update("momentum", _Rule(_momentum, ("Velocity",)), {"mu": 0.9, "use_n
 _register_update("adam", _Rule(_adam, ("Moment1", "Moment2"), (("Beta1Pow", "beta1"), ("Beta2Pow", "beta2")),
                                sparse=lambda a: "rows" if a["lazy_mode"] else "dense"),
                  {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "lazy_mode": False})
+_register_update("lars_momentum", _Rule(_lars_momentum, ("Velocity",)),
+                 {"mu": 0.9, "lars_coeff": 0.001, "lars_weight_decay": 0.0005})
 _register_update("adagrad", _Rule(_adagrad, ("Moment",), sparse=_rows), {"epsilon": 1e-6})
 _register_update("decayed_adagrad", _Rule(_decayed_adagrad, ("Moment",)), {"decay": 0.95, "epsilon": 1e-6})
 def _rmsprop_check(ctx: ShapeContext) -> None:
