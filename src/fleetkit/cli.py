@@ -68,7 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fleetkit`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `fleetkit`: say what there is, not "the following arguments are required"
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,8 +48,97 @@ def _launch(args: list[str], timeout: float = 120) -> subprocess.CompletedProces
 def test_collective_job_sets_roles_and_all_reduces(tmp_path):
     res = _launch(["--worker_num", "2", "--timeout", "100", _script(tmp_path, COLLECTIVE_SCRIPT)])
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "[worker.0] rank 0 of 2 sum 3 omp " in res.stdout
+    assert "[worker.0] rank 0 of 2 sum 3 omp 1" in res.stdout  # 2 cores / 2 processes (or fewer)
     assert "[worker.1] rank 1 of 2 sum 3 omp " in res.stdout
+    # the banner: kind, then role, endpoint, pid of every process; one line per end; a summary
+    assert "fleetkit launch: collective job, 2 trainers" in res.stderr
+    banner = [ln.split() for ln in res.stderr.splitlines() if ln.startswith("  worker.")]
+    assert [b[:2] for b in banner[:2]] == [["worker.0", "TRAINER"], ["worker.1", "TRAINER"]], res.stderr
+    assert banner[0][2].startswith("127.0.0.1:") and banner[0][3] == "pid" and banner[0][4].isdigit()
+    assert f"worker.1 (pid {banner[1][4]}) exited with code 0 after" in res.stderr
+    assert "fleetkit launch: job finished in" in res.stderr
+
+
+LOGGING_SCRIPT = """
+    import logging, os
+    import fleetkit
+    rank = os.environ["PADDLE_TRAINER_ID"]
+    logging.getLogger("fleetkit.demo").info("library info line of rank %s", rank)
+    print("plain output of rank", rank, os.environ["PADDLE_IS_LOCAL"], os.environ["PADDLE_TRAINERS"],
+          os.environ["MALLOC_MMAP_THRESHOLD_"], os.environ.get("http_proxy"))
+"""
+
+
+def test_log_dir_has_everything_and_worker0_is_still_shown(tmp_path):
+    logs = tmp_path / "logs"
+    env = {**os.environ, "http_proxy": "http://127.0.0.1:9"}
+    res = subprocess.run(LAUNCH + ["--worker_num", "2", "--log_dir", str(logs), _script(tmp_path, LOGGING_SCRIPT)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for rank in (0, 1):
+        text = (logs / f"worker.{rank}.log").read_text()
+        assert f"INFO fleetkit.demo: library info line of rank {rank}" in text, text
+        assert f"plain output of rank {rank} 0 2 268435456 None" in text, text
+    assert "[worker.0] plain output of rank 0" in res.stdout  # worker 0 still on the console
+    assert "rank 1" not in res.stdout
+    assert f"log {logs / 'worker.1.log'}" in res.stderr  # the banner names the files
+
+
+CRASH_SCRIPT = """
+    import atexit, os, time
+    import numpy as np
+    from fleetkit import collective
+    group = collective.init_parallel_env(timeout=60)
+    if group.rank == 1:
+        atexit.register(time.sleep, 1.0)  # a slow teardown: its peer exits first
+        group.close()  # as a `with` block would on the way out: the peer fails at once
+        raise ValueError("rank one read a corrupt shard")
+    collective.all_reduce(np.ones(4))
+"""
+
+
+def test_the_crashing_rank_is_named_not_the_peer_that_saw_it(tmp_path):
+    """20 runs out of 20: the peer's PeerFailedError exits first, the cause is still rank 1."""
+    script = _script(tmp_path, CRASH_SCRIPT)
+    for run in range(20):
+        res = _launch(["--worker_num", "2", "--timeout", "60", script], timeout=90)
+        err = res.stderr
+        assert res.returncode == 1, f"run {run}: {res.stdout}{err}"
+        assert re.search(r"worker\.1 \(pid \d+\) failed first", err), f"run {run}: wrong process named:\n{err}"
+        assert "ValueError: rank one read a corrupt shard" in err, f"run {run}: {err}"
+        if "worker.0 (pid" in err and "also exited" in err:
+            assert "PeerFailedError: it only saw the failure of another process" in err, f"run {run}: {err}"
+
+
+def test_bare_fleetkit_prints_help():
+    res = subprocess.run([sys.executable, "-m", "fleetkit.cli"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "launch" in res.stdout and "usage: fleetkit" in res.stdout, res.stderr
+
+
+METRICS_SCRIPT = """
+    import os, time
+    from fleetkit.fleet.launch_report import report_metrics
+    rank = int(os.environ["PADDLE_TRAINER_ID"])
+    for step in range(1, 4):
+        report_metrics(step=step, examples=100 * step, loss=1.0 / step, auc=0.5 + 0.1 * rank)
+        time.sleep(0.4)
+"""
+
+
+def test_progress_lines_and_metrics_file(tmp_path):
+    metrics = tmp_path / "m.jsonl"
+    res = _launch(["--worker_num", "2", "--progress_period", "0.3", "--metrics_file", str(metrics),
+                   "--print_config", _script(tmp_path, METRICS_SCRIPT)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fleetkit launch: configuration" in res.stderr and "trainers       127.0.0.1:" in res.stderr
+    progress = [ln for ln in res.stderr.splitlines() if ln.startswith("fleetkit launch: progress")]
+    assert progress, res.stderr
+    assert "worker.0 step 3" in progress[-1] and "worker.1 step 3" in progress[-1], progress[-1]
+    assert "auc 0.6000" in progress[-1] and "total " in progress[-1]
+    import json
+    records = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    assert sorted((r["worker"], r["step"]) for r in records) == [(f"worker.{w}", s) for w in (0, 1) for s in (1, 2, 3)]
+    assert "@fleetkit-metrics" not in res.stdout  # metric lines are the launcher's, not the console's
 
 
 def test_failing_worker_stops_the_job_and_is_named(tmp_path):
@@ -56,7 +146,8 @@ def test_failing_worker_stops_the_job_and_is_named(tmp_path):
     res = _launch(["--worker_num", "2", "--log_dir", str(tmp_path / "logs"), _script(tmp_path, FAILING_SCRIPT)])
     took = time.monotonic() - t0
     assert res.returncode == 3, res.stdout + res.stderr
-    assert "worker.1" in res.stderr and "exited with code 3" in res.stderr
+    assert "worker.1" in res.stderr and "failed first: it exited with code 3" in res.stderr
+    assert f"full output in {tmp_path / 'logs' / 'worker.1.log'}" in res.stderr
     assert "worker one gives up: bad shard" in res.stderr  # the tail of its output
     assert took < 60, f"the sleeping worker was not stopped ({took:.0f}s)"
     assert "bad shard" in (tmp_path / "logs" / "worker.1.log").read_text()
@@ -213,3 +304,32 @@ def test_launched_ps_job_is_authenticated_by_default(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=ROOT,
                          env={**env, "FLEETKIT_AUTH_TOKEN": "mine"})
     assert "[worker.0] token mine" in res.stdout, res.stdout + res.stderr
+
+
+SLOW_PSERVER_SCRIPT = """
+    import os, socket, time
+    if os.environ["TRAINING_ROLE"] == "PSERVER":
+        time.sleep(4)  # a slow start: the launcher must say what it waits for
+        host, port = os.environ["PADDLE_CURRENT_ENDPOINT"].rsplit(":", 1)
+        with socket.create_server((host, int(port))):
+            time.sleep(1.5)
+    else:
+        ep = os.environ["PADDLE_PSERVERS_IP_PORT_LIST"]
+        host, port = ep.rsplit(":", 1)
+        for _ in range(200):
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+"""
+
+
+def test_waiting_for_pservers_is_announced(tmp_path):
+    res = _launch(["--server_num", "1", "--worker_num", "1", "--timeout", "60",
+                   _script(tmp_path, SLOW_PSERVER_SCRIPT)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"waiting for pservers: 0 of 1 ready \(127\.0\.0\.1:\d+ not listening yet", res.stderr), \
+        res.stderr
+    assert "all 1 pservers ready after" in res.stderr
+    assert "PSERVER  127.0.0.1:" in res.stderr

@@ -14,6 +14,7 @@ The strategy is a ``DistributeTranspilerConfig``; ``sync_mode`` None means sync.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ from ..core.scope import Scope, global_scope
 from ..errors import InvalidArgumentError, NotFoundError
 from .base import FleetBase
 from .transpiler import DistributeTranspiler, DistributeTranspilerConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PSFleet", "TranspilerOptimizer", "DEFAULT_SERVER_WAIT_S"]
 
@@ -175,7 +178,11 @@ class PSFleet(FleetBase):
         """Serve until every trainer has called stop_worker (blocks)."""
         if not self.is_server():
             raise InvalidArgumentError("fleet.run_server() called on a worker")
+        ls = self._main.global_block().ops[-1].attrs
+        log.info("pserver %d: serving %d trainers, checkpoint_dir %s", self.server_index(), self.worker_num(),
+                 ls.get("checkpoint_dir") or "none")
         self._executor.run(self.main_program)
+        log.info("pserver: every trainer has finished; exiting")
 
     # ------------------------------------------------------------------ worker
     def init_worker(self, timeout: float | None = None) -> None:
@@ -184,6 +191,7 @@ class PSFleet(FleetBase):
             raise InvalidArgumentError("fleet.init_worker() called on a server")
         from ..pserver.client import wait_server_ready  # noqa: PLC0415
         wait_server_ready(self.server_endpoints(), DEFAULT_SERVER_WAIT_S if timeout is None else timeout)
+        log.info("trainer %d: all %d pservers ready", self.worker_index(), len(self.server_endpoints()))
 
     def run_worker(self, main_programs: Any = None, scopes: Any = None) -> None:
         """Nothing to do: trainers run ``fleet.main_program`` themselves."""
