@@ -158,8 +158,8 @@ def test_compiled_scanner_equals_numpy_parser(layout_name):
     (b"1 5 2 0.5 1 1 3 4", "more slots than set_use_var"),
     (b"1 5 1 0.5 1 3", "dense slot 'b' (#2) has 1 value(s)"),
     (b"9 5 2 0.5 1 1 3", "announces 9 value(s)"),
-    (b"1 18446744073709551616 2 0.5 1 1 3", "value '18446744073709551616' is not an unsigned integer"),
-    (b"1 99999999999999999999 2 0.5 1 1 3", "is not an unsigned integer"),
+    (b"1 18446744073709551616 2 0.5 1 1 3", "value '18446744073709551616' is too large for an unsigned integer id"),
+    (b"1 99999999999999999999 2 0.5 1 1 3", "is too large for an unsigned integer id (uint64, at most 18446744073709551615)"),
 ])
 def test_malformed_line_names_file_line_reason(line, reason):
     slots = [Slot("a", "uint64"), Slot("b", "float", True, True, (-1, 2)), Slot("c", "uint64")]
@@ -294,3 +294,52 @@ def test_instance_store_take_slice_concat():
     assert rows_of(InstanceStore.concat(slots, [s.slice(2, 3), s.slice(0, 2)])) == [want[2]] + want[:2]
     feed = s.feed()
     assert feed["ids"].lod() == [[0, 2, 3, 6]] and feed["w"].shape == (3, 2)
+
+
+_OVERFLOW_CHILD = r"""
+import sys
+from fleetkit import layers
+from fleetkit.dataset import DatasetFactory, Slot, parse_lines
+from fleetkit.dataset._fastparse import _library
+from fleetkit.errors import DataFormatError
+
+good_path, bad_path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+print("scanner", _library() is not None)
+slots = [Slot("ids", "uint64"), Slot("y", "uint64")]
+good = b"".join(b"1 5 1 7\n" for _ in range(100))
+parse_lines(good, slots)  # sizes the scanner's estimate for the next block
+try:
+    parse_lines(good + str(count).encode() + b" " + b" ".join([b"1"] * 100000) + b"\n", slots, "blk")
+except DataFormatError as e:
+    print("block", e.file, e.line, e.reason)
+ds = DatasetFactory().create_dataset("InMemoryDataset")
+ds.set_use_var([layers.data("ids", [1], dtype="int64", lod_level=1), layers.data("y", [1], dtype="int64")])
+ds.block_bytes = 4096  # the bad count lands in a later block of the second file
+for files in ([good_path], [good_path, bad_path]):
+    ds.set_filelist(files)
+    try:
+        ds.load_into_memory()
+        print("loaded", ds.get_memory_data_size())
+    except DataFormatError as e:
+        print("dataset", e.file, e.line, e.reason)
+"""
+
+
+@pytest.mark.parametrize("count", [2**63, 2**63 + 7, 2**64 - 1, 2**64 + 1])
+def test_huge_count_in_a_later_block_is_a_clear_error_not_a_crash(tmp_path, count):
+    """Issue 11 defect 1: a count near 2**63 in a block after the first once passed the C
+    scanner's capacity check as a negative number and wrote past its arrays (SIGSEGV/abort).
+    In a child process, so a crash fails this test instead of killing pytest."""
+    import subprocess
+    import sys
+    good = "".join(f"1 {i} 1 7\n" for i in range(2000))
+    (tmp_path / "good").write_text(good)
+    (tmp_path / "bad").write_text(good + f"{count} " + " ".join(["1"] * 100000) + " 1 7\n" + good)
+    proc = subprocess.run([sys.executable, "-c", _OVERFLOW_CHILD, str(tmp_path / "good"), str(tmp_path / "bad"),
+                           str(count)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout.splitlines()
+    assert out[1] == f"block blk 101 slot 'ids' (#1): count '{count}' is too large " \
+                     f"(at most 9223372036854775807, and no more than the values that follow it on the line)"
+    assert out[2] == "loaded 2000"
+    assert out[3].startswith(f"dataset {tmp_path / 'bad'} 2001 slot 'ids' (#1): count '{count}' is too large")

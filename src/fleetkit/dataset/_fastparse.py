@@ -4,10 +4,13 @@ The numpy parser in ``multislot.py`` is the reference and handles every error
 and the skip-bad-lines mode.  This module compiles a small C scanner once per
 machine (with the system C compiler, cached under ``~/.cache/fleetkit`` or
 ``$FLEETKIT_CACHE_DIR``) that parses well-formed blocks in two passes: count
-values per slot, then fill exactly sized arrays.  ctypes releases the GIL
-during the call, so reader threads parse in parallel.  Any problem in a block
-makes it return "not handled" and the numpy parser redoes that block, so
-errors are always reported the same way.  Without a compiler (or with
+values per slot, then fill exactly sized arrays (or, after the first block,
+one pass into arrays sized from the previous block, redone when they are
+short).  Counts are parsed unsigned with overflow detection and checked
+against the bytes left and the arrays' room before any value is written.
+ctypes releases the GIL during the call, so reader threads parse in parallel.
+Any problem in a block makes it return "not handled" and the numpy parser
+redoes that block, so errors are always reported the same way.  Without a compiler (or with
 ``FLEETKIT_PARSER=numpy``) everything uses numpy.
 """
 from __future__ import annotations
@@ -33,116 +36,142 @@ _C_SOURCE = r"""
 #include <stdint.h>
 #include <stdlib.h>
 
-/* bytes <= 32 are blanks, '\n' ends an instance (the numpy parser's rules) */
+/* The grammar of docs/formats.md ("MultiSlot text"), the same as the numpy parser's:
+   bytes <= 32 are blanks, '\n' ends an instance, a token is a run of other bytes. */
 #define BLANK(c) ((unsigned char)(c) <= 32 && (c) != '\n')
+#define SOLID(c) ((unsigned char)(c) > 32)
+#define DIGIT(c) ((unsigned char)((c) - '0') < 10)
 
 static const char *skip(const char *p, const char *end) {
     while (p < end && BLANK(*p)) p++;
     return p;
 }
 
-/* unsigned integer token: digits (optional '+'), ends at a blank, newline or end */
+static const char *token_end(const char *p, const char *end) {
+    while (p < end && SOLID(*p)) p++;
+    return p;
+}
+
+/* count or id: '+'? digits (any number of leading zeros), at most 2^64 - 1 */
 static int parse_u64(const char **pp, const char *end, uint64_t *out) {
-    const char *p = *pp;
-    uint64_t v = 0;
-    int nd = 0;
+    const char *p = *pp, *start;
+    uint64_t v = 0, d;
     if (p < end && *p == '+') p++;
-    while (p < end && *p >= '0' && *p <= '9') {
-        unsigned d = (unsigned)(*p - '0');
-        if (nd < 19) v = v * 10 + d;  /* 19 digits always fit: no overflow test needed */
+    for (start = p; p < end && DIGIT(*p); p++) {
+        d = (uint64_t)(*p - '0');
+        if (p - start < 19) v = v * 10 + d;  /* 19 digits always fit */
         else if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, d, &v)) return 0;
-        p++; nd++;
     }
-    if (nd == 0 || (p < end && (unsigned char)*p > 32)) return 0;
+    if (p == start || (p < end && SOLID(*p))) return 0;
     *pp = p; *out = v;
     return 1;
+}
+
+/* case-insensitive keyword that is the whole rest of the token */
+static int keyword(const char *p, const char *end, const char *word) {
+    for (; *word; p++, word++)
+        if (p >= end || (*p | 0x20) != *word) return 0;
+    return p >= end || !SOLID(*p);
 }
 
 static const double P10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12,
                                 1e13, 1e14, 1e15};
 
-/* float token: [+-]digits[.digits] with at most 15 digits is computed as
-   mantissa / 10^decimals in double (as the numpy parser does); anything else
-   (exponents, inf, nan, long mantissas) goes through strtof. */
+/* float: [+-]? (digits [. digits*] | . digits) ([eE] [+-]? digits)?  or  [+-]? inf|infinity|nan.
+   The value is the correctly rounded double rounded to float32: up to 15 digits without an
+   exponent it is one exact division (correctly rounded), otherwise strtod (correctly rounded
+   in glibc), which only ever sees text the grammar above accepted. */
 static int parse_f32(const char **pp, const char *end, float *out) {
-    const char *p = *pp;
-    int neg = 0, nd = 0, frac = -1;
+    const char *p = *pp, *q = p;
+    int neg = 0, nd = 0, frac = -1, expo = 0;
     uint64_t m = 0;
-    if (p < end && (*p == '-' || *p == '+')) { neg = *p == '-'; p++; }
-    for (; p < end; p++) {
-        if (*p >= '0' && *p <= '9') { m = m * 10 + (uint64_t)(*p - '0'); nd++; if (frac >= 0) frac++; }
-        else if (*p == '.' && frac < 0) frac = 0;
+    if (q < end && (*q == '-' || *q == '+')) { neg = *q == '-'; q++; }
+    for (; q < end; q++) {
+        if (DIGIT(*q)) { if (nd < 19) m = m * 10 + (uint64_t)(*q - '0'); nd++; if (frac >= 0) frac++; }
+        else if (*q == '.' && frac < 0) frac = 0;
         else break;
     }
-    if (nd > 0 && nd <= 15 && (p >= end || (unsigned char)*p <= 32)) {
+    if (nd == 0) {
+        if (frac >= 0 || !(keyword(q, end, "inf") || keyword(q, end, "infinity") || keyword(q, end, "nan")))
+            return 0;
+        q = token_end(q, end);
+        expo = 1;  /* strtod */
+    } else if (q < end && (*q == 'e' || *q == 'E')) {
+        const char *digits;
+        q++;
+        if (q < end && (*q == '-' || *q == '+')) q++;
+        for (digits = q; q < end && DIGIT(*q); q++) {}
+        if (q == digits) return 0;
+        expo = 1;
+    }
+    if (q < end && SOLID(*q)) return 0;
+    if (!expo && nd <= 15) {
         double v = (double)m / P10[frac < 0 ? 0 : frac];
         *out = (float)(neg ? -v : v);
-        *pp = p;
-        return 1;
-    }
-    {
+    } else {
         char *stop;
-        p = *pp;
-        if (p >= end || (unsigned char)*p <= 32) return 0;
-        float v = strtof(p, &stop);
-        if (stop == p || stop > end || (stop < end && (unsigned char)*stop > 32)) return 0;
-        *pp = stop; *out = v;
-        return 1;
+        double v = strtod(p, &stop);
+        if (stop != q) return 0;  /* e.g. another locale's decimal point: the numpy parser decides */
+        *out = (float)v;
     }
+    *pp = q;
+    return 1;
 }
 
-/* skip one token (the counting pass does not convert values) */
-static const char *token_end(const char *p, const char *end) {
-    while (p < end && (unsigned char)*p > 32) p++;
-    return p;
-}
-
-/* One walk over the lines; with outs == NULL it only counts (values are checked and
-   converted in the second walk).  With caps, outs are only that large: -2 when a
-   slot (or the line count) would overflow them.  Returns the number
-   of instances, or -1 if any line is not well formed (the caller falls back). */
+/* One walk over the lines.  Counting (outs == NULL): totals get the values per slot.
+   Filling: outs[s] (caps[s] values) and lens[s] (max_lines entries) are written, every
+   write inside them; -2 when they are too small.  Any line that is not well formed
+   gives -1 (the numpy parser then reports it).  Returns the number of instances. */
 int64_t ms_parse(const char *buf, int64_t len, int32_t nslots, const int32_t *types,
                  const int32_t *widths, int64_t *totals, void **outs, int64_t **lens,
                  const int64_t *caps, int64_t max_lines) {
     const char *p = buf, *end = buf + len;
     int64_t line = 0;
     int32_t s;
-    int64_t fill[4096];
-    if (nslots > 4096) return -1;
-    for (s = 0; s < nslots; s++) fill[s] = 0;
+    uint64_t fill[4096];
+    if (nslots < 0 || nslots > 4096 || len < 0 || (outs && (!caps || !lens))) return -1;
+    for (s = 0; s < nslots; s++) {
+        fill[s] = 0;
+        if (caps && caps[s] < 0) return -1;
+    }
     while (p < end) {
         p = skip(p, end);
         if (p < end && *p == '\n') { p++; continue; }
         if (p >= end) break;
+        if (outs && line >= max_lines) return -2;
         for (s = 0; s < nslots; s++) {
             uint64_t n, i;
             p = skip(p, end);
             if (p >= end || *p == '\n' || !parse_u64(&p, end, &n) || n == 0) return -1;
             if (widths[s] > 0 && n != (uint64_t)widths[s]) return -1;
-            if (caps && (fill[s] + (int64_t)n > caps[s] || line >= max_lines)) return -2;
+            /* each value takes a blank and a byte: a larger count can not be right, and the
+               sums below stay far from overflowing */
+            if (n > (uint64_t)(end - p) / 2) return -1;
+            if (outs && n > (uint64_t)caps[s] - fill[s]) return -2;
             for (i = 0; i < n; i++) {
                 p = skip(p, end);
                 if (p >= end || *p == '\n') return -1;
                 if (!outs) { p = token_end(p, end); continue; }
+                if (fill[s] + i >= (uint64_t)caps[s]) return -2;  /* never reached: belt and braces */
                 if (types[s] == 0) {
                     uint64_t v;
                     if (!parse_u64(&p, end, &v)) return -1;
-                    if (outs && outs[s]) ((int64_t *)outs[s])[fill[s] + i] = (int64_t)v;
+                    if (outs[s]) ((uint64_t *)outs[s])[fill[s] + i] = v;
                 } else {
                     float v;
                     if (!parse_f32(&p, end, &v)) return -1;
-                    if (outs && outs[s]) ((float *)outs[s])[fill[s] + i] = v;
+                    if (outs[s]) ((float *)outs[s])[fill[s] + i] = v;
                 }
             }
             if (outs && lens[s]) lens[s][line] = (int64_t)n;
-            fill[s] += (int64_t)n;
+            fill[s] += n;
         }
         p = skip(p, end);
         if (p < end && *p != '\n') return -1;
         if (p < end) p++;
         line++;
     }
-    if (totals) for (s = 0; s < nslots; s++) totals[s] = fill[s];
+    if (totals) for (s = 0; s < nslots; s++) totals[s] = (int64_t)fill[s];
     return line;
 }
 """

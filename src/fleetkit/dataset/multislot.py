@@ -3,7 +3,9 @@
 One instance per line.  For every slot of the description, in order, a line
 holds ``<n> v1 .. vn`` (whitespace separated, ``n > 0``): ``uint64`` slots hold
 integer ids (stored as int64, as Paddle does), ``float`` slots decimal numbers
-(stored as float32).  Example with slots (words: uint64, label: uint64)::
+(stored as float32).  The exact grammar (decimal only; ``inf``/``nan`` accepted,
+hex floats not) is in docs/formats.md, "MultiSlot text"; both parsers follow it.
+Example with slots (words: uint64, label: uint64)::
 
     3 1926 8 17 1 1
 
@@ -11,13 +13,15 @@ The parser works on a whole buffer of complete lines at a time with numpy:
 tokens are found from byte classes, numbers are computed per token length
 group with one small matrix product, and the slot structure is walked once per
 slot over all lines together.  There is no Python loop per token or per line
-(only tokens in exponent notation such as ``1e-05``, which are rare, fall back
-to ``float()`` one by one).  When a C compiler is available, ``_fastparse``
+(only rare tokens, such as ``1e-05``, ``inf``, ids with many leading zeros or
+decimals with more than 18 digits, are checked by a regular expression and
+converted by ``int()``/``float()`` one by one).  When a C compiler is available, ``_fastparse``
 handles well-formed blocks several times faster; this numpy parser remains the
 reference, and every block with a problem is (re)parsed here for the message.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,9 +35,17 @@ __all__ = ["DataFeedDesc", "ParseResult", "Slot", "parse_lines", "slots_from_var
 
 # byte values
 _NL, _DOT, _MINUS, _PLUS, _ZERO = 10, 46, 45, 43, 48
-# token kinds: unsigned integer, decimal (or exponent notation), negative integer, not a number
-_INT, _DEC, _NEG_INT, _BAD = 0, 1, 3, 2
+# token kinds: unsigned integer (<= 2**64 - 1), decimal (or exponent notation, inf, nan), negative
+# integer, not a number, unsigned integer above 2**64 - 1 (a number, but neither an id nor a count)
+_INT, _DEC, _NEG_INT, _BAD, _BIG = 0, 1, 3, 2, 4
 _MAX_DIGITS = 20  # uint64 has at most 20 decimal digits
+_DOT_DIGITS = 18  # vectorized decimals: digits and the dot's shift stay below 2**64
+_U64_MAX = 2**64 - 1
+MAX_COUNT = 2**63 - 1  # values of one slot in one line (lengths are int64)
+_SHOW = 40  # characters of a bad token quoted in a message
+# the grammar of docs/formats.md for tokens the vectorized pass leaves (long, exponents, inf, nan)
+_UINT_RE = re.compile(rb"\+?([0-9]+)")
+_FLOAT_RE = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|(?i:inf|infinity|nan))")
 _P10_U = 10 ** np.arange(_MAX_DIGITS, dtype=np.uint64)
 _P10_F = 10.0 ** np.arange(_MAX_DIGITS + 3)
 
@@ -156,7 +168,7 @@ def _numbers(a: np.ndarray, starts: np.ndarray, lens: np.ndarray) -> tuple[np.nd
         part = slice(lo, hi)
         _parse_group(padded, sorted_starts[part], width, s_ival[part], s_fval[part], s_kind[part])
     ival[order], fval[order], kind[order] = s_ival, s_fval, s_kind
-    _exotic_floats(a, starts, lens, fval, kind)
+    _rare_tokens(a, starts, lens, ival, fval, kind)
     return ival, fval, kind
 
 
@@ -170,7 +182,7 @@ def _parse_group(padded: np.ndarray, starts: np.ndarray, width: int,
     first = mat[:, 0]
     neg = first == _MINUS
     signed = neg | (first == _PLUS)
-    plain = ndig + signed == width  # only digits (and a sign): the common case
+    plain = (ndig + signed == width) & (ndig > 0)  # only digits (and a sign): the common case
     digit *= is_digit  # zero for sign and dot
     if width <= 15:  # exact in float64 (einsum measured several times faster than @ here)
         raw_f = np.einsum("ij,j->i", digit.astype(np.float64), _P10_F[width - 1::-1])
@@ -194,17 +206,32 @@ def _parse_group(padded: np.ndarray, starts: np.ndarray, width: int,
     if rest.size == 0 or width < 2:
         return
     is_dot = mat[rest] == _DOT
-    one_dot = (is_dot.sum(axis=1) == 1) & (ndig[rest] + 1 + signed[rest] == width) & (ndig[rest] >= 1)
+    nd = ndig[rest]
+    one_dot = (is_dot.sum(axis=1) == 1) & (nd + 1 + signed[rest] == width) & (nd >= 1) & (nd <= _DOT_DIGITS)
     rest, is_dot = rest[one_dot], is_dot[one_dot]
     if rest.size == 0:
         return
     frac = width - 1 - np.argmax(is_dot, axis=1)
-    scale = _P10_F[frac]
-    raw_r = raw_f[rest]
-    right = np.fmod(raw_r, scale)
-    value = ((raw_r - right) / 10.0 + right) / scale  # the mantissa (exact below 2**53) / 10**decimals
+    scale = _P10_U[frac]
+    raw_r = raw[rest]
+    right = raw_r % scale
+    mant = (raw_r - right) // np.uint64(10) + right  # the digits left of the dot sit one place too high
+    value = mant.astype(np.float64) / _P10_F[frac]  # correctly rounded while the mantissa is exact
     fval[rest] = np.where(neg[rest], -value, value)
-    kind[rest] = _DEC
+    sure = mant < np.uint64(2**53)
+    if not sure.all():
+        sure[~sure] = _same_float32_around(value[~sure])
+    kind[rest] = np.where(sure, _DEC, _BAD)  # the rare others: float() below
+
+
+def _same_float32_around(value: np.ndarray) -> np.ndarray:
+    """Whether every double within 3 ulps of ``value`` rounds to the same float32: then so does the
+    correctly rounded double of a token whose ``value`` came from a rounded mantissa (2 roundings,
+    each off by at most half an ulp), and that is what the token means (docs/formats.md)."""
+    lo, hi = value, value
+    for _ in range(3):
+        lo, hi = np.nextafter(lo, -np.inf), np.nextafter(hi, np.inf)
+    return lo.astype(np.float32) == hi.astype(np.float32)
 
 
 _U64_MAX_TEXT = np.frombuffer(b"18446744073709551615", np.uint8)
@@ -218,16 +245,24 @@ def _above_u64_max(digits: np.ndarray, ndig: np.ndarray) -> np.ndarray:
     return (ndig == _MAX_DIGITS) & differ.any(axis=1) & bigger
 
 
-def _exotic_floats(a: np.ndarray, starts: np.ndarray, lens: np.ndarray, fval: np.ndarray,
-                   kind: np.ndarray) -> None:
-    """Tokens such as ``1e-05`` or ``inf``: rare, so parsed one by one with ``float``."""
-    for i in np.flatnonzero(kind == _BAD):
+def _rare_tokens(a: np.ndarray, starts: np.ndarray, lens: np.ndarray, ival: np.ndarray,
+                 fval: np.ndarray, kind: np.ndarray) -> None:
+    """Tokens the vectorized pass left (``1e-05``, ``inf``, long digit strings such as ids with
+    many leading zeros, decimals with many digits): rare, so parsed one by one, held to the
+    grammar by the regular expressions first (``float`` alone would take ``1_0`` or `` 1``)."""
+    for i in np.flatnonzero(kind == _BAD).tolist():
         text = a[starts[i]:starts[i] + lens[i]].tobytes()
-        try:
-            fval[i] = float(text)
-        except ValueError:
-            continue
-        kind[i] = _DEC
+        whole = _UINT_RE.fullmatch(text)
+        if whole:
+            digits = whole.group(1).lstrip(b"0") or b"0"
+            value = int(digits) if len(digits) <= _MAX_DIGITS else _U64_MAX + 1
+            if value <= _U64_MAX:
+                ival[i], kind[i] = value - (value >> 63 << 64), _INT  # stored as int64, as Paddle does
+            else:
+                kind[i] = _BIG
+            fval[i] = float(digits)
+        elif _FLOAT_RE.fullmatch(text):
+            fval[i], kind[i] = float(text), _DEC
 
 
 # ------------------------------------------------------------------- parser
@@ -292,7 +327,7 @@ def parse_lines(buf: bytes | memoryview, slots: Sequence[Slot], source: str = "<
     errs = _LineErrors(len(keep))
 
     def text(tok: int) -> str:
-        return a[starts[tok]:ends[tok]].tobytes().decode("utf-8", "replace")
+        return _quote(a, int(starts[tok]), int(ends[tok]))
 
     pos = first.copy()
     per_slot: list[tuple[np.ndarray, np.ndarray]] = []
@@ -303,11 +338,15 @@ def parse_lines(buf: bytes | memoryview, slots: Sequence[Slot], source: str = "<
             f"{s_i} slot(s) but set_use_var / the data feed has {len(slots)}"))
         at = np.minimum(pos, len(starts) - 1)
         count_ok = (kind[at] == _INT) & (ival[at] > 0)
+        too_big = (kind[at] == _BIG) | ((kind[at] == _INT) & (ival[at] < 0))  # int64 view of >= 2**63
+        errs.mark(~missing & too_big, lambda i, s_i=s_i, at=at, slot=slot: (
+            f"slot '{slot.name}' (#{s_i + 1}): count {text(int(at[i]))} is too large "
+            f"(at most {MAX_COUNT}, and no more than the values that follow it on the line)"))
         errs.mark(~missing & ~count_ok, lambda i, s_i=s_i, at=at, slot=slot: (
-            f"slot '{slot.name}' (#{s_i + 1}): count {text(int(at[i]))!r} must be an integer > 0 "
+            f"slot '{slot.name}' (#{s_i + 1}): count {text(int(at[i]))} must be an integer > 0 "
             f"(the number of ids can not be zero: pad empty slots in the data generator)"))
         cnt = np.where(errs.bad | missing | ~count_ok, 0, ival[at])
-        short = pos + 1 + cnt > end
+        short = cnt > end - pos - 1  # (pos + 1 + cnt could wrap: cnt may be near 2**63)
         errs.mark(short, lambda i, s_i=s_i, cnt=cnt, slot=slot, pos=pos: (
             f"slot '{slot.name}' (#{s_i + 1}) announces {int(cnt[i])} value(s) but the line has "
             f"only {int(end[i] - pos[i] - 1)} token(s) left"))
@@ -334,7 +373,11 @@ def parse_lines(buf: bytes | memoryview, slots: Sequence[Slot], source: str = "<
             continue
         vstart, cnt = vstart[good], cnt[good]
         tok = _ranges(vstart, cnt)
-        vals = ival[tok] if slot.type == "uint64" else fval[tok].astype(np.float32)
+        if slot.type == "uint64":
+            vals = ival[tok]
+        else:
+            with np.errstate(over="ignore"):  # 1e39 is inf in float32, as strtof says
+                vals = fval[tok].astype(np.float32)
         values.append(vals)
         lengths.append(cnt.astype(np.int64))
     return ParseResult(values, lengths, int(good.sum()), nbad, first_bad)
@@ -348,22 +391,36 @@ def _check_values(slots: Sequence[Slot], per_slot: list, kind: np.ndarray,
         line_of = np.repeat(np.arange(len(cnt)), cnt)
         if slot.type == "uint64":
             wrong = kind[tok] != _INT
-            what = "an unsigned integer id (uint64)"
         else:
             wrong = kind[tok] == _BAD
-            what = "a number (float)"
         if wrong.any():
             mask = np.zeros(len(cnt), bool)
             mask[line_of[wrong]] = True
             first_tok = {int(line_of[j]): int(tok[j]) for j in np.flatnonzero(wrong)[::-1]}
-            errs.mark(mask, lambda i, s_i=s_i, ft=first_tok, what=what: (
-                f"slot '{slots[s_i].name}' (#{s_i + 1}): value {text(ft[i])!r} is not {what}"))
+            errs.mark(mask, lambda i, s_i=s_i, ft=first_tok: (
+                f"slot '{slots[s_i].name}' (#{s_i + 1}): value {text(ft[i])} {_not_a(slots[s_i], kind[ft[i]])}"))
         if slot.is_dense and slot.is_used:
             width = slot.dense_width
             mask = (cnt != width) & (cnt > 0)
             errs.mark(mask, lambda i, s_i=s_i, cnt=cnt, width=width: (
                 f"dense slot '{slots[s_i].name}' (#{s_i + 1}) has {int(cnt[i])} value(s); its variable's "
                 f"shape {list(slots[s_i].shape)} needs {width}"))
+
+
+def _not_a(slot: Slot, kind: int) -> str:
+    """Why a value token does not fit ``slot`` (its kind as ``_numbers`` found it)."""
+    if slot.type != "uint64":
+        return "is not a number (float: decimal, exponent, inf or nan; see docs/formats.md)"
+    if kind == _BIG:
+        return f"is too large for an unsigned integer id (uint64, at most {_U64_MAX})"
+    return "is not an unsigned integer id (uint64: decimal digits)"
+
+
+def _quote(a: np.ndarray, start: int, stop: int) -> str:
+    """A token for a message: quoted, and cut to ``_SHOW`` characters with its length when longer
+    (a bad token can be the whole file)."""
+    text = a[start:min(stop, start + _SHOW)].tobytes().decode("utf-8", "replace")
+    return repr(text) if stop - start <= _SHOW else f"{text + '...'!r} ({stop - start} bytes)"
 
 
 def _line_text(a: np.ndarray, newlines: np.ndarray, line: int, limit: int = 200) -> str:
