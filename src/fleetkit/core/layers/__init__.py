@@ -10,5 +10,6 @@ from .learning_rate_scheduler import *  # noqa: F401,F403
 from .sequence_ext import *  # noqa: F401,F403
 from .rnn import *  # noqa: F401,F403
 from .nn_ext import *  # noqa: F401,F403
+from .activation_ext import *  # noqa: F401,F403
 from . import io, nn, tensor, conv, loss, metric_op, sequence, learning_rate_scheduler  # noqa: F401
-from . import sequence_ext, rnn, nn_ext  # noqa: F401
+from . import sequence_ext, rnn, nn_ext, activation_ext  # noqa: F401
