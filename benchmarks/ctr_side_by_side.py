@@ -69,7 +69,8 @@ def run_job(python: str, framework: str, train: list[str], test: str, thread: in
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     cmd = [python, str(HERE / "_ctr_job.py"), "--framework", framework, "--train", *train, "--test", test,
            "--thread", str(thread)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    # cwd: Paddle writes <id>_train_desc.prototxt files into its working directory
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=os.path.dirname(test))
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{framework} thread={thread} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -1,20 +1,33 @@
-"""``Executor.train_from_dataset`` / ``infer_from_dataset``: Hogwild threads fed by a dataset.
+"""``Executor.train_from_dataset`` / ``infer_from_dataset``: Hogwild workers fed by a dataset.
 
 Each of ``thread`` workers runs the whole program on its own batches, with its
 own prepared ops and its own values of the non-persistable variables, while
 the persistable ones (parameters, optimizer state) are shared: update ops
-change shared arrays in place, so every thread sees every other thread's
+change shared arrays in place, so every worker sees every other worker's
 updates without locks (Hogwild), and a persistable that an op *replaces*
-(a step counter, metric state) is copied back to the shared scope after the
-step and picked up by the other threads before their next one.
+(a step counter) is published back after the step for the others.
+
+Two kinds of workers run the same loop (``_Run._loop``):
+
+* processes (``thread`` > 1 on the CPU, a program of core ops only, a dataset
+  whose feeds survive a fork): forked workers that truly run in parallel; the
+  persistables live in one shared-memory block (``trainer_procs.py``);
+* threads otherwise (one worker, GPU places, programs with send/recv or
+  collective ops, whose clients and sockets belong to this process).
+
+Metric state (``auc`` buckets) is never shared while running: each worker
+counts its own batches from the starting value and the counts are merged
+exactly at the end (start + the sum of every worker's change), so every example
+is counted once whatever ``thread`` is.  A fetched metric shows worker 0's own
+batches while running; the scope holds the merged state afterwards.
 
 The dataset is duck-typed (the core does not import ``fleetkit.dataset``): it
 needs ``thread_num``, ``_prepare_to_run()``, ``_thread_feeds(n)`` returning one
-iterator of feed dicts per worker and, optionally, ``_finish_run()``.  A PS
-trainer program or a collective program is just a program with more ops
-(send/recv, all-reduce) and runs the same way; a collective program needs
-``thread=1`` (ranks stop together when the first runs out of batches), since its ranks
-must issue their all-reduces in the same order.
+iterator of feed dicts per worker, optionally ``_finish_run()``, and
+``_process_safe_feeds = True`` if its iterators may run in forked processes.
+A collective program needs ``thread=1`` (ranks stop together when the first
+runs out of batches), since its ranks must issue their all-reduces in the same
+order.
 """
 from __future__ import annotations
 
@@ -24,6 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError
 from .framework import (
@@ -46,6 +61,13 @@ class _NoDatasetError(InvalidArgumentError, RuntimeError):
 # ops an inference pass leaves out (no gradients, no updates)
 _TRAIN_ONLY_ROLES = {ROLE_BACKWARD, ROLE_OPTIMIZE}
 
+#: op type -> output slots holding metric state that counts examples: kept per worker
+#: and merged by summing every worker's change (see the module docstring)
+ACCUMULATOR_OUTPUTS: dict[str, tuple[str, ...]] = {"auc": ("StatPosOut", "StatNegOut")}
+
+#: "auto" (processes where possible), or "threads" to always use threads
+WORKERS = "auto"
+
 
 @dataclass
 class DatasetRunStats:
@@ -59,6 +81,8 @@ class DatasetRunStats:
     fetched: dict[str, Any] = field(default_factory=dict)
     #: batches this rank did not run because another rank of a collective job ran out first
     unused_batches: int = 0
+    #: "processes" or "threads": how the workers ran
+    workers: str = "threads"
 
     @property
     def examples_per_second(self) -> float:
@@ -91,8 +115,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
                      thread: int, debug: bool, fetch_list: Sequence[Any] | None,
                      fetch_info: Sequence[str] | None, print_period: int, infer: bool) -> DatasetRunStats:
     """Run ``program`` over every batch of ``dataset`` in ``thread`` Hogwild workers."""
-    from .executor import _Prepared
-    from .fusion import fuse_steps
+    from . import trainer_procs
     program = default_main_program() if program is None else getattr(program, "_program", program)
     if not isinstance(program, Program):
         raise InvalidArgumentError(f"train_from_dataset: program must be a Program, got {type(program).__name__}")
@@ -122,96 +145,151 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
             raise NotFoundError(f"dataset slot '{slot.name}' (set_use_var) is not a variable of the program")
     scope = global_scope() if scope is None else scope
     feeds = dataset._thread_feeds(thread)
-    runner = _Run(executor, program, scope, fetch_names, labels, max(1, int(print_period)), debug)
+    runner = _Run(executor, program, scope, fetch_names, labels, max(1, int(print_period)), debug, len(feeds))
     runner.agree = _lockstep(program) if collective else None
-    preps = []
-    for _ in feeds:
-        prep = _Prepared(program, executor.place)
-        if infer:
-            prep.steps = [(k, c) for k, c in prep.steps if c.op.attrs.get("op_role") not in _TRAIN_ONLY_ROLES]
-        if not debug:  # debug times every op on its own
-            prep.steps = fuse_steps(prep.steps)  # the same fused fast paths as Executor.run
-        preps.append(prep)
-    stats = runner.run(feeds, preps)
+    preps = [_prepare(program, executor.place, infer, debug) for _ in feeds]
+    if WORKERS == "auto" and trainer_procs.can_fork(runner, dataset, preps):
+        stats = trainer_procs.run(runner, feeds, preps)
+    else:
+        stats = runner.run_threads(feeds, preps)
     finish = getattr(dataset, "_finish_run", None)
     if finish is not None:
         finish()
     return stats
 
 
+def _prepare(program: Program, place: Any, infer: bool, debug: bool) -> Any:
+    from .executor import _Prepared
+    from .fusion import fuse_steps
+    prep = _Prepared(program, place)
+    if infer:
+        prep.steps = [(k, c) for k, c in prep.steps if c.op.attrs.get("op_role") not in _TRAIN_ONLY_ROLES]
+    if not debug:  # debug times every op on its own
+        prep.steps = fuse_steps(prep.steps)  # the same fused fast paths as Executor.run
+    return prep
+
+
+def accumulator_names(program: Program) -> set[str]:
+    """Persistable metric-state variables of ``program`` (``ACCUMULATOR_OUTPUTS``)."""
+    block = program.global_block()
+    names = set()
+    for op in block.ops:
+        for slot in ACCUMULATOR_OUTPUTS.get(op.type, ()):
+            for n in op.outputs.get(slot, []):
+                v = block._find_var_recursive(n)
+                if v is not None and v.persistable:
+                    names.add(n)
+    return names
+
+
 class _Run:
-    """State shared by the worker threads of one run."""
+    """State shared by the workers of one run, and the loop each worker runs."""
 
     def __init__(self, executor: Any, program: Program, scope: Scope, fetch_names: list[str],
-                 labels: list[str], print_period: int, debug: bool):
+                 labels: list[str], print_period: int, debug: bool, workers: int):
         self.executor, self.program, self.scope = executor, program, scope
         self.fetch_names, self.labels = fetch_names, labels
         self.print_period, self.debug = print_period, debug
         self.shared = scope._vars
-        self.persistable = sorted({v.name for v in program.list_vars() if v.persistable})
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
-        self.lock = threading.Lock()
-        self.batches = self.examples = self.t0_batches = 0
-        self.fetched: dict[str, Any] = {}
-        self.op_seconds: dict[str, float] = {}
+        self.private = sorted(n for n in accumulator_names(program) if scope._vars.get(n) is not None)
+        private = set(self.private)
+        self.persistable = sorted({v.name for v in program.list_vars() if v.persistable} - private)
+        #: per worker: batches, examples (process mode puts this in shared memory)
+        self.counts = np.zeros((workers, 2), np.int64)
+        #: nonzero: every worker stops at its next batch
+        self.stop = np.zeros(1, np.uint8)
         self.start = time.perf_counter()
         self.agree: Callable[[bool], bool] | None = None
-        self.unused_batches = 0
+        #: prints worker 0's progress lines (a worker process sends them to the parent instead)
+        self.say: Callable[[str], None] = _say
 
-    def run(self, feeds: list[Any], preps: list[Any]) -> DatasetRunStats:
-        workers = [threading.Thread(target=self._worker, args=(i, it, p), name=f"hogwild-{i}", daemon=True)
+    # ---- thread workers ----------------------------------------------------------------
+    def run_threads(self, feeds: list[Any], preps: list[Any]) -> DatasetRunStats:
+        results: list[dict | None] = [None] * len(feeds)
+        errors: list[BaseException] = []
+
+        def work(tid: int, feed_iter: Any, prep: Any) -> None:
+            try:
+                results[tid] = self.work(tid, feed_iter, prep, dict(self.shared), self._publish_ref)
+            except BaseException as exc:  # noqa: BLE001  (re-raised by the main thread)
+                errors.append(exc)
+                self.stop[0] = 1
+
+        workers = [threading.Thread(target=work, args=(i, it, p), name=f"hogwild-{i}", daemon=True)
                    for i, (it, p) in enumerate(zip(feeds, preps))]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        seconds = time.perf_counter() - self.start
-        if self.errors:
-            raise self.errors[0]
-        if self.debug and self.op_seconds:
-            total = sum(self.op_seconds.values()) or 1.0
-            for op, sec in sorted(self.op_seconds.items(), key=lambda kv: -kv[1]):
-                print(f"[debug] op {op}: {sec:.3f} s ({100 * sec / total:.1f}%) in thread 0")
-        return DatasetRunStats(self.batches, self.examples, seconds, len(workers), dict(self.fetched),
-                               self.unused_batches)
+        if errors:
+            raise errors[0]
+        return self.finish(results, "threads")
 
-    def _worker(self, tid: int, feed_iter: Any, prep: Any) -> None:
+    def _publish_ref(self, name: str, value: Any, env: dict) -> None:
+        self.shared[name] = value
+
+    def _pick_up(self, env: dict) -> None:
+        shared = self.shared
+        for n in self.persistable:  # persistables other threads replaced
+            if n in shared:
+                env[n] = shared[n]
+
+    # ---- the loop every worker runs ----------------------------------------------------
+    def work(self, tid: int, feed_iter: Any, prep: Any, env: dict,
+             publish: Callable[[str, Any, dict], None], pick_up: bool = True) -> dict:
+        """Run the batches of ``feed_iter``; returns what ``finish`` merges."""
         from .executor import convert_feed
-        env = dict(self.shared)
         for ctx in prep.ctxs:
             ctx.env = env
         block = self.program.global_block()
         place = self.executor.place
-        shared, persist = self.shared, self.persistable
+        persist = self.persistable
+        out: dict[str, Any] = {"fetched": {}, "op_seconds": {}, "unused": 0,
+                               "start": {n: self.shared[n] for n in self.private}}
+        for n in self.private:  # this worker's own counts, even if an op updates them in place
+            v = self.shared[n]
+            env[n] = LoDTensor(v.values.copy(), v._lod) if isinstance(v, LoDTensor) else v.copy()
         try:
-            for feed in self._feeds(feed_iter):
-                if self.stop.is_set():
+            for feed in self._feeds(feed_iter, out):
+                if self.stop[0]:
                     break
-                for n in persist:  # pick up persistables other threads replaced
-                    if n in shared:
-                        env[n] = shared[n]
-                before = {n: env.get(n) for n in persist}
+                if pick_up:
+                    self._pick_up(env)
+                before = [env.get(n) for n in persist]
                 rows = 0
                 for name, value in feed.items():
                     env[name] = convert_feed(block.var(name), value, place)
                     rows = rows or _rows(value)
-                self._steps(prep.steps, tid)
-                for n in persist:  # publish persistables this step replaced
+                self._steps(prep.steps, tid, out["op_seconds"])
+                for n, b in zip(persist, before):  # publish persistables this step replaced
                     v = env.get(n)
-                    if v is not before[n]:
-                        shared[n] = v
-                self._account(tid, env, rows)
-        except BaseException as exc:  # noqa: BLE001  (re-raised by the main thread)
-            with self.lock:
-                self.errors.append(exc)
-            self.stop.set()
+                    if v is not b:
+                        publish(n, v, env)
+                self._account(tid, env, rows, out)
         finally:
             close = getattr(feed_iter, "close", None)
             if close is not None:
                 close()  # stops readers (kills pipe commands) of an unfinished stream
+        out["final"] = {n: env.get(n) for n in self.private}
+        return out
 
-    def _feeds(self, feed_iter: Any) -> Any:
+    def finish(self, results: list[dict | None], how: str) -> DatasetRunStats:
+        """Merge the workers' metric state into the scope; the run's stats."""
+        seconds = time.perf_counter() - self.start
+        done = [r for r in results if r is not None]
+        for n in self.private:
+            self.shared[n] = _merge_counts([r["start"][n] for r in done], [r["final"][n] for r in done],
+                                           self.shared[n])
+        first = results[0] or {"fetched": {}, "op_seconds": {}}
+        if self.debug and first["op_seconds"]:
+            total = sum(first["op_seconds"].values()) or 1.0
+            for op, sec in sorted(first["op_seconds"].items(), key=lambda kv: -kv[1]):
+                print(f"[debug] op {op}: {sec:.3f} s ({100 * sec / total:.1f}%) in thread 0")
+        batches, examples = (int(x) for x in self.counts.sum(axis=0))
+        return DatasetRunStats(batches, examples, seconds, len(results), dict(first["fetched"]),
+                               sum(r["unused"] for r in done), how)
+
+    def _feeds(self, feed_iter: Any, out: dict) -> Any:
         """The batches to run: all of them, or (collective programs) as many as every rank has."""
         if self.agree is None:
             yield from feed_iter
@@ -221,42 +299,58 @@ class _Run:
             feed = next(it, None)
             if not self.agree(feed is not None):
                 if feed is not None:  # a peer ran out first: count what this rank leaves unused
-                    self.unused_batches = 1 + sum(1 for _ in it)
+                    out["unused"] = 1 + sum(1 for _ in it)
                     _log.warning("train_from_dataset: another rank ran out of data; this rank leaves %d "
                                  "batch(es) unused so that all ranks take the same number of steps "
-                                 "(balance the files, or use InMemoryDataset.global_shuffle)",
-                                 self.unused_batches)
+                                 "(balance the files, or use InMemoryDataset.global_shuffle)", out["unused"])
                 return
             yield feed
 
-    def _steps(self, steps: list, tid: int) -> None:
+    def _steps(self, steps: list, tid: int, op_seconds: dict) -> None:
         if not (self.debug and tid == 0):
             self.executor._run_steps(steps)
             return
         for kernel, ctx in steps:
             t = time.perf_counter()
             self.executor._run_steps([(kernel, ctx)])
-            self.op_seconds[ctx.op.type] = self.op_seconds.get(ctx.op.type, 0.0) + time.perf_counter() - t
+            op_seconds[ctx.op.type] = op_seconds.get(ctx.op.type, 0.0) + time.perf_counter() - t
 
-    def _account(self, tid: int, env: dict, rows: int) -> None:
-        with self.lock:
-            self.batches += 1
-            self.examples += rows
-            batches, examples = self.batches, self.examples
+    def _account(self, tid: int, env: dict, rows: int, out: dict) -> None:
+        mine = self.counts[tid]
+        mine[0] += 1
+        mine[1] += rows
         if tid != 0 or not self.fetch_names:
             return
-        self.t0_batches += 1
         values = [self.executor._fetch(env, n, True) for n in self.fetch_names]
-        self.fetched = dict(zip(self.labels, values))
-        if self.t0_batches % self.print_period == 0:
+        out["fetched"] = dict(zip(self.labels, values))
+        if mine[0] % self.print_period == 0:
+            batches, examples = (int(x) for x in self.counts.sum(axis=0))
             rate = examples / max(time.perf_counter() - self.start, 1e-9)
             shown = ", ".join(f"{lab}: {_show(v)}" for lab, v in zip(self.labels, values))
-            print(f"batch {self.t0_batches} (all threads: {batches}): {shown}, examples/s: {rate:.0f}", flush=True)
+            self.say(f"batch {int(mine[0])} (all threads: {batches}): {shown}, examples/s: {rate:.0f}")
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _merge_counts(starts: list[Any], finals: list[Any], current: Any) -> Any:
+    """``start + sum(final_i - start_i)``, in ``current``'s container (array or LoDTensor)."""
+    if not finals:
+        return current
+    raw = [f.values if isinstance(f, LoDTensor) else f for f in finals]
+    base = [s.values if isinstance(s, LoDTensor) else s for s in starts]
+    total = raw[0].copy()
+    for f, s in zip(raw[1:], base[1:]):
+        total += f - s
+    if isinstance(current, LoDTensor):
+        return LoDTensor(total, current.lod())
+    return total
 
 
 def _rows(value: Any) -> int:
     if isinstance(value, LoDTensor):
-        lod = value.lod()
+        lod = value._lod
         return len(lod[0]) - 1 if lod else len(value.values)
     shape = getattr(value, "shape", None)
     return int(shape[0]) if shape else 0

@@ -11,6 +11,7 @@ threads.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -192,6 +193,9 @@ class DatasetBase:
 class QueueDataset(DatasetBase):
     """Streams: files are read and parsed while training, ``thread`` files at a time."""
 
+    #: the readers take files from a counter in shared memory: fine in forked workers
+    _process_safe_feeds = True
+
     def _prepare_to_run(self) -> None:
         super()._prepare_to_run()
         self._reset_skipped()  # counts are per pass over the files
@@ -201,11 +205,13 @@ class QueueDataset(DatasetBase):
         if not self.filelist:
             raise InvalidArgumentError("QueueDataset: set_filelist(files) gave no files")
         files = list(self.filelist)
-        lock = threading.Lock()
+        taken = multiprocessing.Value("q", 0)  # shared by reader threads and forked workers alike
 
         def next_file() -> str | None:
-            with lock:
-                return files.pop(0) if files else None
+            with taken.get_lock():
+                i = taken.value
+                taken.value = i + 1
+            return files[i] if i < len(files) else None
 
         readers = max(1, min(thread_num, len(self.filelist)))
         return [self._stream(next_file) for _ in range(readers)]
@@ -240,6 +246,8 @@ class InMemoryDataset(DatasetBase):
     """Parses all files into memory first; can shuffle locally and across trainers."""
 
     feed_name = "MultiSlotInMemoryDataFeed"
+    #: each worker iterates its own slice of the instances: fine in forked workers
+    _process_safe_feeds = True
 
     def __init__(self) -> None:
         super().__init__()

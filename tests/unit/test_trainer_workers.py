@@ -1,0 +1,150 @@
+"""train_from_dataset workers: metric state counts every example once whatever ``thread`` is,
+worker processes share the parameters, and thread=1 equals a plain feed loop."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.core import trainer
+from fleetkit.errors import OpError
+from fleetkit.testing.ctr import CtrSpec, build_ctr_model, write_ctr_files
+
+SPEC = CtrSpec(n_sparse=4, n_dense=3, vocab=50, max_ids=2, seed=5)
+FILES, LINES, BATCH, EPOCHS, TEST_LINES = 2, 1500, 25, 3, 2000
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_ctr_files(str(tmp_path_factory.mktemp("ctr")), SPEC, FILES, LINES, seed=1)
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory):
+    return write_ctr_files(str(tmp_path_factory.mktemp("ctr_test")), SPEC, 1, TEST_LINES, seed=7)
+
+
+def _dataset(paths, like):
+    ds = fk.DatasetFactory().create_dataset("InMemoryDataset")
+    ds.set_use_var(like._use_vars)
+    ds.set_filelist(paths)
+    ds.set_batch_size(BATCH)
+    ds.load_into_memory()
+    return ds
+
+
+def _zero(scope, stats):
+    for s in stats:
+        scope.set(s.name, np.zeros_like(scope.numpy(s.name)))
+
+
+def _job(files, kind="InMemoryDataset"):
+    """A fresh CTR model with an auc metric, its scope initialized, and its dataset."""
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 3
+    with fk.program_guard(main, startup), fk.unique_name.guard():
+        model = build_ctr_model(SPEC, emb_dim=4, hidden=8, lr=0.01)
+        auc, _, stats = layers.auc(model["predict"], model["use_vars"][0])
+    exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
+    exe.run(startup, scope=scope)
+    ds = fk.DatasetFactory().create_dataset(kind)
+    ds.set_use_var(model["use_vars"])
+    ds.set_filelist(files)
+    ds.set_batch_size(BATCH)
+    if kind == "InMemoryDataset":
+        ds.load_into_memory()
+    return exe, main, scope, ds, model, auc, stats
+
+
+def _counted(scope, stats):
+    pos, neg = scope.numpy(stats[2].name), scope.numpy(stats[3].name)
+    return int(pos.sum() + neg.sum())
+
+
+def _stat_auc(scope, stats):
+    from fleetkit.core.ops.metric import roc_auc_from_stats
+    return float(roc_auc_from_stats(np, scope.numpy(stats[2].name).ravel(), scope.numpy(stats[3].name).ravel()))
+
+
+@pytest.mark.parametrize("workers", ["auto", "threads"])
+def test_auc_counts_every_example_once_with_two_workers(files, test_file, monkeypatch, workers):
+    monkeypatch.setattr(trainer, "WORKERS", workers)
+    aucs = {}
+    for thread in (1, 2):
+        exe, main, scope, ds, _, _, stats = _job(files)
+        test_prog = main.clone(for_test=True)
+        for epoch in range(EPOCHS):
+            run = exe.train_from_dataset(main, ds, scope=scope, thread=thread)
+            assert run.workers == ("processes" if thread == 2 and workers == "auto" else "threads")
+            assert run.examples == FILES * LINES
+            assert _counted(scope, stats) == (epoch + 1) * FILES * LINES  # 100% of the examples, none twice
+        window = scope.numpy(stats[0].name).sum() + scope.numpy(stats[1].name).sum()
+        assert 0 < window <= thread * BATCH  # the last batch of each worker
+        _zero(scope, stats)
+        exe.infer_from_dataset(test_prog, _dataset(test_file, ds), scope=scope, thread=thread)
+        assert _counted(scope, stats) == TEST_LINES
+        aucs[thread] = _stat_auc(scope, stats)
+    print(f"held-out AUC thread=1 {aucs[1]:.4f}, thread=2 {aucs[2]:.4f}")
+    assert aucs[1] > 0.7
+    assert abs(aucs[2] - aucs[1]) <= 0.005
+
+
+def test_same_parameters_same_auc_with_one_or_two_workers(files, test_file):
+    exe, main, scope, ds, _, _, stats = _job(files)
+    exe.train_from_dataset(main, ds, scope=scope, thread=1)
+    test_prog = main.clone(for_test=True)
+    counts = {}
+    for thread in (1, 2):
+        _zero(scope, stats)
+        run = exe.infer_from_dataset(test_prog, _dataset(test_file, ds), scope=scope, thread=thread)
+        assert run.workers == ("processes" if thread == 2 else "threads")
+        counts[thread] = [scope.numpy(s.name).copy() for s in stats[2:]]
+    for a, b in zip(counts[1], counts[2]):  # exactly the same buckets
+        np.testing.assert_array_equal(a, b)
+    assert int(sum(c.sum() for c in counts[2])) == TEST_LINES
+
+
+def test_infer_from_dataset_counts_every_example_and_updates_nothing(files):
+    exe, main, scope, ds, model, auc, stats = _job(files)
+    test_prog = main.clone(for_test=True)
+    before = scope.numpy("emb_0").copy()
+    run = exe.infer_from_dataset(test_prog, ds, scope=scope, thread=2, fetch_list=[auc])
+    assert run.workers == "processes" and _counted(scope, stats) == FILES * LINES
+    np.testing.assert_array_equal(scope.numpy("emb_0"), before)
+    assert set(run.fetched) == {auc.name}
+
+
+def test_worker_processes_share_parameters_and_learn(files):
+    exe, main, scope, ds, model, _, stats = _job(files, "QueueDataset")
+    before = {n: scope.numpy(n).copy() for n in ("emb_0", "fc_0.w_0")}
+    for _ in range(3):  # QueueDataset: each file read by exactly one worker
+        run = exe.train_from_dataset(main, ds, scope=scope, thread=2)
+        assert run.workers == "processes" and run.examples == FILES * LINES
+    for n, b in before.items():  # the parent's scope holds what the workers trained
+        assert not np.allclose(scope.numpy(n), b)
+    assert _counted(scope, stats) == 3 * FILES * LINES
+    assert _stat_auc(scope, stats) > 0.7
+
+
+def test_thread1_equals_a_feed_loop(files):
+    exe, main, scope, ds, model, _, _ = _job(files)
+    ref_scope = fk.Scope()
+    exe2 = fk.Executor(fk.CPUPlace())
+    # the same initial values: copy the persistables of the initialized scope
+    for name in scope.local_var_names():
+        v = scope.numpy(name) if scope.get(name) is not None else None
+        if v is not None:
+            ref_scope.set(name, v.copy())
+    exe.train_from_dataset(main, ds, scope=scope, thread=1)
+    for batch in ds._thread_feeds(1)[0]:
+        exe2.run(main, feed=batch, scope=ref_scope)
+    np.testing.assert_allclose(scope.numpy("fc_0.w_0"), ref_scope.numpy("fc_0.w_0"), rtol=1e-6, atol=1e-7)
+
+
+def test_worker_process_error_is_raised_in_the_parent(files):
+    exe, main, scope, ds, model, _, _ = _job(files)
+    scope.set("fc_0.w_0", np.zeros((3, 3), np.float32))  # wrong shape: the fc op fails in every worker
+    with pytest.raises(OpError, match="op #") as info:
+        exe.train_from_dataset(main, ds, scope=scope, thread=2)
+    assert any("worker process" in note for note in getattr(info.value, "__notes__", []))
