@@ -1,5 +1,6 @@
 """More LoD sequence layers (fluid 1.4 names and arguments): ``sequence_conv``,
-``sequence_softmax``, ``sequence_expand``, ``sequence_reshape``, ``lod_reset``."""
+``sequence_softmax``, ``sequence_expand``, ``sequence_reshape``, ``lod_reset``,
+``sequence_pad``/``sequence_unpad``, ``sequence_reverse``, ``sequence_concat``."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -8,7 +9,8 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 
-__all__ = ["sequence_conv", "sequence_softmax", "sequence_expand", "sequence_reshape", "lod_reset"]
+__all__ = ["sequence_conv", "sequence_softmax", "sequence_expand", "sequence_reshape", "lod_reset", "sequence_pad",
+           "sequence_unpad", "sequence_reverse", "sequence_concat"]
 
 
 def _check_var(layer: str, arg: str, v: Any) -> None:
@@ -73,3 +75,44 @@ def lod_reset(x: Variable, y: Variable | None = None, target_lod: Sequence[int] 
     if not target_lod:
         raise InvalidArgumentError("lod_reset: give y or target_lod")
     return _one_out("lod_reset", {"X": x}, {"target_lod": [int(v) for v in target_lod]})
+
+
+def sequence_pad(x: Variable, pad_value: Variable, maxlen: int | None = None,
+                 name: str | None = None) -> tuple[Variable, Variable]:
+    """Pad each sequence to ``maxlen`` rows (default: the longest) with ``pad_value``;
+    returns (padded [num_seqs, maxlen, ...], lengths [num_seqs] int64)."""
+    _check_var("sequence_pad", "x", x)
+    _check_var("sequence_pad", "pad_value", pad_value)
+    helper = LayerHelper("sequence_pad", name=name)
+    out = helper.create_variable_for_type_inference(x.dtype)
+    length = helper.create_variable_for_type_inference("int64", stop_gradient=True)
+    helper.append_op("sequence_pad", {"X": [x], "PadValue": [pad_value]}, {"Out": [out], "Length": [length]},
+                     {"padded_length": -1 if maxlen is None else int(maxlen)})
+    return out, length
+
+
+def sequence_unpad(x: Variable, length: Variable, name: str | None = None) -> Variable:
+    """The first length[i] rows of each padded sequence x[i], as a LoD tensor."""
+    _check_var("sequence_unpad", "x", x)
+    _check_var("sequence_unpad", "length", length)
+    return _one_out("sequence_unpad", {"X": x, "Length": length}, name=name)
+
+
+def sequence_reverse(x: Variable, name: str | None = None) -> Variable:
+    """Each sequence's rows in reverse order."""
+    _check_var("sequence_reverse", "x", x)
+    helper = LayerHelper("sequence_reverse", name=name)
+    out = helper.create_variable_for_type_inference(x.dtype)
+    helper.append_op("sequence_reverse", {"X": [x]}, {"Y": [out]})
+    return out
+
+
+def sequence_concat(input: Sequence[Variable], name: str | None = None) -> Variable:
+    """Sequence i of the result is sequence i of every input, one after the other."""
+    xs = list(input)
+    for v in xs:
+        _check_var("sequence_concat", "input", v)
+    helper = LayerHelper("sequence_concat", name=name)
+    out = helper.create_variable_for_type_inference(xs[0].dtype)
+    helper.append_op("sequence_concat", {"X": xs}, {"Out": [out]})
+    return out
