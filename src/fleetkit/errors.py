@@ -51,6 +51,26 @@ class GPUUnavailableError(PermanentError, RuntimeError):
     """A CUDA place was requested but cupy or a device is missing."""
 
 
+class NanInfError(OpError, ArithmeticError):
+    """``FLAGS_check_nan_inf``: an op produced NaN/inf, or fed data holds them.
+
+    Attributes:
+        var: the variable holding them.
+        op_type: the op that wrote it (None for fed data).
+        block, op_index: where that op is in its program (op_index None for fed data).
+    """
+
+    def __init__(self, message: str, var: str, op_type: str | None = None, block: int | None = None,
+                 op_index: int | None = None):
+        super().__init__(message)
+        self.var, self.op_type, self.block, self.op_index = var, op_type, block, op_index
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration for a message: ``15.0`` for 14.999817, ``0.25`` below one second."""
+    return f"{seconds:.1f}" if abs(seconds) >= 1 else f"{seconds:.2g}"
+
+
 # --- collectives (fleetkit.collective) ---------------------------------------
 
 

@@ -10,12 +10,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..env import eager_delete_tensor_gb
+from ..env import FLAGS_CHECK_NAN_INF, eager_delete_tensor_gb, flag
 from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
 from .backend import CPUPlace, Place, to_numpy
 from .framework import Program, Variable, default_main_program
 from .fusion import failed_context, fuse_steps
 from .memory import deletion_plan, eager_deletion_on
+from .nan_inf import checked_steps, wanted
 from .registry import KernelContext, get_op_def
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, lengths_to_offsets
 
@@ -76,12 +77,19 @@ def register_close_hook(hook: Any) -> Any:
 
 
 class Executor:
-    """Runs programs on a place: ``Executor(CPUPlace()).run(program, feed, fetch_list)``."""
+    """Runs programs on a place: ``Executor(CPUPlace()).run(program, feed, fetch_list)``.
 
-    def __init__(self, place: Place | None = None) -> None:
+    ``check_nan_inf``: after each op, stop at the first NaN/inf output (or fed value) with a
+    ``NanInfError`` naming the op, its block and index, and the variable (``core/nan_inf.py``).
+    None (the default) reads ``FLAGS_check_nan_inf``; a program's ``_meta["check_nan_inf"]``
+    (set by ``DistributedStrategy.check_nan_inf``) turns it on for that program.
+    """
+
+    def __init__(self, place: Place | None = None, check_nan_inf: bool | None = None) -> None:
         self.place = place or CPUPlace()
         self._cache: dict[int, _Prepared] = {}
         self._gc_flag = eager_delete_tensor_gb()  # FLAGS_eager_delete_tensor_gb, read once
+        self.check_nan_inf = flag(FLAGS_CHECK_NAN_INF) if check_nan_inf is None else bool(check_nan_inf)
 
     def close(self) -> None:
         """Drop the prepared programs and run the ``register_close_hook`` hooks (fluid's
@@ -154,9 +162,11 @@ class Executor:
             self._run_steps(prepared.steps)
         return [self._fetch(env, n, return_numpy) for n in fetch_names]
 
-    @staticmethod
-    def _run_steps(steps: list, plan: list | None = None, env: dict | None = None) -> None:
+    def _run_steps(self, steps: list, plan: list | None = None, env: dict | None = None) -> None:
         """Run ``steps``; with a deletion ``plan``, drop ``plan[i]``'s names from ``env`` after step i."""
+        if self.check_nan_inf or (steps and steps[0][1].op.block.program._meta):  # off: one test per run
+            if wanted(self.check_nan_inf, steps):
+                steps = checked_steps(steps)
         i = 0
         try:
             if plan is None:

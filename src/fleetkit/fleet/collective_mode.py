@@ -24,6 +24,7 @@ from ..collective.api import Backend, get_backend
 from ..collective.data_parallel import data_parallel_rewrite
 from ..core import io as fkio
 from ..core.framework import Program, Variable, default_startup_program
+from ..core.nan_inf import META as NAN_INF_META
 from ..core.optimizer import Optimizer
 from ..errors import InvalidArgumentError
 from .base import FleetBase
@@ -48,6 +49,8 @@ class DistributedStrategy:
         broadcast_params: broadcast parameters from rank 0 in the startup program.
         ring_id: the communication group the inserted ops use.
         use_local_sgd: not supported (raises at ``distributed_optimizer``).
+        check_nan_inf: the rewritten program stops at the first op that writes NaN/inf (or fed
+            data holding them) with a ``NanInfError`` naming it, as ``FLAGS_check_nan_inf=1``.
     """
 
     def __init__(self) -> None:
@@ -59,6 +62,7 @@ class DistributedStrategy:
         self.broadcast_params: bool = True
         self.ring_id: int = 0
         self.use_local_sgd: bool = False
+        self.check_nan_inf: bool = False
 
     def check(self) -> None:
         """Raise InvalidArgumentError naming every bad field."""
@@ -71,6 +75,8 @@ class DistributedStrategy:
             problems.append(f"timeout={self.timeout!r} must be > 0 seconds or None")
         if self.use_local_sgd:
             problems.append("use_local_sgd=True is not supported (only gradient all-reduce)")
+        if not isinstance(self.check_nan_inf, bool):
+            problems.append(f"check_nan_inf={self.check_nan_inf!r} must be True or False")
         if not isinstance(self.ring_id, int) or self.ring_id < 0:
             problems.append(f"ring_id={self.ring_id!r} must be an int >= 0")
         if problems:
@@ -232,6 +238,8 @@ class CollectiveOptimizer:
             broadcast_params=s.broadcast_params,
             comm_hook=hook(self._fleet.worker_num(), s.ring_id, startup) if hook else None)
         optimize_ops = opt.apply_optimize(loss, startup, params_grads)
+        if s.check_nan_inf:
+            loss.block.program._meta[NAN_INF_META] = True
         self._fleet._main_program = loss.block.program
         self._fleet._startup_program = startup
         return optimize_ops, params_grads
