@@ -169,6 +169,12 @@ class PServerError(RPCError, PermanentError):
     message carries the pserver's endpoint and its error."""
 
 
+class PServerRestartedError(PServerError):
+    """A pserver restarted without its state (no checkpoint): the parameters it held were
+    lost.  Raised by the trainer that notices, naming the endpoint, unless re-seeding
+    (``FLEETKIT_PS_RESEED_ON_RESTART``) is on."""
+
+
 # --- data pipeline (fleetkit.dataset) ----------------------------------------
 
 

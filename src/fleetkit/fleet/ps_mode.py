@@ -133,13 +133,16 @@ class PSFleet(FleetBase):
 
     # ------------------------------------------------------------------ server
     def init_server(self, model_dir: str | None = None, *, checkpoint_dir: str | None = None,
-                    checkpoint_interval_s: float = 0.0, barrier_timeout_s: float | None = None) -> None:
+                    checkpoint_interval_s: float = 0.0, barrier_timeout_s: float | None = None,
+                    save_dirs: Sequence[str] = ()) -> None:
         """Initialize the hosted slices (and load them from ``model_dir`` if given).
 
         ``checkpoint_dir``: where this pserver writes its periodic checkpoints
         (every ``checkpoint_interval_s`` seconds, 0 = only on notify) and from which
         a restarted pserver resumes.  ``barrier_timeout_s``: how long a sync round
-        waits for a missing trainer before failing it.
+        waits for a missing trainer before failing it.  ``save_dirs``: directories the
+        chief's ``save_persistables(dirname)`` may name (this pserver writes its table shard
+        under ``dirname``); any other path a request names is refused (docs/security.md).
         """
         if not self.is_server():
             raise InvalidArgumentError("fleet.init_server() called on a worker")
@@ -151,7 +154,8 @@ class PSFleet(FleetBase):
             self._load_hosted(model_dir)
         ls = self._main.global_block().ops[-1]
         ls.attrs.update({"checkpoint_dir": checkpoint_dir or "", "load_dir": model_dir or "",
-                         "checkpoint_interval_s": float(checkpoint_interval_s)})
+                         "checkpoint_interval_s": float(checkpoint_interval_s),
+                         "notify_dirs": [str(d) for d in save_dirs]})
         if barrier_timeout_s is not None:
             ls.attrs["barrier_timeout_s"] = float(barrier_timeout_s)
         self._main._bump()

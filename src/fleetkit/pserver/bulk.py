@@ -15,12 +15,23 @@ Wire format (little-endian).  Request::
 
 Reply::
 
-    "FKR1" | status u8 | flags u8 | 0 u16 | header len u32 | rows len u64 | data len u64
+    "FKR2" | status u8 | flags u8 | 0 u16 | header len u32 | rows len u64 | data len u64
+           | incarnation u64 | updates u64 | resumed i64
     status 0: VariableMessage header | rows bytes | tensor bytes (all empty for void methods)
     else:     details (utf-8)        | missing trainer ids ("1,3", barrier failures) | -
 
 ``status`` is the gRPC status code number; reply flag 1 says the server closes the
-connection after this reply (a frame it could not read to its end).  A connection
+connection after this reply (a frame it could not read to its end, or a refused token).
+incarnation / updates / resumed: the pserver's identity (``liveness.Incarnation``), so
+a client notices a restarted pserver on every reply, as on gRPC.
+
+Nothing is allocated for what an unauthenticated peer declares: a frame's token
+(at most ``MAX_TOKEN`` bytes) is read and checked before its header, and a refused
+token closes the connection without reading on.  A new connection must deliver its
+first frame's token within ``auth_timeout`` seconds, and at most ``max_unauthenticated``
+connections may be waiting to do so; the header is read as it arrives (no buffer sized
+from the declared length), the payload into an ``np.empty`` buffer whose pages the
+kernel commits only as bytes arrive.  A connection
 carries one call at a time; clients keep a few idle ones per endpoint.  Payloads are
 received with ``recv_into`` straight into a fresh ``np.empty`` buffer and sent with
 ``sendmsg`` of memoryviews (header and payload never concatenated).
@@ -42,14 +53,17 @@ from . import codec, rpc
 __all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host"]
 log = logging.getLogger(__name__)
 
-REQ_MAGIC, REPLY_MAGIC = b"FKB1", b"FKR1"
+REQ_MAGIC, REPLY_MAGIC = b"FKB1", b"FKR2"
 _FRAME = struct.Struct("<4sBBHIQQ")
+_REPLY = struct.Struct("<4sBBHIQQQQq")
+#: the longest token a frame may carry (tokens from ``fleetkit launch`` are 43 characters)
+MAX_TOKEN = 1024
+_HEADER_STEP = 1 << 20   # a header is read in steps of this: its buffer grows as bytes arrive
 METHOD_CODE = {m: i + 1 for i, m in enumerate(rpc.METHODS)}
 METHOD_NAME = {i: m for m, i in METHOD_CODE.items()}
 STATUS_NAME = {c.value[0]: c.name for c in grpc.StatusCode}
 FLAG_CLOSING = 1
 MAX_HEADER = rpc.HEADER_SLACK + (60 << 20)   # dims + LoD of a huge LoDTensor still fit
-_DRAIN = 1 << 20
 #: returned by a client call when the pserver serves no bulk port (use gRPC)
 NO_BULK = object()
 
@@ -94,6 +108,21 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
         got += k
 
 
+def _recv_growing(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    """``n`` bytes from ``sock``, read in steps so that memory follows what arrives."""
+    if n <= _HEADER_STEP:
+        buf = bytearray(n)
+        _recv_into(sock, memoryview(buf), deadline)
+        return bytes(buf)
+    parts = []
+    while n > 0:
+        part = bytearray(min(n, _HEADER_STEP))
+        _recv_into(sock, memoryview(part), deadline)
+        parts.append(part)
+        n -= len(part)
+    return b"".join(parts)
+
+
 def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | None) -> None:
     """Send bytes-like ``parts`` in order with gathered writes (no concatenation)."""
     views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
@@ -127,6 +156,9 @@ class BulkTarget(Protocol):
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
                   reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
         """(status, details, missing, reply: an envelope, ``reply``'s result, or None)."""
+
+    def incarnation_info(self) -> tuple[int, int, int]:
+        """(incarnation id, updates applied, update count resumed from or -1 / -2)."""
 
 
 class _Scratch:
@@ -165,8 +197,9 @@ class _Reply:
     into the connection's scratch buffer and sent after the lock is released (a slow
     client never holds the lock)."""
 
-    def __init__(self, conn: socket.socket, scratch: _Scratch, stats: dict[str, int]) -> None:
-        self.conn, self.scratch, self.stats = conn, scratch, stats
+    def __init__(self, conn: socket.socket, scratch: _Scratch, stats: dict[str, int],
+                 info: Callable[[], tuple[int, int, int]]) -> None:
+        self.conn, self.scratch, self.stats, self.info = conn, scratch, stats, info
         self.rest: list[memoryview] | None = None   # None: not started
 
     def __call__(self, envs: list[codec.Envelope]) -> _Reply:
@@ -178,8 +211,8 @@ class _Reply:
         for f in ("chunk_index", "chunk_count", "transfer_id"):
             header.ClearField(f)
         head = header.SerializeToString()
-        fixed = _FRAME.pack(REPLY_MAGIC, 0, 0, 0, len(head), sum(v.nbytes for v in rows),
-                            sum(v.nbytes for v in data))
+        fixed = _REPLY.pack(REPLY_MAGIC, 0, 0, 0, len(head), sum(v.nbytes for v in rows),
+                            sum(v.nbytes for v in data), *self.info())
         views = [memoryview(fixed), memoryview(head), *rows, *data]
         self.conn.setblocking(False)
         try:
@@ -204,10 +237,13 @@ class BulkServer:
     """Accepts bulk connections on ``host`` (port chosen by the OS), a thread each."""
 
     def __init__(self, host: str, target: BulkTarget, max_payload: int, io_timeout: float,
-                 name: str = "", max_connections: int = 4096) -> None:
+                 name: str = "", max_connections: int = 4096, auth_timeout: float = 5.0,
+                 max_unauthenticated: int = 64) -> None:
         self.host, self.target, self.name = host, target, name
         self.max_payload, self.io_timeout = int(max_payload), float(io_timeout)
         self.max_connections = max_connections
+        self.auth_timeout, self.max_unauthenticated = float(auth_timeout), int(max_unauthenticated)
+        self._unauthenticated = 0   # connections whose first frame's token is not checked yet
         self.port = 0
         self.frames = 0                      #: frames served (tests, stats)
         #: reply bytes the kernel took under the handler lock / copied aside first
@@ -254,18 +290,22 @@ class BulkServer:
             except OSError:
                 return   # closed by stop()
             with self._lock:
-                if len(self._conns) >= self.max_connections:
-                    log.warning("bulk %s: %d connections, refusing another", self.name, len(self._conns))
+                full = len(self._conns) >= self.max_connections
+                if full or self._unauthenticated >= self.max_unauthenticated:
+                    log.warning("bulk %s: %d connections (%d not authenticated yet), refusing another",
+                                self.name, len(self._conns), self._unauthenticated)
                     conn.close()
                     continue
                 self._conns.add(conn)
+                self._unauthenticated += 1
             _tune(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fk-bulk-conn").start()
 
     def _serve(self, conn: socket.socket) -> None:
         scratch = _Scratch()
+        state = {"authenticated": False}
         try:
-            while not self._stop.is_set() and self._serve_one(conn, scratch):
+            while not self._stop.is_set() and self._serve_one(conn, scratch, state):
                 scratch.trim()
         except (OSError, ConnectionError) as e:
             # peer went away (mid-frame too), or a read stalled past io_timeout: drop it
@@ -275,12 +315,24 @@ class BulkServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                if not state["authenticated"]:
+                    self._unauthenticated -= 1
             conn.close()
 
-    def _wait_frame(self, conn: socket.socket, view: memoryview) -> bool:
-        """Read a frame's fixed part; False at a clean EOF or stop between frames."""
+    def _authenticated(self, state: dict) -> None:
+        if not state["authenticated"]:
+            state["authenticated"] = True
+            with self._lock:
+                self._unauthenticated -= 1
+
+    def _wait_frame(self, conn: socket.socket, view: memoryview, limit: float | None = None) -> bool:
+        """Read a frame's fixed part (within ``limit`` seconds if given); False at a clean
+        EOF, a stop between frames, or past ``limit``."""
         conn.settimeout(1.0)
+        give_up = None if limit is None else time.monotonic() + limit
         while True:
+            if give_up is not None and time.monotonic() > give_up:
+                return False
             try:
                 k = conn.recv_into(view, view.nbytes)
             except socket.timeout:
@@ -290,17 +342,18 @@ class BulkServer:
             if not k:
                 return False
             if k < view.nbytes:
-                _recv_into(conn, view[k:], time.monotonic() + self.io_timeout)
+                _recv_into(conn, view[k:], give_up or time.monotonic() + self.io_timeout)
             return True
 
-    def _serve_one(self, conn: socket.socket, scratch: _Scratch) -> bool:
+    def _serve_one(self, conn: socket.socket, scratch: _Scratch, state: dict) -> bool:
         fixed = bytearray(_FRAME.size)
-        if not self._wait_frame(conn, memoryview(fixed)):
+        first = not state["authenticated"]
+        if not self._wait_frame(conn, memoryview(fixed), self.auth_timeout if first else None):
             return False
         deadline = time.monotonic() + self.io_timeout     # the rest of the frame
         magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(fixed)
         method = METHOD_NAME.get(mcode)
-        if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER:
+        if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER or tlen > MAX_TOKEN:
             why = (f"malformed bulk frame (magic {bytes(magic)!r}, method {mcode}, header {hlen} bytes)")
             self._reply_error(conn, grpc.StatusCode.INVALID_ARGUMENT.value[0], why, "", closing=True)
             return False
@@ -309,20 +362,21 @@ class BulkServer:
                    f"pserver's limit of {self.max_payload}")
             self._reply_error(conn, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why, "", closing=True)
             return False
-        small = bytearray(tlen + hlen)
-        _recv_into(conn, memoryview(small), deadline)
-        token = bytes(small[:tlen]) if tlen else None
-        refused = self.target.bulk_auth(method, token)
-        if refused is not None:   # read (and drop) the payload: the connection stays in sync
-            self._drain(conn, rlen + dlen, deadline)
-            self._reply_error(conn, *refused)
-            return True
+        token = bytearray(tlen)
+        _recv_into(conn, memoryview(token), min(deadline, time.monotonic() + self.auth_timeout)
+                   if first else deadline)
+        refused = self.target.bulk_auth(method, bytes(token) if tlen else None)
+        if refused is not None:   # nothing more is read from a peer without the token
+            self._reply_error(conn, *refused, closing=True)
+            return False
+        self._authenticated(state)
+        header = _recv_growing(conn, hlen, deadline)
         buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
         _recv_into(conn, memoryview(buf), deadline)
         rows, data = buf[:rlen], buf[rlen:]
-        started = _Reply(conn, scratch, self.reply_bytes)
+        started = _Reply(conn, scratch, self.reply_bytes, self.target.incarnation_info)
         code, details, missing, reply = self.target.bulk_call(
-            method, bytes(small[tlen:]), memoryview(rows) if rlen else b"",
+            method, header, memoryview(rows) if rlen else b"",
             memoryview(data) if dlen else b"", started)
         self.frames += 1
         if reply is started:
@@ -332,27 +386,23 @@ class BulkServer:
         elif code:
             self._reply_error(conn, code, details, missing)
         elif reply is None:
-            _send_parts(conn, [_FRAME.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0)], self._send_deadline())
+            _send_parts(conn, [_REPLY.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0, *self.target.incarnation_info())],
+                        self._send_deadline())
         else:
-            header, r, d = _payload_parts(reply)
-            fixed_out = _FRAME.pack(REPLY_MAGIC, 0, 0, 0, len(header), memoryview(r).nbytes, memoryview(d).nbytes)
-            _send_parts(conn, [fixed_out, header, r, d], self._send_deadline())
+            head, r, d = _payload_parts(reply)
+            fixed_out = _REPLY.pack(REPLY_MAGIC, 0, 0, 0, len(head), memoryview(r).nbytes, memoryview(d).nbytes,
+                                    *self.target.incarnation_info())
+            _send_parts(conn, [fixed_out, head, r, d], self._send_deadline())
         return True
 
     def _send_deadline(self) -> float:
         return time.monotonic() + self.io_timeout
 
-    def _drain(self, conn: socket.socket, n: int, deadline: float) -> None:
-        sink = memoryview(bytearray(min(n, _DRAIN)))
-        while n > 0:
-            k = min(n, sink.nbytes)
-            _recv_into(conn, sink[:k], deadline)
-            n -= k
-
     def _reply_error(self, conn: socket.socket, code: int, details: str, missing: str,
                      closing: bool = False) -> None:
         text, miss = details.encode("utf-8", "replace"), missing.encode()
-        fixed = _FRAME.pack(REPLY_MAGIC, code, FLAG_CLOSING if closing else 0, 0, len(text), len(miss), 0)
+        fixed = _REPLY.pack(REPLY_MAGIC, code, FLAG_CLOSING if closing else 0, 0, len(text), len(miss), 0,
+                            *self.target.incarnation_info())
         _send_parts(conn, [fixed, text, miss], self._send_deadline())
 
 
@@ -398,9 +448,10 @@ class BulkPool:
             s.close()
 
     def call(self, host: str, port: int, method: str, env: codec.Envelope, token: str,
-             timeout: float) -> codec.Envelope | None:
+             timeout: float, on_info: Callable[[tuple[int, int, int]], Any] | None = None) -> codec.Envelope | None:
         """One call; the reply envelope (payload in a fresh writable buffer), or None for a
-        void method.  Raises BulkStatus (a server status, UNAVAILABLE, DEADLINE_EXCEEDED)."""
+        void method.  ``on_info`` gets the reply's (incarnation, updates, resumed).  Raises
+        BulkStatus (a server status, UNAVAILABLE, DEADLINE_EXCEEDED)."""
         where = f"bulk channel {host}:{port}"
         try:
             sock = self._take(host, port, timeout)
@@ -414,7 +465,9 @@ class BulkPool:
             fixed = _FRAME.pack(REQ_MAGIC, METHOD_CODE[method], 0, len(tok), len(header),
                                 memoryview(rows).nbytes, memoryview(data).nbytes)
             _send_parts(sock, [fixed, tok, header, rows, data], deadline)
-            reply, keep = self._read_reply(sock, deadline, where)
+            reply, keep, info = self._read_reply(sock, deadline, where)
+            if on_info is not None:
+                on_info(info)
             return reply
         except BulkStatus as e:
             keep = e.keep
@@ -432,10 +485,10 @@ class BulkPool:
                 sock.close()
 
     def _read_reply(self, sock: socket.socket, deadline: float,
-                    where: str) -> tuple[codec.Envelope | None, bool]:
-        fixed = bytearray(_FRAME.size)
+                    where: str) -> tuple[codec.Envelope | None, bool, tuple[int, int, int]]:
+        fixed = bytearray(_REPLY.size)
         _recv_into(sock, memoryview(fixed), deadline)
-        magic, status, flags, _, hlen, rlen, dlen = _FRAME.unpack(fixed)
+        magic, status, flags, _, hlen, rlen, dlen, *info = _REPLY.unpack(fixed)
         if magic != REPLY_MAGIC or hlen > MAX_HEADER:
             raise BulkStatus("INTERNAL", f"{where}: malformed reply (magic {bytes(magic)!r})")
         head = bytearray(hlen)
@@ -449,7 +502,7 @@ class BulkPool:
             raise BulkStatus(STATUS_NAME.get(status, "UNKNOWN"), head.decode("utf-8", "replace"), missing,
                              keep=not flags & FLAG_CLOSING)
         if not hlen:
-            return None, True
+            return None, True, tuple(info)
         buf = np.empty(rlen + dlen, np.uint8)
         _recv_into(sock, memoryview(buf), deadline)
         env = codec.from_bytes(head)
@@ -457,4 +510,4 @@ class BulkPool:
             raise BulkStatus("INTERNAL", f"{where}: payload inside the reply header")
         env.rows = memoryview(buf[:rlen]) if rlen else b""
         env.data = memoryview(buf[rlen:]) if dlen else b""
-        return env, True
+        return env, True, tuple(info)

@@ -21,7 +21,10 @@ from typing import Any, Mapping
 from ..errors import CheckpointError, InvalidArgumentError
 from . import codec
 
-__all__ = ["save", "load", "save_numbered", "latest", "load_latest"]
+__all__ = ["save", "load", "save_numbered", "latest", "load_latest", "notify_path", "UPDATES_KEY"]
+
+#: the pserver's update count (``liveness.Incarnation.updates``), stored beside the values
+UPDATES_KEY = "@PSERVER_UPDATES@"
 
 MAGIC = b"FKCKPT01"
 TRAILER = b"FKEND"
@@ -145,3 +148,20 @@ def load_latest(dirname: str) -> dict[str, Any] | None:
     if last_error is not None:
         raise last_error
     return None
+
+
+def notify_path(roots: "list[str]", path: str) -> str:
+    """``path`` if it lies inside one of the configured ``roots`` (links and '..' resolved),
+    else InvalidArgumentError naming both: CheckpointNotify requests come over the
+    network, and may only name files inside this pserver's own checkpoint directories."""
+    if "\0" in path:
+        raise InvalidArgumentError(f"checkpoint path {path!r} contains a NUL byte")
+    real = os.path.realpath(path)
+    for root in roots:
+        base = os.path.realpath(root)
+        if os.path.commonpath([base, real]) == base:
+            return real
+    allowed = ", ".join(repr(r) for r in roots) or "none configured"
+    raise InvalidArgumentError(f"checkpoint path '{path}' is outside this pserver's checkpoint directories "
+                               f"({allowed}); configure checkpoint_dir, init_server(save_dirs=...) or "
+                               f"FLEETKIT_PS_NOTIFY_DIRS")

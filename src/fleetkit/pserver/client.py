@@ -15,6 +15,10 @@ deadline, the retry with backoff and the error mapping.
 
 Values returned by ``get_vars``/``prefetch`` are writable numpy arrays (or LoDTensor /
 SelectedRows) owned by the caller.
+
+Liveness: the client keeps a heartbeat stream to every pserver it talks to (a beat every
+``heartbeat_s``, ended after COMPLETE; ``liveness.py``), and checks the pserver's
+incarnation on every reply, so a restarted pserver is noticed (``restarts.py``).
 """
 from __future__ import annotations
 
@@ -33,8 +37,11 @@ import grpc
 import numpy as np
 
 from ..core.scope import LoDTensor, SelectedRows
+from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import InvalidArgumentError, RPCRequestError, ServerNotReadyError
 from . import bulk, codec, rpc
+from .liveness import Heartbeats, parse_incarnation
+from .restarts import REFETCH, RestartWatch
 
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
 log = logging.getLogger(__name__)
@@ -58,6 +65,9 @@ class ClientOptions:
     #: Python gRPC call's CPU (async CTR 2x2 on 2 cores: 0.31x -> 0.54x of one process)
     bulk_threshold_bytes: int = 0
     bulk: bool | None = None           #: None: FLEETKIT_PS_BULK from the environment (default on)
+    heartbeat_s: float = 1.0           #: beat interval of the heartbeat streams (0: none)
+    #: re-seed a pserver restarted without state (trainer 0's copy); None: FLEETKIT_PS_RESEED_ON_RESTART
+    reseed: bool | None = None
 
 
 class RPCClient:
@@ -91,16 +101,26 @@ class RPCClient:
         #: ("bulk" | "grpc", method) -> calls that succeeded on that transport
         self.transport: Counter[tuple[str, str]] = Counter()
         self._pool = ThreadPoolExecutor(self.options.max_concurrency, thread_name_prefix="fk-rpc")
+        self._heartbeats = Heartbeats(self.trainer_id, self.options.heartbeat_s, self._metadata, self._beat_stub)
+        reseed = flag(FLEETKIT_PS_RESEED_ON_RESTART) if self.options.reseed is None else self.options.reseed
+        self.restarts = RestartWatch(self.trainer_id, reseed, self._send_seed, self._incarnation_of,
+                                     self.options.retry_window_s)
 
     # ---------------------------------------------------------------- plumbing
     def channel(self, endpoint: str) -> grpc.Channel:
         with self._lock:
             ch = self._channels.get(endpoint)
-            if ch is None:
-                ch = _make_channel(endpoint, self.options)
-                self._channels[endpoint] = ch
-                self._contacted.append(endpoint)
-            return ch
+            if ch is not None:
+                return ch
+            ch = _make_channel(endpoint, self.options)
+            self._channels[endpoint] = ch
+            self._contacted.append(endpoint)
+        self._heartbeats.start(endpoint)
+        return ch
+
+    def _beat_stub(self, endpoint: str) -> Callable:
+        return self.channel(endpoint).stream_unary(rpc.path(rpc.HEARTBEAT_METHOD), request_serializer=bytes,
+                                                   response_deserializer=bytes)
 
     def _stub(self, endpoint: str, method: str) -> Callable:
         key = (endpoint, method)
@@ -113,20 +133,28 @@ class RPCClient:
         return stub
 
     def _call(self, endpoint: str, method: str, env: codec.Envelope, varname: str | None,
-              use_bulk: bool = False) -> Any:
+              use_bulk: bool = False, watch: bool = True) -> Any:
         """One call with deadline and retry on UNAVAILABLE within the retry window, on gRPC
         or (``use_bulk``) the bulk channel.  A bulk call returns ``bulk.NO_BULK`` when the
-        pserver serves no bulk port (the caller then uses gRPC)."""
+        pserver serves no bulk port (the caller then uses gRPC).  ``watch``: check the
+        reply's incarnation (a value from an unseeded restarted pserver is fetched again)."""
         o = self.options
         give_up = time.monotonic() + o.retry_window_s
         delay, attempts = o.backoff_initial_s, 0
         while True:
             attempts += 1
+            info: list = []
             try:
                 if use_bulk:
-                    return self._bulk_once(endpoint, method, env)
-                out = self._stub(endpoint, method)(env, timeout=o.deadline_s, metadata=self._metadata)
-                self._counted("grpc", method)
+                    out = self._bulk_once(endpoint, method, env, info.append)
+                else:
+                    out, call = self._stub(endpoint, method).with_call(env, timeout=o.deadline_s,
+                                                                       metadata=self._metadata)
+                    info.append(_incarnation(call))
+                    self._counted("grpc", method)
+                if (watch and info and self.restarts.observe(endpoint, info[0]) == REFETCH
+                        and method not in rpc.VOID_METHODS and attempts < 4):
+                    continue
                 return out
             except grpc.RpcError as e:
                 code, details, missing = rpc.grpc_status(e)
@@ -181,14 +209,14 @@ class RPCClient:
         if port:
             self._bulk.forget(bulk.split_host(endpoint), port)
 
-    def _bulk_once(self, endpoint: str, method: str, env: codec.Envelope) -> Any:
+    def _bulk_once(self, endpoint: str, method: str, env: codec.Envelope, on_info: Callable) -> Any:
         fresh = endpoint not in self._bulk_ports
         port = self._bulk_port(endpoint)
         if not port:
             return bulk.NO_BULK
         try:
             out = self._bulk.call(bulk.split_host(endpoint), port, method, env, self._token,
-                                  self.options.deadline_s)
+                                  self.options.deadline_s, on_info)
         except bulk.BulkStatus as e:
             if fresh and e.connect_failed:
                 # the pserver just answered on gRPC but its bulk port cannot be reached
@@ -280,6 +308,9 @@ class RPCClient:
         items = list(items)
         values = self._run_all([job(*it) for it in items])
         self._count("get", [name for _, name in items], values)
+        if self.restarts.keeps_copies:
+            for (ep, name), v in zip(items, values):
+                self.restarts.pulled(ep, name, v)
         return values
 
     def prefetch(self, items: Iterable[tuple[str, str, Any]]) -> list[np.ndarray]:
@@ -357,6 +388,21 @@ class RPCClient:
             (lambda ep=ep: self._call(ep, "SendVariable", codec.control(rpc.COMPLETE, self.trainer_id),
                                       rpc.COMPLETE))
             for ep in eps]) if eps else None
+        self._heartbeats.stop(eps)
+
+    def _send_seed(self, endpoint: str, values: dict[str, Any]) -> None:
+        """Re-seed a pserver that restarted without state (``restarts.py``)."""
+        for name, value in values.items():
+            for env in codec.encode(rpc.RESEED + name, value, self.trainer_id, self.options.max_message_bytes):
+                self._call(endpoint, "SendVariable", env, name, watch=False)
+        self._call(endpoint, "SendVariable", codec.control(rpc.RESEED + rpc.RESEED_DONE, self.trainer_id),
+                   rpc.RESEED_DONE, watch=False)
+
+    def _incarnation_of(self, endpoint: str) -> tuple[int, int, int]:
+        env = codec.control(rpc.INCARNATION + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
+        out = self._call(endpoint, "GetVariableNoBarrier", env, rpc.INCARNATION, watch=False)
+        a = np.asarray(codec.decode(out)).reshape(-1)
+        return int(a[0]), int(a[1]), int(a[2])
 
     def checkpoint_notify(self, endpoints: Sequence[str], dirname: str, table_name: str = "",
                           load: bool = False) -> None:
@@ -377,6 +423,7 @@ class RPCClient:
 
     def close(self) -> None:
         """Close channels and threads (does not send COMPLETE)."""
+        self._heartbeats.stop()
         with self._lock:
             for ch in self._channels.values():
                 ch.close()
@@ -402,6 +449,13 @@ def _owned(value: Any) -> Any:
     if isinstance(value, SelectedRows):
         return SelectedRows(value.rows.copy(), _owned(value.values), value.height)
     return value
+
+
+def _incarnation(call: Any) -> tuple[int, int, int] | None:
+    for key, value in call.trailing_metadata() or ():
+        if key == rpc.INCARNATION_KEY:
+            return parse_incarnation(value)
+    return None
 
 
 def _make_channel(endpoint: str, options: ClientOptions) -> grpc.Channel:

@@ -265,6 +265,8 @@ def _server_options(a: dict) -> ServerOptions:
         kw["checkpoint_every_s"] = float(a.get("checkpoint_interval_s") or 0.0) or None
     if a.get("barrier_timeout_s"):
         kw["barrier_timeout"] = float(a["barrier_timeout_s"])
+    # init_server(model_dir) names a directory of this pserver's own configuration too
+    kw["notify_dirs"] = tuple(a.get("notify_dirs") or ()) + ((a["load_dir"],) if a.get("load_dir") else ())
     return ServerOptions(**kw)
 
 

@@ -306,7 +306,8 @@ def distributed_lookup_table_grad(ctx: KernelContext) -> None:
                                        "lr_block_id": -1, "grad_to_block_id": [], "param_blocks": [],
                                        "persistables": [], "sparse_tables": [], "pserver_index": 0,
                                        "pserver_num": 1, "checkpoint_dir": "", "checkpoint_interval_s": 0.0,
-                                       "barrier_timeout_s": 0.0, "load_dir": "", "dc_asgd": False})
+                                       "barrier_timeout_s": 0.0, "load_dir": "", "dc_asgd": False,
+                                       "notify_dirs": []})
 def listen_and_serv(ctx: KernelContext) -> None:
     """Serve this pserver's vars until every trainer sent COMPLETE (or the server stops)."""
     from .exec_handler import serve  # noqa: PLC0415

@@ -17,7 +17,9 @@ A round whose barriers are not complete ``barrier_timeout`` seconds after its fi
 barrier fails: every trainer that is waiting (or will next ask) gets a
 BarrierTimeoutError naming the missing trainer ids, the round's gradients are
 dropped, and the pserver goes on serving.  A trainer's COMPLETE removes it from the
-live set, which may complete the round.
+live set, which may complete the round.  A trainer lost without COMPLETE (``lose``: its
+heartbeat stream dropped) ends sync training on this pserver: every waiting trainer, and
+every later call, gets a BarrierTimeoutError naming the lost trainer at once.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class SyncRounds:
         self._clock = clock
         self._cond = threading.Condition()
         self.live: set[int] = set(range(num_trainers))
+        self._completed: set[int] = set()
         self._grads: dict[int, dict[str, Any]] = {}
         self._barrier: set[int] = set()
         self._pending: set[int] = set()       # barrier sent, round not applied yet
@@ -76,6 +79,7 @@ class SyncRounds:
         self._seen_round: dict[int, int] = {}
         self._started: float | None = None
         self._stopping = False
+        self._broken: BarrierTimeoutError | None = None   # a trainer was lost: no round can complete
         self.rounds_applied = 0
         self.all_complete = threading.Event()
 
@@ -88,6 +92,7 @@ class SyncRounds:
         sent twice in one round replaces the first (retries are idempotent).  A round
         number further back means the trainer process restarted: accepted."""
         with self._cond:
+            self._raise_if_broken()
             if trainer not in self.live:
                 raise PServerError(f"{self._where()}trainer {trainer} sent gradient '{name}' "
                                    f"after COMPLETE")
@@ -102,6 +107,7 @@ class SyncRounds:
     def batch_barrier(self, trainer: int, round_: int = 0) -> None:
         """Record a trainer's barrier; the last one runs ``apply`` in this thread."""
         with self._cond:
+            self._raise_if_broken()
             if trainer not in self.live:
                 raise PServerError(f"{self._where()}trainer {trainer} sent BATCH_BARRIER after COMPLETE")
             self._seen_round[trainer] = round_ + 1
@@ -118,6 +124,7 @@ class SyncRounds:
         """A trainer finished: stop waiting for it (may complete the current round)."""
         with self._cond:
             self.live.discard(trainer)
+            self._completed.add(trainer)
             self._grads.pop(trainer, None)
             self._barrier.discard(trainer)
             self._pending.discard(trainer)
@@ -163,6 +170,7 @@ class SyncRounds:
             while True:
                 if trainer in self._failed:
                     raise self._failed.pop(trainer)
+                self._raise_if_broken()
                 if trainer not in self._pending:
                     return
                 if self._stopping:
@@ -186,6 +194,26 @@ class SyncRounds:
         self._pending.clear()
         self._grads, self._barrier, self._started = {}, set(), None
         self._cond.notify_all()
+
+    def lose(self, trainer: int, why: str) -> None:
+        """A trainer died without COMPLETE: fail the round now and every call after it."""
+        with self._cond:
+            if trainer not in self.live:
+                return
+            self.live.discard(trainer)
+            lost = tuple(sorted(set(range(self.num_trainers)) - self.live - self._completed))
+            self._broken = BarrierTimeoutError(
+                f"{self._where()}sync training cannot go on: trainer(s) {', '.join(map(str, lost))} "
+                f"lost without COMPLETE (trainer {trainer}: {why}); sync round "
+                f"{self.rounds_applied + 1} will never complete",
+                endpoint=self._endpoint or None, missing_trainers=lost)
+            self._pending.clear()
+            self._grads, self._barrier, self._started = {}, set(), None
+            self._cond.notify_all()
+
+    def _raise_if_broken(self) -> None:
+        if self._broken is not None:
+            raise self._broken
 
     def stop(self) -> None:
         """Wake every waiter with an error (server shutdown)."""

@@ -36,6 +36,17 @@ SPARSE_MEMORY = "@SPARSE_MEMORY@"
 BULK_PORT = "@BULK_PORT@"
 #: set to 0 / false / off to keep every tensor on gRPC (client and server)
 BULK_ENV = "FLEETKIT_PS_BULK"
+#: the client-streaming liveness method (``liveness.py``): one stream per trainer and pserver
+HEARTBEAT_METHOD = "Heartbeat"
+HEARTBEAT = "HEARTBEAT@RECV"
+#: SendVariable of RESEED + name (trainer 0 only) sets a parameter of a pserver restarted
+#: without state; RESEED_DONE ends the re-seed (``restarts.py``)
+RESEED = "@RESEED@"
+RESEED_DONE = "@RESEED_DONE@"
+#: GetVariableNoBarrier of this name returns int64 [incarnation, updates, resumed]
+INCARNATION = "@INCARNATION@"
+#: reply metadata: "<incarnation hex>,<updates>,<resumed>" (``liveness.Incarnation``)
+INCARNATION_KEY = "x-fleetkit-incarnation"
 
 AUTH_METADATA_KEY = "x-fleetkit-auth-token"
 #: trailing metadata of an ABORTED barrier failure: comma-separated missing trainer ids

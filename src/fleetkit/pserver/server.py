@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
-import re
 import threading
 import time
 import traceback
@@ -27,10 +25,13 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError, PServerError,
-                      RPCError)
+from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_RESEED_ON_RESTART, flag
+from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError,
+                      PServerError, RPCError)
 from . import bulk, checkpoint, codec, rpc
+from .liveness import Incarnation, TrainerLiveness
 from .rounds import AppliedSends, SyncRounds
+from .state import StateMixin, check_finite
 
 __all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
 log = logging.getLogger(__name__)
@@ -75,6 +76,10 @@ class ServerHandler(ABC):
         """(touched rows, bytes) of one sparse table, or of all when ``table`` is ''."""
         return 0, 0
 
+    def reseed(self, values: dict[str, Any]) -> None:
+        """Set parameters to ``values`` (trainer 0's copy, after a restart without state)."""
+        self.load_state(values)
+
 
 @dataclass(frozen=True)
 class ServerOptions:
@@ -102,6 +107,19 @@ class ServerOptions:
     bulk_io_timeout: float = 120.0       #: seconds a started bulk frame may take to arrive / leave
     bulk_max_bytes: int = 8 << 30        #: largest payload one bulk frame may announce
     bulk_port: int = 0                   #: the bulk channel's port (0: any free one)
+    bulk_auth_timeout_s: float = 5.0     #: a new bulk connection must show its token within this
+    bulk_max_unauthenticated: int = 64   #: bulk connections that may wait to show their token
+    #: bytes of unfinished chunked values (gRPC) held per trainer / in all; stale after the timeout
+    reassembly_max_bytes_per_trainer: int = 4 << 30
+    reassembly_max_bytes: int = 16 << 30
+    reassembly_timeout_s: float = 60.0
+    #: a trainer whose heartbeat stream is silent this long is lost (a dropped stream: at once)
+    heartbeat_timeout_s: float = 10.0
+    #: directories CheckpointNotify may name (besides checkpoint_dir and FLEETKIT_PS_NOTIFY_DIRS)
+    notify_dirs: tuple[str, ...] = ()
+    notify_load: bool = False            #: allow CheckpointNotify LOAD of a file a request names
+    refuse_nonfinite: bool | None = None  #: refuse NaN/inf gradients; None: FLAGS_check_nan_inf
+    reseed: bool | None = None           #: accept trainer 0's re-seed; None: FLEETKIT_PS_RESEED_ON_RESTART
 
 
 class _AuthFailure(Exception):
@@ -116,7 +134,7 @@ class _ShuttingDown(Exception):
     """Answered as UNAVAILABLE: a client retries, and reaches a restarted pserver."""
 
 
-class ParameterServer:
+class ParameterServer(StateMixin):
     """Serves one pserver endpoint for ``num_trainers`` trainers."""
 
     def __init__(self, endpoint: str, handler: ServerHandler, num_trainers: int,
@@ -129,7 +147,13 @@ class ParameterServer:
         self.port: int | None = None
         self._token = rpc.auth_token(self.options.auth_token).encode()
         self._hlock = threading.RLock()          # handler calls are serialized
-        self._asm = codec.Reassembler()
+        o = self.options
+        self._asm = codec.Reassembler(o.reassembly_max_bytes_per_trainer, o.reassembly_max_bytes,
+                                      o.reassembly_timeout_s)
+        self.incarnation = Incarnation()
+        self.alive = TrainerLiveness(o.heartbeat_timeout_s, self._trainer_lost)
+        self._refuse_nonfinite = flag(FLAGS_CHECK_NAN_INF) if o.refuse_nonfinite is None else o.refuse_nonfinite
+        self._reseed_on = flag(FLEETKIT_PS_RESEED_ON_RESTART) if o.reseed is None else o.reseed
         self._asm_lock = threading.Lock()
         self._big: dict[int, list[bytes]] = {}  # transfer id -> chunked response being fetched
         self._next_transfer = 0
@@ -151,9 +175,10 @@ class ParameterServer:
         if o.checkpoint_dir and o.load_checkpoint:
             state = checkpoint.load_latest(o.checkpoint_dir)
             if state is not None:
-                self.handler.load_state(state)
-                log.info("pserver %s: resumed from checkpoint in %s", self.endpoint, o.checkpoint_dir)
-        workers = o.max_workers or 16 * self.num_trainers + 32
+                self._load_state(state, resumed=True)
+                log.warning("pserver %s: resumed from checkpoint in %s at update %d", self.endpoint,
+                            o.checkpoint_dir, self.incarnation.updates)
+        workers = o.max_workers or 17 * self.num_trainers + 32   # + one heartbeat stream each
         server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="fk-pserver"),
                              options=rpc.server_options(o.max_message_bytes))
         server.add_generic_rpc_handlers((self._generic_handler(),))
@@ -182,14 +207,35 @@ class ParameterServer:
             self._ckpt_thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                                  name="fk-pserver-ckpt")
             self._ckpt_thread.start()
+        threading.Thread(target=self._watch_trainers, daemon=True, name="fk-pserver-liveness").start()
         return port
+
+    def _watch_trainers(self) -> None:
+        while not self._stop_flag.wait(0.5):
+            self.alive.check()
+            self._asm_expire()
+
+    def _asm_expire(self) -> None:
+        with self._asm_lock:
+            for t, name, _, _ in self._asm.expire():
+                log.warning("pserver %s: dropped the unfinished chunked value '%s' of trainer %d (no chunk "
+                            "for %g s)", self.endpoint, name, t, self.options.reassembly_timeout_s)
+
+    def _trainer_lost(self, trainer: int, why: str) -> None:
+        """A trainer died (no COMPLETE): sync rounds fail naming it; see ``wait``."""
+        log.error("pserver %s: trainer %d is lost: %s", self.endpoint, trainer, why)
+        with self._asm_lock:
+            self._asm.discard(trainer)
+        if self.rounds is not None:
+            self.rounds.lose(trainer, why)
 
     def _start_bulk(self) -> None:
         o = self.options
         if not rpc.bulk_enabled(o.bulk) or (o.tls_cert_path and o.tls_key_path):
             return   # raw TCP has no TLS: under TLS every tensor stays on the gRPC channel
         srv = bulk.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
-                              name=self.endpoint)
+                              name=self.endpoint, auth_timeout=o.bulk_auth_timeout_s,
+                              max_unauthenticated=o.bulk_max_unauthenticated)
         try:
             self.bulk_port = srv.start(o.bulk_port)
         except OSError as e:   # serve anyway: clients fall back to gRPC
@@ -198,12 +244,19 @@ class ParameterServer:
         self._bulk = srv
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE;
-        True when that happened, False on timeout."""
+        """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE
+        or was lost; True when that happened, False on timeout.  Raises PServerError naming
+        the lost trainers if any was (the pserver process then exits non-zero)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._stop_flag.is_set():
-            if self.options.exit_when_complete and self._all_complete():
+            if self.options.exit_when_complete and self._all_done():
                 self.stop()
+                lost = dict(self.alive.lost)
+                if lost:
+                    raise PServerError(f"pserver {self.endpoint}: exiting, trainer(s) "
+                                       f"{', '.join(map(str, sorted(lost)))} lost without COMPLETE ("
+                                       + "; ".join(f"{t}: {w}" for t, w in sorted(lost.items())) + ")",
+                                       endpoint=self.endpoint)
                 break
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -211,8 +264,10 @@ class ParameterServer:
             self._stop_flag.wait(0.2 if left is None else min(0.2, left))
         return True
 
-    def _all_complete(self) -> bool:
-        return self.rounds.all_complete.is_set() if self.rounds is not None else not self._live
+    def _all_done(self) -> bool:
+        """Every trainer sent COMPLETE or is lost."""
+        done = set(self.alive.lost) | self.alive.completed
+        return done >= set(range(self.num_trainers))
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving (waiting trainers get an error); idempotent.  With periodic
@@ -231,31 +286,6 @@ class ParameterServer:
         if self._server is not None:
             self._server.stop(grace).wait(grace + 5)
 
-    def save_checkpoint(self, path: str | None = None) -> str:
-        """Write ``handler.state()`` atomically (to ``path``, or a new numbered file in
-        ``checkpoint_dir``); returns the file written."""
-        with self._hlock:
-            state = self.handler.state()
-            if path is not None:
-                return checkpoint.save(path, state)
-            if not self.options.checkpoint_dir:
-                raise InvalidArgumentError(f"pserver {self.endpoint}: no checkpoint_dir configured")
-            return checkpoint.save_numbered(self.options.checkpoint_dir, state, self.options.checkpoint_keep)
-
-    def _checkpoint_loop(self) -> None:
-        every = float(self.options.checkpoint_every_s or 0)
-        while not self._stop_flag.wait(every):
-            try:
-                self.save_checkpoint()
-            except Exception:  # noqa: BLE001 - keep serving; the next period retries
-                log.exception("pserver %s: periodic checkpoint failed", self.endpoint)
-
-    def shard_file(self, dirname: str) -> str:
-        """This pserver's file under ``dirname`` for CheckpointNotify."""
-        idx = self.options.server_index
-        tag = str(idx) if idx is not None else re.sub(r"[^0-9A-Za-z]+", "_", self.endpoint)
-        return os.path.join(dirname, f"pserver_{tag}.fkckpt")
-
     def sparse_memory(self, table: str = "") -> tuple[int, int]:
         """(touched rows, bytes) of the handler's sparse tables."""
         with self._hlock:
@@ -269,6 +299,7 @@ class ParameterServer:
                 self.handler.apply(grads)
             else:
                 self.handler.apply_from(trainer_id, grads)
+            self.incarnation.updates += 1
 
     def _methods(self) -> dict[str, Callable]:
         return {
@@ -284,7 +315,16 @@ class ParameterServer:
             handlers[name] = grpc.unary_unary_rpc_method_handler(
                 self._wrap(name, fn), request_deserializer=_lenient_deserialize,
                 response_serializer=(lambda _: b"") if void else (lambda b: b))
+        handlers[rpc.HEARTBEAT_METHOD] = grpc.stream_unary_rpc_method_handler(
+            self._heartbeat, request_deserializer=lambda b: b, response_serializer=lambda b: b)
         return grpc.method_handlers_generic_handler(rpc.SERVICE, handlers)
+
+    def _heartbeat(self, requests: Any, context: grpc.ServicerContext) -> bytes:
+        try:
+            self._check_auth(context)
+        except _AuthFailure as e:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, f"pserver {self.endpoint} Heartbeat: {e}")
+        return self.alive.serve_stream(requests, context, self._stop_flag.is_set)
 
     def _wrap(self, method: str, fn: Callable[[codec.Envelope], Any]) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
@@ -293,7 +333,9 @@ class ParameterServer:
                 if isinstance(request, Exception):
                     raise request
                 self._check_trainer(request)
-                return fn(request)
+                out = fn(request)
+                context.set_trailing_metadata(self.incarnation.metadata())
+                return out
             except Exception as e:  # noqa: BLE001 - every failure becomes a status
                 code, details, md = self._status_for(e, method, request)
             if md:
@@ -348,6 +390,10 @@ class ParameterServer:
             return self._bulk_status(e, method, None)
         return None
 
+    def incarnation_info(self) -> tuple[int, int, int]:
+        """(incarnation, updates, resumed) for bulk replies."""
+        return self.incarnation.info()
+
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
                   reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
         """Serve one bulk frame with the gRPC path's methods: (status, details, missing
@@ -384,6 +430,7 @@ class ParameterServer:
                 self.rounds.batch_barrier(t, h.round)
             return None
         if name == rpc.COMPLETE:
+            self.alive.complete(t)
             with self._asm_lock:
                 self._asm.discard(t)
             if self.rounds is not None:
@@ -397,9 +444,14 @@ class ParameterServer:
             if whole is None:
                 return None
             env = whole
+        if name.startswith(rpc.RESEED):
+            done = name == rpc.RESEED + rpc.RESEED_DONE
+            return self._reseed(t, name[len(rpc.RESEED):], None if done else codec.decode(env))
         value = codec.decode(env)
         with self._hlock:
             self.handler.check_grad(name, value)
+        if self._refuse_nonfinite:
+            check_finite(name, t, value)
         if self.rounds is not None:
             self.rounds.add_grad(t, name, value, h.round)
         else:
@@ -470,6 +522,9 @@ class ParameterServer:
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         if name == rpc.BULK_PORT:
             return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
+        if name == rpc.INCARNATION:
+            info = np.array(self.incarnation.info(), dtype=np.int64)
+            return codec.to_bytes(codec.encode(name, info)[0])
         return self._respond(env, lambda: self._encode(name, self._handler_get(h.trainer_id, name)), reply)
 
     def _handler_get(self, trainer_id: int, name: str) -> Any:
@@ -490,23 +545,6 @@ class ParameterServer:
 
     def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
         return codec.encode(name, value, max_bytes=self.options.max_message_bytes)
-
-    def _notify(self, env: codec.Envelope) -> None:
-        h = env.header
-        if not h.out_varname:
-            raise InvalidArgumentError("CheckpointNotify needs the directory in out_varname")
-        path = self.shard_file(h.out_varname)
-        if h.varname == rpc.LOAD_CHECKPOINT:
-            state = checkpoint.load(path)
-            with self._hlock:
-                self.handler.load_state(state)
-        elif h.varname == rpc.SAVE_CHECKPOINT:
-            self.save_checkpoint(path)
-        else:
-            raise InvalidArgumentError(f"unknown checkpoint request '{h.varname}' "
-                                       f"(use {rpc.SAVE_CHECKPOINT} or {rpc.LOAD_CHECKPOINT})")
-        return None
-
 
 def _lenient_deserialize(raw: bytes) -> Any:
     """Parse a request; a malformed one becomes the error object the handler reports

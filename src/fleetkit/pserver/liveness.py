@@ -1,0 +1,189 @@
+"""Who is alive: a pserver's trainers (heartbeats) and the pserver itself (incarnation).
+
+Trainers: every client keeps one ``Heartbeat`` stream open to each pserver it talks to
+and sends a beat on it every ``ClientOptions.heartbeat_s`` (default 1 s).  The pserver
+(``TrainerLiveness``) declares a trainer lost when its stream drops without COMPLETE
+(a killed process: its kernel closes the connection, noticed at once) or when no beat
+came for ``ServerOptions.heartbeat_timeout_s`` (default 10 s: a vanished host).  Then the
+failure rules apply: a sync round fails at once naming the lost trainer, and a pserver
+whose trainers are all finished or lost exits (non-zero if any was lost).
+
+The pserver: ``Incarnation`` is a random id drawn at each start, with the count of
+updates applied and where the state came from (``resumed``: the update count of the
+checkpoint loaded at start, ``FRESH`` for freshly initialized parameters, ``RESEEDED``
+once trainer 0 re-seeded them).  Every reply carries it, so a client notices a restarted
+pserver on its next reply (``restarts.py``).
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import grpc
+
+from . import codec, rpc
+
+__all__ = ["FRESH", "RESEEDED", "Heartbeats", "Incarnation", "TrainerLiveness"]
+log = logging.getLogger(__name__)
+
+FRESH, RESEEDED = -1, -2
+
+
+@dataclass
+class Incarnation:
+    """This pserver's identity as replies carry it: (id, updates, resumed)."""
+
+    id: int = field(default_factory=lambda: secrets.randbits(63) | 1)
+    updates: int = 0          #: sync rounds or async gradients applied, checkpoints included
+    resumed: int = FRESH      #: update count of the checkpoint loaded at start, or FRESH / RESEEDED
+
+    def info(self) -> tuple[int, int, int]:
+        return self.id, self.updates, self.resumed
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((rpc.INCARNATION_KEY, f"{self.id:x},{self.updates},{self.resumed}"),)
+
+
+def parse_incarnation(value: Any) -> tuple[int, int, int] | None:
+    """(id, updates, resumed) from the INCARNATION_KEY metadata value; None if malformed."""
+    try:
+        a, b, c = str(value).split(",")
+        return int(a, 16), int(b), int(c)
+    except ValueError:
+        return None
+
+
+class TrainerLiveness:
+    """Pserver side: heartbeat streams and last beats per trainer (thread-safe).
+
+    ``on_lost(trainer, why)`` runs (in the stream's or the monitor's thread) once per
+    loss of a trainer that has not sent COMPLETE."""
+
+    def __init__(self, timeout_s: float, on_lost: Callable[[int, str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = float(timeout_s)
+        self._on_lost, self._clock = on_lost, clock
+        self._lock = threading.Lock()
+        self._last: dict[int, float] = {}       # trainer -> last beat (watched trainers only)
+        self._stream: dict[int, int] = {}       # trainer -> id of its newest stream
+        self._next = 0
+        self.completed: set[int] = set()
+        self.lost: dict[int, str] = {}          #: trainer -> why it was declared lost
+
+    def opened(self, trainer: int) -> int:
+        """A heartbeat stream of ``trainer`` opened; returns its id (for ``closed``)."""
+        with self._lock:
+            self._next += 1
+            self._stream[trainer] = self._next
+            self._last[trainer] = self._clock()
+            self.lost.pop(trainer, None)
+            return self._next
+
+    def beat(self, trainer: int) -> None:
+        with self._lock:
+            if trainer in self._last:
+                self._last[trainer] = self._clock()
+
+    def complete(self, trainer: int) -> None:
+        """COMPLETE: the trainer is done; its stream closing is no loss."""
+        with self._lock:
+            self.completed.add(trainer)
+            self._last.pop(trainer, None)
+
+    def closed(self, trainer: int, stream: int, why: str) -> None:
+        """A stream ended without its trainer's COMPLETE (if it is the trainer's newest)."""
+        with self._lock:
+            if self._stream.get(trainer) != stream or trainer in self.completed:
+                return
+            self._stream.pop(trainer, None)
+            self._last.pop(trainer, None)
+            first = trainer not in self.lost
+            self.lost[trainer] = why
+        if first:
+            self._on_lost(trainer, why)
+
+    def check(self) -> None:
+        """Declare lost the watched trainers silent for longer than the timeout."""
+        now = self._clock()
+        with self._lock:
+            silent = [(t, now - last) for t, last in self._last.items() if now - last > self.timeout_s]
+            for t, _ in silent:
+                self._last.pop(t, None)
+                self._stream.pop(t, None)
+                self.lost[t] = f"no heartbeat for {self.timeout_s:g} s"
+        for t, _ in silent:
+            self._on_lost(t, self.lost[t])
+
+    def serve_stream(self, requests: Iterator[Any], context: grpc.ServicerContext,
+                     stopping: Callable[[], bool]) -> bytes:
+        """The body of the Heartbeat method: beats until the client ends the stream
+        (after COMPLETE) or its connection drops."""
+        trainer, stream = None, 0
+        try:
+            for raw in requests:
+                t = codec.from_bytes(raw).header.trainer_id
+                if trainer is None:
+                    trainer, stream = t, self.opened(t)
+                self.beat(trainer)
+        except Exception as e:  # noqa: BLE001 - the connection dropped (RpcError) or junk arrived
+            if trainer is not None and not stopping():
+                self.closed(trainer, stream, f"its connection dropped without COMPLETE "
+                                             f"({type(e).__name__})")
+            return b""
+        if trainer is not None and not stopping():
+            self.closed(trainer, stream, "it closed its heartbeat stream without COMPLETE")
+        return b""
+
+
+class Heartbeats:
+    """Client side: one heartbeat stream per pserver endpoint, reopened after a failure
+    (a restarted pserver), ended cleanly by ``stop`` (after COMPLETE)."""
+
+    def __init__(self, trainer_id: int, interval_s: float, metadata: tuple,
+                 stub: Callable[[str], Any]) -> None:
+        self.trainer_id, self.interval_s = trainer_id, float(interval_s)
+        self._metadata, self._stub = metadata, stub
+        self._stop: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, endpoint: str) -> None:
+        """Keep a stream open to ``endpoint`` (idempotent)."""
+        if self.interval_s <= 0:
+            return
+        with self._lock:
+            if endpoint in self._stop:
+                return
+            stop = self._stop[endpoint] = threading.Event()
+        self._open(endpoint, stop)
+
+    def _open(self, endpoint: str, stop: threading.Event) -> None:
+        beat = codec.to_bytes(codec.control(rpc.HEARTBEAT, self.trainer_id))
+
+        def beats() -> Iterator[bytes]:
+            while not stop.is_set():
+                yield beat
+                stop.wait(self.interval_s)
+        try:
+            fut = self._stub(endpoint).future(beats(), metadata=self._metadata)
+        except (ValueError, RuntimeError):   # the channel was closed meanwhile
+            return
+        fut.add_done_callback(lambda _f: self._reopen_later(endpoint, stop))
+
+    def _reopen_later(self, endpoint: str, stop: threading.Event) -> None:
+        if stop.is_set():
+            return
+        timer = threading.Timer(min(self.interval_s, 1.0), lambda: stop.is_set() or self._open(endpoint, stop))
+        timer.daemon = True
+        timer.start()
+
+    def stop(self, endpoints: Any = None) -> None:
+        """End the streams (to ``endpoints``, default all): the pserver sees a clean close."""
+        with self._lock:
+            eps = list(self._stop) if endpoints is None else [e for e in endpoints if e in self._stop]
+            events = [self._stop.pop(e) for e in eps]
+        for ev in events:
+            ev.set()
