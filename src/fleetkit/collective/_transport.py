@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 
-from ..errors import CollectiveError, CollectiveTimeoutError, PeerFailedError
+from ..errors import CollectiveError, CollectiveTimeoutError, PeerFailedError, seconds_text
 from .api import Deadline
 from .constants import FAILURE_ATTRIBUTION_S
 from .store import _connect_with_retry, _recv_exact
@@ -94,7 +94,7 @@ class RingLinks:
             if deadline.expired():
                 missing = sorted(want_control | ({self.left} if want_left else set()))
                 raise CollectiveTimeoutError(
-                    f"rank {self.rank}: ranks {missing} did not connect within {deadline.seconds} s "
+                    f"rank {self.rank}: ranks {missing} did not connect within {seconds_text(deadline.seconds)} s "
                     f"({', '.join(self.describe(r) for r in missing)})")
             listener.settimeout(max(0.001, min(deadline.remaining(), 1.0)))
             try:
@@ -185,7 +185,8 @@ class RingLinks:
         if timed_out:
             culprit = peer if blame is None else blame
             error: BaseException = CollectiveTimeoutError(
-                f"rank {self.rank}: timed out after {deadline.seconds} s {doing} {self.describe(culprit)}")
+                f"rank {self.rank}: timed out after {seconds_text(deadline.seconds)} s {doing} "
+                f"{self.describe(culprit)}")
             error.rank = culprit  # type: ignore[attr-defined]
         else:
             how = "closed its backend" if peer in self._said_bye else "closed the connection"

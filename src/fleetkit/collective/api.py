@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.backend import get_array_module, to_numpy
 from ..errors import (CollectiveError, CollectiveMismatchError, CollectiveTimeoutError,
-                      InvalidArgumentError, NotFoundError)
+                      InvalidArgumentError, NotFoundError, seconds_text)
 from .constants import REDUCE_OPS, WAIT_GRACE_S, default_timeout
 from .header import check_array
 
@@ -74,7 +74,8 @@ class Work:
             CollectiveError: the operation failed (re-raised here).
         """
         if not self._done.wait(timeout):
-            raise CollectiveTimeoutError(f"{self.description} still running after waiting {timeout} s")
+            raise CollectiveTimeoutError(
+                f"{self.description} still running after waiting {seconds_text(timeout)} s")
         if self._error is not None:
             raise self._error
         return self._result

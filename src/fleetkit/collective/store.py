@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 
-from ..errors import CollectiveError, CollectiveTimeoutError, InvalidArgumentError
+from ..errors import CollectiveError, CollectiveTimeoutError, InvalidArgumentError, seconds_text
 from .constants import default_timeout
 
 __all__ = ["FileStore", "PrefixStore", "Store", "TCPStore", "TCPStoreServer"]
@@ -219,7 +219,7 @@ class TCPStore(Store):
                 raise CollectiveError(f"store at {self.host}:{self.port} failed during "
                                       f"{'set get add'.split()[cmd - 1]} {key!r}: {exc}") from exc
         if status == _TIMEOUT:
-            raise CollectiveTimeoutError(f"store key {key!r} not set within {wait_s} s "
+            raise CollectiveTimeoutError(f"store key {key!r} not set within {seconds_text(wait_s)} s "
                                          f"(store {self.host}:{self.port})")
         if status != _OK:
             raise CollectiveError(payload.decode("utf-8", "replace"))
@@ -249,7 +249,7 @@ def _connect_with_retry(host: str, port: int, timeout: float, what: str) -> sock
         except OSError as exc:
             if time.monotonic() + delay >= end:
                 raise CollectiveTimeoutError(f"could not connect to {what} at {host}:{port} "
-                                             f"within {timeout} s: {exc}") from exc
+                                             f"within {seconds_text(timeout)} s: {exc}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
@@ -289,7 +289,7 @@ class FileStore(Store):
                     return f.read()
             except FileNotFoundError:
                 if time.monotonic() >= end:
-                    raise CollectiveTimeoutError(f"store key {key!r} not set within {wait_s} s "
+                    raise CollectiveTimeoutError(f"store key {key!r} not set within {seconds_text(wait_s)} s "
                                                  f"(file store {self.path})") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)

@@ -100,7 +100,8 @@ class DataGenerator:
                 stdout.write(self._gen_str(sample))
             return
         lines = [ln for ln, _ in batch]
-        self._line = lines[0] if len(set(map(repr, lines))) == 1 else f"one of {len(lines)} lines from {lines[0]!r}"
+        self._line = (lines[0] if len(set(map(repr, lines))) == 1
+                      else f"one of {len(lines)} lines from {_clip(lines[0])}")
         for sample in self._call_user(self.generate_batch, [s for _, s in batch])():
             stdout.write(self._gen_str(sample))
 
@@ -108,7 +109,7 @@ class DataGenerator:
         gen = fn(arg)
         if not callable(gen):
             raise DataFormatError(f"{type(self).__name__}.{fn.__name__} must return a function that yields "
-                                  f"samples, got {type(gen).__name__} (input line {self._line!r})")
+                                  f"samples, got {type(gen).__name__} (input line {_clip(self._line)})")
         return gen
 
     def _gen_str(self, sample: Any) -> str:
@@ -124,10 +125,10 @@ class MultiSlotDataGenerator(DataGenerator):
     """
 
     def _gen_str(self, sample: Any) -> str:
-        where = f"(input line {self._line!r})"
+        where = f"(input line {_clip(self._line)})"
         if not isinstance(sample, (list, tuple)) or not sample:
             raise DataFormatError(f"a sample must be a non-empty list of (slot_name, values) pairs, got "
-                                  f"{sample!r} {where}")
+                                  f"{_clip(sample)} {where}")
         first = self._proto_info is None
         if first:
             self._proto_info = []
@@ -138,7 +139,7 @@ class MultiSlotDataGenerator(DataGenerator):
         for i, item in enumerate(sample):
             if not isinstance(item, (list, tuple)) or len(item) != 2:
                 raise DataFormatError(f"slot #{i + 1} of the sample must be a (name, values) pair, got "
-                                      f"{item!r} {where}")
+                                      f"{_clip(item)} {where}")
             name, values = item
             if not first and name != self._proto_info[i][0]:
                 raise DataFormatError(f"slot #{i + 1} is {name!r} but was {self._proto_info[i][0]!r} in the "
@@ -150,6 +151,15 @@ class MultiSlotDataGenerator(DataGenerator):
                 self._proto_info[i] = (name, "float")
             parts.append(text)
         return " ".join(parts) + "\n"
+
+
+def _clip(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters with its length (an input
+    line or a value can be megabytes)."""
+    if isinstance(value, (str, bytes)) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= 2 * limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _format_values(name: str, values: Any, where: str) -> tuple[str, str]:
@@ -164,7 +174,7 @@ def _format_values(name: str, values: Any, where: str) -> tuple[str, str]:
     is_float = False
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (Integral, Real)):
-            raise DataFormatError(f"slot {name!r}: value {v!r} is not a number {where}")
+            raise DataFormatError(f"slot {name!r}: value {_clip(v)} is not a number {where}")
         if not isinstance(v, Integral):
             is_float = True
     if is_float:

@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import seconds_text
+
 __all__ = ["SeaweedFS", "weed_binary"]
 
 KEY, SECRET, BUCKET = "fleetkit-key", "fleetkit-secret", "train"
@@ -112,7 +114,7 @@ class SeaweedFS:
             if _answers(self.endpoint) and _answers(self.filer + "/buckets/"):
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"SeaweedFS not ready after {timeout} s:\n{self.log_tail()}")
+        raise TimeoutError(f"SeaweedFS not ready after {seconds_text(timeout)} s:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 3000) -> str:
         try:

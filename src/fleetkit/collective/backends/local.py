@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CollectiveTimeoutError, InvalidArgumentError, PeerFailedError
+from ...errors import CollectiveTimeoutError, InvalidArgumentError, PeerFailedError, seconds_text
 from .._arrays import as_rows, row_bounds, work_buffer
 from ..api import UFUNCS, Backend, Deadline
 from ..header import Header, check_headers, make_header
@@ -60,7 +60,7 @@ class LocalGroup:
         for t in threads:
             t.join(timeout)
             if t.is_alive():
-                raise CollectiveTimeoutError(f"LocalGroup.run: a rank still runs after {timeout} s")
+                raise CollectiveTimeoutError(f"LocalGroup.run: a rank still runs after {seconds_text(timeout)} s")
         for exc in errors:
             if exc is not None:
                 raise exc
@@ -93,7 +93,7 @@ class LocalGroup:
                        if slot is None or slot[0].seq < header.seq]
             raise CollectiveTimeoutError(
                 f"rank {rank}: ranks {missing} did not enter {header.coll} #{header.seq} "
-                f"within {deadline.seconds} s") from None
+                f"within {seconds_text(deadline.seconds)} s") from None
 
     def _closing(self, rank: int) -> None:
         if self._closed_by is None:

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import CollectiveTimeoutError, DTypeError, GPUUnavailableError, InvalidArgumentError
+from ...errors import (CollectiveTimeoutError, DTypeError, GPUUnavailableError, InvalidArgumentError,
+                       seconds_text)
 from .._arrays import row_bounds
 from ..api import Backend, Deadline
 from ..header import HEADER_BYTES, Header, check_headers, make_header
@@ -211,7 +212,7 @@ class NcclBackend(Backend):
         while not self._stream.done:
             if deadline.expired():
                 raise CollectiveTimeoutError(
-                    f"rank {self._rank}: nccl {what} did not finish within {deadline.seconds} s "
+                    f"rank {self._rank}: nccl {what} did not finish within {seconds_text(deadline.seconds)} s "
                     "(a peer is missing or stuck)")
             time.sleep(delay)
             delay = min(delay * 2, 1e-3)

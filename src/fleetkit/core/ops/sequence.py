@@ -46,8 +46,10 @@ def _checked_ids(ctx: KernelContext, vocab: int) -> Any:
         lo, hi = int(flat.min()), int(flat.max())
         if lo < 0 or hi >= vocab:
             bad = hi if hi >= vocab else lo
+            # MultiSlot ids are uint64 stored as int64: show what the data said, not "id -1"
+            shown = str(bad) if bad >= 0 else f"{bad + 2**64} (uint64; {bad} as int64)"
             raise InvalidArgumentError(
-                f"op 'lookup_table': Ids '{ctx.ins['Ids'][0]}' holds id {bad}, outside the vocabulary "
+                f"op 'lookup_table': Ids '{ctx.ins['Ids'][0]}' holds id {shown}, outside the vocabulary "
                 f"[0, {vocab}) of table '{ctx.ins['W'][0]}' (shape {list(ctx.x('W').shape)})")
     return flat
 
