@@ -54,9 +54,10 @@ def _float_text(rng) -> bytes:
     if not np.isfinite(x) or rng.random() < 0.3:
         x = float(rng.normal(0, 10.0 ** rng.integers(-8, 9)))
     pick = rng.integers(8)
-    if pick < 5:
-        return ("%.9g", "%.17g", "%e", "%.20f", "%r")[pick].replace("%r", "{!r}").format(x).encode() \
-            if pick == 4 else (("%.9g", "%.17g", "%e", "%.20f")[pick] % x).encode()
+    if pick < 4:
+        return (("%.9g", "%.17g", "%e", "%.20f")[pick] % x).encode()
+    if pick == 4:
+        return repr(x).encode()
     if pick == 5:  # an exact float32 midpoint: double rounding and ties must agree
         a = np.float32(abs(x) or 1.0)
         mid = (float(a) + float(np.nextafter(a, np.float32(np.inf)))) / 2
@@ -185,7 +186,7 @@ def test_parsers_agree_on_fuzzed_input():
         import pytest
         pytest.skip("no C compiler here: only the numpy parser exists")
     assert proc.returncode == 0, f"fuzz child (seed {seed}) exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    assert int(proc.stdout.split()[-1]) > 1000  # it really ran
+    assert int(proc.stdout.split()[-1]) > 2 * len(TOKENS) * 3  # past the fixed cases: it really fuzzed
 
 
 if __name__ == "__main__":
