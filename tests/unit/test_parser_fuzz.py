@@ -161,6 +161,8 @@ def fuzz(seconds: float, seed: int) -> int:
     rng = np.random.default_rng(seed)
     fixed = [(int(rng.integers(len(LAYOUTS))), b"1 " + t + b" 2 0.5 1 1 3\n") for t in TOKENS]
     fixed += [(1, b"1 " + t + b" 1 3\n") for t in TOKENS] + [(1, b"1 5 1 " + t + b"\n") for t in TOKENS]
+    fixed += [(0, t + b" 5 2 0.5 1 1 3\n") for t in TOKENS]  # as a count
+    fixed += [(0, b"0" * 30 + b"2 5 6 +02 0.5 1 1 3\n"), (2, b"+" + b"0" * 40 + b"1 " + b"0" * 40 + b"\n")]
     fixed += list(_overflow_blocks())
     stop, n = time.monotonic() + seconds, 0
     for i in range(10**12):
@@ -186,7 +188,7 @@ def test_parsers_agree_on_fuzzed_input():
         import pytest
         pytest.skip("no C compiler here: only the numpy parser exists")
     assert proc.returncode == 0, f"fuzz child (seed {seed}) exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-    assert int(proc.stdout.split()[-1]) > 2 * len(TOKENS) * 3  # past the fixed cases: it really fuzzed
+    assert int(proc.stdout.split()[-1]) > 4 * len(TOKENS) + 20  # past the fixed cases: it really fuzzed
 
 
 if __name__ == "__main__":
