@@ -142,3 +142,13 @@ def test_distributed_strategy_field_marks_the_program():
         f.init(UserDefinedCollectiveRoleMaker(current_id=0, worker_endpoints=["127.0.0.1:1"]))
         f.distributed_optimizer(fk.optimizer.SGD(0.1), strategy).minimize(loss)
     assert f.main_program is main and main._meta[nan_inf.META] is True
+
+
+@pytest.mark.gpu
+def test_cuda_place_names_the_op_too():
+    """On a GPU the finite check is one device reduction; the op is named as on the host."""
+    main, startup, loss = _program(_log_net)
+    with pytest.raises(NanInfError) as e:
+        _run(fk.Executor(fk.CUDAPlace(0), check_nan_inf=True), main, startup,
+             {"x": np.array([[1, 2, -1]], np.float32)}, loss)
+    assert e.value.op_type == "log" and "1 NaN and 0 inf among 3 value(s)" in str(e.value)
