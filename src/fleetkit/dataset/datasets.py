@@ -24,7 +24,7 @@ from .fs import FsConfig
 from .instances import InstanceStore
 from .multislot import DataFeedDesc, Slot, parse_lines, slots_from_vars
 from .pipe import DEFAULT_BLOCK_BYTES, read_blocks, source_label
-from .shuffle import DEFAULT_SEND_BATCH, global_shuffle, open_backend, shuffle_rng
+from .shuffle import DEFAULT_SEND_BATCH, ShuffleStats, global_shuffle, open_backend, shuffle_rng
 
 __all__ = ["DatasetBase", "DatasetFactory", "InMemoryDataset", "QueueDataset"]
 
@@ -254,6 +254,8 @@ class InMemoryDataset(DatasetBase):
         self._store: InstanceStore | None = None
         self._shuffled = 0
         self.send_batch_size = DEFAULT_SEND_BATCH
+        #: what the last global_shuffle sent and received here (fleetkit extra)
+        self.global_shuffle_stats = ShuffleStats()
 
     def load_into_memory(self) -> None:
         """Read and parse every file (``thread`` files in parallel), in file-list order."""
@@ -284,14 +286,15 @@ class InMemoryDataset(DatasetBase):
         backend = open_backend(fleet, SHUFFLE_TIMEOUT_S)
         try:
             backend.barrier()
-            self._store = global_shuffle(store, backend, seed, self.send_batch_size)
+            self.global_shuffle_stats = ShuffleStats()
+            self._store = global_shuffle(store, backend, seed, self.send_batch_size, self.global_shuffle_stats)
             backend.barrier()
         finally:
             backend.close()
         self._shuffled = len(self._store)
 
     def set_fleet_send_batch_size(self, size: int = DEFAULT_SEND_BATCH) -> None:
-        """Instances each trainer sends per exchange round of global_shuffle."""
+        """Instances each trainer sends per frame to each peer in global_shuffle."""
         if int(size) < 1:
             raise InvalidArgumentError(f"set_fleet_send_batch_size: size must be >= 1, got {size}")
         self.send_batch_size = int(size)
