@@ -1,5 +1,6 @@
 """The ``fleetkit`` command line.
 
+    fleetkit demo           a distributed CTR job on this host (2 pservers + 2 trainers), AUC, plot, model
     fleetkit check          verify the installation (exit 0 when it works, 1 otherwise)
     fleetkit launch ...     run a training script as a job of pservers and workers on this host
     fleetkit operator       run the Kubernetes PaddleJob operator
@@ -35,6 +36,11 @@ def _run_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: Any) -> None:
+    from .demo.run import add_demo_parser
+    add_demo_parser(sub)
+
+
 def _add_launch(sub: Any) -> None:
     from .fleet.launch import add_launch_parser
     add_launch_parser(sub)
@@ -51,7 +57,7 @@ def _add_submit(sub: Any) -> None:
 
 
 #: subcommand builders, in help order: ``add(subparsers)`` adds one subcommand
-SUBCOMMANDS: list[Callable[[Any], None]] = [_add_check, _add_launch, _add_operator, _add_submit]
+SUBCOMMANDS: list[Callable[[Any], None]] = [_add_demo, _add_check, _add_launch, _add_operator, _add_submit]
 
 
 def build_parser() -> argparse.ArgumentParser:

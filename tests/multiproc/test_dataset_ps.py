@@ -1,19 +1,14 @@
-"""train_from_dataset on a parameter-server trainer program (examples/ctr model), in real
+"""train_from_dataset on a parameter-server trainer program (fleetkit.demo's CTR model), in real
 pserver and trainer processes: the program only has more ops (send/recv), the dataset path
 is the same.  Each trainer gets 2 files, so thread=2 really runs 2 Hogwild readers.
 Only learning is checked (test AUC); what one sync step means with several threads per
 trainer is not specified here."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
+from fleetkit.demo import ctr_data, ctr_model
 from fleetkit.testing import free_ports, run_workers
-
-CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
-pytestmark = pytest.mark.skipif(not (CTR_DIR / "ctr_model.py").exists(), reason="examples/ctr is not there")
 
 FILES, LINES, TEST_N = 4, 700, 3000
 
@@ -21,9 +16,6 @@ FILES, LINES, TEST_N = 4, 700, 3000
 
 
 def _ctr():
-    sys.path.insert(0, str(CTR_DIR))
-    import ctr_data
-    import ctr_model
     return ctr_data, ctr_model
 
 

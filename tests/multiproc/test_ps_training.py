@@ -3,13 +3,11 @@ spawned by run_workers): sync PS equals single-process training, async PS reache
 single-process AUC, and the hangs Paddle users hit most do not happen here."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,24 +15,9 @@ import pytest
 import fleetkit as fk
 from fleetkit.errors import ServerNotReadyError
 from fleetkit.fleet import Role, UserDefinedRoleMaker
+from fleetkit.demo import ctr_model, ctr_train
+from fleetkit.demo.ctr_data import CTRConfig, CTRData
 from fleetkit.testing import WorkerFailure, free_ports, run_workers
-
-CTR_DIR = Path(__file__).resolve().parents[2] / "examples" / "ctr"
-
-
-def _load_ctr():
-    if "ctr_train" not in sys.modules:
-        sys.path.insert(0, str(CTR_DIR))
-        spec = importlib.util.spec_from_file_location("ctr_train", CTR_DIR / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ctr_train"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["ctr_train"]
-
-
-ctr_train = _load_ctr()
-import ctr_model  # noqa: E402
-from ctr_data import CTRConfig, CTRData  # noqa: E402
 
 # small model for the exactness tests: 3 slots x 2000 ids (a 6000 x 8 table: 48000
 # floats, so the dense table is split into one block per pserver)
@@ -337,13 +320,11 @@ def _die_with_parent() -> None:
 def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     import json
     code = ("import json,sys,logging; logging.basicConfig(level=logging.INFO);"
-            "sys.path.insert(0, sys.argv[1]); import importlib.util as u;"
-            "s=u.spec_from_file_location('ctr_train', sys.argv[1]+'/train.py'); m=u.module_from_spec(s);"
-            "s.loader.exec_module(m); from fleetkit.fleet import Role, UserDefinedRoleMaker as R;"
-            "cfg=json.loads(sys.argv[2]);"
+            "from fleetkit.demo import ctr_train as m; from fleetkit.fleet import Role, UserDefinedRoleMaker as R;"
+            "cfg=json.loads(sys.argv[1]);"
             "m.run_ps_role(R(current_id=1, role=Role.SERVER, worker_num=2, server_endpoints=cfg['eps']), cfg)")
     arg = json.dumps({**cfg, "eps": eps, "checkpoint_dir": ckpt})
-    proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], preexec_fn=_die_with_parent)
+    proc = subprocess.Popen([sys.executable, "-c", code, arg], preexec_fn=_die_with_parent)
     deadline = time.monotonic() + 90
     while not os.path.exists(f"{flag}.progress") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -356,7 +337,7 @@ def _supervise_pserver(eps: list[str], cfg: dict, ckpt: str, flag: str) -> dict:
     time.sleep(0.5)
     log_path = ckpt + ".restart.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, str(CTR_DIR), arg], stderr=log,
+        proc = subprocess.Popen([sys.executable, "-c", code, arg], stderr=log,
                                 preexec_fn=_die_with_parent)
         try:
             rc = proc.wait(timeout=110)

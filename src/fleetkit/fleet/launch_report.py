@@ -168,6 +168,7 @@ class Progress:
         self.period, self.say = period, say
         self.t0 = self.last = time.monotonic()
         self.latest: dict[str, dict[str, Any]] = {}
+        self.fresh = False                       # records since the last line
         self.at_last: dict[str, float] = {}      # examples seen at the last line, per trainer
         self._lock = threading.Lock()
         self._file = open(metrics_file, "w") if metrics_file else None
@@ -177,13 +178,14 @@ class Progress:
         now = time.monotonic()
         with self._lock:
             self.latest[name] = metrics
+            self.fresh = True
             if self._file is not None:
                 self._file.write(json.dumps({"t": round(now - self.t0, 3), "worker": name, **metrics}) + "\n")
                 self._file.flush()
 
     def tick(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.latest or (not force and now - self.last < self.period):
+        if not self.fresh or (not force and now - self.last < self.period):
             return
         with self._lock:
             line = self._line(now)
@@ -194,7 +196,9 @@ class Progress:
         parts, total_rate, losses, aucs = [], 0.0, [], []
         for name in sorted(self.latest, key=_rank_key):
             m = self.latest[name]
-            rate = (m.get("examples", 0) - self.at_last.get(name, 0)) / dt
+            # the trainer's own rate when it says how long it trained, else what arrived since the last line
+            rate = (m["examples"] / m["seconds"] if m.get("seconds") and "examples" in m
+                    else (m.get("examples", 0) - self.at_last.get(name, 0)) / dt)
             self.at_last[name] = m.get("examples", 0)
             total_rate += rate
             bits = [f"step {m['step']}" if "step" in m else "", f"{rate:.0f} ex/s"]
@@ -204,13 +208,15 @@ class Progress:
             if "auc" in m:
                 bits.append(f"auc {m['auc']:.4f}")
                 aucs.append(m["auc"])
+            if "test_auc" in m:
+                bits.append(f"held-out auc {m['test_auc']:.4f}")
             parts.append(f"{name} " + ", ".join(b for b in bits if b))
         total = [f"{total_rate:.0f} ex/s"]
         if losses:
             total.append(f"loss {sum(losses) / len(losses):.4f}")
         if aucs:
             total.append(f"auc {sum(aucs) / len(aucs):.4f}")
-        self.last = now
+        self.last, self.fresh = now, False
         return f"fleetkit launch: progress {now - self.t0:.0f} s | " + " | ".join(parts) + \
             " | total " + ", ".join(total)
 
