@@ -20,7 +20,7 @@ def test_data_feeder_dense_int64_and_lod():
     main, start = fluid.Program(), fluid.Program()
     with fluid.program_guard(main, start):
         x = fluid.layers.data("x", shape=[4])
-        y = fluid.layers.data("y", shape=[1], dtype="int64")
+        fluid.layers.data("y", shape=[1], dtype="int64")  # fed by name below
         words = fluid.layers.data("words", shape=[1], dtype="int64", lod_level=1)
     feeder = fluid.DataFeeder(feed_list=[x, "y", words], place=fluid.CPUPlace(), program=main)
     fed = feeder.feed([([1, 2, 3, 4], 2, [5, 6, 7]), ([0, 0, 0, 1], 0, [8])])

@@ -19,15 +19,14 @@ import os
 from typing import Any, BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from ..errors import DTypeError, InvalidArgumentError, NotFoundError, ShapeError
-from ..proto.codec import (TensorFormatError, TensorReader, decode_value, dtype_from_proto, dtype_to_proto,
-                           encode_value, write_lod_tensor, write_selected_rows)
-from ..proto.framework_pb2 import OpDesc, ProgramDesc, VarDesc
+from ..proto.codec import TensorFormatError, TensorReader, write_lod_tensor, write_selected_rows
 from .backend import CPUPlace, to_numpy
-from .framework import EMPTY_VAR, Block, Operator, Parameter, Program, Variable, default_main_program
-from .registry import get_op_def
+from .framework import EMPTY_VAR, Block, Parameter, Program, Variable, default_main_program
+from .program_desc import (PROGRAM_DESC_VERSION, deserialize_program, parse_program_desc,  # noqa: F401
+                           program_from_desc, program_to_desc, serialize_program)
+from .io_distributed import inference_program_and_scope, is_trainer_program, save_trainer_vars, trainer_program_for
 from .pyreader import PyReader
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope
 
@@ -39,8 +38,6 @@ __all__ = [
     "serialize_program", "var_filename",
 ]
 
-#: ProgramDesc.version written by this module; newer versions are refused on load
-PROGRAM_DESC_VERSION = 1
 MODEL_FILENAME = "__model__"
 #: variable types that hold no tensor worth saving (fluid skips the same kinds)
 _UNSAVED_TYPES = frozenset({"feed_minibatch", "fetch_list", "reader", "raw"})
@@ -65,138 +62,6 @@ def get_program_parameter(program: Program) -> list[Variable]:
 def get_program_persistable_vars(program: Program) -> list[Variable]:
     """Every persistable variable of ``program``, in program order."""
     return [v for v in program.list_vars() if is_persistable(v)]
-
-
-# ---------------------------------------------------- Program <-> ProgramDesc
-def program_to_desc(program: Program, feed_target_names: Sequence[str] = (),
-                    fetch_target_names: Sequence[str] = (), with_meta: bool = False) -> ProgramDesc:
-    """Describe ``program`` (every block, var, op and attribute) as a ``ProgramDesc``.
-
-    Python-only parameter settings (initializer, regularizer, gradient clip) are not
-    stored.  ``Program._meta`` is stored only with ``with_meta`` (its values must then be
-    attribute-like: numbers, strings, lists, dicts).
-    """
-    desc = ProgramDesc(version=PROGRAM_DESC_VERSION, random_seed=int(program.random_seed or 0),
-                       is_test=bool(program._is_test), feed_target_names=list(feed_target_names),
-                       fetch_target_names=list(fetch_target_names))
-
-    def block_index_of(v: Any) -> int | None:
-        return v.idx if isinstance(v, Block) and v.program is program else None
-
-    for block in program.blocks:
-        bd = desc.blocks.add(idx=block.idx, parent_idx=block.parent_idx)
-        for var in block.vars.values():
-            _var_to_desc(var, bd.vars.add())
-        for i, op in enumerate(block.ops):
-            try:
-                _op_to_desc(op, bd.ops.add(), block_index_of)
-            except InvalidArgumentError as e:
-                raise type(e)(f"op #{i} '{op.type}' of block {block.idx}: {e}") from None
-    if with_meta:
-        for key, value in program._meta.items():
-            encode_value(value, desc.meta.add(name=key), block_index_of)
-    return desc
-
-
-def _var_to_desc(var: Variable, d: VarDesc) -> None:
-    d.name, d.type = var.name, var.type
-    d.dtype = dtype_to_proto(var.dtype, f"variable '{var.name}'")
-    d.shape.extend(int(s) for s in var.shape)
-    d.lod_level = int(var.lod_level)
-    d.persistable, d.stop_gradient, d.is_data = bool(var.persistable), bool(var.stop_gradient), bool(var.is_data)
-    if isinstance(var, Parameter):
-        d.is_parameter, d.trainable = True, bool(var.trainable)
-        d.learning_rate = float((var.optimize_attr or {}).get("learning_rate", 1.0))
-
-
-def _op_to_desc(op: Operator, d: OpDesc, block_index_of: Callable[[Any], int | None]) -> None:
-    d.type = op.type
-    for slot, names in op.inputs.items():
-        d.inputs.add(slot=slot, names=names)
-    for slot, names in op.outputs.items():
-        d.outputs.add(slot=slot, names=names)
-    for name, value in op.attrs.items():
-        encode_value(value, d.attrs.add(name=name), block_index_of)
-
-
-def program_from_desc(desc: ProgramDesc, where: str = "ProgramDesc") -> Program:
-    """Rebuild a Program from ``desc`` (inverse of ``program_to_desc``); ``where`` names the source in errors."""
-    if desc.version == 0 or not desc.blocks:
-        raise InvalidArgumentError(f"{where}: not a fleetkit program (version {desc.version}, "
-                                   f"{len(desc.blocks)} blocks)")
-    if desc.version > PROGRAM_DESC_VERSION:
-        raise InvalidArgumentError(f"{where}: program format version {desc.version} is newer than this "
-                                   f"fleetkit reads ({PROGRAM_DESC_VERSION}); upgrade fleetkit")
-    program = Program()
-    program.random_seed = int(desc.random_seed)
-    program._is_test = bool(desc.is_test)
-    program.blocks = []
-    for i, bd in enumerate(desc.blocks):
-        if bd.idx != i or not -1 <= bd.parent_idx < len(desc.blocks):
-            raise InvalidArgumentError(f"{where}: block #{i} has idx {bd.idx} and parent {bd.parent_idx}")
-        program.blocks.append(Block(program, bd.idx, bd.parent_idx))
-
-    def resolve_block(idx: int) -> Block:
-        if not 0 <= idx < len(program.blocks):
-            raise InvalidArgumentError(f"{where}: an attribute refers to block {idx}, the program has "
-                                       f"{len(program.blocks)}")
-        return program.blocks[idx]
-
-    for bd, block in zip(desc.blocks, program.blocks):
-        for vd in bd.vars:
-            if vd.name in block.vars:
-                raise InvalidArgumentError(f"{where}: variable '{vd.name}' appears twice in block {block.idx}")
-            block.vars[vd.name] = _var_from_desc(vd, block, where)
-        for od in bd.ops:
-            block.ops.append(_op_from_desc(od, block, resolve_block, where))
-    program._meta = {a.name: decode_value(a, resolve_block) for a in desc.meta}
-    program._bump()
-    return program
-
-
-def _var_from_desc(d: VarDesc, block: Block, where: str) -> Variable:
-    dtype = dtype_from_proto(d.dtype)
-    if dtype is None:
-        raise InvalidArgumentError(f"{where}: variable '{d.name}' has unknown dtype code {d.dtype}")
-    common = dict(lod_level=d.lod_level, type=d.type or "lod_tensor", is_data=d.is_data)
-    if d.is_parameter:
-        var: Variable = Parameter(block, d.name, list(d.shape), dtype.name, trainable=d.trainable,
-                                  optimize_attr={"learning_rate": d.learning_rate}, **common)
-    else:
-        var = Variable(block, d.name, list(d.shape), dtype.name, **common)
-    var.persistable, var.stop_gradient = d.persistable, d.stop_gradient
-    return var
-
-
-def _op_from_desc(d: OpDesc, block: Block, resolve_block: Callable[[int], Block], where: str) -> Operator:
-    try:
-        get_op_def(d.type)
-    except NotFoundError:
-        raise NotFoundError(f"{where}: the program uses op type '{d.type}', which this fleetkit does "
-                            f"not have") from None
-    attrs = {a.name: decode_value(a, resolve_block) for a in d.attrs}
-    return Operator(block, d.type, {s.slot: list(s.names) for s in d.inputs},
-                    {s.slot: list(s.names) for s in d.outputs}, attrs)
-
-
-def serialize_program(program: Program, feed_target_names: Sequence[str] = (),
-                      fetch_target_names: Sequence[str] = (), with_meta: bool = False) -> bytes:
-    """``program_to_desc(...)`` as bytes."""
-    return program_to_desc(program, feed_target_names, fetch_target_names, with_meta).SerializeToString()
-
-
-def parse_program_desc(data: bytes, where: str = "ProgramDesc") -> ProgramDesc:
-    desc = ProgramDesc()
-    try:
-        desc.ParseFromString(data)
-    except DecodeError as e:
-        raise InvalidArgumentError(f"{where}: not a valid ProgramDesc ({e})") from None
-    return desc
-
-
-def deserialize_program(data: bytes, where: str = "ProgramDesc") -> Program:
-    """Program from ``serialize_program`` bytes."""
-    return program_from_desc(parse_program_desc(data, where), where)
 
 
 # -------------------------------------------------------------------- pruning
@@ -309,8 +174,9 @@ def _write_var(f: BinaryIO, var: Variable, scope: Scope) -> None:
     found = scope.find_var(var.name)
     value = found.value() if found is not None else None
     if value is None or getattr(value, "values", 0) is None:  # absent, or an empty LoDTensor/SelectedRows
-        raise NotFoundError(f"save: variable '{var.name}' has no value in the scope "
-                            f"(did you run the startup program?)")
+        raise NotFoundError(f"save: variable '{var.name}' has no value in the scope: no op that ran in "
+                            f"this scope produced it (a parameter needs the startup program run first, an "
+                            f"intermediate a run that fetched or kept it)")
     if var.type == "selected_rows":
         if not isinstance(value, SelectedRows):  # a dense table: every row present
             dense = to_numpy(value.values if isinstance(value, LoDTensor) else value)
@@ -374,14 +240,27 @@ def save_vars(executor: Any, dirname: str, main_program: Program | None = None,
 
 def save_params(executor: Any, dirname: str, main_program: Program | None = None,
                 filename: str | None = None, *, scope: Scope | None = None) -> None:
-    """Save every parameter of the program (not optimizer state: see save_persistables)."""
-    save_vars(executor, dirname, main_program, predicate=is_parameter, filename=filename, scope=scope)
+    """Save every parameter of the program (not optimizer state: see save_persistables).
+
+    Given a parameter-server trainer program, the parameters are pulled from the
+    pservers (see ``io_distributed``)."""
+    program = trainer_program_for(_program_arg(main_program, "save_params"))
+    if is_trainer_program(program):
+        return save_trainer_vars(executor, dirname, program, is_parameter, filename, scope, save_vars, False)
+    save_vars(executor, dirname, program, predicate=is_parameter, filename=filename, scope=scope)
 
 
 def save_persistables(executor: Any, dirname: str, main_program: Program | None = None,
                       filename: str | None = None, *, scope: Scope | None = None) -> None:
-    """Save every persistable variable: parameters, optimizer accumulators, counters."""
-    save_vars(executor, dirname, main_program, predicate=is_persistable, filename=filename, scope=scope)
+    """Save every persistable variable: parameters, optimizer accumulators, counters.
+
+    Given a parameter-server trainer program (fluid 1.4 ``_save_distributed_persistables``):
+    parameters are pulled from the pservers, what only pservers hold is skipped, and on
+    trainer 0 every pserver writes its own state into ``dirname`` (see ``io_distributed``)."""
+    program = trainer_program_for(_program_arg(main_program, "save_persistables"))
+    if is_trainer_program(program):
+        return save_trainer_vars(executor, dirname, program, is_persistable, filename, scope, save_vars, True)
+    save_vars(executor, dirname, program, predicate=is_persistable, filename=filename, scope=scope)
 
 
 def load_vars(executor: Any, dirname: str, main_program: Program | None = None,
@@ -454,12 +333,15 @@ def save_inference_model(dirname: str, feeded_var_names: Sequence[str] | str, ta
     targets = _names(target_vars if isinstance(target_vars, (list, tuple)) else [target_vars])
     if not targets:
         raise InvalidArgumentError("save_inference_model: target_vars is empty")
-    program = _program_arg(main_program, "save_inference_model")
+    program = trainer_program_for(_program_arg(main_program, "save_inference_model"))
     model_name = os.path.basename(model_filename) if model_filename else MODEL_FILENAME
     params_name = os.path.basename(params_filename) if params_filename else None
     if params_name == model_name:
         raise InvalidArgumentError(f"save_inference_model: model and params cannot share the file '{model_name}'")
-    if export_for_deployment:
+    if is_trainer_program(program):  # a PS trainer: pull what the pservers hold, lookups made local
+        program, scope = inference_program_and_scope(executor, program, prune_program(program, targets, feeds),
+                                                     scope)
+    elif export_for_deployment:
         program = prune_program(program, targets, feeds)
     else:
         program = program.clone()

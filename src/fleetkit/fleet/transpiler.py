@@ -33,8 +33,10 @@ from typing import Any, Sequence
 
 from ..core.framework import (ROLE_LRSCHED, ROLE_OPTIMIZE, ROLE_RPC, Operator, Parameter, Program,
                               Variable, default_main_program, default_startup_program)
+from ..core.io_distributed import register_trainer_program
 from ..errors import InvalidArgumentError, NotFoundError
 from ..pserver import ops as _ps_ops  # noqa: F401  (registers send/recv/listen_and_serv kernels)
+from . import checkpoint_notify as _notify_op  # noqa: F401  (registers checkpoint_notify: trainer-side save)
 from . import _pserver_program as _psp
 
 __all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "RoundRobin", "VarBlock",
@@ -386,6 +388,8 @@ class DistributeTranspiler:
         if self.sync_mode:
             block.append_op("fetch_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
         prog._meta.update(self.origin_program._meta)
+        # fluid 1.4 scripts save default_main_program() (transpiled in place there): save this instead
+        register_trainer_program(self.origin_program, prog)
         return prog
 
     @property
