@@ -87,7 +87,8 @@ static int parse_f32(const char **pp, const char *end, float *out) {
     uint64_t m = 0;
     if (q < end && (*q == '-' || *q == '+')) { neg = *q == '-'; q++; }
     for (; q < end; q++) {
-        if (DIGIT(*q)) { if (nd < 19) m = m * 10 + (uint64_t)(*q - '0'); nd++; if (frac >= 0) frac++; }
+        /* m wraps past 19 digits, but is only used up to 15 (longer ones go to strtod) */
+        if (DIGIT(*q)) { m = m * 10 + (uint64_t)(*q - '0'); nd++; if (frac >= 0) frac++; }
         else if (*q == '.' && frac < 0) frac = 0;
         else break;
     }
