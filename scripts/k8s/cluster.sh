@@ -130,12 +130,17 @@ cmd_start_apiserver() {
         --service-account-key-file="$run/sa.pub" --service-account-signing-key-file="$run/sa.key" \
         --disable-admission-plugins=ServiceAccount > "$run/apiserver.log" 2>&1 < /dev/null &
     echo $! > "$run/apiserver.pid"
+    if ! wait_ready "https://127.0.0.1:$ap" "$token" 60; then
+        tail -n 20 "$run/etcd.log" "$run/apiserver.log" >&2
+        cmd_stop "$run"; die "apiserver on 127.0.0.1:$ap not ready in 60 s (logs in $run)"
+    fi
+    # the serving certificate the apiserver generated (self-signed, SAN 127.0.0.1) is the CA
     cat > "$run/kubeconfig" <<KC
 apiVersion: v1
 kind: Config
 clusters:
 - name: fleetkit-test
-  cluster: {server: "https://127.0.0.1:$ap", insecure-skip-tls-verify: true}
+  cluster: {server: "https://127.0.0.1:$ap", certificate-authority: "$run/certs/apiserver.crt"}
 users:
 - name: admin
   user: {token: "$token"}
@@ -144,10 +149,6 @@ contexts:
   context: {cluster: fleetkit-test, user: admin, namespace: default}
 current-context: fleetkit-test
 KC
-    if ! wait_ready "https://127.0.0.1:$ap" "$token" 60; then
-        tail -n 20 "$run/etcd.log" "$run/apiserver.log" >&2
-        cmd_stop "$run"; die "apiserver on 127.0.0.1:$ap not ready in 60 s (logs in $run)"
-    fi
     log "up: KUBECONFIG=$run/kubeconfig"
 }
 

@@ -151,6 +151,10 @@ def make_registry(kubeflow: bool = False) -> kopf.OperatorRegistry:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)   # "Timer succeeded" every second
         cluster.append(Cluster())
 
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> Any:
+        return kopf.login_via_client(**kwargs)   # the same credentials as the kubernetes client
+
     groups = [n.GROUP] + ([n.KUBEFLOW_GROUP] if kubeflow else [])
     for group in groups:
         def _tick(name: str, namespace: str, group: str = group, **_: Any) -> None:

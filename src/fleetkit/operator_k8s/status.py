@@ -56,8 +56,11 @@ def fmt_time(t: datetime) -> str:
 
 
 def parse_time(s: str | None) -> datetime | None:
-    """Parse an API server time (``...Z``); None stays None."""
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc) if s else None
+    """Parse an API server time (``...Z`` or ``+00:00`` as the client serializes it); None stays None."""
+    if not s:
+        return None
+    t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def set_condition(conditions: list[dict[str, Any]], ctype: str, reason: str, message: str,
