@@ -99,7 +99,9 @@ def test_rpc_fuzz_malformed_and_amplifying_requests_keep_rss_bounded(servers):
 
 def test_bulk_fuzz_unauthenticated_connections_allocate_nothing_and_are_bounded(servers):
     s = servers(env={"FLEETKIT_AUTH_TOKEN": "s3cret"}, bulk_auth_timeout_s=1.0, bulk_max_unauthenticated=8)
-    port = _client(0, auth_token="s3cret")._bulk_port(s.endpoint)
+    probe = _client(0, auth_token="s3cret", heartbeat_s=0)
+    port = probe._bulk_port(s.endpoint)
+    probe.close()
     base = _rss(s.proc.pid)
     # 32-byte frames announcing a 64 MiB header and an 8 GiB payload, without / with a wrong token
     for token in (b"", b"wrong") * 20:

@@ -13,7 +13,7 @@ from fleetkit.pserver.rounds import SyncRounds
 
 def test_a_silent_trainer_is_lost_after_the_timeout_a_completed_one_never():
     now, lost = [0.0], []
-    alive = TrainerLiveness(10.0, lambda t, why: lost.append((t, why)), clock=lambda: now[0])
+    alive = TrainerLiveness(10.0, lambda t, why: lost.append((t, why)), 2, clock=lambda: now[0])
     s0, s1 = alive.opened(0), alive.opened(1)
     now[0] = 9.0
     alive.beat(0)

@@ -25,13 +25,10 @@ connection after this reply (a frame it could not read to its end, or a refused 
 incarnation / updates / resumed: the pserver's identity (``liveness.Incarnation``), so
 a client notices a restarted pserver on every reply, as on gRPC.
 
-Nothing is allocated for what an unauthenticated peer declares: a frame's token
-(at most ``MAX_TOKEN`` bytes) is read and checked before its header, and a refused
-token closes the connection without reading on.  A new connection must deliver its
-first frame's token within ``auth_timeout`` seconds, and at most ``max_unauthenticated``
-connections may be waiting to do so; the header is read as it arrives (no buffer sized
-from the declared length), the payload into an ``np.empty`` buffer whose pages the
-kernel commits only as bytes arrive.  A connection
+Nothing is allocated for what an unauthenticated peer declares: the token is checked
+before the frame's header is read, a refused one closes the connection, and new
+connections have ``auth_timeout`` seconds (at most ``max_unauthenticated`` at a time)
+to show it (bounds: docs/security.md).  A connection
 carries one call at a time; clients keep a few idle ones per endpoint.  Payloads are
 received with ``recv_into`` straight into a fresh ``np.empty`` buffer and sent with
 ``sendmsg`` of memoryviews (header and payload never concatenated).
@@ -49,6 +46,7 @@ import grpc
 import numpy as np
 
 from . import codec, rpc
+from .bulk_reply import Reply, Scratch
 
 __all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host"]
 log = logging.getLogger(__name__)
@@ -161,78 +159,6 @@ class BulkTarget(Protocol):
         """(incarnation id, updates applied, update count resumed from or -1 / -2)."""
 
 
-class _Scratch:
-    """A per-connection reply buffer (snapshots of served values), reused between calls."""
-
-    KEEP = 256 << 20
-
-    def __init__(self) -> None:
-        self.buf: np.ndarray | None = None
-
-    def __call__(self, n: int) -> np.ndarray:
-        if self.buf is None or self.buf.nbytes < n:
-            self.buf = np.empty(n, np.uint8)
-        return self.buf[:n]
-
-    def trim(self) -> None:
-        if self.buf is not None and self.buf.nbytes > self.KEEP:
-            self.buf = None
-
-
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
-    """``views`` without their first ``n`` bytes."""
-    out = list(views)
-    while n and out:
-        if n >= out[0].nbytes:
-            n -= out.pop(0).nbytes
-        else:
-            out[0], n = out[0][n:], 0
-    return out
-
-
-class _Reply:
-    """A value reply, started while the pserver's handler lock is held (no update is
-    half-done then).  The socket takes what it can without waiting, so the kernel's copy
-    is the snapshot and no copy of ours is needed; what it cannot take yet is copied
-    into the connection's scratch buffer and sent after the lock is released (a slow
-    client never holds the lock)."""
-
-    def __init__(self, conn: socket.socket, scratch: _Scratch, stats: dict[str, int],
-                 info: Callable[[], tuple[int, int, int]]) -> None:
-        self.conn, self.scratch, self.stats, self.info = conn, scratch, stats, info
-        self.rest: list[memoryview] | None = None   # None: not started
-
-    def __call__(self, envs: list[codec.Envelope]) -> _Reply:
-        # chunks are consecutive slices of the (rows bytes, tensor bytes) stream: join them
-        rows = [v for v in (memoryview(e.rows).cast("B") for e in envs) if v.nbytes]
-        data = [v for v in (memoryview(e.data).cast("B") for e in envs) if v.nbytes]
-        header = type(envs[0].header)()
-        header.CopyFrom(envs[0].header)
-        for f in ("chunk_index", "chunk_count", "transfer_id"):
-            header.ClearField(f)
-        head = header.SerializeToString()
-        fixed = _REPLY.pack(REPLY_MAGIC, 0, 0, 0, len(head), sum(v.nbytes for v in rows),
-                            sum(v.nbytes for v in data), *self.info())
-        views = [memoryview(fixed), memoryview(head), *rows, *data]
-        self.conn.setblocking(False)
-        try:
-            sent = self.conn.sendmsg(views[:512])
-        except BlockingIOError:
-            sent = 0
-        rest = _advance(views, sent)
-        n = sum(v.nbytes for v in rest)
-        self.rest = []
-        if n:
-            buf, pos = self.scratch(n), 0
-            for v in rest:
-                buf[pos:pos + v.nbytes] = np.frombuffer(v, np.uint8)
-                pos += v.nbytes
-            self.rest = [memoryview(buf)]
-        self.stats["kernel"] += sent
-        self.stats["copied"] += n
-        return self
-
-
 class BulkServer:
     """Accepts bulk connections on ``host`` (port chosen by the OS), a thread each."""
 
@@ -302,7 +228,7 @@ class BulkServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fk-bulk-conn").start()
 
     def _serve(self, conn: socket.socket) -> None:
-        scratch = _Scratch()
+        scratch = Scratch()
         state = {"authenticated": False}
         try:
             while not self._stop.is_set() and self._serve_one(conn, scratch, state):
@@ -345,7 +271,7 @@ class BulkServer:
                 _recv_into(conn, view[k:], give_up or time.monotonic() + self.io_timeout)
             return True
 
-    def _serve_one(self, conn: socket.socket, scratch: _Scratch, state: dict) -> bool:
+    def _serve_one(self, conn: socket.socket, scratch: Scratch, state: dict) -> bool:
         fixed = bytearray(_FRAME.size)
         first = not state["authenticated"]
         if not self._wait_frame(conn, memoryview(fixed), self.auth_timeout if first else None):
@@ -374,7 +300,8 @@ class BulkServer:
         buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
         _recv_into(conn, memoryview(buf), deadline)
         rows, data = buf[:rlen], buf[rlen:]
-        started = _Reply(conn, scratch, self.reply_bytes, self.target.incarnation_info)
+        started = Reply(conn, scratch, self.reply_bytes, lambda h, r, d: _REPLY.pack(
+            REPLY_MAGIC, 0, 0, 0, h, r, d, *self.target.incarnation_info()))
         code, details, missing, reply = self.target.bulk_call(
             method, header, memoryview(rows) if rlen else b"",
             memoryview(data) if dlen else b"", started)

@@ -38,8 +38,9 @@ import numpy as np
 
 from ..core.scope import LoDTensor, SelectedRows
 from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
-from ..errors import InvalidArgumentError, RPCRequestError, ServerNotReadyError
+from ..errors import InvalidArgumentError, RPCRequestError
 from . import bulk, codec, rpc
+from .channels import make_channel, wait_server_ready
 from .liveness import Heartbeats, parse_incarnation
 from .restarts import REFETCH, RestartWatch
 
@@ -112,7 +113,7 @@ class RPCClient:
             ch = self._channels.get(endpoint)
             if ch is not None:
                 return ch
-            ch = _make_channel(endpoint, self.options)
+            ch = make_channel(endpoint, self.options)
             self._channels[endpoint] = ch
             self._contacted.append(endpoint)
         self._heartbeats.start(endpoint)
@@ -458,17 +459,6 @@ def _incarnation(call: Any) -> tuple[int, int, int] | None:
     return None
 
 
-def _make_channel(endpoint: str, options: ClientOptions) -> grpc.Channel:
-    opts = rpc.channel_options(options.max_message_bytes)
-    if options.tls_ca_path:
-        with open(options.tls_ca_path, "rb") as f:
-            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-        if options.tls_server_name:
-            opts.append(("grpc.ssl_target_name_override", options.tls_server_name))
-        return grpc.secure_channel(endpoint, creds, options=opts)
-    return grpc.insecure_channel(endpoint, options=opts)
-
-
 _CLIENTS: dict[int, RPCClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -494,30 +484,3 @@ def reset_clients() -> None:
         for c in _CLIENTS.values():
             c.close()
         _CLIENTS.clear()
-
-
-def wait_server_ready(endpoints: Sequence[str], timeout: float = 120.0,
-                      options: ClientOptions | None = None) -> None:
-    """Block until every pserver accepts connections; ServerNotReadyError names the
-    endpoints that did not within ``timeout`` seconds."""
-    options = options or ClientOptions()
-    deadline = time.monotonic() + timeout
-    channels = {ep: _make_channel(ep, options) for ep in _unique(endpoints)}
-    futures = {ep: grpc.channel_ready_future(ch) for ep, ch in channels.items()}
-    missing = []
-    try:
-        for ep, fut in futures.items():
-            try:
-                fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except grpc.FutureTimeoutError:
-                missing.append(ep)
-    finally:
-        for fut in futures.values():
-            fut.cancel()
-        for ch in channels.values():
-            ch.close()
-    if missing:
-        raise ServerNotReadyError(
-            f"pserver(s) {', '.join(missing)} not reachable after {timeout:.1f} s "
-            f"(not started, wrong endpoint, or blocked); {len(channels) - len(missing)} of "
-            f"{len(channels)} ready", endpoint=missing[0], code="UNAVAILABLE")

@@ -25,9 +25,10 @@ from typing import Any, Callable, Iterator
 
 import grpc
 
+from ..errors import PServerError
 from . import codec, rpc
 
-__all__ = ["FRESH", "RESEEDED", "Heartbeats", "Incarnation", "TrainerLiveness"]
+__all__ = ["FRESH", "RESEEDED", "Heartbeats", "Incarnation", "LivenessMixin", "TrainerLiveness"]
 log = logging.getLogger(__name__)
 
 FRESH, RESEEDED = -1, -2
@@ -63,9 +64,9 @@ class TrainerLiveness:
     ``on_lost(trainer, why)`` runs (in the stream's or the monitor's thread) once per
     loss of a trainer that has not sent COMPLETE."""
 
-    def __init__(self, timeout_s: float, on_lost: Callable[[int, str], None],
+    def __init__(self, timeout_s: float, on_lost: Callable[[int, str], None], num_trainers: int | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.timeout_s = float(timeout_s)
+        self.timeout_s, self.num_trainers = float(timeout_s), num_trainers
         self._on_lost, self._clock = on_lost, clock
         self._lock = threading.Lock()
         self._last: dict[int, float] = {}       # trainer -> last beat (watched trainers only)
@@ -126,6 +127,8 @@ class TrainerLiveness:
         try:
             for raw in requests:
                 t = codec.from_bytes(raw).header.trainer_id
+                if self.num_trainers is not None and not 0 <= t < self.num_trainers:
+                    return b""    # not one of this pserver's trainers: ignored
                 if trainer is None:
                     trainer, stream = t, self.opened(t)
                 self.beat(trainer)
@@ -187,3 +190,62 @@ class Heartbeats:
             events = [self._stop.pop(e) for e in eps]
         for ev in events:
             ev.set()
+
+
+class LivenessMixin:
+    """The liveness methods of ``ParameterServer`` (which provides the attributes)."""
+
+    endpoint: str
+    num_trainers: int
+    options: Any
+    alive: TrainerLiveness
+    rounds: Any
+    _asm: Any
+    _asm_lock: threading.Lock
+    _stop_flag: threading.Event
+
+    stop: Callable[..., None]
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE
+        or was lost; True when that happened, False on timeout.  Raises PServerError naming
+        the lost trainers if any was (the pserver process then exits non-zero)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop_flag.is_set():
+            if self.options.exit_when_complete and self._all_done():
+                self.stop()
+                lost = dict(self.alive.lost)
+                if lost:
+                    raise PServerError(f"pserver {self.endpoint}: exiting, trainer(s) "
+                                       f"{', '.join(map(str, sorted(lost)))} lost without COMPLETE ("
+                                       + "; ".join(f"{t}: {w}" for t, w in sorted(lost.items())) + ")",
+                                       endpoint=self.endpoint)
+                break
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._stop_flag.wait(0.2 if left is None else min(0.2, left))
+        return True
+
+    def _all_done(self) -> bool:
+        """Every trainer sent COMPLETE or is lost."""
+        done = set(self.alive.lost) | self.alive.completed
+        return done >= set(range(self.num_trainers))
+
+    def _watch_trainers(self) -> None:
+        while not self._stop_flag.wait(0.5):
+            self.alive.check()
+            self._asm_expire()
+
+    def _asm_expire(self) -> None:
+        with self._asm_lock:
+            for t, name, _, _ in self._asm.expire():
+                log.warning("pserver %s: dropped the unfinished chunked value '%s' of trainer %d (no chunk "
+                            "for %g s)", self.endpoint, name, t, self.options.reassembly_timeout_s)
+
+    def _trainer_lost(self, trainer: int, why: str) -> None:
+        """A trainer died (no COMPLETE): sync rounds fail naming it; see ``wait``."""
+        log.error("pserver %s: trainer %d is lost: %s", self.endpoint, trainer, why)
+        with self._asm_lock:
+            self._asm.discard(trainer)
+        if self.rounds is not None:
+            self.rounds.lose(trainer, why)

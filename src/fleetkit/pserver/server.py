@@ -15,9 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-import time
 import traceback
-from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -29,56 +27,13 @@ from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError,
                       PServerError, RPCError)
 from . import bulk, checkpoint, codec, rpc
-from .liveness import Incarnation, TrainerLiveness
+from .handler import ServerHandler
+from .liveness import Incarnation, LivenessMixin, TrainerLiveness
 from .rounds import AppliedSends, SyncRounds
 from .state import StateMixin, check_finite
 
 __all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
 log = logging.getLogger(__name__)
-
-
-class ServerHandler(ABC):
-    """The pserver's logic, free of transport.  Calls are serialized by the server."""
-
-    @abstractmethod
-    def apply(self, grads: dict[str, Any]) -> None:
-        """Apply gradients: sync mode once per round (already averaged), async per message."""
-
-    @abstractmethod
-    def get(self, name: str) -> Any:
-        """The current value of a hosted variable; raise NotFoundError if unknown."""
-
-    def apply_from(self, trainer_id: int, grads: dict[str, Any]) -> None:
-        """Async mode: apply gradients sent by ``trainer_id`` (default: ``apply``)."""
-        self.apply(grads)
-
-    def get_for(self, trainer_id: int, name: str) -> Any:
-        """Async mode: ``get`` on behalf of ``trainer_id`` (default: ``get``)."""
-        return self.get(name)
-
-    def prefetch(self, table: str, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` of sparse table ``table`` as [len(ids), dim]."""
-        raise NotFoundError(f"no sparse table '{table}' on this pserver")
-
-    @abstractmethod
-    def state(self) -> dict[str, Any]:
-        """Everything needed to resume (for checkpoints): name -> array/LoDTensor/SelectedRows."""
-
-    @abstractmethod
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what ``state()`` returned."""
-
-    def check_grad(self, name: str, value: Any) -> None:
-        """Reject a gradient on arrival (NotFoundError: not hosted here;
-        InvalidArgumentError/ShapeError/DTypeError: wrong shape or dtype).  Default: accept."""
-
-    def sparse_memory(self, table: str = "") -> tuple[int, int]:
-        """(touched rows, bytes) of one sparse table, or of all when ``table`` is ''."""
-        return 0, 0
-
-    def reseed(self, values: dict[str, Any]) -> None:
-        """Set parameters to ``values`` (trainer 0's copy, after a restart without state)."""
-        self.load_state(values)
 
 
 @dataclass(frozen=True)
@@ -134,7 +89,7 @@ class _ShuttingDown(Exception):
     """Answered as UNAVAILABLE: a client retries, and reaches a restarted pserver."""
 
 
-class ParameterServer(StateMixin):
+class ParameterServer(StateMixin, LivenessMixin):
     """Serves one pserver endpoint for ``num_trainers`` trainers."""
 
     def __init__(self, endpoint: str, handler: ServerHandler, num_trainers: int,
@@ -151,7 +106,8 @@ class ParameterServer(StateMixin):
         self._asm = codec.Reassembler(o.reassembly_max_bytes_per_trainer, o.reassembly_max_bytes,
                                       o.reassembly_timeout_s)
         self.incarnation = Incarnation()
-        self.alive = TrainerLiveness(o.heartbeat_timeout_s, self._trainer_lost)
+        self.alive = TrainerLiveness(o.heartbeat_timeout_s, self._trainer_lost, self.num_trainers)
+        self._streams = 0                        # heartbeat streams open
         self._refuse_nonfinite = flag(FLAGS_CHECK_NAN_INF) if o.refuse_nonfinite is None else o.refuse_nonfinite
         self._reseed_on = flag(FLEETKIT_PS_RESEED_ON_RESTART) if o.reseed is None else o.reseed
         self._asm_lock = threading.Lock()
@@ -178,7 +134,7 @@ class ParameterServer(StateMixin):
                 self._load_state(state, resumed=True)
                 log.warning("pserver %s: resumed from checkpoint in %s at update %d", self.endpoint,
                             o.checkpoint_dir, self.incarnation.updates)
-        workers = o.max_workers or 17 * self.num_trainers + 32   # + one heartbeat stream each
+        workers = o.max_workers or 18 * self.num_trainers + 40   # + heartbeat streams (see _heartbeat)
         server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="fk-pserver"),
                              options=rpc.server_options(o.max_message_bytes))
         server.add_generic_rpc_handlers((self._generic_handler(),))
@@ -210,25 +166,6 @@ class ParameterServer(StateMixin):
         threading.Thread(target=self._watch_trainers, daemon=True, name="fk-pserver-liveness").start()
         return port
 
-    def _watch_trainers(self) -> None:
-        while not self._stop_flag.wait(0.5):
-            self.alive.check()
-            self._asm_expire()
-
-    def _asm_expire(self) -> None:
-        with self._asm_lock:
-            for t, name, _, _ in self._asm.expire():
-                log.warning("pserver %s: dropped the unfinished chunked value '%s' of trainer %d (no chunk "
-                            "for %g s)", self.endpoint, name, t, self.options.reassembly_timeout_s)
-
-    def _trainer_lost(self, trainer: int, why: str) -> None:
-        """A trainer died (no COMPLETE): sync rounds fail naming it; see ``wait``."""
-        log.error("pserver %s: trainer %d is lost: %s", self.endpoint, trainer, why)
-        with self._asm_lock:
-            self._asm.discard(trainer)
-        if self.rounds is not None:
-            self.rounds.lose(trainer, why)
-
     def _start_bulk(self) -> None:
         o = self.options
         if not rpc.bulk_enabled(o.bulk) or (o.tls_cert_path and o.tls_key_path):
@@ -242,32 +179,6 @@ class ParameterServer(StateMixin):
             log.warning("pserver %s: no bulk channel (%s); tensors go over gRPC", self.endpoint, e)
             return
         self._bulk = srv
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until ``stop()`` or (if ``exit_when_complete``) every trainer sent COMPLETE
-        or was lost; True when that happened, False on timeout.  Raises PServerError naming
-        the lost trainers if any was (the pserver process then exits non-zero)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._stop_flag.is_set():
-            if self.options.exit_when_complete and self._all_done():
-                self.stop()
-                lost = dict(self.alive.lost)
-                if lost:
-                    raise PServerError(f"pserver {self.endpoint}: exiting, trainer(s) "
-                                       f"{', '.join(map(str, sorted(lost)))} lost without COMPLETE ("
-                                       + "; ".join(f"{t}: {w}" for t, w in sorted(lost.items())) + ")",
-                                       endpoint=self.endpoint)
-                break
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            self._stop_flag.wait(0.2 if left is None else min(0.2, left))
-        return True
-
-    def _all_done(self) -> bool:
-        """Every trainer sent COMPLETE or is lost."""
-        done = set(self.alive.lost) | self.alive.completed
-        return done >= set(range(self.num_trainers))
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop serving (waiting trainers get an error); idempotent.  With periodic
@@ -324,7 +235,16 @@ class ParameterServer(StateMixin):
             self._check_auth(context)
         except _AuthFailure as e:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"pserver {self.endpoint} Heartbeat: {e}")
-        return self.alive.serve_stream(requests, context, self._stop_flag.is_set)
+        with self._asm_lock:   # a stream holds a server thread: at most a few per trainer
+            if self._streams >= 2 * self.num_trainers + 8:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"pserver {self.endpoint}: too many heartbeat streams ({self._streams})")
+            self._streams += 1
+        try:
+            return self.alive.serve_stream(requests, context, self._stop_flag.is_set)
+        finally:
+            with self._asm_lock:
+                self._streams -= 1
 
     def _wrap(self, method: str, fn: Callable[[codec.Envelope], Any]) -> Callable:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
