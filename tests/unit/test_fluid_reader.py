@@ -193,3 +193,18 @@ def test_reader_decorators():
         raise OSError("boom")
     with pytest.raises(OSError, match="boom"):
         list(preader.xmap_readers(lambda v: v, bad, 2, 2)())
+
+
+def test_pipe_reader_plain_gzip_and_failure(tmp_path):
+    import gzip
+    (tmp_path / "a.txt").write_text("x 1\ny 2\nlast")
+    with gzip.open(tmp_path / "a.gz", "wt") as f:
+        f.write("g 1\ng 2\n" * 3000)
+    assert list(preader.PipeReader(f"cat {tmp_path / 'a.txt'}", bufsize=3).get_line()) == ["x 1", "y 2", "last"]
+    lines = list(preader.PipeReader(f"cat {tmp_path / 'a.gz'}", file_type="gzip").get_line())
+    assert len(lines) == 6000 and lines[-1] == "g 2"
+    with pytest.raises(fluid.FleetkitError, match="exited with status 3"):
+        list(preader.PipeReader("echo hi; exit 3").get_line())
+    with pytest.raises(InvalidArgumentError, match="file_type"):
+        preader.PipeReader("cat", file_type="zip")
+    assert list(preader.Fake()(lambda: iter([7, 8]), 3)()) == [7, 7, 7]

@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..errors import FleetkitError, InvalidArgumentError
 from . import creator  # noqa: F401
+from .pipe import Fake, PipeReader
 
-__all__ = ["ComposeNotAligned", "batch", "buffered", "cache", "chain", "compose", "creator", "firstn",
-           "map_readers", "multiprocess_reader", "shuffle", "xmap_readers"]
+__all__ = ["ComposeNotAligned", "Fake", "PipeReader", "batch", "buffered", "cache", "chain", "compose", "creator",
+           "firstn", "map_readers", "multiprocess_reader", "shuffle", "xmap_readers"]
 
 Reader = Callable[[], Iterable[Any]]
 
