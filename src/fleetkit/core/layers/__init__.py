@@ -15,5 +15,6 @@ from .tensor_ext import *  # noqa: F401,F403
 from .metric_ext import *  # noqa: F401,F403
 from .crf import *  # noqa: F401,F403
 from .misc_ext import *  # noqa: F401,F403
+from .conv_ext import *  # noqa: F401,F403
 from . import io, nn, tensor, conv, loss, metric_op, sequence, learning_rate_scheduler  # noqa: F401
-from . import sequence_ext, rnn, nn_ext, activation_ext, tensor_ext, metric_ext, crf, misc_ext  # noqa: F401
+from . import sequence_ext, rnn, nn_ext, activation_ext, tensor_ext, metric_ext, crf, misc_ext, conv_ext  # noqa: F401
