@@ -93,6 +93,13 @@ class _Job:
         self.spec = spec
         self.servers, self.workers, self.plans = plan_job(spec)
         self.user_token = bool(os.environ.get(envmod.FLEETKIT_AUTH_TOKEN))
+        hosts = {ep.rpartition(":")[0] for ep in self.servers + self.workers}
+        if len(hosts) > 1 and not self.user_token:
+            # each host's launcher would draw its own secret and the hosts would refuse each other
+            raise SystemExit(
+                "fleetkit launch: a job on several hosts needs one FLEETKIT_AUTH_TOKEN shared by every host "
+                f"({', '.join(sorted(hosts))}); set the same value on each, e.g. the output of\n"
+                "    python -c 'import secrets; print(secrets.token_hex(16))'")
         self.token = os.environ.get(envmod.FLEETKIT_AUTH_TOKEN) or secrets.token_hex(16)
         self.progress = report.Progress(progress_period, metrics_file, _say)
         self.procs: list[Proc] = []
