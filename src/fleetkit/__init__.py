@@ -54,11 +54,10 @@ from .parallel_executor import ParallelExecutor  # noqa: E402
 from .core import backward  # noqa: E402
 from .core.compat import (CUDAPinnedPlace, LoDTensorArray, cpu_places, create_random_int_lodtensor,  # noqa: E402
                           cuda_pinned_places, cuda_places, in_dygraph_mode, name_scope)
-from .dataset import DataFeedDesc  # noqa: E402
 
 for _name in ("backward", "data_feeder", "param_attr"):
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
-__all__ += ["CUDAPinnedPlace", "DataFeedDesc", "LoDTensorArray", "ParallelExecutor", "batch", "cpu_places",
+__all__ += ["CUDAPinnedPlace", "LoDTensorArray", "ParallelExecutor", "batch", "cpu_places",
             "create_random_int_lodtensor", "cuda_pinned_places", "cuda_places", "in_dygraph_mode",
             "memory_optimize", "metrics", "name_scope", "nets", "profiler", "reader", "release_memory"]
 _LAZY["incubate"] = None
