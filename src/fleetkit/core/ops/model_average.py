@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
+from ..backend import to_numpy
 from ..registry import KernelContext, ShapeContext, register_op
 from .optimizer import _inplace
 
@@ -67,7 +66,7 @@ def _apply_infer(ctx: ShapeContext) -> None:
 def model_average_apply(ctx: KernelContext) -> None:
     """Backup = Param; Param = the window average (unchanged while nothing was accumulated)."""
     xp, p = ctx.xp, ctx.x("Param")
-    count = int(np.asarray(ctx.x("NumAccumulates")).sum() + np.asarray(ctx.x("OldNumAccumulates")).sum())
+    count = int(to_numpy(ctx.x("NumAccumulates")).sum() + to_numpy(ctx.x("OldNumAccumulates")).sum())
     ctx.out("Backup", p.copy())
     if count == 0:
         return
