@@ -4,8 +4,9 @@ Local: ``ctr_dnn.py --is_local 1``; cluster: ``--cloud_train 1`` with PaddleClou
 variables (TRAINING_ROLE, PADDLE_PSERVERS, PADDLE_PORT, PADDLE_TRAINERS_NUM,
 PADDLE_TRAINER_ID, POD_IP, PADDLE_IS_LOCAL).  Changed from PaddleRec: the imports, the
 data source (Criteo downloads; the stand-in reader yields the same samples, 13 dense
-floats, 26 sparse id lists and a label, with a learnable signal), smaller layers, and
-``exe.close()`` at the end of training (so hand-started pservers stop).  Saves
+floats, 26 sparse id lists and a label, with a learnable signal), smaller layers,
+``exe.close()`` at the end of training (so hand-started pservers stop), and an
+``--is_distributed`` flag for the embedding (PaddleRec hard-codes False).  Saves
 ``model_output_dir/pass-<i>`` with ``fluid.io.save_persistables`` after every pass on
 trainer 0, and ``model_output_dir/inference`` with ``save_inference_model`` at the end.
 """
@@ -58,14 +59,14 @@ class CriteoDataset(object):
 # -----------------------------------------------------------------------------------------
 
 
-def ctr_dnn_model(embedding_size, sparse_feature_dim, use_py_reader=True):
+def ctr_dnn_model(embedding_size, sparse_feature_dim, use_py_reader=True, is_distributed=False):
 
     def embedding_layer(input):
         emb = fluid.layers.embedding(
             input=input, is_sparse=True,
             # you need to patch https://github.com/PaddlePaddle/Paddle/pull/14190
             # if you want to set is_distributed to True
-            is_distributed=False,
+            is_distributed=is_distributed,
             size=[sparse_feature_dim, embedding_size],
             param_attr=fluid.ParamAttr(name="SparseFeatFactors", initializer=fluid.initializer.Uniform()))
         return fluid.layers.sequence_pool(input=emb, pool_type='average')
@@ -120,6 +121,7 @@ def parse_args():
     parser.add_argument('--endpoints', type=str, default='127.0.0.1:6000')
     parser.add_argument('--current_endpoint', type=str, default='127.0.0.1:6000')
     parser.add_argument('--role', type=str, default='pserver')
+    parser.add_argument('--is_distributed', type=int, default=0)
     return parser.parse_args()
 
 
@@ -186,8 +188,8 @@ def train():
         os.mkdir(args.model_output_dir)
 
     fluid.default_main_program().random_seed = fluid.default_startup_program().random_seed = 5
-    loss, auc_var, batch_auc_var, py_reader, words, predict = ctr_dnn_model(args.embedding_size,
-                                                                           args.sparse_feature_dim)
+    loss, auc_var, batch_auc_var, py_reader, words, predict = ctr_dnn_model(
+        args.embedding_size, args.sparse_feature_dim, is_distributed=bool(args.is_distributed))
     optimizer = fluid.optimizer.Adam(learning_rate=1e-2)
     optimizer.minimize(loss)
     if args.cloud_train:
