@@ -162,6 +162,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--batch_size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--checkpoint_dir", default=None,
+                    help="pservers checkpoint here (ps<i>/) and a restarted one resumes from it")
+    ap.add_argument("--checkpoint_interval_s", type=float, default=1.0)
     return ap.parse_args(argv)
 
 
@@ -170,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     fleet.init(fleet.PaddleCloudRoleMaker(is_collective=args.mode == "collective"))
     model = _build(args)
     if fleet.is_server():
-        fleet.init_server()
+        ckpt = os.path.join(args.checkpoint_dir, f"ps{fleet.server_index()}") if args.checkpoint_dir else None
+        fleet.init_server(checkpoint_dir=ckpt, checkpoint_interval_s=args.checkpoint_interval_s if ckpt else 0.0)
         fleet.run_server()
         return
     exe = fk.Executor(fk.CPUPlace())

@@ -182,7 +182,7 @@ class _Job:
         waiter = _ServerWait(self.servers)
         while True:
             for p in self._reap():
-                if p.outcome.failed:
+                if p.outcome.failed and not self._restart(p):
                     return self._fail(p)
             waiter.tick()
             self.progress.tick()
@@ -200,6 +200,29 @@ class _Job:
                      f"{self._stop_all()}")
                 return 124
             time.sleep(POLL_S)
+
+    def _restart(self, p: Proc) -> bool:
+        """``--max_restarts``: start a failed process again with the same plan (same endpoint,
+        same environment), so a pserver resumes from its checkpoint and an async trainer
+        rejoins.  False when it has used up its restarts (the job then fails)."""
+        if p.outcome.restarts >= self.spec.max_restarts or self._stopping_soon():
+            return False
+        p.join_reader()
+        n = p.outcome.restarts + 1
+        _say(f"fleetkit launch: restarting {p.name} on {p.plan.endpoint} (restart {n} of "
+             f"{self.spec.max_restarts}); it {p.outcome.how()}, last output: "
+             f"{p.outcome.tail[-1] if p.outcome.tail else '(none)'}")
+        log = os.path.join(self.spec.log_dir, f"{p.name}.log") if self.spec.log_dir else None
+        fresh = start_proc(self.spec.script, p.plan, child_env(p.plan, len(self.plans), self.token), log,
+                           self.spec.log_dir is None or p.name == self._console_worker(), self.progress.feed,
+                           restarts=n)
+        self.procs[self.procs.index(p)] = fresh
+        _say(f"fleetkit launch: {p.name} restarted as pid {fresh.pid}")
+        return True
+
+    def _stopping_soon(self) -> bool:
+        """A failure elsewhere already means the job ends: do not restart into it."""
+        return any(q.outcome.failed and q.outcome.restarts >= self.spec.max_restarts for q in self.procs)
 
     def _fail(self, first: Proc) -> int:
         """Find the cause (waiting a little when the first failure only reports another's), stop
