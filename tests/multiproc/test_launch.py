@@ -333,3 +333,16 @@ def test_waiting_for_pservers_is_announced(tmp_path):
         res.stderr
     assert "all 1 pservers ready after" in res.stderr
     assert "PSERVER  127.0.0.1:" in res.stderr
+
+
+def test_ctrl_c_says_what_it_stopped(tmp_path):
+    import signal as sig
+    proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", _write_pid_script(tmp_path, tmp_path / "pid")], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    pids = _wait_pids(tmp_path, 2)
+    proc.send_signal(sig.SIGINT)  # what Ctrl-C sends (to the launcher; its children have their own sessions)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted (Ctrl-C); stopped " in err and all(f"(pid {p})" in err for p in pids), err
+    assert "stopped by the launcher" in err  # the summary
+    assert not any(_running(p) for p in pids)
