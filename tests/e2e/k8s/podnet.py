@@ -4,7 +4,7 @@ Each pod gets ``ip netns`` namespace with a veth into a bridge owned by this
 kubelet (its own /24, gateway .1), so every pod has its own address and ports,
 as on a cluster.  Cluster DNS is played by hosts files: ``ip netns exec``
 bind-mounts ``/etc/netns/<ns>/hosts`` over ``/etc/hosts`` for the pod's
-processes, and the kubelet rewrites those files in place (the bind mount keeps
+processes (and ``resolv.conf`` likewise), and the kubelet rewrites the hosts files in place (the bind mount keeps
 the inode) whenever a headless service gains or loses an address.
 """
 from __future__ import annotations
@@ -51,14 +51,24 @@ class PodNetwork:
         _ip("-n", ns, "route", "add", "default", "via", self.gateway)
         os.makedirs(f"/etc/netns/{ns}", exist_ok=True)
         write_hosts(ns, {})
+        # No real DNS server: the host's would be routed out of the bridge and never
+        # answer, so resolvers asking it for AAAA records would wait seconds each.  A
+        # nameserver on the pod's own loopback refuses at once, like a cluster DNS's
+        # NXDOMAIN for a name it does not serve; the hosts file answers the rest.
+        with open(f"/etc/netns/{ns}/resolv.conf", "w") as f:
+            f.write("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         return ns, ip
 
     def remove(self, ns: str) -> None:
         """Delete a pod's namespace (its veth goes with it) and hosts file."""
         host = self._used.pop(ns, None)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        for name in ("hosts", "resolv.conf"):
+            try:
+                os.remove(f"/etc/netns/{ns}/{name}")
+            except OSError:
+                pass
         try:
-            os.remove(f"/etc/netns/{ns}/hosts")
             os.rmdir(f"/etc/netns/{ns}")
         except OSError:
             pass

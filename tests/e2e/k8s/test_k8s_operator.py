@@ -89,8 +89,8 @@ def test_exit_137_under_exitcode_is_retried_and_succeeds(cluster, ns, tmp_path):
     obj = wait_phase(cluster, ns, "retry")
     assert obj["status"]["phase"] == "Succeeded", obj["status"]
     assert obj["status"]["restartCount"] == 1
-    assert [c["type"] for c in obj["status"]["conditions"]] == ["Created", "Restarting", "Running", "Succeeded"] \
-        or [c["type"] for c in obj["status"]["conditions"]][-1] == "Succeeded"
+    types = [c["type"] for c in obj["status"]["conditions"]]
+    assert types[0] == "Created" and "Restarting" in types and types[-1] == "Succeeded", types
     assert any(r == "PodRestarting" and "exit code 137" in m for r, m in events(cluster, ns, obj["metadata"]["uid"]))
 
 

@@ -8,12 +8,16 @@ model trains on it, so no score is on seen data.  Prints ``AUC <value>``.
 """
 from __future__ import annotations
 
-import numpy as np
+import time
 
-import fleetkit as fk
-from fleetkit import fleet, layers
-from fleetkit.fleet import PaddleCloudRoleMaker
-from fleetkit.testing.ctr import CtrSpec, ctr_arrays
+T0 = time.monotonic()
+
+import numpy as np  # noqa: E402
+
+import fleetkit as fk  # noqa: E402
+from fleetkit import fleet, layers  # noqa: E402
+from fleetkit.fleet import PaddleCloudRoleMaker  # noqa: E402
+from fleetkit.testing.ctr import CtrSpec, ctr_arrays  # noqa: E402
 
 STEPS, BATCH, SPEC = 80, 64, CtrSpec(n_sparse=4, n_dense=4, vocab=50)
 
@@ -59,6 +63,7 @@ def main() -> None:
         print("pserver done", flush=True)
         return
     exe = fk.Executor(fk.CPUPlace())
+    print(f"trainer {fleet.worker_index()} built at {time.monotonic() - T0:.1f} s", flush=True)
     fleet.init_worker()
     exe.run(fleet.startup_program)
     tid, labels, scores = fleet.worker_index(), [], []
@@ -69,7 +74,8 @@ def main() -> None:
             labels.append(feed["label"].reshape(-1))
             scores.append(np.asarray(prob)[:, 1])
         if step % 20 == 0:
-            print(f"trainer {tid} step {step} loss {float(np.asarray(loss_v).reshape(-1)[0]):.4f}", flush=True)
+            print(f"trainer {tid} step {step} loss {float(np.asarray(loss_v).reshape(-1)[0]):.4f} "
+                  f"at {time.monotonic() - T0:.1f} s", flush=True)
     print(f"trainer {tid} AUC {auc(np.concatenate(labels), np.concatenate(scores)):.4f}", flush=True)
     fleet.stop_worker()
 
