@@ -275,3 +275,22 @@ def test_restart_from_checkpoint_logs_the_rollback(servers, tmp_path, caplog):
         in caplog.text
     c.close()
 
+
+
+def test_the_token_from_the_environment_is_used_by_every_channel(servers, monkeypatch):
+    """FLEETKIT_AUTH_TOKEN (what `fleetkit launch` sets) is all a job needs: gRPC calls, bulk
+    frames and the heartbeat stream all carry it (an accepted stream is what makes the
+    pserver notice the client leaving without COMPLETE)."""
+    s = servers(num_trainers=1, env={"FLEETKIT_AUTH_TOKEN": "job-token"})
+    monkeypatch.setenv("FLEETKIT_AUTH_TOKEN", "job-token")
+    c = _client(0)
+    c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    np.testing.assert_allclose(c.get_vars([(s.endpoint, "w")], barrier=False)[0], -LR)
+    c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    c.send_vars([(s.endpoint, "b@GRAD", np.ones(3))])
+    assert c.transport["bulk", "SendVariable"] >= 2   # bulk frames carried it too
+    time.sleep(1.5)                                   # heartbeats accepted: not lost meanwhile
+    assert s.proc.is_alive()
+    c.close()                                         # no COMPLETE: the watched trainer is lost
+    s.proc.join(10)
+    assert s.proc.exitcode not in (None, 0)

@@ -138,7 +138,8 @@ class TrainerLiveness:
                                              f"({type(e).__name__})")
             return b""
         if trainer is not None and not stopping():
-            self.closed(trainer, stream, "it closed its heartbeat stream without COMPLETE")
+            self.closed(trainer, stream, "its heartbeat stream ended without COMPLETE (the process exited "
+                                         "or closed its client)")
         return b""
 
 
