@@ -1,0 +1,118 @@
+"""More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
+continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
+merge_selected_rows, get_tensor_from_selected_rows."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ...errors import InvalidArgumentError
+from ..framework import Variable
+from ..layer_helper import LayerHelper
+from .conv import _require_4d, _to_pair
+from .conv_ext import image_resize
+from .metric_op import topk
+
+__all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
+           "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows"]
+
+
+def _vars(layer: str, **vs: Any) -> None:
+    for arg, v in vs.items():
+        if not isinstance(v, Variable):
+            raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
+
+
+def _op(op_type: str, inputs: dict, attrs: dict | None = None, out_slot: str = "Out", dtype: str | None = None,
+        name: str | None = None, stop_gradient: bool = False) -> Variable:
+    helper = LayerHelper(op_type, name=name)
+    first = next(iter(inputs.values()))
+    out = helper.create_variable_for_type_inference(dtype or first.dtype, stop_gradient=stop_gradient)
+    helper.append_op(op_type, {k: [v] for k, v in inputs.items()}, {out_slot: [out]}, attrs or {})
+    return out
+
+
+def adaptive_pool2d(input: Variable, pool_size: Any, pool_type: str = "max", require_index: bool = False,
+                    name: str | None = None) -> Variable:
+    """Max or average pooling to a fixed ``pool_size`` output grid, whatever the input size."""
+    _vars("adaptive_pool2d", input=input)
+    _require_4d("adaptive_pool2d", input)
+    if pool_type not in ("max", "avg"):
+        raise InvalidArgumentError(f"adaptive_pool2d: pool_type must be 'max' or 'avg', got {pool_type!r}")
+    if require_index:
+        raise InvalidArgumentError("adaptive_pool2d: require_index (the max positions) is not supported")
+    return _op("adaptive_pool2d", {"X": input}, {"ksize": _to_pair(pool_size, "adaptive_pool2d", "pool_size"),
+                                                 "pooling_type": pool_type}, name=name)
+
+
+def image_resize_short(input: Variable, out_short_len: int, resample: str = "BILINEAR") -> Variable:
+    """Resize so the shorter of H and W becomes ``out_short_len``, keeping the aspect ratio."""
+    _vars("image_resize_short", input=input)
+    hw = list(input.shape[2:4])
+    if len(hw) != 2 or min(hw) <= 0:
+        raise InvalidArgumentError(f"image_resize_short: input '{input.name}' needs known H and W, got "
+                                   f"{list(input.shape)}")
+    short = hw.index(min(hw))
+    out = list(hw)
+    out[short] = int(out_short_len)
+    out[1 - short] = int(float(hw[1 - short]) * (float(out_short_len) / float(hw[short])) + 0.5)
+    return image_resize(input, out_shape=out, resample=resample)
+
+
+def continuous_value_model(input: Variable, cvm: Variable, use_cvm: bool = True) -> Variable:
+    """The CVM op of Paddle's CTR stack: input's first two columns are show and click counts;
+    with ``use_cvm`` they become log(show + 1) and log(click + 1) - log(show + 1), else they are
+    dropped.  Their gradient is the ``cvm`` input itself, as in fluid."""
+    _vars("continuous_value_model", input=input, cvm=cvm)
+    return _op("cvm", {"X": input, "CVM": cvm}, {"use_cvm": bool(use_cvm)}, out_slot="Y")
+
+
+def ctc_greedy_decoder(input: Variable, blank: int, name: str | None = None) -> Variable:
+    """Best path decoding of per-step class probabilities [T, C] (a LoD tensor): the arg max
+    of each step, repeats merged, ``blank`` removed.  Returns int64 [T', 1] with the LoD."""
+    _vars("ctc_greedy_decoder", input=input)
+    _, ids = topk(input, k=1)
+    return _op("ctc_align", {"Input": ids}, {"blank": int(blank), "merge_repeated": True}, out_slot="Output",
+               dtype="int64", name=name, stop_gradient=True)
+
+
+def mean_iou(input: Variable, label: Variable, num_classes: int) -> tuple[Variable, Variable, Variable]:
+    """Mean intersection-over-union of predicted and true class ids; returns
+    (mean_iou, wrong counts per class, correct counts per class)."""
+    _vars("mean_iou", input=input, label=label)
+    helper = LayerHelper("mean_iou")
+    outs = {s: helper.create_variable_for_type_inference(dt, stop_gradient=True)
+            for s, dt in (("OutMeanIou", "float32"), ("OutWrong", "int32"), ("OutCorrect", "int32"))}
+    helper.append_op("mean_iou", {"Predictions": [input], "Labels": [label]}, {k: [v] for k, v in outs.items()},
+                     {"num_classes": int(num_classes)})
+    return outs["OutMeanIou"], outs["OutWrong"], outs["OutCorrect"]
+
+
+def sequence_scatter(input: Variable, index: Variable, updates: Variable, name: str | None = None) -> Variable:
+    """Add ``updates`` into row i of ``input`` at the columns ``index`` lists for sequence i."""
+    _vars("sequence_scatter", input=input, index=index, updates=updates)
+    return _op("sequence_scatter", {"X": input, "Ids": index, "Updates": updates}, name=name)
+
+
+def random_crop(x: Variable, shape: Sequence[int], seed: Any = None) -> Variable:
+    """A random ``shape`` window of the trailing dims of every instance."""
+    _vars("random_crop", x=x)
+    if isinstance(seed, Variable):
+        raise InvalidArgumentError("random_crop: a Variable seed is not supported; pass an int")
+    return _op("random_crop", {"X": x}, {"shape": [int(d) for d in shape], "startup_seed": int(seed or 0)},
+               stop_gradient=True)
+
+
+def merge_selected_rows(x: Variable, name: str | None = None) -> Variable:
+    """Sum the repeated rows of a SelectedRows (e.g. a sparse gradient)."""
+    _vars("merge_selected_rows", x=x)
+    helper = LayerHelper("merge_selected_rows", name=name)
+    out = helper.create_variable(name=f"{helper.name}.out", dtype=x.dtype, type="selected_rows",
+                                 stop_gradient=True)
+    helper.append_op("merge_selected_rows", {"X": [x]}, {"Out": [out]})
+    return out
+
+
+def get_tensor_from_selected_rows(x: Variable, name: str | None = None) -> Variable:
+    """The value tensor of a SelectedRows."""
+    _vars("get_tensor_from_selected_rows", x=x)
+    return _op("get_tensor_from_selected_rows", {"X": x}, name=name, stop_gradient=True)

@@ -1,0 +1,121 @@
+"""adaptive_pool2d, image_resize_short, continuous_value_model (cvm), ctc_greedy_decoder,
+mean_iou, sequence_scatter, random_crop, merge_selected_rows, get_tensor_from_selected_rows."""
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.core.scope import SelectedRows
+from fleetkit.errors import InvalidArgumentError
+from fleetkit.testing.gradcheck import check_grad
+
+RNG = np.random.default_rng(15)
+
+
+def _run(fetch, feed=None, **kw):
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    return exe.run(feed=feed or {}, fetch_list=fetch, **kw)
+
+
+def _d(name, shape, dtype="float64", **kw):
+    return layers.data(name, shape, dtype=dtype, **kw)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_pool2d(kind):
+    x = RNG.permutation(2 * 3 * 5 * 7).reshape(2, 3, 5, 7).astype(np.float64) / 10  # distinct: no max ties
+    check_grad("adaptive_pool2d", {"X": x}, {"ksize": [2, 3], "pooling_type": kind})
+    (got,) = _run([layers.adaptive_pool2d(_d("x", [3, 5, 7]), [2, 3], kind)], {"x": x})
+    f = np.max if kind == "max" else np.mean
+    hb, wb = [(0, 3), (2, 5)], [(0, 3), (2, 5), (4, 7)]
+    want = np.stack([np.stack([f(x[:, :, a:b, c:d], axis=(2, 3)) for c, d in wb], -1) for a, b in hb], -2)
+    np.testing.assert_allclose(got, want)
+
+
+def test_image_resize_short():
+    out = layers.image_resize_short(_d("x", [1, 4, 8]), 2)
+    assert out.shape == (-1, 1, 2, 4)
+
+
+def test_cvm_forward_and_its_fluid_gradient():
+    x = np.abs(RNG.normal(size=(3, 5))) * 4
+    c = np.abs(RNG.normal(size=(3, 2)))
+    xv, cv = _d("x", [5]), _d("c", [2])
+    y1, y0 = layers.continuous_value_model(xv, cv, True), layers.continuous_value_model(xv, cv, False)
+    assert y1.shape == (-1, 5) and y0.shape == (-1, 3)
+    got = _run([y1, y0], {"x": x, "c": c})
+    want = x.copy()
+    want[:, 0], want[:, 1] = np.log(x[:, 0] + 1), np.log(x[:, 1] + 1) - np.log(x[:, 0] + 1)
+    np.testing.assert_allclose(got[0], want)
+    np.testing.assert_array_equal(got[1], x[:, 2:])
+    # the embedding columns get true gradients; the show/click columns get the CVM input (fluid's rule)
+    prog = fk.Program()
+    b = prog.global_block()
+    for n, v in (("x", x), ("c", c), ("g", np.ones((3, 5)))):
+        b.create_var(name=n, shape=v.shape, dtype="float64")
+    b.append_op("cvm_grad", {"X": ["x"], "CVM": ["c"], "Y@GRAD": ["g"]}, {"X@GRAD": ["dx"]}, {"use_cvm": True},
+                infer=False)
+    (dx,) = fk.Executor().run(prog, feed={"x": x, "c": c, "g": np.full((3, 5), 2.0)}, fetch_list=["dx"])
+    np.testing.assert_array_equal(dx[:, 2:], 2.0)
+    np.testing.assert_array_equal(dx[:, :2], c)
+
+
+def test_ctc_greedy_decoder():
+    # argmax per step: [1 1 0 2 2 | 0 0 | 3 0 3]
+    steps = [1, 1, 0, 2, 2, 0, 0, 3, 0, 3]
+    probs = np.eye(4)[steps] + 0.01
+    (got,) = _run([layers.ctc_greedy_decoder(_d("p", [4], lod_level=1), blank=0)],
+                  {"p": (probs, [[5, 2, 3]])}, return_numpy=False)
+    assert np.asarray(got).ravel().tolist() == [1, 2, 3, 3] and got.lod() == [[0, 2, 2, 4]]
+
+
+def test_mean_iou():
+    p, lab = np.array([0, 1, 1, 2, 2, 2]), np.array([0, 1, 2, 2, 2, 0])
+    miou, wrong, correct = _run(list(layers.mean_iou(_d("p", [], dtype="int32"), _d("l", [], dtype="int32"), 4)),
+                                {"p": p.astype("int32"), "l": lab.astype("int32")})
+    # class 0: 1 right, 1 wrong; class 1: 1 right, 1 wrong (predicted for a 2); class 2: 2 right, 2 wrong
+    assert correct.tolist() == [1, 1, 2, 0] and wrong.tolist() == [1, 1, 2, 0]
+    assert float(miou[0]) == pytest.approx((0.5 + 0.5 + 0.5) / 3)
+
+
+def test_sequence_scatter():
+    x = RNG.normal(size=(2, 4))
+    ids, upd = np.array([[1], [1], [3], [0]]), RNG.normal(size=(4, 1))
+    check_grad("sequence_scatter", {"X": x, "Ids": (ids, [[0, 3, 4]]), "Updates": (upd, [[0, 3, 4]])},
+               wrt=["X", "Updates"])
+    (got,) = _run([layers.sequence_scatter(_d("x", [4]), _d("i", [1], dtype="int64", lod_level=1),
+                                           _d("u", [1], lod_level=1))],
+                  {"x": x, "i": (ids, [[3, 1]]), "u": (upd, [[3, 1]])})
+    want = x.copy()
+    want[0, 1] += upd[0, 0] + upd[1, 0]
+    want[0, 3] += upd[2, 0]
+    want[1, 0] += upd[3, 0]
+    np.testing.assert_allclose(got, want)
+
+
+def test_random_crop():
+    x = np.arange(2 * 5 * 6, dtype=np.float64).reshape(2, 5, 6)
+    (got,) = _run([layers.random_crop(_d("x", [5, 6]), [3, 4], seed=7)], {"x": x})
+    assert got.shape == (2, 3, 4)
+    for i in range(2):  # each crop is a contiguous window of its own instance
+        r0, c0 = np.argwhere(x[i] == got[i, 0, 0])[0]
+        np.testing.assert_array_equal(got[i], x[i, r0:r0 + 3, c0:c0 + 4])
+
+
+def test_selected_rows_layers():
+    prog = fk.Program()
+    with fk.program_guard(prog, fk.Program()):
+        x = prog.global_block().create_var(name="sr", dtype="float64", type="selected_rows")
+        merged = layers.merge_selected_rows(x)
+        values = layers.get_tensor_from_selected_rows(merged)
+    sr = SelectedRows(np.array([3, 1, 3]), np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]), 5)
+    scope = fk.Scope()
+    scope.set("sr", sr)  # as a sparse gradient would be: SelectedRows live in the scope, they are not fed
+    m, v = fk.Executor().run(prog, scope=scope, fetch_list=[merged, values], return_numpy=False)
+    assert isinstance(m, SelectedRows) and sorted(np.asarray(m.rows).tolist()) == [1, 3]
+    np.testing.assert_allclose(m.to_dense(), sr.to_dense())
+    assert np.asarray(v).shape == (2, 2)
+    with pytest.raises(InvalidArgumentError, match="not a SelectedRows"):
+        scope.set("sr", np.ones((2, 2)))
+        fk.Executor().run(prog, scope=scope, fetch_list=[merged])
