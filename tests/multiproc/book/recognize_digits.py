@@ -22,7 +22,7 @@ def _digits(part):
     d = load_digits()
     img = numpy.kron(d.images, numpy.ones((4, 4)))[:, 2:30, 2:30]  # 8x8 -> 28x28 (trimmed)
     img = (img / 8.0 - 1.0).astype("float32").reshape(-1, 784)
-    lo, hi = (0, 400) if part == "train" else (1500, 1600)
+    lo, hi = (0, 320) if part == "train" else (1500, 1564)
 
     def reader():
         for i in range(lo, hi):

@@ -38,7 +38,7 @@ class imikolov:  # noqa: N801
         return reader
 
     train = staticmethod(lambda word_dict, n: imikolov._reader(word_dict, n, 1, 2000))
-    test = staticmethod(lambda word_dict, n: imikolov._reader(word_dict, n, 2, 200))
+    test = staticmethod(lambda word_dict, n: imikolov._reader(word_dict, n, 2, 100))
 # ------------------------------------------------------------------------------------
 
 EMBED_SIZE = 32
