@@ -208,3 +208,16 @@ def test_pipe_reader_plain_gzip_and_failure(tmp_path):
     with pytest.raises(InvalidArgumentError, match="file_type"):
         preader.PipeReader("cat", file_type="zip")
     assert list(preader.Fake()(lambda: iter([7, 8]), 3)()) == [7, 7, 7]
+
+
+def test_create_py_reader_by_data_reads_into_the_data_vars():
+    main, start = fluid.Program(), fluid.Program()
+    with fluid.program_guard(main, start):
+        x = fluid.layers.data("x", shape=[4])
+        y = fluid.layers.data("y", shape=[1], dtype="int64")
+        r = fluid.layers.create_py_reader_by_data(capacity=2, feed_list=[x, y])
+        xs, ys = fluid.layers.read_file(r)
+        again = fluid.layers.read_file(r)  # a second read gets fresh variables
+    assert (xs, ys) == (x, y) and again[0].name != "x" and again[0].shape == x.shape
+    with pytest.raises(InvalidArgumentError, match="Variables"):
+        fluid.layers.create_py_reader_by_data(2, ["x"])

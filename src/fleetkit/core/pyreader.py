@@ -304,12 +304,12 @@ def py_reader(capacity: int, shapes: Sequence[Sequence[int]], dtypes: Sequence[A
 
 def create_py_reader_by_data(capacity: int, feed_list: Sequence[Variable], name: str | None = None,
                              use_double_buffer: bool = True) -> ReaderVariable:
-    """A reader shaped like ``feed_list`` (vars from ``layers.data``)."""
-    slots = _slot_specs([v.shape for v in feed_list], [v.dtype for v in feed_list],
-                        [v.lod_level for v in feed_list], "create_py_reader_by_data")
-    for s, v in zip(slots, feed_list):
-        s.name = v.name
-    return _reader_var(name, slots, capacity)
+    """A reader shaped like ``feed_list`` (vars from ``layers.data``); ``read_file`` on it
+    returns those very variables, so feed names (inference models, DataFeeder) stay theirs."""
+    if not feed_list or not all(isinstance(v, Variable) for v in feed_list):
+        raise InvalidArgumentError(f"create_py_reader_by_data: feed_list must be a non-empty list of Variables, "
+                                   f"got {feed_list!r}")
+    return _reader_var(name, list(feed_list), capacity)
 
 
 def read_file(reader: ReaderVariable) -> Any:
@@ -318,10 +318,22 @@ def read_file(reader: ReaderVariable) -> Any:
         raise InvalidArgumentError(f"read_file: expected the variable py_reader returned, got {reader!r}")
     q = _queue_of(reader.name)
     block = default_main_program().global_block()
-    outs = [block.create_var(name=unique_name.generate(f"{reader.name}_{s.name}"), shape=s.shape, dtype=s.dtype,
-                             lod_level=s.lod_level, stop_gradient=True, is_data=True) for s in q.slots]
+    if _unwritten_vars_of(block, q.slots):
+        outs = list(q.slots)  # create_py_reader_by_data: the read op fills the data vars themselves
+    else:
+        outs = [block.create_var(name=unique_name.generate(f"{reader.name}_{s.name}"), shape=s.shape,
+                                 dtype=s.dtype, lod_level=s.lod_level, stop_gradient=True, is_data=True)
+                for s in q.slots]
     _append_read(block, reader.name, outs)
     return outs[0] if len(outs) == 1 else outs
+
+
+def _unwritten_vars_of(block: Any, slots: Sequence[Any]) -> bool:
+    """Whether ``slots`` are variables of ``block`` that no op writes yet."""
+    if not all(isinstance(s, Variable) and block._find_var_recursive(s.name) is s for s in slots):
+        return False
+    names = {s.name for s in slots}
+    return not any(names.intersection(op.output_arg_names) for op in block.ops)
 
 
 def _append_read(block: Any, reader_name: str, outs: Sequence[Variable]) -> None:
