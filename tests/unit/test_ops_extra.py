@@ -119,3 +119,27 @@ def test_selected_rows_layers():
     with pytest.raises(InvalidArgumentError, match="not a SelectedRows"):
         scope.set("sr", np.ones((2, 2)))
         fk.Executor().run(prog, scope=scope, fetch_list=[merged])
+
+
+def test_affine_grid_and_grid_sampler():
+    theta = np.array([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, -1.0, 0.1], [1.0, 0.0, -0.2]]])
+    check_grad("affine_grid", {"Theta": theta}, {"output_shape": [2, 1, 3, 4]}, outputs=("Output",))
+    x = RNG.normal(size=(2, 2, 4, 5))
+    grid = RNG.uniform(-1.2, 1.2, size=(2, 3, 3, 2))  # some points fall outside the image
+    frac_x, frac_y = (grid[..., 0] + 1) * 2, (grid[..., 1] + 1) * 1.5
+    assert min(np.abs(frac_x - np.round(frac_x)).min(), np.abs(frac_y - np.round(frac_y)).min()) > 1e-3
+    check_grad("grid_sampler", {"X": x, "Grid": grid}, outputs=("Output",))
+    tv, xv = _d("t", [2, 3]), _d("x", [2, 4, 5])
+    g = layers.affine_grid(tv, [2, 2, 4, 5])
+    out = layers.grid_sampler(xv, g)
+    ident = np.tile(np.array([[[1.0, 0, 0], [0, 1.0, 0]]]), (2, 1, 1))
+    got_g, got = _run([g, out], {"t": ident, "x": x})
+    np.testing.assert_allclose(got, x, atol=1e-12)  # the identity map samples every pixel exactly
+    np.testing.assert_allclose(got_g[0, 0, :, 0], np.linspace(-1, 1, 5))
+
+
+def test_fsp_matrix():
+    x, y = RNG.normal(size=(2, 3, 2, 2)), RNG.normal(size=(2, 4, 2, 2))
+    check_grad("fsp_matrix", {"X": x, "Y": y})
+    (got,) = _run([layers.fsp_matrix(_d("x", [3, 2, 2]), _d("y", [4, 2, 2]))], {"x": x, "y": y})
+    np.testing.assert_allclose(got, np.einsum("nchw,ndhw->ncd", x, y) / 4)

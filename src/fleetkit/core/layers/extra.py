@@ -1,6 +1,6 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
-merge_selected_rows, get_tensor_from_selected_rows."""
+merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -13,7 +13,8 @@ from .conv_ext import image_resize
 from .metric_op import topk
 
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
-           "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows"]
+           "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
+           "grid_sampler", "fsp_matrix"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -116,3 +117,26 @@ def get_tensor_from_selected_rows(x: Variable, name: str | None = None) -> Varia
     """The value tensor of a SelectedRows."""
     _vars("get_tensor_from_selected_rows", x=x)
     return _op("get_tensor_from_selected_rows", {"X": x}, name=name, stop_gradient=True)
+
+
+def affine_grid(theta: Variable, out_shape: Sequence[int], name: str | None = None) -> Variable:
+    """The sampling grid [N, H, W, 2] of the affine maps ``theta`` [N, 2, 3] for an output of
+    ``out_shape`` [N, C, H, W] (a list)."""
+    _vars("affine_grid", theta=theta)
+    if isinstance(out_shape, Variable):
+        raise InvalidArgumentError("affine_grid: out_shape must be a list here (a Variable is not supported)")
+    return _op("affine_grid", {"Theta": theta}, {"output_shape": [int(d) for d in out_shape]}, out_slot="Output",
+               name=name)
+
+
+def grid_sampler(x: Variable, grid: Variable, name: str | None = None) -> Variable:
+    """Bilinear samples of ``x`` [N, C, H, W] at ``grid`` [N, H', W', 2] (coordinates in [-1, 1],
+    zero outside the image)."""
+    _vars("grid_sampler", x=x, grid=grid)
+    return _op("grid_sampler", {"X": x, "Grid": grid}, out_slot="Output", name=name)
+
+
+def fsp_matrix(x: Variable, y: Variable) -> Variable:
+    """The flow-of-solution-procedure matrix [N, C_x, C_y] of two feature maps (distillation)."""
+    _vars("fsp_matrix", x=x, y=y)
+    return _op("fsp_matrix", {"X": x, "Y": y})
