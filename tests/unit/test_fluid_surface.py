@@ -228,3 +228,45 @@ def test_parallel_executor_runs_like_the_executor():
     assert pe.device_count == 1
     with pytest.raises(InvalidArgumentError, match="num_trainers=2"):
         fluid.ParallelExecutor(False, loss.name, main, num_trainers=2)
+
+
+def _reader_mlp_losses(place):
+    """An MLP fed by a py_reader, with memory_optimize, trained 2 passes on ``place``."""
+    data = _mlp_data(40, 16)
+    samples = list(zip(data["x"], data["y"]))
+    main, start = fluid.Program(), fluid.Program()
+    main.random_seed = start.random_seed = 4
+    with fluid.program_guard(main, start):
+        x = fluid.layers.data("x", [16])
+        y = fluid.layers.data("y", [1], dtype="int64")
+        reader = fluid.layers.create_py_reader_by_data(capacity=4, feed_list=[x, y])
+        x, y = fluid.layers.read_file(reader)
+        pred = fluid.layers.fc(fluid.layers.fc(x, 16, act="relu"), 4, act="softmax")
+        loss = fluid.layers.mean(fluid.layers.cross_entropy(pred, y))
+        fluid.optimizer.Adam(0.01).minimize(loss)
+    fluid.memory_optimize(main)
+    reader.decorate_paddle_reader(fluid.batch(lambda: iter(samples), 8))
+    exe, scope = fluid.Executor(place), fluid.Scope()
+    exe.run(start, scope=scope)
+    losses = []
+    for _ in range(2):
+        reader.start()
+        try:
+            while True:
+                losses.append(exe.run(main, fetch_list=[loss], scope=scope)[0].item())
+        except fluid.core.EOFException:
+            reader.reset()
+    return losses
+
+
+@pytest.mark.gpu
+def test_py_reader_and_eager_deletion_on_gpu_match_cpu():
+    cpu = _reader_mlp_losses(fluid.CPUPlace())
+    gpu = _reader_mlp_losses(fluid.CUDAPlace(0))
+    assert len(cpu) == 10
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4, atol=1e-6)
+
+
+def test_py_reader_with_eager_deletion_trains():
+    losses = _reader_mlp_losses(fluid.CPUPlace())
+    assert len(losses) == 10 and np.mean(losses[5:]) < np.mean(losses[:5])  # the second pass fits better
