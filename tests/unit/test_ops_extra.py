@@ -143,3 +143,38 @@ def test_fsp_matrix():
     check_grad("fsp_matrix", {"X": x, "Y": y})
     (got,) = _run([layers.fsp_matrix(_d("x", [3, 2, 2]), _d("y", [4, 2, 2]))], {"x": x, "y": y})
     np.testing.assert_allclose(got, np.einsum("nchw,ndhw->ncd", x, y) / 4)
+
+
+def test_space_to_depth_matches_fluid_element_order():
+    x = RNG.normal(size=(2, 8, 4, 6))
+    check_grad("space_to_depth", {"X": x}, {"blocksize": 2})
+    (got,) = _run([layers.space_to_depth(_d("x", [8, 4, 6]), 2)], {"x": x})
+    assert got.shape == (2, 32, 2, 3)
+    # fluid's loop: input (b, k, j, i) goes to flat position w2 + W*bs*(h2 + H*bs*(k % oc + oc*b))
+    flat, oc = np.empty(x.size), 8 // 4
+    for b, k, j, i in np.ndindex(*x.shape):
+        off = k // oc
+        flat[(i * 2 + off % 2) + 12 * ((j * 2 + off // 2) + 8 * (k % oc + oc * b))] = x[b, k, j, i]
+    np.testing.assert_array_equal(got.reshape(-1), flat)
+
+
+def test_temporal_shift():
+    x = RNG.normal(size=(2 * 3, 4, 1, 2))
+    check_grad("temporal_shift", {"X": x}, {"seg_num": 3, "shift_ratio": 0.25})
+    (got,) = _run([layers.temporal_shift(_d("x", [4, 1, 2]), seg_num=3)], {"x": x})
+    v, o = x.reshape(2, 3, 4, 1, 2), got.reshape(2, 3, 4, 1, 2)
+    for t in range(3):
+        np.testing.assert_array_equal(o[:, t, 0], v[:, t - 1, 0] if t > 0 else 0)   # channel 0: previous frame
+        np.testing.assert_array_equal(o[:, t, 1], v[:, t + 1, 1] if t < 2 else 0)   # channel 1: next frame
+        np.testing.assert_array_equal(o[:, t, 2:], v[:, t, 2:])
+
+
+def test_teacher_student_sigmoid_loss():
+    x = RNG.normal(size=(8, 1)) * 3
+    lab = np.array([[-2.0], [-1.0], [0.3], [1.7], [-2.0], [-1.0], [0.0], [1.0]])
+    check_grad("teacher_student_sigmoid_loss", {"X": x, "Label": lab}, outputs=("Y",), wrt=["X"])
+    (got,) = _run([layers.teacher_student_sigmoid_loss(_d("x", [1]), _d("l", [1]))], {"x": x, "l": lab})
+    sp = np.log1p(np.exp(x))
+    want = np.where(lab < -1, sp, np.where(lab < 0, sp - x, np.where(lab < 1, 2 * sp - x * lab,
+                                                                       2 * sp - x - x * (lab - 1))))
+    np.testing.assert_allclose(got, want)

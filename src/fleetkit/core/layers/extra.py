@@ -1,6 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
-merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix."""
+merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
+temporal_shift, teacher_student_sigmoid_loss."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -14,7 +15,7 @@ from .metric_op import topk
 
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
-           "grid_sampler", "fsp_matrix"]
+           "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -140,3 +141,26 @@ def fsp_matrix(x: Variable, y: Variable) -> Variable:
     """The flow-of-solution-procedure matrix [N, C_x, C_y] of two feature maps (distillation)."""
     _vars("fsp_matrix", x=x, y=y)
     return _op("fsp_matrix", {"X": x, "Y": y})
+
+
+def space_to_depth(x: Variable, blocksize: int, name: str | None = None) -> Variable:
+    """[N, C, H, W] -> [N, C * b * b, H / b, W / b], with fluid's (darknet reorg) element order."""
+    _vars("space_to_depth", x=x)
+    return _op("space_to_depth", {"X": x}, {"blocksize": int(blocksize)}, name=name)
+
+
+def temporal_shift(x: Variable, seg_num: int, shift_ratio: float = 0.25, name: str | None = None) -> Variable:
+    """Temporal shift (TSM) of [N * seg_num, C, H, W] frames: the first shift_ratio of the
+    channels read the previous frame, the next shift_ratio the following one."""
+    _vars("temporal_shift", x=x)
+    return _op("temporal_shift", {"X": x}, {"seg_num": int(seg_num), "shift_ratio": float(shift_ratio)}, name=name)
+
+
+def teacher_student_sigmoid_loss(input: Variable, label: Variable, soft_max_up_bound: float = 15.0,
+                                 soft_max_lower_bound: float = -15.0) -> Variable:
+    """Sigmoid cross entropy against a click and, when present, a teacher's score (label -2:
+    no click, no score; -1: click, no score; q in [0, 1): no click, score q; 1 + q: click)."""
+    _vars("teacher_student_sigmoid_loss", input=input, label=label)
+    return _op("teacher_student_sigmoid_loss", {"X": input, "Label": label},
+               {"soft_max_up_bound": float(soft_max_up_bound), "soft_max_lower_bound": float(soft_max_lower_bound)},
+               out_slot="Y")

@@ -290,3 +290,34 @@ def gaussian_random_batch_size_like(ctx: KernelContext) -> None:
     rng = np.random.default_rng(seed) if seed else ctx.rng
     a = rng.normal(ctx.attrs["mean"], ctx.attrs["std"], size=shape)
     ctx.out("Out", ctx.xp.asarray(a.astype(convert_dtype(ctx.attrs["dtype"]), copy=False)))
+
+
+# --------------------------------------------------- teacher_student_sigmoid_loss
+def _tss_infer(ctx: ShapeContext) -> None:
+    ctx.set("Y", (ctx.shape("X")[0], 1), ctx.dtype("X"), 0)
+
+
+@register_op("teacher_student_sigmoid_loss", _tss_infer, no_grad_inputs=("Label",),
+             attrs={"soft_max_up_bound": 15.0, "soft_max_lower_bound": -15.0})
+def teacher_student_sigmoid_loss(ctx: KernelContext) -> None:
+    """Click cross entropy plus, when a teacher score q is given, cross entropy against q.
+
+    Label codes: -2 no click and no q; -1 click, no q; q (in [0, 1)) no click; 1 + q click.
+    """
+    xp, x, lab = ctx.xp, ctx.x("X"), ctx.x("Label")
+    base = xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))  # softplus(x), stable
+    y = xp.where(lab < -1, base, xp.where(lab < 0, base - x, xp.where(
+        lab < 1, 2 * base - x * lab, 2 * base - x - x * (lab - 1))))
+    ctx.out("Y", y.reshape(-1, 1).astype(x.dtype, copy=False))
+
+
+@register_grad("teacher_student_sigmoid_loss")
+def teacher_student_sigmoid_loss_grad(ctx: KernelContext) -> None:
+    """d loss / dx from the sigmoid of x clipped to the bounds, zero where x is clipped (fluid)."""
+    xp, x, lab, a = ctx.xp, ctx.x("X"), ctx.x("Label"), ctx.attrs
+    lo, hi = a["soft_max_lower_bound"], a["soft_max_up_bound"]
+    s = xp.clip(x, lo, hi)
+    pred = _sigmoid(xp, s, None)
+    d = xp.where(lab < -1, pred, xp.where(lab < 0, pred - 1, 2 * pred - lab))
+    d = xp.where((s >= hi) | (s <= lo), 0, d)
+    ctx.out("X@GRAD", (d * ctx.x("Y@GRAD").reshape(x.shape)).astype(x.dtype, copy=False))

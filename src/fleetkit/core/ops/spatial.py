@@ -133,3 +133,74 @@ def fsp_matrix_grad(ctx: KernelContext) -> None:
         ctx.out("X@GRAD", (g @ _flat(y) / hw).reshape(x.shape))
     if ctx.wants("Y@GRAD"):
         ctx.out("Y@GRAD", (g.swapaxes(1, 2) @ _flat(x) / hw).reshape(y.shape))
+
+
+# ----------------------------------------------------------- space_to_depth
+def _s2d_infer(ctx: ShapeContext) -> None:
+    s, b = ctx.shape("X"), int(ctx.attr("blocksize"))
+    if len(s) != 4 or b < 1 or any(d > 0 and d % m for d, m in ((s[1], b * b), (s[2], b), (s[3], b))):
+        raise ctx.fail(f"X must be [N, C, H, W] with C divisible by blocksize^2 and H, W by blocksize={b}")
+    ctx.set("Out", (s[0], s[1] * b * b if s[1] > 0 else -1, s[2] // b if s[2] > 0 else -1,
+                    s[3] // b if s[3] > 0 else -1), ctx.dtype("X"), 0)
+
+
+def _s2d_perm(shape: tuple, b: int) -> np.ndarray:
+    """fluid's (darknet "reorg") layout: where each input element lands in the output buffer."""
+    n, c, h, w = shape
+    oc = c // (b * b)
+    bb, k, j, i = np.meshgrid(np.arange(n), np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+    off = k // oc
+    w2, h2 = i * b + off % b, j * b + off // b
+    return (w2 + w * b * (h2 + h * b * (k % oc + oc * bb))).reshape(-1)
+
+
+@register_op("space_to_depth", _s2d_infer, attrs={"blocksize": 1})
+def space_to_depth(ctx: KernelContext) -> None:
+    """Rearrange blocksize x blocksize spatial blocks into channels (fluid's element order)."""
+    x, b = ctx.x("X"), int(ctx.attrs["blocksize"])
+    out = ctx.xp.empty(x.size, dtype=x.dtype)
+    out[ctx.xp.asarray(_s2d_perm(x.shape, b))] = x.reshape(-1)
+    n, c, h, w = x.shape
+    ctx.out("Out", out.reshape(n, c * b * b, h // b, w // b))
+
+
+@register_grad("space_to_depth")
+def space_to_depth_grad(ctx: KernelContext) -> None:
+    x, b = ctx.x("X"), int(ctx.attrs["blocksize"])
+    g = ctx.x("Out@GRAD").reshape(-1)
+    ctx.out("X@GRAD", g[ctx.xp.asarray(_s2d_perm(x.shape, b))].reshape(x.shape))
+
+
+# ------------------------------------------------------------ temporal_shift
+def _tshift_infer(ctx: ShapeContext) -> None:
+    s, t = ctx.shape("X"), int(ctx.attr("seg_num"))
+    if len(s) != 4 or t < 1 or (s[0] > 0 and s[0] % t) or not 0 < float(ctx.attr("shift_ratio")) <= 0.5:
+        raise ctx.fail(f"X must be [N * seg_num, C, H, W] (seg_num={t}) and shift_ratio in (0, 0.5]")
+    ctx.share("X", "Out")
+
+
+def _tshift(xp: Any, x: Any, t: int, ratio: float, back: bool) -> Any:
+    """Channels [0, c1) read the previous frame, [c1, c2) the next one (zeros past the ends);
+    ``back`` applies the transpose (the gradient)."""
+    nt, c, h, w = x.shape
+    c1, c2 = int(c * ratio), int(c * 2 * ratio)
+    v = x.reshape(nt // t, t, c, h, w)
+    out = xp.zeros_like(v)
+    prev, nxt = (slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))
+    a, b = (nxt, prev) if not back else (prev, nxt)
+    out[:, a[1], :c1], out[:, b[1], c1:c2] = v[:, a[0], :c1], v[:, b[0], c1:c2]
+    out[:, :, c2:] = v[:, :, c2:]
+    return out.reshape(x.shape)
+
+
+@register_op("temporal_shift", _tshift_infer, attrs={"seg_num": 1, "shift_ratio": 0.25})
+def temporal_shift(ctx: KernelContext) -> None:
+    """Shift part of the channels one frame back and part one frame forward (TSM)."""
+    a = ctx.attrs
+    ctx.out("Out", _tshift(ctx.xp, ctx.x("X"), int(a["seg_num"]), float(a["shift_ratio"]), False))
+
+
+@register_grad("temporal_shift")
+def temporal_shift_grad(ctx: KernelContext) -> None:
+    a = ctx.attrs
+    ctx.out("X@GRAD", _tshift(ctx.xp, ctx.x("Out@GRAD"), int(a["seg_num"]), float(a["shift_ratio"]), True))
