@@ -10,6 +10,25 @@ from fleetkit.operator_k8s import names as n
 from fleetkit.operator_k8s.submit import build_job
 
 JOBS = Path(__file__).resolve().parent / "jobs"
+REPO = Path(__file__).resolve().parents[3]
+IMAGE_ROOT = "/opt/fleetkit/"    # where deploy/Dockerfile puts the repository
+
+
+def example(name: str, ns: str) -> dict[str, Any]:
+    """deploy/examples/<name>.yaml as the test kubelet can run it: the image's python and
+    /opt/fleetkit are this interpreter and this checkout; nothing else changes."""
+    import yaml
+    body = yaml.safe_load((REPO / "deploy" / "examples" / f"{name}.yaml").read_text())
+    body["metadata"]["namespace"] = ns
+
+    def local(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: ([sys.executable] + [local(a) for a in v[1:]] if k == "command" and v[0] == "python"
+                        else local(v)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [local(v) for v in obj]
+        return obj.replace(IMAGE_ROOT, f"{REPO}/") if isinstance(obj, str) else obj
+    return local(body)
 ENV = {"OMP_NUM_THREADS": "1"}   # 2 cores shared by every pod
 
 

@@ -79,6 +79,7 @@ class Kubelet:
         self.runs: dict[str, PodRun] = {}             # pod uid -> run
         self.labels = {"kubernetes.io/hostname": node, "fleetkit.io/test-kubelet": "true"}
         self.unschedulable: set[str] = set()
+        self.names: dict[str, dict[str, str]] = {}    # namespace -> host name -> IP (last dns())
         self.stop = threading.Event()
         self._beat = 0.0
 
@@ -221,6 +222,9 @@ class Kubelet:
         netns, ip = self.net.add()
         run = PodRun(pod, netns, ip)
         self.runs[meta["uid"]] = run
+        # as kubelet: the pod's own name resolves from its first instruction on
+        run.hosts = {**self.names.get(meta["namespace"], {}), pod["spec"].get("hostname") or meta["name"]: ip}
+        write_hosts(netns, run.hosts)
         for c in run.containers:
             self.spawn(run, c)
         run.phase = "Running"
@@ -313,6 +317,7 @@ class Kubelet:
                     for host in (svc.metadata.name, f"{svc.metadata.name}.{ns}", f"{svc.metadata.name}.{ns}.svc",
                                  f"{svc.metadata.name}.{ns}.svc.cluster.local"):
                         names.setdefault(ns, {})[host] = ips[m["uid"]]
+        self.names = names
         for run in self.runs.values():
             if run.phase != "Running":
                 continue

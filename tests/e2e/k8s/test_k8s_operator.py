@@ -10,7 +10,7 @@ import time
 
 import kubernetes
 import pytest
-from jobs_util import JOBS, create, events, get, job, last_condition, pods, wait_phase
+from jobs_util import JOBS, create, events, example, get, job, last_condition, pods, wait_phase
 
 from fleetkit.operator_k8s import names as n
 
@@ -45,33 +45,25 @@ def test_submit_ps_ctr_job_succeeds_with_auc(cluster, ns):
         assert env["PADDLE_PSERVERS_IP_PORT_LIST"].value == "ctr-ps-0:36543,ctr-ps-1:36543"
 
 
-def _collective(shape: str, ns: str) -> dict:
-    body = job("coll", ns, "collective.py", workers=2)
-    if shape == "ours":
-        return body
-    worker = body["spec"]["worker"]
-    return {"apiVersion": n.KUBEFLOW_API_VERSION, "kind": "PaddleJob", "metadata": body["metadata"],
-            "spec": {"paddleReplicaSpecs": {"Worker": {"replicas": 2, "restartPolicy": "Never",
-                                                       "template": worker["template"]}},
-                     "runPolicy": {"cleanPodPolicy": "None"}}}
-
-
-@pytest.mark.parametrize("shape", ["ours", "kubeflow"])
-def test_collective_job_succeeds(cluster, ns, shape):
-    """2 all-reduce workers (the same job as a Kubeflow kubeflow.org/v1 PaddleJob too):
-    Succeeded, and both end with the same parameters (the all-reduces really ran)."""
-    group = n.GROUP if shape == "ours" else n.KUBEFLOW_GROUP
-    create(cluster, _collective(shape, ns), group)
-    obj = wait_phase(cluster, ns, "coll", group=group)
-    logs = [cluster.pod_log(ns, f"coll-worker-{i}") for i in range(2)]
+@pytest.mark.parametrize("manifest,group,name", [
+    ("collective-dgc", n.GROUP, "dgc"), ("kubeflow-paddlejob", n.KUBEFLOW_GROUP, "paddle-simple-cpu")])
+def test_collective_example_succeeds(cluster, ns, manifest, group, name):
+    """deploy/examples: 2 all-reduce workers with DGC, and a Kubeflow kubeflow.org/v1 PaddleJob
+    run unchanged: Succeeded, both workers end with the same parameters (the all-reduces ran)."""
+    create(cluster, example(manifest, ns), group)
+    obj = wait_phase(cluster, ns, name, group=group)
+    logs = [cluster.pod_log(ns, f"{name}-worker-{i}") for i in range(2)]
     assert obj["status"]["phase"] == "Succeeded", (obj["status"], logs)
     digests = [re.findall(r"params ([0-9a-f]+)", log) for log in logs]
     assert digests[0] and digests[0] == digests[1], logs
-    if shape == "kubeflow":
+    if group == n.KUBEFLOW_GROUP:
         assert obj["status"]["replicaStatuses"]["Worker"]["succeeded"] == 2
-        owner = pods(cluster, ns, "coll")[0].metadata.owner_references[0]
+        pod = pods(cluster, ns, name)[0]
+        owner = pod.metadata.owner_references[0]
         assert (owner.api_version, owner.kind, owner.uid) == (n.KUBEFLOW_API_VERSION, "PaddleJob",
                                                               obj["metadata"]["uid"])
+        env = {e.name: e.value for e in pod.spec.containers[0].env}
+        assert env["PADDLE_TRAINER_ENDPOINTS"] == f"{name}-worker-0:37777,{name}-worker-1:37777"
 
 
 def test_trainer_exit_1_fails_job_with_reason(cluster, ns):
