@@ -108,7 +108,8 @@ def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
         d = out / f"pass-{p}"
         files = set(os.listdir(d))
         # parameters pulled from the pservers; the pservers' own state written by them on notify
-        assert {*table, *DENSE, "pserver_0.fkckpt", "pserver_1.fkckpt"} <= files, files
+        assert {*table, *DENSE, "__lookup_table__"} <= files, files
+        assert sorted(os.listdir(d / "__lookup_table__")) == ["pserver_0.fkckpt", "pserver_1.fkckpt"]
         assert not any("moment" in f or "learning_rate" in f for f in files), files
         assert is_distributed == ("SparseFeatFactors" not in files)
         saved[p] = {n: (d / n).read_bytes() for n in DENSE + table}
@@ -122,7 +123,7 @@ def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
         table = scope.numpy("SparseFeatFactors")
         assert table.shape == (1000, 10)
         for i in (0, 1):  # the model's table (gathered whole) holds exactly the rows each pserver trained
-            shard = checkpoint.load(str(out / "pass-1" / f"pserver_{i}.fkckpt"))
+            shard = checkpoint.load(str(out / "pass-1" / "__lookup_table__" / f"pserver_{i}.fkckpt"))
             ids = shard["SparseFeatFactors@ids"]
             assert len(ids) > 100 and np.all(ids % 2 == i)
             np.testing.assert_array_equal(table[ids], shard["SparseFeatFactors"])

@@ -26,7 +26,8 @@ from .backend import CPUPlace, to_numpy
 from .framework import EMPTY_VAR, Block, Parameter, Program, Variable, default_main_program
 from .program_desc import (PROGRAM_DESC_VERSION, deserialize_program, parse_program_desc,  # noqa: F401
                            program_from_desc, program_to_desc, serialize_program)
-from .io_distributed import inference_program_and_scope, is_trainer_program, save_trainer_vars, trainer_program_for
+from .io_distributed import (inference_program_and_scope, is_pserver_program, is_trainer_program, load_pserver_vars,
+                             save_trainer_vars, trainer_program_for)
 from .pyreader import PyReader
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope
 
@@ -312,8 +313,14 @@ def load_params(executor: Any, dirname: str, main_program: Program | None = None
 
 def load_persistables(executor: Any, dirname: str, main_program: Program | None = None,
                       filename: str | None = None, *, scope: Scope | None = None) -> None:
-    """Load every persistable variable of the program."""
-    load_vars(executor, dirname, main_program, predicate=is_persistable, filename=filename, scope=scope)
+    """Load every persistable variable of the program.
+
+    Given a transpiled pserver program, loads the rows of the saved parameters that this
+    pserver hosts and resumes the pserver's own state file (see ``io_distributed``)."""
+    program = _program_arg(main_program, "load_persistables")
+    if is_pserver_program(program) and filename is None:
+        return load_pserver_vars(executor, dirname, program, scope, load_vars)
+    load_vars(executor, dirname, program, predicate=is_persistable, filename=filename, scope=scope)
 
 
 # ------------------------------------------------------------ inference models

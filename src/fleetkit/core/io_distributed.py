@@ -13,10 +13,15 @@ rates (no trainer op touches them), sliced tables it only prefetches rows of, an
   pservers' business and are skipped;
 - ``save_persistables`` on trainer 0 also asks every pserver, through a
   ``checkpoint_notify`` op, to write its whole state (its shard of every
-  distributed table, its accumulators) into ``dirname`` as ``pserver_<i>.fkckpt``;
-  the directory must be one the pservers accept (``FLEETKIT_PS_NOTIFY_DIRS``);
+  distributed table, its accumulators) as ``dirname/__lookup_table__/pserver_<i>.fkckpt``
+  (fleet.save_persistables' layout); the directory must be one the pservers accept
+  (``FLEETKIT_PS_NOTIFY_DIRS``);
 - the program the trainer was transpiled from (``default_main_program()`` in 1.4
   scripts, which transpile it in place) is saved as the trainer program;
+- ``load_persistables(exe, dirname, pserver_program)`` on a pserver (fluid 1.4's
+  ``_load_distributed_persistables``) loads the rows of every saved parameter that this
+  pserver hosts, and makes ``listen_and_serv`` resume from the pserver's own state file
+  there (tables, optimizer state) when it exists;
 - ``save_inference_model`` gathers distributed tables whole and replaces the
   ``distributed_lookup_table`` ops by local ``lookup_table`` ops, so the saved model
   runs with ``load_inference_model`` in a process without pservers.
@@ -36,8 +41,8 @@ from .framework import Operator, Program, Variable
 from .registry import get_op_def
 from .scope import Scope, global_scope
 
-__all__ = ["inference_program_and_scope", "is_trainer_program", "register_trainer_program", "save_trainer_vars",
-           "trainer_program_for"]
+__all__ = ["inference_program_and_scope", "is_pserver_program", "is_trainer_program", "load_pserver_vars",
+           "register_trainer_program", "save_trainer_vars", "trainer_program_for"]
 
 _RPC_OPS = frozenset({"send", "recv", "distributed_lookup_table", "distributed_lookup_table_grad"})
 #: rows per gather when a whole table is pulled (bounds one request's size)
@@ -112,6 +117,11 @@ def _gather_table(executor: Any, op: Operator) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
 
 
+#: where pservers write their own state under a save_persistables directory (as fleet.save_persistables
+#: does, so fleet.init_server(model_dir) and load_persistables(exe, dir, pserver_program) find it)
+PSERVER_STATE_DIR = "__lookup_table__"
+
+
 def _notify_pservers(executor: Any, program: Program, dirname: str) -> None:
     """Trainer 0 asks every pserver to save its state into ``dirname`` (fluid's checkpoint_notify)."""
     import os  # noqa: PLC0415
@@ -128,7 +138,8 @@ def _notify_pservers(executor: Any, program: Program, dirname: str) -> None:
         return
     tmp = Program()
     tmp.global_block().append_op("checkpoint_notify", {}, {}, {
-        "epmap": eps, "dir": os.path.abspath(dirname), "lookup_table": "", "trainer_id": trainer_id}, infer=False)
+        "epmap": eps, "dir": os.path.abspath(os.path.join(dirname, PSERVER_STATE_DIR)), "lookup_table": "",
+        "trainer_id": trainer_id}, infer=False)
     _executor_like(executor).run(tmp, scope=Scope())
 
 
@@ -198,3 +209,42 @@ def inference_program_and_scope(executor: Any, program: Program, pruned: Program
     values, _ = _collect(executor, program, selected, scope, gather_all_tables=True)
     return pruned, values
 
+
+
+def is_pserver_program(program: Program) -> bool:
+    """Whether ``program`` is a transpiled pserver program (it knows where its vars come from)."""
+    return "origin_of" in program._meta
+
+
+def load_pserver_vars(executor: Any, dirname: str, program: Program, scope: Scope | None,
+                      load_vars: Callable[..., None]) -> None:
+    """Load this pserver's rows of the parameters saved in ``dirname`` (see the module docstring)."""
+    import os  # noqa: PLC0415
+    scope = global_scope() if scope is None else scope
+    origin_of: dict[str, list] = program._meta["origin_of"]
+    block = program.global_block()
+    full = Program()
+    wanted: list[str] = []
+    for new, (orig, _, _, _) in origin_of.items():
+        if orig not in wanted and os.path.isfile(os.path.join(dirname, _var_filename(orig))):
+            v = block.var(new)
+            full.global_block().create_var(name=orig, shape=(), dtype=v.dtype, persistable=True, type=v.type)
+            wanted.append(orig)
+    if not wanted:
+        raise NotFoundError(f"load_persistables: '{dirname}' holds none of the variables this pserver hosts "
+                            f"(e.g. {sorted(o[0] for o in origin_of.values())[:5]})")
+    values = Scope()
+    load_vars(executor, dirname, full, vars=wanted, scope=values)
+    for new, (orig, offset, rows, _) in origin_of.items():
+        if orig in wanted:
+            value = values.get(orig)
+            scope.set(new, value if int(rows) < 0 else value[int(offset):int(offset) + int(rows)].copy())
+    for op in block.ops:  # the pserver's own state file (tables, accumulators) is read when it serves
+        if op.type == "listen_and_serv":
+            op.attrs["load_dir"] = os.path.abspath(dirname)
+    program._bump()
+
+
+def _var_filename(name: str) -> str:
+    from .io import var_filename  # noqa: PLC0415  (io imports this module)
+    return var_filename(name)
