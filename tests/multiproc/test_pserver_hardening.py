@@ -17,6 +17,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 import grpc
 import numpy as np
@@ -294,3 +295,65 @@ def test_the_token_from_the_environment_is_used_by_every_channel(servers, monkey
     c.close()                                         # no COMPLETE: the watched trainer is lost
     s.proc.join(10)
     assert s.proc.exitcode not in (None, 0)
+
+
+# ------------------------------------------------------------------ a whole job
+def _tiny_transpiled(eps: list[str], trainer_id: int):
+    """A fluid 1.4 style sync job: one fc layer, SGD, DistributeTranspiler over ``eps``."""
+    import fleetkit as fk
+    from fleetkit import layers
+    x = layers.data("x", shape=[8])
+    y = layers.data("y", shape=[1])
+    loss = layers.mean(layers.square_error_cost(layers.fc(x, 1), y))
+    fk.optimizer.SGD(0.05).minimize(loss)
+    t = fk.DistributeTranspiler()
+    t.transpile(trainer_id, pservers=",".join(eps), trainers=2)
+    return t, loss
+
+
+_PSERVER = ("import sys; sys.path.insert(0, sys.argv[2]); import fleetkit as fk;"
+            "from test_pserver_hardening import _tiny_transpiled as b; eps = sys.argv[1].split(',');"
+            "t, _ = b(eps, 0); exe = fk.Executor(fk.CPUPlace()); prog = t.get_pserver_program(eps[0]);"
+            "exe.run(t.get_startup_program(eps[0], prog)); exe.run(prog)")
+
+
+def _restart_job(rank: int, world: int, eps: list[str], flag: str) -> Any:
+    """Rank 0 supervises the pserver (kill -9 after the trainers' 5th step, restart without a
+    checkpoint); ranks 1-2 train until the restarted pserver's parameters reach them."""
+    import subprocess
+    import sys
+    if rank == 0:
+        here = os.path.dirname(os.path.abspath(__file__))
+        start = lambda: subprocess.Popen([sys.executable, "-c", _PSERVER, ",".join(eps), here])  # noqa: E731
+        proc = start()
+        while not os.path.exists(flag):
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
+        proc = start()               # same port, no state: freshly initialized parameters
+        return proc.wait(timeout=60)  # its trainers fail, so it exits (non-zero: they were lost)
+    import fleetkit as fk
+    t, loss = _tiny_transpiled(eps, rank - 1)
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(fk.default_startup_program())
+    prog = t.get_trainer_program()
+    rng = np.random.default_rng(rank)
+    try:
+        for step in range(400):
+            xb = rng.normal(size=(16, 8)).astype("float32")
+            exe.run(prog, feed={"x": xb, "y": xb[:, :1]}, fetch_list=[loss])
+            if step == 5 and rank == 1:
+                open(flag, "w").close()
+            time.sleep(0.02)
+    except PServerRestartedError as e:
+        return str(e)
+    return "trained to the end"
+
+
+def test_a_job_whose_pserver_restarts_without_checkpoint_fails_saying_parameters_were_lost(tmp_path):
+    from fleetkit.testing import free_ports
+    eps = [f"127.0.0.1:{p}" for p in free_ports(1)]
+    rc, *msgs = run_workers(_restart_job, 3, (eps, str(tmp_path / "killed")), timeout=90)
+    for msg in msgs:
+        assert f"pserver {eps[0]} restarted without a checkpoint" in msg and "parameters it held were lost" in msg
+    assert rc not in (None, 0)

@@ -3,8 +3,9 @@
 Trainers: every client keeps one ``Heartbeat`` stream open to each pserver it talks to
 and sends a beat on it every ``ClientOptions.heartbeat_s`` (default 1 s).  The pserver
 (``TrainerLiveness``) declares a trainer lost when its stream drops without COMPLETE
-(a killed process: its kernel closes the connection, noticed at once) or when no beat
-came for ``ServerOptions.heartbeat_timeout_s`` (default 10 s: a vanished host).  Then the
+(a killed process: its kernel closes the connection, noticed at once) or when neither a
+beat nor a call came for ``ServerOptions.heartbeat_timeout_s`` (default 10 s: a vanished
+host, or a trainer that died before its stream to a restarted pserver reopened).  Then the
 failure rules apply: a sync round fails at once naming the lost trainer, and a pserver
 whose trainers are all finished or lost exits (non-zero if any was lost).
 
@@ -85,9 +86,13 @@ class TrainerLiveness:
             return self._next
 
     def beat(self, trainer: int) -> None:
+        """Evidence that ``trainer`` is alive: a heartbeat, or any call it made.  A trainer
+        heard from is watched from then on (until COMPLETE), so one that dies before its
+        heartbeat stream (re)opened is still lost after the timeout."""
         with self._lock:
-            if trainer in self._last:
+            if trainer not in self.completed:
                 self._last[trainer] = self._clock()
+                self.lost.pop(trainer, None)   # async: a restarted trainer is back
 
     def complete(self, trainer: int) -> None:
         """COMPLETE: the trainer is done; its stream closing is no loss."""

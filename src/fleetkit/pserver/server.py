@@ -253,6 +253,7 @@ class ParameterServer(StateMixin, LivenessMixin):
                 if isinstance(request, Exception):
                     raise request
                 self._check_trainer(request)
+                self.alive.beat(request.header.trainer_id)
                 out = fn(request)
                 context.set_trailing_metadata(self.incarnation.metadata())
                 return out
@@ -327,6 +328,7 @@ class ParameterServer(StateMixin, LivenessMixin):
                 raise InvalidArgumentError("malformed request: payload inside the bulk frame's header")
             request.rows, request.data = rows, data
             self._check_trainer(request)
+            self.alive.beat(request.header.trainer_id)
             fn = self._methods()[method]
             if method in rpc.VOID_METHODS:
                 fn(request)
