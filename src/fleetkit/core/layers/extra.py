@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
 merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
-temporal_shift, teacher_student_sigmoid_loss."""
+temporal_shift, teacher_student_sigmoid_loss, warpctc."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -15,7 +15,8 @@ from .metric_op import topk
 
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
-           "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss"]
+           "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss",
+           "warpctc"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -164,3 +165,16 @@ def teacher_student_sigmoid_loss(input: Variable, label: Variable, soft_max_up_b
     return _op("teacher_student_sigmoid_loss", {"X": input, "Label": label},
                {"soft_max_up_bound": float(soft_max_up_bound), "soft_max_lower_bound": float(soft_max_lower_bound)},
                out_slot="Y")
+
+
+def warpctc(input: Variable, label: Variable, blank: int = 0, norm_by_times: bool = False,
+            use_cudnn: bool = False) -> Variable:
+    """CTC loss [N, 1] of unnormalized logits ``input`` [T, C] (a LoD tensor; the softmax is
+    applied inside) against int label sequences ``label`` (a LoD tensor without blanks)."""
+    _vars("warpctc", input=input, label=label)
+    helper = LayerHelper("warpctc")
+    loss = helper.create_variable_for_type_inference(input.dtype)
+    grad = helper.create_variable_for_type_inference(input.dtype, stop_gradient=True)
+    helper.append_op("warpctc", {"Logits": [input], "Label": [label]}, {"Loss": [loss], "WarpCTCGrad": [grad]},
+                     {"blank": int(blank), "norm_by_times": bool(norm_by_times)})
+    return loss
