@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import InvalidArgumentError
 from ..backend import scatter_add, to_numpy
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
-from .lod_util import last_offsets
+from .lod_util import last_offsets, seg_ids
 
 NEG = -1e30
 
@@ -53,8 +53,7 @@ class _Problem:
         self.s = 2 * np.diff(lo) + 1
         smax, tmax = int(self.s.max()) if n else 1, int(self.t.max()) if n else 0
         ext = np.full((n, smax), blank, dtype=np.int64)
-        for i in np.nonzero(np.diff(lo))[0].tolist():  # labels into the odd positions
-            ext[i, 1:2 * (lo[i + 1] - lo[i]):2] = lab[lo[i]:lo[i + 1]]
+        ext[seg_ids(lo), 2 * (np.arange(lab.size) - np.repeat(lo[:-1], np.diff(lo))) + 1] = lab  # odd slots
         self.ext = ext
         pos = np.arange(smax)
         prev2 = np.concatenate([np.full((n, 2), -1), ext[:, :-2]], axis=1)
