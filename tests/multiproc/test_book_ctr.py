@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fleetkit as fluid
+from fleetkit.pserver import checkpoint
 from test_book_chapters import BOOK, run_script  # noqa: E402
 
 SCRIPT = BOOK / "ctr_dnn.py"
@@ -76,20 +77,19 @@ def _free_port(hosts):
     pytest.skip("no port free on both loopback addresses")
 
 
-@pytest.mark.parametrize("is_distributed", [0, 1], ids=["sliced_table", "distributed_table"])
-def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
+def _run_job(tmp_path, out, is_distributed, *extra):
+    """2 pservers + 2 trainers of the script, by hand, as PaddleCloud starts them; every exit code."""
     ips = ["127.0.0.1", "127.0.0.2"]  # PaddleCloud: every pserver on its own host, one shared port
     port = _free_port(ips)
-    out = tmp_path / "out"
     common = {"PADDLE_PSERVERS": ",".join(ips), "PADDLE_PORT": str(port), "PADDLE_TRAINERS_NUM": "2",
               "PADDLE_IS_LOCAL": "0", "FLEETKIT_PS_NOTIFY_DIRS": str(out)}
     roles = [("PSERVER", ips[0], 0), ("PSERVER", ips[1], 0), ("TRAINER", ips[0], 0), ("TRAINER", ips[0], 1)]
     procs = []
     for role, ip, tid in roles:
         env = {**os.environ, **common, "TRAINING_ROLE": role, "POD_IP": ip, "PADDLE_TRAINER_ID": str(tid)}
-        log = open(tmp_path / f"{role}{ip}{tid}.log", "w")
+        log = open(tmp_path / f"{out.name}-{role}{ip}{tid}.log", "w")
         cmd = [sys.executable, str(SCRIPT), "--cloud_train", "1", "--model_output_dir", str(out),
-               "--is_distributed", str(is_distributed)]
+               "--is_distributed", str(is_distributed), *extra]
         procs.append((subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         # the pservers stop by themselves once both trainers' Executor.close() told them so
@@ -99,8 +99,20 @@ def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
             if p.poll() is None:
                 p.kill()
             log.close()
-    logs = {f.name: f.read_text()[-3000:] for f in tmp_path.glob("*.log")}
+    logs = {f.name: f.read_text()[-3000:] for f in tmp_path.glob(f"{out.name}-*.log")}
     assert codes == [0, 0, 0, 0], logs
+
+
+def _inference_params(model_dir):
+    scope = fluid.Scope()
+    fluid.io.load_inference_model(str(model_dir), fluid.Executor(), scope=scope)
+    return scope
+
+
+@pytest.mark.parametrize("is_distributed", [0, 1], ids=["sliced_table", "distributed_table"])
+def test_ctr_cluster_2x2_saves_every_pass_and_resumes(tmp_path, is_distributed):
+    out = tmp_path / "out"
+    _run_job(tmp_path, out, is_distributed)
     ctr = _script_module()
     table = [] if is_distributed else ["SparseFeatFactors"]  # a distributed table stays in the pservers' files
     saved = {}
@@ -117,7 +129,6 @@ def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
     if is_distributed:
         from sklearn.metrics import roc_auc_score
 
-        from fleetkit.pserver import checkpoint
         scope = fluid.Scope()
         fluid.io.load_inference_model(str(out / "inference"), fluid.Executor(), scope=scope)
         table = scope.numpy("SparseFeatFactors")
@@ -130,8 +141,22 @@ def test_ctr_cluster_2x2_saves_every_pass(tmp_path, is_distributed):
         samples = list(ctr.CriteoDataset(1000).test(None)())
         probs = _infer(out / "inference", samples)
         assert roc_auc_score([s[-1][0] for s in samples], probs) > 0.6
-        return
-    auc, probs, samples = _test_auc(ctr, out / "pass-1")
-    assert auc > 0.65
-    # the inference model needs no pserver, and holds the pass-1 parameters
-    np.testing.assert_allclose(_infer(out / "inference", samples), probs, rtol=1e-5, atol=1e-6)
+    else:
+        auc, probs, samples = _test_auc(ctr, out / "pass-1")
+        assert auc > 0.65
+        # the inference model needs no pserver, and holds the pass-1 parameters
+        np.testing.assert_allclose(_infer(out / "inference", samples), probs, rtol=1e-5, atol=1e-6)
+
+    # a new job whose pservers resume from pass-1 (and train 0 passes): its trainers start from pass 1
+    out2 = tmp_path / "resumed"
+    _run_job(tmp_path, out2, is_distributed, "--num_passes", "0", "--pserver_init_dir", str(out / "pass-1"))
+    before, after = _inference_params(out / "inference"), _inference_params(out2 / "inference")
+    for name in DENSE:
+        np.testing.assert_array_equal(after.numpy(name), before.numpy(name))
+    if is_distributed:  # the table rows the first job trained come back from the pservers' own files
+        for i in (0, 1):
+            shard = checkpoint.load(str(out / "pass-1" / "__lookup_table__" / f"pserver_{i}.fkckpt"))
+            ids = shard["SparseFeatFactors@ids"]
+            np.testing.assert_array_equal(after.numpy("SparseFeatFactors")[ids], shard["SparseFeatFactors"])
+    else:
+        np.testing.assert_array_equal(after.numpy("SparseFeatFactors"), before.numpy("SparseFeatFactors"))

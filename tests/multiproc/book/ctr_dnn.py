@@ -6,7 +6,9 @@ PADDLE_TRAINER_ID, POD_IP, PADDLE_IS_LOCAL).  Changed from PaddleRec: the import
 data source (Criteo downloads; the stand-in reader yields the same samples, 13 dense
 floats, 26 sparse id lists and a label, with a learnable signal), smaller layers,
 ``exe.close()`` at the end of training (so hand-started pservers stop), and an
-``--is_distributed`` flag for the embedding (PaddleRec hard-codes False).  Saves
+``--is_distributed`` flag for the embedding (PaddleRec hard-codes False), and
+``--pserver_init_dir`` (pservers resume from a saved directory, fluid 1.4's
+``load_persistables(exe, dir, pserver_program)``).  Saves
 ``model_output_dir/pass-<i>`` with ``fluid.io.save_persistables`` after every pass on
 trainer 0, and ``model_output_dir/inference`` with ``save_inference_model`` at the end.
 """
@@ -122,6 +124,7 @@ def parse_args():
     parser.add_argument('--current_endpoint', type=str, default='127.0.0.1:6000')
     parser.add_argument('--role', type=str, default='pserver')
     parser.add_argument('--is_distributed', type=int, default=0)
+    parser.add_argument('--pserver_init_dir', type=str, default='')
     return parser.parse_args()
 
 
@@ -221,6 +224,8 @@ def train():
             startup = t.get_startup_program(args.current_endpoint, pserver_program=prog)
             exe = fluid.Executor(fluid.CPUPlace())
             exe.run(startup)
+            if args.pserver_init_dir:  # resume from a save_persistables directory
+                fluid.io.load_persistables(exe, args.pserver_init_dir, prog)
             exe.run(prog)
         elif args.role == "trainer" or args.role == "TRAINER":
             logger.info("run trainer")
