@@ -100,3 +100,72 @@ def test_fluid_import_paths(path):
             "fleetkit.core": ["Scope", "LoDTensor", "EOFException"]}.get(path, [])
     for name in want:
         assert getattr(mod, name, None) is not None, f"{path}.{name}"
+
+
+#: fluid 1.4 argument lists (API.spec) of the names this surface implements: scripts pass them
+#: by position and by keyword, so ours must start with exactly these parameters, in this order
+SIGNATURES = {
+    "paddle.fluid.DataFeeder": "feed_list place program",
+    "paddle.fluid.DataFeeder.decorate_reader": "reader multi_devices num_places drop_last",
+    "paddle.fluid.DataFeeder.feed": "iterable",
+    "paddle.fluid.DataFeeder.feed_parallel": "iterable num_places",
+    "paddle.fluid.io.PyReader": "feed_list capacity use_double_buffer iterable",
+    "paddle.fluid.io.PyReader.decorate_batch_generator": "reader places",
+    "paddle.fluid.io.PyReader.decorate_sample_generator": "sample_generator batch_size drop_last places",
+    "paddle.fluid.io.PyReader.decorate_sample_list_generator": "reader places",
+    "paddle.fluid.layers.py_reader": "capacity shapes dtypes lod_levels name use_double_buffer",
+    "paddle.fluid.layers.create_py_reader_by_data": "capacity feed_list name use_double_buffer",
+    "paddle.fluid.layers.read_file": "reader",
+    "paddle.fluid.layers.double_buffer": "reader place name",
+    "paddle.fluid.ParallelExecutor": "use_cuda loss_name main_program share_vars_from exec_strategy "
+                                     "build_strategy num_trainers trainer_id scope",
+    "paddle.fluid.ParallelExecutor.run": "fetch_list feed feed_dict return_numpy",
+    "paddle.fluid.memory_optimize": "input_program skip_opt_set print_log level skip_grads",
+    "paddle.fluid.release_memory": "input_program skip_opt_set",
+    "paddle.fluid.transpiler.memory_optimize": "input_program skip_opt_set print_log level skip_grads",
+    "paddle.fluid.nets.simple_img_conv_pool": "input num_filters filter_size pool_size pool_stride pool_padding "
+                                              "pool_type global_pooling conv_stride conv_padding conv_dilation "
+                                              "conv_groups param_attr bias_attr act use_cudnn",
+    "paddle.fluid.nets.sequence_conv_pool": "input num_filters filter_size param_attr act pool_type bias_attr",
+    "paddle.fluid.nets.glu": "input dim",
+    "paddle.fluid.nets.scaled_dot_product_attention": "queries keys values num_heads dropout_rate",
+    "paddle.fluid.nets.img_conv_group": "input conv_num_filter pool_size conv_padding conv_filter_size conv_act "
+                                        "param_attr conv_with_batchnorm conv_batchnorm_drop_rate pool_stride "
+                                        "pool_type use_cudnn",
+    "paddle.fluid.profiler.cuda_profiler": "output_file output_mode config",
+    "paddle.fluid.profiler.reset_profiler": "",
+    "paddle.fluid.profiler.profiler": "state sorted_key profile_path",
+    "paddle.fluid.profiler.start_profiler": "state",
+    "paddle.fluid.profiler.stop_profiler": "sorted_key profile_path",
+    "paddle.fluid.io.save_persistables": "executor dirname main_program filename",
+    "paddle.fluid.io.save_params": "executor dirname main_program filename",
+    "paddle.fluid.io.load_persistables": "executor dirname main_program filename",
+    "paddle.fluid.io.save_inference_model": "dirname feeded_var_names target_vars executor main_program "
+                                            "model_filename params_filename export_for_deployment",
+    "paddle.fluid.cuda_places": "device_ids",
+    "paddle.fluid.cpu_places": "device_count",
+    "paddle.fluid.cuda_pinned_places": "device_count",
+    "paddle.fluid.name_scope": "prefix",
+    "paddle.fluid.create_random_int_lodtensor": "recursive_seq_lens base_shape place low high",
+    "paddle.reader.cache": "reader",
+    "paddle.reader.buffered": "reader size",
+    "paddle.reader.shuffle": "reader buf_size",
+    "paddle.reader.firstn": "reader n",
+    "paddle.reader.xmap_readers": "mapper reader process_num buffer_size order",
+    "paddle.reader.multiprocess_reader": "readers use_pipe queue_size",
+    "paddle.reader.PipeReader": "command bufsize file_type",
+    "paddle.reader.PipeReader.get_line": "cut_lines line_break",
+    "paddle.reader.creator.np_array": "x",
+    "paddle.reader.creator.text_file": "path",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIGNATURES))
+def test_surface_takes_fluid_14_arguments(name):
+    import inspect
+    obj = resolve(name)
+    assert obj is not None, name
+    params = [p.name for p in inspect.signature(obj).parameters.values()
+              if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    want = SIGNATURES[name].split()
+    assert params[:len(want)] == want, f"{name}: fleetkit takes {params}, fluid 1.4 {want}"

@@ -220,7 +220,9 @@ class _DecorateMixin:
         """Data from a reader yielding lists of samples (``paddle.batch(...)`` output)."""
         self._q().set_sample_lists(paddle_reader)
 
-    decorate_sample_list_generator = decorate_paddle_reader
+    def decorate_sample_list_generator(self, reader: Callable, places: Any = None) -> None:
+        """Data from a reader yielding lists of samples (``io.PyReader``'s name)."""
+        self._q().set_sample_lists(reader)
 
     def decorate_tensor_provider(self, reader: Callable, places: Any = None) -> None:
         """Data from a reader yielding one list of arrays / LoDTensors per batch."""
