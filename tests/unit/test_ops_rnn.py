@@ -127,3 +127,46 @@ def test_rnn_layers_check_their_input():
         layers.dynamic_gru(x, size=3)
     with pytest.raises(ShapeError, match="gate_activation 'swishy'"):
         layers.dynamic_gru(layers.data("y", [9], lod_level=1), size=3, gate_activation="swishy")
+
+
+def ref_lstmp(x, w, wp, b, h0, c0, reverse, cell_clip=0.0, proj_clip=0.0):
+    d, p = w.shape[1] // 4, w.shape[0]
+    b = b.ravel()
+    rs, cs = np.zeros((x.shape[0], p)), np.zeros((x.shape[0], d))
+    for s, (a, e) in enumerate(zip(OFF, OFF[1:])):
+        r, c = np.tanh(h0[s] @ wp), c0[s].copy()
+        for t in (range(e - 1, a - 1, -1) if reverse else range(a, e)):
+            gc, gi, gf, go = np.split(x[t] + r @ w + b[:4 * d], 4)
+            gi, gf = gi + b[4 * d:5 * d] * c, gf + b[5 * d:6 * d] * c
+            c = sig(gf) * c + sig(gi) * np.tanh(gc)
+            c = np.clip(c, -cell_clip, cell_clip) if cell_clip else c
+            h = sig(go + b[6 * d:] * c) * np.tanh(c)
+            r = np.tanh(h @ wp)
+            r = np.clip(r, -proj_clip, proj_clip) if proj_clip else r
+            rs[t], cs[t] = r, c
+    return rs, cs
+
+
+@pytest.mark.parametrize("reverse,clip", [(False, 0.0), (True, 0.0), (False, 0.6)])
+def test_lstmp_forward_and_grad(reverse, clip):
+    p = 3
+    x, w, wp = RNG.normal(size=(8, 4 * D)), RNG.normal(size=(p, 4 * D)) * 0.5, RNG.normal(size=(D, p))
+    b, h0, c0 = RNG.normal(size=(1, 7 * D)), RNG.normal(size=(4, D)), RNG.normal(size=(4, D))
+    inputs = {"Input": (x, [OFF]), "Weight": w, "ProjWeight": wp, "Bias": b, "H0": h0, "C0": c0}
+    attrs = {"is_reverse": reverse, "cell_clip": clip, "proj_clip": clip}
+    rs, cs = _run_op("lstmp", inputs, attrs, ["Projection", "Cell"])
+    want_r, want_c = ref_lstmp(x, w, wp, b, h0, c0, reverse, clip, clip)
+    np.testing.assert_allclose(rs, want_r, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(cs, want_c, rtol=1e-10, atol=1e-12)
+    if not clip:  # finite differences straddle the clip boundary otherwise
+        check_grad("lstmp", inputs, attrs, outputs=("Projection", "Cell"))
+
+
+def test_dynamic_lstmp_layer():
+    x = layers.data("x", [8], lod_level=1)
+    proj, cell = layers.dynamic_lstmp(layers.fc(x, 16), size=16, proj_size=3)
+    assert proj.shape == (-1, 3) and cell.shape == (-1, 4) and proj.lod_level == 1
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    (got,) = exe.run(feed={"x": (RNG.normal(size=(5, 8)).astype("float32"), [[2, 3]])}, fetch_list=[proj])
+    assert got.shape == (5, 3) and np.abs(got).max() <= 1

@@ -7,7 +7,7 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 
-__all__ = ["dynamic_lstm", "dynamic_gru"]
+__all__ = ["dynamic_lstm", "dynamic_lstmp", "dynamic_gru"]
 
 
 def _input(layer: str, input: Any, gates: int, size: int) -> None:
@@ -46,6 +46,38 @@ def dynamic_lstm(input: Variable, size: int, h_0: Variable | None = None, c_0: V
                       "gate_activation": gate_activation, "cell_activation": cell_activation,
                       "candidate_activation": candidate_activation})
     return hidden, cell
+
+
+def dynamic_lstmp(input: Variable, size: int, proj_size: int, param_attr: Any = None, bias_attr: Any = None,
+                  use_peepholes: bool = True, is_reverse: bool = False, gate_activation: str = "sigmoid",
+                  cell_activation: str = "tanh", candidate_activation: str = "tanh", proj_activation: str = "tanh",
+                  dtype: str = "float32", name: str | None = None, h_0: Variable | None = None,
+                  c_0: Variable | None = None, cell_clip: float | None = None,
+                  proj_clip: float | None = None) -> tuple[Variable, Variable]:
+    """LSTM with a recurrent projection (LSTMP) over each sequence of ``input`` [T, size]
+    (``size`` = 4 * hidden size): the state fed back is r = proj_activation(h @ P), P of
+    [size / 4, proj_size].  Returns (projection [T, proj_size], cell [T, size / 4])."""
+    if int(size) % 4:
+        raise InvalidArgumentError(f"dynamic_lstmp: size must be 4 * hidden size, got {size}")
+    d, p = int(size) // 4, int(proj_size)
+    _input("dynamic_lstmp", input, 4, d)
+    helper = LayerHelper("lstmp", param_attr=param_attr, bias_attr=bias_attr, name=name)
+    w = helper.create_parameter(param_attr, [p, 4 * d], dtype)
+    pw = helper.create_parameter(param_attr, [d, p], dtype)
+    b = helper.create_parameter(bias_attr, [1, 7 * d if use_peepholes else 4 * d], dtype, is_bias=True)
+    proj = helper.create_variable_for_type_inference(dtype)
+    cell = helper.create_variable_for_type_inference(dtype)
+    inputs = {"Input": [input], "Weight": [w], "ProjWeight": [pw], "Bias": [b]}
+    if h_0 is not None:
+        inputs["H0"] = [h_0]
+    if c_0 is not None:
+        inputs["C0"] = [c_0]
+    helper.append_op("lstmp", inputs, {"Projection": [proj], "Cell": [cell]},
+                     {"use_peepholes": bool(use_peepholes), "is_reverse": bool(is_reverse),
+                      "gate_activation": gate_activation, "cell_activation": cell_activation,
+                      "candidate_activation": candidate_activation, "proj_activation": proj_activation,
+                      "cell_clip": float(cell_clip or 0.0), "proj_clip": float(proj_clip or 0.0)})
+    return proj, cell
 
 
 def dynamic_gru(input: Variable, size: int, param_attr: Any = None, bias_attr: Any = None,
