@@ -10,8 +10,9 @@ scope (a fleetkit extension).  Layouts on disk are described in docs/formats.md:
 
 Loading reads and checks every file before touching the scope, so a failed load leaves
 the scope as it was.  Program <-> ``ProgramDesc`` conversion (``program_to_desc``,
-``program_from_desc``, ``serialize_program``, ``deserialize_program``) is here for other
-code (transpilers, RPC) to reuse.
+``program_from_desc``, ``serialize_program``, ``deserialize_program``) lives in
+``program_desc.py`` and is re-exported here.  Transpiled parameter-server programs (a
+trainer's, a pserver's) are saved and loaded as fluid 1.4 does: see ``io_distributed.py``.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from ..errors import DTypeError, InvalidArgumentError, NotFoundError, ShapeError
 from ..proto.codec import TensorFormatError, TensorReader, write_lod_tensor, write_selected_rows
 from .backend import CPUPlace, to_numpy
 from .framework import EMPTY_VAR, Block, Parameter, Program, Variable, default_main_program
-from .program_desc import (PROGRAM_DESC_VERSION, deserialize_program, parse_program_desc,  # noqa: F401
-                           program_from_desc, program_to_desc, serialize_program)
 from .io_distributed import (inference_program_and_scope, is_pserver_program, is_trainer_program, load_pserver_vars,
                              save_trainer_vars, trainer_program_for)
+from .program_desc import (deserialize_program, parse_program_desc, program_from_desc, program_to_desc,
+                           serialize_program)
 from .pyreader import PyReader
 from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope
 
