@@ -130,11 +130,11 @@ class Operator:
     def __init__(self, cluster: Cluster):
         self.cluster, self.proc, self.starts = cluster, None, 0
 
-    def start(self) -> None:
+    def start(self, kubeconfig: Path | None = None) -> None:
         self.starts += 1
         with open(self.cluster.state / f"operator-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "fleetkit", "operator", "--kubeflow",
-                                          "--kubeconfig", str(self.cluster.kubeconfig)],
+                                          "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig)],
                                          stdout=log, stderr=subprocess.STDOUT, env=self.cluster.env())
 
     def sigkill(self) -> None:
