@@ -179,3 +179,22 @@ def test_dice_and_npair_losses():
     ce = (t * -(t * logp).sum(1, keepdims=True)).sum(0).mean()
     l2 = 0.25 * 0.01 * ((a ** 2).sum(1).mean() + (pos ** 2).sum(1).mean())
     assert float(np.asarray(got)[0]) == pytest.approx(ce + l2)
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_spectral_norm(dim):
+    w = RNG.normal(size=(3, 4, 2))
+    h = w.shape[dim]
+    u, v = RNG.normal(size=h), RNG.normal(size=w.size // h)
+    attrs = {"dim": dim, "power_iters": 30, "epsilon": 1e-12}
+    check_grad("spectral_norm", {"Weight": w, "U": u, "V": v}, attrs, wrt=["Weight"])
+    prog = fk.Program()
+    b = prog.global_block()
+    for n, val in (("w", w), ("u", u), ("v", v)):
+        b.create_var(name=n, shape=val.shape, dtype="float64")
+    b.append_op("spectral_norm", {"Weight": ["w"], "U": ["u"], "V": ["v"]}, {"Out": ["o"]}, attrs)
+    (got,) = fk.Executor().run(prog, feed={"w": w, "u": u, "v": v}, fetch_list=["o"])
+    mat = np.moveaxis(w, dim, 0).reshape(h, -1)
+    np.testing.assert_allclose(got, w / np.linalg.svd(mat, compute_uv=False)[0], rtol=1e-6)
+    out = layers.spectral_norm(_d("p", [3, 4, 2], append_batch_size=False), dim=dim)
+    assert out.shape == (3, 4, 2)

@@ -1,5 +1,5 @@
 """More nn layers (fluid 1.4 names and arguments): ``layer_norm``, ``im2sequence``,
-``nce``, ``hsigmoid`` and the debugging layer ``Print``."""
+``nce``, ``hsigmoid``, ``sampled_softmax_with_cross_entropy`` and the debugging layer ``Print``."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from ..layer_helper import LayerHelper
 from ..ops.nn_ext import PHASES
 from ..ops.sampled import SAMPLERS
 
-__all__ = ["layer_norm", "im2sequence", "nce", "hsigmoid", "Print"]
+__all__ = ["layer_norm", "im2sequence", "nce", "hsigmoid", "sampled_softmax_with_cross_entropy", "Print"]
 
 
 def _var(layer: str, arg: str, v: Any) -> Variable:
@@ -136,6 +136,35 @@ def hsigmoid(input: Variable, label: Variable, num_classes: int, param_attr: Any
     helper.append_op("hierarchical_sigmoid", inputs, {"Out": [out], "PreOut": [pre]},
                      {"num_classes": int(num_classes), "is_sparse": bool(is_sparse)})
     return out
+
+
+def sampled_softmax_with_cross_entropy(logits: Variable, label: Variable, num_samples: int, num_true: int = 1,
+                                       remove_accidental_hits: bool = True, use_customized_samples: bool = False,
+                                       customized_samples: Variable | None = None,
+                                       customized_probabilities: Variable | None = None, seed: int = 0) -> Variable:
+    """Softmax cross entropy [N, 1] over each row's ``num_true`` labels and ``num_samples``
+    shared negatives drawn log-uniformly (unique), with the logQ correction; negatives that
+    hit a true label are masked (``remove_accidental_hits``)."""
+    from .tensor import concat, fill_constant_batch_size_like
+    from .loss import softmax_with_cross_entropy
+    from .nn import scale
+    _var("sampled_softmax_with_cross_entropy", "logits", logits)
+    _var("sampled_softmax_with_cross_entropy", "label", label)
+    if use_customized_samples or customized_samples is not None or customized_probabilities is not None:
+        raise InvalidArgumentError("sampled_softmax_with_cross_entropy: customized samples are not supported")
+    nt, s = int(num_true), int(num_samples)
+    helper = LayerHelper("sample_logits")
+    outs = {slot: helper.create_variable_for_type_inference(dt, stop_gradient=slot != "SampledLogits")
+            for slot, dt in (("Samples", "int64"), ("Probabilities", logits.dtype), ("SampledLogits", logits.dtype),
+                             ("SampledLabels", "int64"))}
+    helper.append_op("sample_logits", {"Logits": [logits], "Labels": [label]}, {k: [v] for k, v in outs.items()},
+                     {"num_samples": s, "uniq": True, "remove_accidental_hits": bool(remove_accidental_hits),
+                      "seed": int(seed), "use_customized_samples": False})
+    # soft label: 1 for each of the num_true label columns (they come first), 0 for the samples
+    soft = concat([fill_constant_batch_size_like(logits, [-1, nt], logits.dtype, 1.0),
+                   fill_constant_batch_size_like(logits, [-1, s], logits.dtype, 0.0)], axis=1)
+    loss = softmax_with_cross_entropy(outs["SampledLogits"], soft, soft_label=True)
+    return scale(loss, 1.0 / nt)
 
 
 def Print(input: Variable, first_n: int = -1, message: str | None = None, summarize: int = -1,

@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): sequence_expand_as, sequence_slice,
 sequence_enumerate, row_conv, range, linspace, diag, rank, pad_constant_like, crop,
 add_position_encoding, bilinear_tensor_product, affine_channel, group_norm, gru_unit,
-lstm_unit, dice_loss, npair_loss."""
+lstm_unit, dice_loss, npair_loss, spectral_norm."""
 from __future__ import annotations
 
 import builtins
@@ -9,14 +9,14 @@ from typing import Any, Sequence
 
 from ...errors import InvalidArgumentError
 from ..framework import Variable, convert_dtype
-from ..initializer import Constant
+from ..initializer import Constant, Normal
 from ..layer_helper import LayerHelper
 from . import nn as _nn
 from . import tensor as _tensor
 
 __all__ = ["sequence_expand_as", "sequence_slice", "sequence_enumerate", "row_conv", "range", "linspace", "diag",
            "rank", "pad_constant_like", "crop", "add_position_encoding", "bilinear_tensor_product", "affine_channel",
-           "group_norm", "gru_unit", "lstm_unit", "dice_loss", "npair_loss"]
+           "group_norm", "gru_unit", "lstm_unit", "dice_loss", "npair_loss", "spectral_norm"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -228,3 +228,25 @@ def npair_loss(anchor: Variable, positive: Variable, labels: Variable, l2_reg: f
     ce = softmax_with_cross_entropy(sim, target, soft_label=True)
     celoss = reduce_mean(reduce_sum(elementwise_mul(target, ce), dim=0))
     return elementwise_add(scale(l2, 0.25 * float(l2_reg)), celoss)
+
+
+def spectral_norm(weight: Variable, dim: int = 0, power_iters: int = 1, eps: float = 1e-12,
+                  name: str | None = None) -> Variable:
+    """``weight`` divided by its largest singular value (of the matrix with ``dim`` as rows),
+    estimated with ``power_iters`` power iterations from fixed random vectors u and v."""
+    _vars("spectral_norm", weight=weight)
+    if not 0 <= dim < len(weight.shape) or any(d <= 0 for d in weight.shape):
+        raise InvalidArgumentError(f"spectral_norm: weight '{weight.name}' {list(weight.shape)} needs known dims "
+                                   f"and dim in [0, {len(weight.shape)})")
+    h = weight.shape[dim]
+    w = 1
+    for i, d in enumerate(weight.shape):
+        w = w * d if i != dim else w
+    helper = LayerHelper("spectral_norm", name=name)
+    from ..param_attr import ParamAttr
+    u = helper.create_parameter(ParamAttr(trainable=False), [h], weight.dtype, default_initializer=Normal(0.0, 1.0))
+    v = helper.create_parameter(ParamAttr(trainable=False), [w], weight.dtype, default_initializer=Normal(0.0, 1.0))
+    out = helper.create_variable_for_type_inference(weight.dtype)
+    helper.append_op("spectral_norm", {"Weight": [weight], "U": [u], "V": [v]}, {"Out": [out]},
+                     {"dim": int(dim), "power_iters": int(power_iters), "epsilon": float(eps)})
+    return out

@@ -355,3 +355,47 @@ def lstm_unit_grad(ctx: KernelContext) -> None:
         ctx.out("X@GRAD", dx)
     if ctx.wants("C_prev@GRAD"):
         ctx.out("C_prev@GRAD", dc * f)
+
+
+# ------------------------------------------------------------- spectral_norm
+def _spectral_infer(ctx: ShapeContext) -> None:
+    w = ctx.shape("Weight")
+    dim = int(ctx.attr("dim"))
+    if not 0 <= dim < len(w) or len(w) < 2 or int(ctx.attr("power_iters")) < 0:
+        raise ctx.fail(f"dim {dim} must name a dim of the (at least 2-D) Weight and power_iters be >= 0")
+    ctx.share("Weight", "Out", lod=False)
+
+
+def _spectral_parts(ctx: KernelContext) -> tuple[Any, Any, Any, Any, tuple]:
+    """Weight as an [h, w] matrix (dim first), the power-iterated u, v and sigma = u.W.v."""
+    xp, w, a = ctx.xp, ctx.x("Weight"), ctx.attrs
+    dim, eps = int(a["dim"]), float(a["epsilon"])
+    perm = (dim,) + tuple(i for i in range(w.ndim) if i != dim)
+    mat = w.transpose(perm).reshape(w.shape[dim], -1)
+    # fluid iterates on copies of U and V: the stored vectors stay as initialized
+    u, v = ctx.x("U").reshape(-1).copy(), ctx.x("V").reshape(-1).copy()
+    for _ in range(int(a["power_iters"])):
+        v = mat.T @ u
+        v = v / (xp.sqrt((v * v).sum()) + eps)
+        u = mat @ v
+        u = u / (xp.sqrt((u * u).sum()) + eps)
+    return mat, u, v, u @ mat @ v, perm
+
+
+@register_op("spectral_norm", _spectral_infer, no_grad_inputs=("U", "V"),
+             attrs={"dim": 0, "power_iters": 1, "epsilon": 1e-12})
+def spectral_norm(ctx: KernelContext) -> None:
+    """Weight / sigma, sigma its largest singular value estimated by power iteration."""
+    w = ctx.x("Weight")
+    _, _, _, sigma, _ = _spectral_parts(ctx)
+    ctx.out("Out", w / sigma)
+
+
+@register_grad("spectral_norm")
+def spectral_norm_grad(ctx: KernelContext) -> None:
+    """With u and v held fixed (as fluid): dW = dOut / sigma - <dOut, W> / sigma^2 * u v^T."""
+    w, g = ctx.x("Weight"), ctx.x("Out@GRAD")
+    mat, u, v, sigma, perm = _spectral_parts(ctx)
+    gm = g.transpose(perm).reshape(mat.shape)
+    dm = gm / sigma - (gm * mat).sum() / (sigma * sigma) * (u[:, None] * v[None, :])
+    ctx.out("Weight@GRAD", dm.reshape(tuple(w.shape[i] for i in perm)).transpose(np.argsort(perm)))

@@ -1,5 +1,6 @@
-"""Losses over large label spaces: ``nce`` (noise-contrastive estimation) and
-``hierarchical_sigmoid`` (``layers.hsigmoid``).
+"""Losses over large label spaces: ``nce`` (noise-contrastive estimation),
+``hierarchical_sigmoid`` (``layers.hsigmoid``) and ``sample_logits`` (behind
+``layers.sampled_softmax_with_cross_entropy``).
 
 Both touch only a few rows of their [classes, D] weight per example, so with
 ``is_sparse`` the weight's gradient is a SelectedRows of those rows.
@@ -221,3 +222,75 @@ def hierarchical_sigmoid_grad(ctx: KernelContext) -> None:
         db = xp.zeros(bias.size, bias.dtype)
         scatter_add(db, node.reshape(-1), dpre.reshape(-1))
         ctx.out("Bias@GRAD", db.reshape(bias.shape))
+
+
+# ------------------------------------------------------------- sample_logits
+def _sample_logits_infer(ctx: ShapeContext) -> None:
+    x, lab = ctx.shape("Logits"), ctx.shape("Labels")
+    s = int(ctx.attr("num_samples"))
+    if len(x) != 2 or len(lab) != 2 or s < 1 or (x[1] > 0 and s + lab[1] > x[1] and ctx.attr("uniq")):
+        raise ctx.fail(f"Logits must be [N, K], Labels [N, num_true] and 1 <= num_samples (unique: <= K - num_true)")
+    width = lab[1] + s
+    for slot, dt in (("Samples", "int64"), ("Probabilities", ctx.dtype("Logits")),
+                     ("SampledLogits", ctx.dtype("Logits")), ("SampledLabels", "int64")):
+        ctx.set(slot, (x[0], width if slot != "SampledLabels" else lab[1]), dt, 0)
+
+
+def _draw_unique(rng: np.random.Generator, q: np.ndarray, s: int) -> tuple[np.ndarray, int]:
+    """s distinct classes drawn from q by rejection, and the number of draws it took."""
+    seen: dict[int, None] = {}
+    tries = 0
+    while len(seen) < s:
+        batch = rng.choice(q.size, size=2 * (s - len(seen)) + 8, p=q)
+        for v in batch.tolist():
+            tries += 1
+            seen.setdefault(v, None)
+            if len(seen) == s:
+                break
+    return np.fromiter(seen, dtype=np.int64, count=s), tries
+
+
+def _sample_probs(q: np.ndarray, classes: np.ndarray, s: int, tries: int) -> np.ndarray:
+    """The chance each class shows up among the samples (fluid's adjustment for unique draws)."""
+    p = q[classes]
+    return p * s if tries == s else -np.expm1(tries * np.log1p(-np.minimum(p, 1 - 1e-12)))
+
+
+@register_op("sample_logits", _sample_logits_infer, no_grad_inputs=("Labels",), grad_outputs=("SampledLogits",),
+             attrs={"num_samples": 1, "uniq": True, "remove_accidental_hits": True, "seed": 0,
+                    "use_customized_samples": False}, random=True)
+def sample_logits(ctx: KernelContext) -> None:
+    """Per row: the logits of its true labels and of ``num_samples`` shared log-uniform negatives,
+    each minus log(probability of being sampled); negatives that are true labels get -1e20."""
+    xp, x, a = ctx.xp, ctx.x("Logits"), ctx.attrs
+    k = x.shape[1]
+    true = _checked_labels(ctx, "Labels", k, "sample_logits")
+    seed = int(a["seed"])
+    rng = np.random.default_rng(seed) if seed else ctx.rng
+    q = _class_probs({"num_total_classes": k, "sampler": "log_uniform"})
+    s = int(a["num_samples"])
+    if a["uniq"]:
+        neg, tries = _draw_unique(rng, q, s)
+    else:
+        neg, tries = rng.choice(k, size=s, p=q).astype(np.int64), s
+    samples = np.concatenate([true, np.tile(neg, (true.shape[0], 1))], axis=1)
+    probs = _sample_probs(q, samples, s, tries)
+    sampled = x[xp.arange(x.shape[0])[:, None], xp.asarray(samples)] - xp.asarray(np.log(probs).astype(x.dtype))
+    if a["remove_accidental_hits"]:
+        nt = true.shape[1]
+        hits = (samples[:, nt:, None] == true[:, None, :]).any(axis=2)
+        sampled[:, nt:] = sampled[:, nt:] - xp.asarray(hits.astype(x.dtype)) * 1e20
+    ctx.out("Samples", xp.asarray(samples))
+    ctx.out("Probabilities", xp.asarray(probs.astype(x.dtype)))
+    ctx.out("SampledLogits", sampled)
+    ctx.out("SampledLabels", xp.asarray(np.tile(np.arange(true.shape[1]), (true.shape[0], 1))))
+
+
+@register_grad("sample_logits")
+def sample_logits_grad(ctx: KernelContext) -> None:
+    xp, x = ctx.xp, ctx.x("Logits")
+    samples = ctx.x("Samples")
+    dx = xp.zeros_like(x)
+    rows = xp.repeat(xp.arange(x.shape[0]), samples.shape[1])
+    scatter_add(dx.reshape(-1), rows * x.shape[1] + samples.reshape(-1), ctx.x("SampledLogits@GRAD").reshape(-1))
+    ctx.out("Logits@GRAD", dx)
