@@ -270,3 +270,11 @@ def test_py_reader_and_eager_deletion_on_gpu_match_cpu():
 def test_py_reader_with_eager_deletion_trains():
     losses = _reader_mlp_losses(fluid.CPUPlace())
     assert len(losses) == 10 and np.mean(losses[5:]) < np.mean(losses[:5])  # the second pass fits better
+
+
+def test_init_on_cpu_is_accepted():
+    assert not fluid.initializer.force_init_on_cpu()
+    with fluid.initializer.init_on_cpu():
+        assert fluid.initializer.force_init_on_cpu()
+        lr = fluid.layers.create_global_var([1], 0.5, "float32", persistable=True)
+    assert not fluid.initializer.force_init_on_cpu() and lr.persistable

@@ -1,8 +1,9 @@
 """Parameter initializers: each appends one init op to the startup block."""
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -121,3 +122,24 @@ Normal = NormalInitializer
 TruncatedNormal = TruncatedNormalInitializer
 Xavier = XavierInitializer
 MSRA = MSRAInitializer
+
+
+# fluid 1.4's CPU-placement hints for GPU jobs (``with init_on_cpu(): lr = ...``): a program and
+# its initializers run on the executor's one place here, so they only record the request
+_force_init_on_cpu = False
+
+
+def force_init_on_cpu() -> bool:
+    """Whether an ``init_on_cpu()`` block is open (initializers still run on the executor's place)."""
+    return _force_init_on_cpu
+
+
+@contextlib.contextmanager
+def init_on_cpu() -> Iterator[None]:
+    """Accepted: fluid pins the block's initializers to the CPU; here they run where the program runs."""
+    global _force_init_on_cpu
+    old, _force_init_on_cpu = _force_init_on_cpu, True
+    try:
+        yield
+    finally:
+        _force_init_on_cpu = old
