@@ -278,3 +278,15 @@ def test_init_on_cpu_is_accepted():
         assert fluid.initializer.force_init_on_cpu()
         lr = fluid.layers.create_global_var([1], 0.5, "float32", persistable=True)
     assert not fluid.initializer.force_init_on_cpu() and lr.persistable
+
+
+def test_program_parse_from_string_reads_a_saved_model(tmp_path):
+    x = fluid.layers.data("x", [3])
+    y = fluid.layers.fc(x, 2)
+    exe = fluid.Executor()
+    exe.run(fluid.default_startup_program())
+    fluid.io.save_inference_model(str(tmp_path), ["x"], [y], exe)
+    prog = fluid.Program.parse_from_string((tmp_path / "__model__").read_bytes())
+    assert [op.type for op in prog.global_block().ops][:1] == ["mul"] and prog.global_block().has_var(y.name)
+    with pytest.raises(InvalidArgumentError, match="parse_from_string"):
+        fluid.Program.parse_from_string(b"\x00garbage")

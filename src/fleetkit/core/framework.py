@@ -347,6 +347,12 @@ class Program:
     def to_string(self, throw_on_error: bool = False, with_details: bool = False) -> str:
         return "\n".join(repr(b) for b in self.blocks)
 
+    @staticmethod
+    def parse_from_string(binary_str: bytes) -> "Program":
+        """The Program in serialized ``ProgramDesc`` bytes (e.g. a ``__model__`` file)."""
+        from .program_desc import deserialize_program  # noqa: PLC0415  (program_desc imports this module)
+        return deserialize_program(binary_str, "Program.parse_from_string")
+
     __str__ = to_string
 
     def __repr__(self) -> str:
