@@ -290,3 +290,15 @@ def test_program_parse_from_string_reads_a_saved_model(tmp_path):
     assert [op.type for op in prog.global_block().ops][:1] == ["mul"] and prog.global_block().has_var(y.name)
     with pytest.raises(InvalidArgumentError, match="parse_from_string"):
         fluid.Program.parse_from_string(b"\x00garbage")
+
+
+def test_get_opti_var_name_list_names_the_accumulators():
+    opt = fluid.optimizer.Adam(learning_rate=0.1)
+    assert opt.get_opti_var_name_list() == []
+    with fluid.program_guard(fluid.Program(), fluid.Program()):
+        _, loss = _mlp(8, 1)  # (with its own SGD step too: the names are Adam's only)
+        opt.minimize(loss)
+        names = opt.get_opti_var_name_list()
+        block = fluid.default_main_program().global_block()
+        assert len(names) == 4 * len(fluid.default_main_program().all_parameters())  # 2 moments + 2 beta pows
+        assert all(block.var(n).persistable for n in names)

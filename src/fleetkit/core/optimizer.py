@@ -145,6 +145,10 @@ class Optimizer:
             raise NotFoundError(
                 f"{type(self).__name__}: no accumulator '{name}' for parameter '{param.name}'") from None
 
+    def get_opti_var_name_list(self) -> list[str]:
+        """Names of the accumulator variables this optimizer created (fluid 1.4)."""
+        return [v.name for per_param in self._accumulators.values() for v in per_param.values()]
+
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         """Add the accumulators of every parameter (none for plain SGD)."""
 
