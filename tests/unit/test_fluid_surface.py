@@ -302,3 +302,17 @@ def test_get_opti_var_name_list_names_the_accumulators():
         block = fluid.default_main_program().global_block()
         assert len(names) == 4 * len(fluid.default_main_program().all_parameters())  # 2 moments + 2 beta pows
         assert all(block.var(n).persistable for n in names)
+
+
+def test_bilinear_initializer_upsamples_like_bilinear_interpolation():
+    w = fluid.layers.create_parameter([2, 2, 4, 4], "float32", name="up_w",
+                                      default_initializer=fluid.initializer.Bilinear())
+    exe, scope = fluid.Executor(), fluid.Scope()
+    exe.run(fluid.default_startup_program(), scope=scope)
+    k = scope.numpy(w.name)
+    tri = np.array([0.25, 0.75, 0.75, 0.25])  # factor 2: taps at distances 1.5 and 0.5 from the center
+    for i in range(2):
+        for j in range(2):
+            np.testing.assert_allclose(k[i, j], np.outer(tri, tri), rtol=1e-6)
+    with pytest.raises(InvalidArgumentError, match="square"):
+        fluid.layers.create_parameter([2, 2, 3, 4], "float32", default_initializer=fluid.initializer.Bilinear())

@@ -115,6 +115,23 @@ class NumpyArrayInitializer(Initializer):
                                 "values": self.value.astype(var.dtype).ravel().tolist()})
 
 
+class BilinearInitializer(Initializer):
+    """Bilinear-interpolation filters for a 4-D ``conv2d_transpose`` weight [C_in, C_out, K, K]:
+    every [K, K] slice is the separable triangle kernel that upsamples by ``ceil(K / 2)``."""
+
+    def init(self, var: Variable, block: Block) -> Any:
+        shape = tuple(var.shape)
+        if len(shape) != 4 or shape[2] != shape[3] or min(shape) <= 0:
+            raise InvalidArgumentError(f"BilinearInitializer: parameter '{var.name}' must be 4-D with square "
+                                       f"filters [C_in, C_out, K, K], got shape {list(shape)}")
+        k = shape[3]
+        f = math.ceil(k / 2)
+        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        tri = 1 - np.abs(np.arange(k) / f - c)
+        kernel = np.broadcast_to(np.outer(tri, tri), shape)
+        return NumpyArrayInitializer(kernel).init(var, block)
+
+
 # fluid's short names
 Constant = ConstantInitializer
 Uniform = UniformInitializer
@@ -122,6 +139,7 @@ Normal = NormalInitializer
 TruncatedNormal = TruncatedNormalInitializer
 Xavier = XavierInitializer
 MSRA = MSRAInitializer
+Bilinear = BilinearInitializer
 
 
 # fluid 1.4's CPU-placement hints for GPU jobs (``with init_on_cpu(): lr = ...``): a program and
