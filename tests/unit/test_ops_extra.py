@@ -38,6 +38,13 @@ def test_image_resize_short():
     assert out.shape == (-1, 1, 2, 4)
 
 
+def test_cvm_gradient_of_the_embedding_columns():
+    """Without use_cvm the output is X[:, 2:], so with a zero CVM input fluid's rule (show/click
+    columns get CVM) is the true gradient: finite differences check the embedding columns."""
+    x = np.abs(RNG.normal(size=(3, 5)))
+    check_grad("cvm", {"X": x, "CVM": np.zeros((3, 2))}, {"use_cvm": False}, outputs=("Y",), wrt=["X"])
+
+
 def test_cvm_forward_and_its_fluid_gradient():
     x = np.abs(RNG.normal(size=(3, 5))) * 4
     c = np.abs(RNG.normal(size=(3, 2)))
