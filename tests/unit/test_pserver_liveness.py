@@ -84,3 +84,19 @@ def test_restart_watch_checkpoint_rollback_and_reseed():
     other, _ = _watch(trainer=1, reseed=True, polls=[(6, 0, FRESH), (6, 0, RESEEDED)])
     other.observe("ps:1", (5, 3, FRESH))
     assert other.observe("ps:1", (6, 0, FRESH)) == REFETCH   # waited for trainer 0's re-seed
+
+
+def test_a_trainer_never_heard_from_is_lost_after_the_first_contact_timeout():
+    now, lost = [0.0], []
+    alive = TrainerLiveness(10.0, lambda t, why: lost.append((t, why)), 3, first_contact_s=600, clock=lambda: now[0])
+    alive.start()
+    alive.opened(0)
+    alive.complete(2)
+    now[0] = 5.0
+    alive.beat(0)
+    now[0] = 599.0
+    alive.check()
+    assert [t for t, _ in lost] == [0]       # trainer 0: silent for 594 s
+    now[0] = 601.0
+    alive.check()
+    assert lost[1] == (1, "never contacted this pserver within 600 s of its start") and len(lost) == 2

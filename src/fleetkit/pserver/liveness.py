@@ -66,8 +66,11 @@ class TrainerLiveness:
     loss of a trainer that has not sent COMPLETE."""
 
     def __init__(self, timeout_s: float, on_lost: Callable[[int, str], None], num_trainers: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 first_contact_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s, self.num_trainers = float(timeout_s), num_trainers
+        self.first_contact_s = first_contact_s   # a trainer never heard from within this is lost
+        self._heard: set[int] = set()
+        self._started: float | None = None
         self._on_lost, self._clock = on_lost, clock
         self._lock = threading.Lock()
         self._last: dict[int, float] = {}       # trainer -> last beat (watched trainers only)
@@ -80,6 +83,7 @@ class TrainerLiveness:
         """A heartbeat stream of ``trainer`` opened; returns its id (for ``closed``)."""
         with self._lock:
             self._next += 1
+            self._heard.add(trainer)
             self._stream[trainer] = self._next
             self._last[trainer] = self._clock()
             self.lost.pop(trainer, None)
@@ -90,6 +94,7 @@ class TrainerLiveness:
         heard from is watched from then on (until COMPLETE), so one that dies before its
         heartbeat stream (re)opened is still lost after the timeout."""
         with self._lock:
+            self._heard.add(trainer)
             if trainer not in self.completed:
                 self._last[trainer] = self._clock()
                 self.lost.pop(trainer, None)   # async: a restarted trainer is back
@@ -112,16 +117,28 @@ class TrainerLiveness:
         if first:
             self._on_lost(trainer, why)
 
+    def start(self) -> None:
+        """The pserver started serving: the first-contact clock starts."""
+        self._started = self._clock()
+
     def check(self) -> None:
-        """Declare lost the watched trainers silent for longer than the timeout."""
+        """Declare lost the watched trainers silent for longer than the timeout, and those
+        never heard from within ``first_contact_s`` of the start."""
         now = self._clock()
         with self._lock:
-            silent = [(t, now - last) for t, last in self._last.items() if now - last > self.timeout_s]
-            for t, _ in silent:
+            silent = [t for t, last in self._last.items() if now - last > self.timeout_s]
+            for t in silent:
                 self._last.pop(t, None)
                 self._stream.pop(t, None)
                 self.lost[t] = f"no heartbeat for {self.timeout_s:g} s"
-        for t, _ in silent:
+            started = self._started
+            if self.first_contact_s is not None and self.num_trainers and started is not None \
+                    and now - started > self.first_contact_s:
+                for t in range(self.num_trainers):
+                    if t not in self._heard and t not in self.completed and t not in self.lost:
+                        silent.append(t)
+                        self.lost[t] = f"never contacted this pserver within {self.first_contact_s:g} s of its start"
+        for t in silent:
             self._on_lost(t, self.lost[t])
 
     def serve_stream(self, requests: Iterator[Any], context: grpc.ServicerContext,

@@ -70,6 +70,8 @@ class ServerOptions:
     reassembly_timeout_s: float = 60.0
     #: a trainer whose heartbeat stream is silent this long is lost (a dropped stream: at once)
     heartbeat_timeout_s: float = 10.0
+    #: a trainer never heard from this long after the start is lost (None: wait for it forever)
+    first_contact_timeout_s: float | None = 600.0
     #: directories CheckpointNotify may name (besides checkpoint_dir and FLEETKIT_PS_NOTIFY_DIRS)
     notify_dirs: tuple[str, ...] = ()
     notify_load: bool = False            #: allow CheckpointNotify LOAD of a file a request names
@@ -106,7 +108,8 @@ class ParameterServer(StateMixin, LivenessMixin):
         self._asm = codec.Reassembler(o.reassembly_max_bytes_per_trainer, o.reassembly_max_bytes,
                                       o.reassembly_timeout_s)
         self.incarnation = Incarnation()
-        self.alive = TrainerLiveness(o.heartbeat_timeout_s, self._trainer_lost, self.num_trainers)
+        self.alive = TrainerLiveness(o.heartbeat_timeout_s, self._trainer_lost, self.num_trainers,
+                                     o.first_contact_timeout_s)
         self._streams = 0                        # heartbeat streams open
         self._refuse_nonfinite = flag(FLAGS_CHECK_NAN_INF) if o.refuse_nonfinite is None else o.refuse_nonfinite
         self._reseed_on = flag(FLEETKIT_PS_RESEED_ON_RESTART) if o.reseed is None else o.reseed
@@ -163,6 +166,7 @@ class ParameterServer(StateMixin, LivenessMixin):
             self._ckpt_thread = threading.Thread(target=self._checkpoint_loop, daemon=True,
                                                  name="fk-pserver-ckpt")
             self._ckpt_thread.start()
+        self.alive.start()
         threading.Thread(target=self._watch_trainers, daemon=True, name="fk-pserver-liveness").start()
         return port
 
