@@ -280,7 +280,7 @@ def convert_feed(var: Variable, value: Any, place: Place) -> Any:
         return arr
     lod = None
     if isinstance(value, LoDTensor):
-        arr, lod = value.values, value.lod()
+        arr, lod = value.values, value._lod  # not copied: the fed tensor shares it (kernels never edit a LoD)
     elif isinstance(value, tuple) and len(value) == 2 and var.lod_level > 0:
         arr, lengths = value
         lengths = lengths if lengths and isinstance(lengths[0], (list, tuple, np.ndarray)) else [lengths]
@@ -300,7 +300,7 @@ def convert_feed(var: Variable, value: Any, place: Place) -> Any:
             raise InvalidArgumentError(f"feed: the LoD {lod} of variable '{var.name}' does not match its "
                                        f"values of shape {list(arr.shape)}: {why}")
     arr = place.to_device(arr)
-    return LoDTensor(arr, lod) if lod else arr
+    return LoDTensor._of(arr, lod) if lod else arr
 
 
 _DTYPES: dict[Any, np.dtype] = {}
