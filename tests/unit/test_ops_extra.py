@@ -185,3 +185,18 @@ def test_teacher_student_sigmoid_loss():
     want = np.where(lab < -1, sp, np.where(lab < 0, sp - x, np.where(lab < 1, 2 * sp - x * lab,
                                                                        2 * sp - x - x * (lab - 1))))
     np.testing.assert_allclose(got, want)
+
+
+def test_hash_matches_xxh64():
+    import xxhash  # the reference implementation (test extra)
+    ids = RNG.integers(0, 10 ** 9, size=(7, 3)).astype(np.int64)
+    (got,) = _run([layers.hash(_d("i", [3], dtype="int64", lod_level=1), hash_size=1000, num_hash=2)],
+                  {"i": (ids, [[3, 4]])}, return_numpy=False)
+    assert np.asarray(got).shape == (7, 2, 1) and got.lod() == [[0, 3, 7]]
+    want = [[xxhash.xxh64(row.tobytes(), seed=s).intdigest() % 1000 for s in range(2)] for row in ids]
+    assert np.asarray(got)[:, :, 0].tolist() == want
+    from fleetkit.core.ops.hash import xxh64_rows
+    for k in (1, 4, 5, 9):  # every code path of XXH64: short input, full stripes, stripes plus lanes
+        rows = RNG.integers(-2 ** 62, 2 ** 62, size=(3, k), dtype=np.int64)
+        assert xxh64_rows(rows.view(np.uint64), 7).tolist() == [xxhash.xxh64(r.tobytes(), seed=7).intdigest()
+                                                               for r in rows]

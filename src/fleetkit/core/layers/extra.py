@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
 merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
-temporal_shift, teacher_student_sigmoid_loss, warpctc."""
+temporal_shift, teacher_student_sigmoid_loss, warpctc, hash."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,7 +16,7 @@ from .metric_op import topk
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
            "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss",
-           "warpctc"]
+           "warpctc", "hash"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -178,3 +178,11 @@ def warpctc(input: Variable, label: Variable, blank: int = 0, norm_by_times: boo
     helper.append_op("warpctc", {"Logits": [input], "Label": [label]}, {"Loss": [loss], "WarpCTCGrad": [grad]},
                      {"blank": int(blank), "norm_by_times": bool(norm_by_times)})
     return loss
+
+
+def hash(input: Variable, hash_size: int, num_hash: int = 1, name: str | None = None) -> Variable:
+    """``num_hash`` hashes of each row of int64 ids (XXH64 with seeds 0, 1, ..., as fluid) modulo
+    ``hash_size``: [..., num_hash, 1], keeping the input's LoD."""
+    _vars("hash", input=input)
+    return _op("hash", {"X": input}, {"num_hash": int(num_hash), "mod_by": int(hash_size)}, name=name,
+               stop_gradient=True)
