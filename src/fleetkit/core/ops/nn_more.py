@@ -398,4 +398,4 @@ def spectral_norm_grad(ctx: KernelContext) -> None:
     mat, u, v, sigma, perm = _spectral_parts(ctx)
     gm = g.transpose(perm).reshape(mat.shape)
     dm = gm / sigma - (gm * mat).sum() / (sigma * sigma) * (u[:, None] * v[None, :])
-    ctx.out("Weight@GRAD", dm.reshape(tuple(w.shape[i] for i in perm)).transpose(np.argsort(perm)))
+    ctx.out("Weight@GRAD", dm.reshape(tuple(w.shape[i] for i in perm)).transpose(tuple(int(i) for i in np.argsort(perm))))
