@@ -27,6 +27,7 @@ import numpy as np
 import fleetkit as fk
 from fleetkit import fleet
 
+from ..fleet.launch import RESTARTS_ENV
 from ..fleet.launch_report import report_metrics
 from . import ctr_model
 from .ctr_data import CTRConfig, CTRData, auc
@@ -79,7 +80,10 @@ def _dataset(args: argparse.Namespace, model: ctr_model.CTRModel) -> Any:
     ds.set_thread(1)
     ds.set_filelist(fleet.split_files(sorted(glob.glob(os.path.join(args.data, "train", "part-*")))))
     ds.load_into_memory()
-    ds.global_shuffle(fleet, seed=args.seed)
+    if int(os.environ.get(RESTARTS_ENV, "0") or 0):
+        ds.local_shuffle(seed=args.seed)  # rejoining a running job: the peers are past their shuffle
+    else:
+        ds.global_shuffle(fleet, seed=args.seed)
     return ds
 
 

@@ -41,7 +41,7 @@ from . import launch_cli, launch_report as report
 from .launch_plan import JobSpec, ProcPlan, child_env, free_ports, plan_job
 from .launch_procs import Proc, probe_ready, start_proc, stop_procs
 
-__all__ = ["JobSpec", "add_launch_parser", "free_ports", "main", "run_job"]
+__all__ = ["RESTARTS_ENV", "JobSpec", "add_launch_parser", "free_ports", "main", "run_job"]
 
 #: seconds pservers get to exit on their own after the last worker finished
 SERVER_GRACE_S = 30.0
@@ -51,6 +51,9 @@ CAUSE_WAIT_S = 5.0
 #: first "waiting for pservers" line after this many seconds, then every WAIT_REPEAT_S
 WAIT_FIRST_S, WAIT_REPEAT_S = 3.0, 10.0
 POLL_S = 0.05
+#: how many times this process was restarted (``--max_restarts``): a script may skip what
+#: needs every peer (e.g. a global shuffle) when it rejoins a running job
+RESTARTS_ENV = "FLEETKIT_RESTARTS"
 
 
 def _say(msg: str) -> None:
@@ -213,7 +216,8 @@ class _Job:
              f"{self.spec.max_restarts}); it {p.outcome.how()}, last output: "
              f"{p.outcome.tail[-1] if p.outcome.tail else '(none)'}")
         log = os.path.join(self.spec.log_dir, f"{p.name}.log") if self.spec.log_dir else None
-        fresh = start_proc(self.spec.script, p.plan, child_env(p.plan, len(self.plans), self.token), log,
+        env = {**child_env(p.plan, len(self.plans), self.token), RESTARTS_ENV: str(n)}
+        fresh = start_proc(self.spec.script, p.plan, env, log,
                            self.spec.log_dir is None or p.name == self._console_worker(), self.progress.feed,
                            restarts=n)
         self.procs[self.procs.index(p)] = fresh
