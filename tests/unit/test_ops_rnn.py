@@ -170,3 +170,36 @@ def test_dynamic_lstmp_layer():
     exe.run(fk.default_startup_program())
     (got,) = exe.run(feed={"x": (RNG.normal(size=(5, 8)).astype("float32"), [[2, 3]])}, fetch_list=[proj])
     assert got.shape == (5, 3) and np.abs(got).max() <= 1
+
+
+def test_equal_length_lod_grad():
+    check_grad("equal_length_lod", {"X": RNG.normal(size=(6, 2))}, {"seq_len": 3})
+
+
+@pytest.mark.parametrize("bidirec", [False, True])
+def test_cudnn_style_lstm_layer(bidirec):
+    t, b, d, h, n_layers = 4, 3, 5, 2, 2
+    dirs = 2 if bidirec else 1
+    x = layers.data("x", [t, -1, d], append_batch_size=False)
+    h0 = layers.data("h0", [n_layers * dirs, -1, h], append_batch_size=False)
+    c0 = layers.data("c0", [n_layers * dirs, -1, h], append_batch_size=False)
+    out, last_h, last_c = layers.lstm(x, h0, c0, max_len=t, hidden_size=h, num_layers=n_layers, is_bidirec=bidirec)
+    assert out.shape[0] == t and out.shape[2] == h * dirs
+    loss = layers.mean(layers.square(out))
+    fk.optimizer.SGD(0.5).minimize(loss)
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    xs = RNG.normal(size=(t, b, d)).astype("float32")
+    z = RNG.normal(size=(n_layers * dirs, b, h)).astype("float32")
+    test_prog = fk.default_main_program().clone(for_test=True)
+    o, lh, lc = exe.run(test_prog, feed={"x": xs, "h0": z, "c0": z}, fetch_list=[out, last_h, last_c])
+    assert o.shape == (t, b, h * dirs) and lh.shape == lc.shape == (n_layers * dirs, b, h)
+    np.testing.assert_allclose(lh[-dirs], o[-1, :, :h], rtol=1e-6)  # the last layer's forward state ends at t-1
+    if bidirec:
+        np.testing.assert_allclose(lh[-1], o[0, :, h:], rtol=1e-6)  # the reverse one ends at step 0
+    (one,) = exe.run(test_prog, feed={"x": xs[:, 1:2], "h0": z[:, 1:2], "c0": z[:, 1:2]}, fetch_list=[out])
+    np.testing.assert_allclose(one[:, 0], o[:, 1], rtol=1e-5)  # batch elements do not mix
+    first = float(exe.run(feed={"x": xs, "h0": z, "c0": z}, fetch_list=[loss])[0][0])
+    for _ in range(20):
+        exe.run(feed={"x": xs, "h0": z, "c0": z})
+    assert float(exe.run(feed={"x": xs, "h0": z, "c0": z}, fetch_list=[loss])[0][0]) < first

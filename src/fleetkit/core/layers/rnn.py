@@ -7,7 +7,7 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 
-__all__ = ["dynamic_lstm", "dynamic_lstmp", "dynamic_gru"]
+__all__ = ["dynamic_lstm", "dynamic_lstmp", "dynamic_gru", "lstm"]
 
 
 def _input(layer: str, input: Any, gates: int, size: int) -> None:
@@ -102,3 +102,59 @@ def dynamic_gru(input: Variable, size: int, param_attr: Any = None, bias_attr: A
                      {"is_reverse": bool(is_reverse), "gate_activation": gate_activation,
                       "activation": candidate_activation, "origin_mode": bool(origin_mode)})
     return hidden
+
+
+def _equal_lod(x: Variable, seq_len: int) -> Variable:
+    helper = LayerHelper("equal_length_lod")
+    out = helper.create_variable_for_type_inference(x.dtype)
+    helper.append_op("equal_length_lod", {"X": [x]}, {"Out": [out]}, {"seq_len": int(seq_len)})
+    return out
+
+
+def _init_state(state: Variable, k: int, hidden: int) -> Variable:
+    from .tensor import reshape, slice
+    return reshape(slice(state, axes=[0], starts=[k], ends=[k + 1]), [-1, hidden])
+
+
+def lstm(input: Variable, init_h: Variable, init_c: Variable, max_len: int, hidden_size: int, num_layers: int,
+         dropout_prob: float = 0.0, is_bidirec: bool = False, is_test: bool = False, name: str | None = None,
+         default_initializer: Any = None, seed: int = -1) -> tuple[Variable, Variable, Variable]:
+    """fluid's cuDNN-style LSTM over a padded, time-major batch ``input`` [max_len, batch, D]
+    (every sequence max_len long): ``num_layers`` stacked layers, both directions with
+    ``is_bidirec``, dropout between layers.  ``init_h``/``init_c``: [num_layers * dirs, batch,
+    hidden_size].  Returns (rnn_out [max_len, batch, hidden_size * dirs], last_h, last_c).
+
+    Built from the gradient-checked ops (fc projection, the LoD ``lstm`` op without peepholes);
+    its parameters are per layer and direction, not cuDNN's single flat weight."""
+    from ..param_attr import ParamAttr
+    from .conv import dropout
+    from .nn import fc
+    from .tensor import concat, reshape, slice, stack, transpose
+    for arg, v in (("input", input), ("init_h", init_h), ("init_c", init_c)):
+        if not isinstance(v, Variable):
+            raise InvalidArgumentError(f"lstm: '{arg}' must be a Variable, got {type(v).__name__}")
+    t, h = int(max_len), int(hidden_size)
+    if len(input.shape) != 3 or input.shape[0] not in (t, -1):
+        raise InvalidArgumentError(f"lstm: input '{input.name}' must be [max_len={t}, batch, D], got {list(input.shape)}")
+    dirs = 2 if is_bidirec else 1
+    attr = ParamAttr(initializer=default_initializer) if default_initializer is not None else None
+    x = input
+    last_h, last_c = [], []
+    for layer in range(int(num_layers)):
+        rows = _equal_lod(reshape(transpose(x, [1, 0, 2]), [-1, x.shape[2]]), t)  # [batch * T, D], batch-major
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            hidden, cell = dynamic_lstm(fc(rows, 4 * h, param_attr=attr), 4 * h, h_0=_init_state(init_h, k, h),
+                                        c_0=_init_state(init_c, k, h), param_attr=attr, use_peepholes=False,
+                                        is_reverse=bool(d))
+            outs.append(reshape(hidden, [-1, t, h]))
+            end = [0] if d else [t - 1]  # the reverse direction ends at the first step
+            for seq, acc in ((hidden, last_h), (cell, last_c)):
+                acc.append(reshape(slice(reshape(seq, [-1, t, h]), axes=[1], starts=end, ends=[end[0] + 1]), [-1, h]))
+        y = transpose(concat(outs, axis=2) if dirs == 2 else outs[0], [1, 0, 2])  # back to [T, batch, h * dirs]
+        if dropout_prob > 0 and layer + 1 < int(num_layers):
+            y = dropout(y, dropout_prob, is_test=is_test, seed=None if seed == -1 else seed,
+                        dropout_implementation="upscale_in_train")
+        x = y
+    return x, stack(last_h, axis=0), stack(last_c, axis=0)

@@ -288,3 +288,26 @@ def gru_grad(ctx: KernelContext) -> None:
             ctx.out("Weight@GRAD", dw)
         if ctx.wants("H0@GRAD"):
             ctx.out("H0@GRAD", steps.unsort(xp, dh))
+
+
+# --------------------------------------------------------------- equal_lod
+def _equal_lod_infer(ctx: ShapeContext) -> None:
+    if int(ctx.attr("seq_len")) < 1:
+        raise ctx.fail(f"seq_len must be >= 1, got {ctx.attr('seq_len')}")
+    ctx.set("Out", ctx.shape("X"), ctx.dtype("X"), 1)
+
+
+@register_op("equal_length_lod", _equal_lod_infer, attrs={"seq_len": 1})
+def equal_length_lod(ctx: KernelContext) -> None:
+    """X's rows cut into sequences of ``seq_len`` rows each (how ``layers.lstm`` feeds a padded
+    [batch * seq_len, D] batch to the LoD recurrence)."""
+    x, t = ctx.x("X"), int(ctx.attrs["seq_len"])
+    if x.shape[0] % t:
+        raise InvalidArgumentError(f"op 'equal_length_lod': {x.shape[0]} rows of '{ctx.ins['X'][0]}' are not a "
+                                   f"whole number of sequences of {t}")
+    ctx.out("Out", x, [list(range(0, x.shape[0] + 1, t))])
+
+
+@register_grad("equal_length_lod")
+def equal_length_lod_grad(ctx: KernelContext) -> None:
+    ctx.out("X@GRAD", ctx.x("Out@GRAD"), ctx.lod("X"))
