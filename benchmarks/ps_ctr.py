@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -25,23 +23,12 @@ import fleetkit as fk  # noqa: E402
 from fleetkit.fleet import Role, UserDefinedRoleMaker  # noqa: E402
 from fleetkit.testing import free_ports, run_workers  # noqa: E402
 
-CTR_DIR = Path(__file__).resolve().parents[1] / "examples" / "ctr"
-sys.path.insert(0, str(CTR_DIR))
-
-import ctr_model  # noqa: E402
-from ctr_data import CTRData  # noqa: E402
+from fleetkit.demo import ctr_model, ctr_train  # noqa: E402
+from fleetkit.demo.ctr_data import CTRData  # noqa: E402
 
 
 def _ctr_train():
-    import importlib.util
-    if "ctr_train" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("ctr_train", CTR_DIR / "train.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["ctr_train"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["ctr_train"]
-
-
+    return ctr_train
 
 
 def _role(rank: int, world: int, eps: list[str], cfg: dict) -> dict:
