@@ -58,7 +58,12 @@ def get_array_module(*arrays: Any) -> ModuleType:
 def scatter_add(out: Any, index: Any, values: Any) -> None:
     """``out[index] += values`` with repeated indices accumulated (numpy ``add.at`` / cupyx)."""
     if isinstance(out, np.ndarray):
-        np.add.at(out, np.asarray(index), values)
+        index = np.asarray(index)
+        if (index.ndim == 1 and index.size > 32 and out.ndim >= 1 and getattr(values, "shape", None)
+                == (index.size,) + out.shape[1:] and index.dtype.kind in "iu"):
+            sorted_scatter_add(out, index, np.asarray(values))
+        else:
+            np.add.at(out, index, values)
     else:
         cp = require_cupy()
         if hasattr(cp.add, "at"):  # cupy >= 13; cupyx.scatter_add is deprecated there
@@ -66,6 +71,26 @@ def scatter_add(out: Any, index: Any, values: Any) -> None:
         else:
             import cupyx  # noqa: PLC0415  (only reached with cupy arrays)
             cupyx.scatter_add(out, cp.asarray(index), values)
+
+
+def sum_by_index(index: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unique sorted indices, the sum of ``values``' rows of each): one stable sort and one
+    ``add.reduceat`` (rows summed in their original order), instead of ``np.add.at``'s
+    element-at-a-time loop."""
+    order = np.argsort(index, kind="stable")
+    srt = index[order]
+    starts = np.flatnonzero(np.concatenate(([True], srt[1:] != srt[:-1])))
+    return srt[starts], np.add.reduceat(values[order], starts, axis=0)
+
+
+def sorted_scatter_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:
+    """``np.add.at(out, index, values)`` for a 1-D index over ``out``'s rows (same sums)."""
+    n = out.shape[0]
+    if index.size and (index.min() < -n or index.max() >= n):
+        np.add.at(out, index, values)  # raises numpy's IndexError naming the bad index
+        return
+    rows, sums = sum_by_index(np.where(index < 0, index + n, index), values)
+    out[rows] += sums.astype(out.dtype, copy=False)
 
 
 def to_numpy(a: Any) -> np.ndarray:

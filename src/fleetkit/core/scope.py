@@ -12,7 +12,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError
-from .backend import get_array_module, scatter_add, to_numpy
+from .backend import get_array_module, scatter_add, sum_by_index, to_numpy
 
 
 def lengths_to_offsets(lengths: Sequence[int]) -> list[int]:
@@ -111,9 +111,13 @@ class SelectedRows:
 
     def merged(self) -> "SelectedRows":
         """Equivalent SelectedRows with unique, sorted rows (duplicates summed)."""
-        uniq, inv = np.unique(self.rows, return_inverse=True)
-        if len(uniq) == len(self.rows) and np.all(uniq == self.rows):
+        rows = self.rows
+        if rows.size < 2 or bool((rows[1:] > rows[:-1]).all()):
             return self
+        if isinstance(self.values, np.ndarray):
+            uniq, vals = sum_by_index(rows, self.values)
+            return SelectedRows(uniq, vals, self.height)
+        uniq, inv = np.unique(rows, return_inverse=True)
         xp = get_array_module(self.values)
         vals = xp.zeros((len(uniq),) + tuple(self.values.shape[1:]), dtype=self.values.dtype)
         scatter_add(vals, inv, self.values)
