@@ -1,6 +1,7 @@
 """The operator process: thin kopf handlers around ``status.plan``.
 
-One kopf timer per job (every ``RESYNC_SECONDS``) does a level-based reconcile:
+One kopf timer per job (every ``RESYNC_SECONDS``; ``FINISHED_RESYNC_SECONDS`` once
+it Succeeded or Failed) does a level-based reconcile:
 read the job and its pods from the API server, ``plan`` the next status, write
 the status first (optimistic concurrency on the job's resourceVersion, so two
 reconciles never overwrite each other and a restarted operator loses nothing),
@@ -26,7 +27,8 @@ from .spec import SpecError, normalize
 from .status import FAILED, FINAL, Plan, fmt_time, plan, set_condition
 
 log = logging.getLogger("fleetkit.operator")
-RESYNC_SECONDS = 1.0
+RESYNC_SECONDS = 1.0            # running jobs
+FINISHED_RESYNC_SECONDS = 5.0   # finished jobs: cleanPodPolicy and ttlSecondsAfterFinished
 
 
 class Cluster:
@@ -147,6 +149,7 @@ def make_registry(kubeflow: bool = False) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry)
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False         # our events are explicit, not log lines
+        settings.execution.max_workers = 16      # reconciles are sync calls in threads
         settings.persistence.finalizer = "fleetkit.io/operator"
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)   # "Timer succeeded" every second
         cluster.append(Cluster())
@@ -159,9 +162,21 @@ def make_registry(kubeflow: bool = False) -> kopf.OperatorRegistry:
     for group in groups:
         def _tick(name: str, namespace: str, group: str = group, **_: Any) -> None:
             reconcile(cluster[0], group, namespace, name)
+        # a finished job only needs its cleanup and TTL: reconcile it rarely, so a
+        # namespace full of old jobs does not starve the running ones
         kopf.timer(group, n.VERSION, n.PLURAL, interval=RESYNC_SECONDS, registry=registry,
-                   id=f"reconcile-{group}")(_tick)
+                   id=f"reconcile-{group}", when=_active)(_tick)
+        kopf.timer(group, n.VERSION, n.PLURAL, interval=FINISHED_RESYNC_SECONDS, registry=registry,
+                   id=f"finished-{group}", when=_finished)(_tick)
     return registry
+
+
+def _finished(status: Mapping[str, Any], **_: Any) -> bool:
+    return (status or {}).get("phase") in FINAL
+
+
+def _active(status: Mapping[str, Any], **_: Any) -> bool:
+    return not _finished(status)
 
 
 def load_config(kubeconfig: str | None = None) -> None:
