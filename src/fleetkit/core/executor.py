@@ -13,6 +13,7 @@ import numpy as np
 from ..env import FLAGS_CHECK_NAN_INF, eager_delete_tensor_gb, flag
 from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
 from .backend import CPUPlace, Place, to_numpy
+from .fetch_result import as_fetch_result
 from .framework import Program, Variable, default_main_program
 from .fusion import failed_context, fuse_steps
 from .memory import deletion_plan, eager_deletion_on
@@ -191,10 +192,10 @@ class Executor:
             raise NotFoundError(f"fetch: variable '{name}' has no value after the run")
         v = env[name]
         if isinstance(v, SelectedRows):
-            return to_numpy(v.to_dense()) if return_numpy else v
+            return as_fetch_result(to_numpy(v.to_dense())) if return_numpy else v
         if isinstance(v, LoDTensor):
-            return _host_copy(v.values) if return_numpy else LoDTensor(_host_copy(v.values), v._lod)
-        return _host_copy(v) if return_numpy else LoDTensor(_host_copy(v))
+            return as_fetch_result(_host_copy(v.values)) if return_numpy else LoDTensor(_host_copy(v.values), v._lod)
+        return as_fetch_result(_host_copy(v)) if return_numpy else LoDTensor(_host_copy(v))
 
     # train_from_dataset / infer_from_dataset: the work is in trainer.py
     def train_from_dataset(self, program: Program | None = None, dataset: Any = None, scope: Scope | None = None,
