@@ -200,3 +200,48 @@ def test_hash_matches_xxh64():
         rows = RNG.integers(-2 ** 62, 2 ** 62, size=(3, k), dtype=np.int64)
         assert xxh64_rows(rows.view(np.uint64), 7).tolist() == [xxhash.xxh64(r.tobytes(), seed=7).intdigest()
                                                                for r in rows]
+
+
+def test_load_reads_what_save_vars_wrote(tmp_path):
+    src = layers.create_global_var([2, 3], 0.0, "float32", persistable=True, name="src_v")
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    fk.global_scope().set("src_v", np.arange(6, dtype=np.float32).reshape(2, 3))
+    fk.io.save_vars(exe, str(tmp_path), vars=[src])
+    prog = fk.Program()
+    with fk.program_guard(prog, fk.Program()):
+        dst = prog.global_block().create_var(name="dst", shape=[2, 3], dtype="float32")
+        layers.load(dst, str(tmp_path / "src_v"))
+    (got,) = exe.run(prog, fetch_list=[dst])
+    np.testing.assert_array_equal(got, np.arange(6).reshape(2, 3))
+    bad = fk.Program()
+    with fk.program_guard(bad, fk.Program()):
+        layers.load(bad.global_block().create_var(name="d2", dtype="float32"), str(tmp_path / "missing"))
+    with pytest.raises(fk.errors.NotFoundError, match="no file"):
+        exe.run(bad)
+
+
+def test_py_func_forward_and_backward():
+    x = _d("x", [3])
+    x.stop_gradient = False
+    h = layers.fc(x, 3, bias_attr=False)
+    out = fk.default_main_program().global_block().create_var(name="cubed", dtype="float64", shape=[-1, 3])
+    seen = {}
+
+    def cube(t):
+        return np.asarray(t) ** 3
+
+    def cube_grad(t, dout):  # the output is skipped: only the input and the output gradient come in
+        seen["args"] = 2
+        return 3 * np.asarray(t) ** 2 * np.asarray(dout)
+
+    layers.py_func(cube, h, out, backward_func=cube_grad, skip_vars_in_backward_input=out)
+    loss = layers.mean(out)
+    (w, gw), = fk.append_backward(loss)
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    xs = RNG.normal(size=(4, 3))
+    hv, ov, g = exe.run(feed={"x": xs}, fetch_list=[h, out, gw])
+    np.testing.assert_allclose(ov, hv ** 3)
+    np.testing.assert_allclose(g, xs.T @ (3 * hv ** 2 / 12), rtol=1e-10)
+    assert seen["args"] == 2

@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
 merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
-temporal_shift, teacher_student_sigmoid_loss, warpctc, hash."""
+temporal_shift, teacher_student_sigmoid_loss, warpctc, hash, load, py_func."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,7 +16,7 @@ from .metric_op import topk
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
            "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss",
-           "warpctc", "hash"]
+           "warpctc", "hash", "load", "py_func"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -186,3 +186,38 @@ def hash(input: Variable, hash_size: int, num_hash: int = 1, name: str | None = 
     _vars("hash", input=input)
     return _op("hash", {"X": input}, {"num_hash": int(num_hash), "mod_by": int(hash_size)}, name=name,
                stop_gradient=True)
+
+
+def load(out: Variable, file_path: str, load_as_fp16: bool | None = None) -> None:
+    """Fill ``out`` from ``file_path`` (one variable in the LoDTensor file layout that
+    ``io.save_vars`` writes) each time the program runs."""
+    _vars("load", out=out)
+    helper = LayerHelper("load")
+    helper.append_op("load", {}, {"Out": [out]}, {"file_path": str(file_path), "load_as_fp16": bool(load_as_fp16)})
+
+
+def py_func(func: Any, x: Any, out: Any, backward_func: Any = None,
+            skip_vars_in_backward_input: Any = None) -> Any:
+    """An op that calls ``func(*x)`` (LoDTensors in, arrays or LoDTensors out) into the
+    pre-created ``out`` variables; ``backward_func(*x, *out, *out_grads)`` (minus the
+    skipped variables) returns the gradients of ``x``.  Without it the outputs stop the
+    gradient.  The functions live in this process: such a program cannot be saved and run
+    elsewhere."""
+    from ..ops.io_ops import register_py_func
+    xs = list(x) if isinstance(x, (list, tuple)) else ([] if x is None else [x])
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    _vars("py_func", **{f"x[{i}]": v for i, v in enumerate(xs)}, **{f"out[{i}]": v for i, v in enumerate(outs)})
+    skip = skip_vars_in_backward_input
+    skip = [skip] if isinstance(skip, Variable) else list(skip or [])
+    known = {v.name for v in xs + outs}
+    names = [v.name if isinstance(v, Variable) else str(v) for v in skip]
+    if any(n not in known for n in names):
+        raise InvalidArgumentError(f"py_func: skip_vars_in_backward_input {names} must be inputs or outputs of the op")
+    helper = LayerHelper("py_func")
+    helper.append_op("py_func", {"X": xs}, {"Out": outs},
+                     {"forward_callable_id": register_py_func(func), "backward_callable_id": register_py_func(
+                         backward_func), "backward_skip_vars": names})
+    if backward_func is None:
+        for v in outs:
+            v.stop_gradient = True
+    return out
