@@ -245,3 +245,11 @@ def test_py_func_forward_and_backward():
     np.testing.assert_allclose(ov, hv ** 3)
     np.testing.assert_allclose(g, xs.T @ (3 * hv ** 2 / 12), rtol=1e-10)
     assert seen["args"] == 2
+
+
+def test_py_func_gradient_path_by_finite_differences():
+    from fleetkit.core.ops.io_ops import register_py_func
+    fwd = register_py_func(lambda t: np.sin(np.asarray(t)) * 2)
+    bwd = register_py_func(lambda t, o, d: 2 * np.cos(np.asarray(t)) * np.asarray(d))
+    check_grad("py_func", {"X": RNG.normal(size=(3, 2))},
+               {"forward_callable_id": fwd, "backward_callable_id": bwd, "backward_skip_vars": []})
