@@ -253,3 +253,14 @@ def test_py_func_gradient_path_by_finite_differences():
     bwd = register_py_func(lambda t, o, d: 2 * np.cos(np.asarray(t)) * np.asarray(d))
     check_grad("py_func", {"X": RNG.normal(size=(3, 2))},
                {"forward_callable_id": fwd, "backward_callable_id": bwd, "backward_skip_vars": []})
+
+
+def test_similarity_focus():
+    x = np.zeros((1, 2, 3, 3))
+    x[0, 0] = [[0.9, 0.8, 0.1], [0.7, 0.2, 0.3], [0.4, 0.6, 0.5]]
+    (got,) = _run([layers.similarity_focus(_d("x", [2, 3, 3]), axis=1, indexes=[0])], {"x": x})
+    # picks 0.9 at (0, 0), then 0.6 at (2, 1) (row 0 and column 0 are taken), then 0.3 at (1, 2)
+    want = np.zeros((3, 3))
+    want[0, 0] = want[2, 1] = want[1, 2] = 1
+    np.testing.assert_array_equal(got[0, 0], want)
+    np.testing.assert_array_equal(got[0, 1], want)  # marked across the whole axis

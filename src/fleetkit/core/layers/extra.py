@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
 merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
-temporal_shift, teacher_student_sigmoid_loss, warpctc, hash, load, py_func."""
+temporal_shift, teacher_student_sigmoid_loss, warpctc, hash, load, py_func, similarity_focus."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,7 +16,7 @@ from .metric_op import topk
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
            "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss",
-           "warpctc", "hash", "load", "py_func"]
+           "warpctc", "hash", "load", "py_func", "similarity_focus"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -221,3 +221,12 @@ def py_func(func: Any, x: Any, out: Any, backward_func: Any = None,
         for v in outs:
             v.stop_gradient = True
     return out
+
+
+def similarity_focus(input: Variable, axis: int, indexes: Sequence[int], name: str | None = None) -> Variable:
+    """A 0/1 mask of ``input`` [N, C, A, B]: for each channel in ``indexes`` along ``axis``, the
+    largest entries of that 2-D slice taken greedily with distinct rows and columns, marked
+    across the whole axis (unioned over the indexes)."""
+    _vars("similarity_focus", input=input)
+    return _op("similarity_focus", {"X": input}, {"axis": int(axis), "indexes": [int(i) for i in indexes]},
+               name=name, stop_gradient=True)

@@ -1,12 +1,13 @@
 """Spatial transformer pieces and feature statistics: ``affine_grid``, ``grid_sampler``
-(bilinear, zero outside the image, corners aligned as in fluid 1.4) and ``fsp_matrix``."""
+(bilinear, zero outside the image, corners aligned as in fluid 1.4), ``fsp_matrix``,
+``space_to_depth``, ``temporal_shift`` and ``similarity_focus``."""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from ..backend import scatter_add
+from ..backend import scatter_add, to_numpy
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
 
 
@@ -204,3 +205,41 @@ def temporal_shift(ctx: KernelContext) -> None:
 def temporal_shift_grad(ctx: KernelContext) -> None:
     a = ctx.attrs
     ctx.out("X@GRAD", _tshift(ctx.xp, ctx.x("Out@GRAD"), int(a["seg_num"]), float(a["shift_ratio"]), True))
+
+
+# ----------------------------------------------------------- similarity_focus
+def _focus_infer(ctx: ShapeContext) -> None:
+    s, axis, idx = ctx.shape("X"), int(ctx.attr("axis")), [int(i) for i in ctx.attr("indexes")]
+    if len(s) != 4 or axis not in (1, 2, 3) or not idx or (s[axis] > 0 and max(idx) >= s[axis]) or min(idx) < 0:
+        raise ctx.fail(f"X must be 4-D, axis 1, 2 or 3 and indexes non-empty within dim {axis}, got {idx}")
+    ctx.share("X", "Out", lod=False)
+
+
+def _greedy_diagonal(m: np.ndarray) -> list[tuple[int, int]]:
+    """Largest entries first, each taking a row and a column no earlier pick took."""
+    rows, cols = np.unravel_index(np.argsort(-m, axis=None, kind="stable"), m.shape)
+    used_r, used_c, picks = set(), set(), []
+    for r, c in zip(rows.tolist(), cols.tolist()):  # a greedy matching: each pick depends on the previous
+        if r in used_r or c in used_c:
+            continue
+        used_r.add(r)
+        used_c.add(c)
+        picks.append((r, c))
+        if len(picks) == min(m.shape):
+            break
+    return picks
+
+
+@register_op("similarity_focus", _focus_infer, no_grad_inputs=("X",), attrs={"axis": 1, "indexes": [0]})
+def similarity_focus(ctx: KernelContext) -> None:
+    """A 0/1 mask: for each chosen channel (``indexes`` along ``axis``) of each example, the
+    greedy row/column-exclusive maxima of that 2-D slice, marked across the whole axis."""
+    x = to_numpy(ctx.x("X"))
+    axis = int(ctx.attrs["axis"])
+    xm = np.moveaxis(x, axis, 1)  # [N, axis, A, B]
+    out = np.zeros_like(xm)
+    for i in range(xm.shape[0]):
+        for index in ctx.attrs["indexes"]:
+            for r, c in _greedy_diagonal(xm[i, int(index)]):
+                out[i, :, r, c] = 1
+    ctx.out("Out", ctx.xp.asarray(np.ascontiguousarray(np.moveaxis(out, 1, axis))))
