@@ -165,13 +165,13 @@ class KernelContext:
     def out(self, slot: str, value: Any, lod: list[list[int]] | None = None) -> None:
         name = self._out0.get(slot)
         if name is not None:
-            self.env[name] = LoDTensor(value, lod) if lod else value
+            self.env[name] = LoDTensor._of(value, _levels(lod)) if lod else value
 
     def outs_list(self, slot: str, values: list[Any], lods: list | None = None) -> None:
         for i, (n, v) in enumerate(zip(self.outs.get(slot, ()), values)):
             if n != EMPTY_VAR:
                 lod = lods[i] if lods else None
-                self.env[n] = LoDTensor(v, lod) if lod else v
+                self.env[n] = LoDTensor._of(v, _levels(lod)) if lod else v
 
     def same_var(self, in_slot: str, out_slot: str) -> bool:
         """Whether output ``out_slot`` names the same variable as input ``in_slot`` (in-place ops)."""
@@ -255,3 +255,10 @@ def same_shape_infer(ctx: ShapeContext) -> None:
 
 def is_selected_rows(v: Any) -> bool:
     return v.__class__ is SelectedRows
+
+
+def _levels(lod: Any) -> list:
+    """A kernel's output LoD as a list of levels: lists are kept as they are (kernels pass
+    on their inputs' checked offsets, or build fresh lists), anything else becomes ints;
+    the constructor's per-offset ``int()`` was a quarter of a CTR forward pass."""
+    return [lv if type(lv) is list else [int(x) for x in lv] for lv in lod]
