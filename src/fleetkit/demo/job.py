@@ -33,7 +33,7 @@ from . import ctr_model
 from .ctr_data import CTRConfig, CTRData, auc
 from .reader import parse_click_line
 
-__all__ = ["main", "read_click_log"]
+__all__ = ["list_url", "main", "read_click_log", "s3_options"]
 
 #: the model's sizes (small enough for 2 cores, skewed ids like real click logs)
 DATA = CTRConfig(num_slots=3, vocab=10_000, max_len=4, dense_dim=4)
@@ -54,6 +54,24 @@ def _feed_of(samples: list[list[tuple[str, list]]]) -> tuple[dict[str, Any], np.
     labels = np.array([x[-1][1] for x in samples], dtype=np.int64)
     feed["label"] = labels
     return feed, labels
+
+
+def s3_options(endpoint: str | None) -> dict[str, Any]:
+    """fsspec options for ``--s3_endpoint`` (key and secret: s3fs reads AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY itself)."""
+    return {"client_kwargs": {"endpoint_url": endpoint, "region_name": os.environ.get("AWS_REGION", "us-east-1")}} \
+        if endpoint else {}
+
+
+def list_url(url: str, options: dict[str, Any]) -> list[str]:
+    """The ``part-*`` objects under ``url`` (e.g. ``s3://bucket/demo/train``), sorted, as URLs."""
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    scheme = url.split("://", 1)[0]
+    found = sorted(fs.glob(path.rstrip("/") + "/part-*"))
+    if not found:
+        raise FileNotFoundError(f"no part-* files under {url}")
+    return [f"{scheme}://{p}" for p in found]
 
 
 def _build(args: argparse.Namespace) -> ctr_model.CTRModel:
@@ -78,7 +96,15 @@ def _dataset(args: argparse.Namespace, model: ctr_model.CTRModel) -> Any:
     ds.set_pipe_command(f"{sys.executable} -m fleetkit.demo.reader")
     ds.set_batch_size(args.batch_size)
     ds.set_thread(1)
-    ds.set_filelist(fleet.split_files(sorted(glob.glob(os.path.join(args.data, "train", "part-*")))))
+    if args.train_url:  # the same files from S3 (or any fsspec URL): credentials from AWS_* variables
+        options = s3_options(args.s3_endpoint)
+        ds.set_fs(options)
+        files = list_url(args.train_url, options)
+    else:
+        files = sorted(glob.glob(os.path.join(args.data, "train", "part-*")))
+    mine = fleet.split_files(files)
+    print(f"trainer {fleet.worker_index()}: training parts {', '.join(mine)}", flush=True)
+    ds.set_filelist(mine)
     ds.load_into_memory()
     if int(os.environ.get(RESTARTS_ENV, "0") or 0):
         ds.local_shuffle(seed=args.seed)  # rejoining a running job: the peers are past their shuffle
@@ -158,6 +184,9 @@ def _finish_chief(args: argparse.Namespace, exe: Any, model: ctr_model.CTRModel,
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="directory with train/part-* and test/part-00000 click logs")
+    ap.add_argument("--train_url", default=None, help="read the training parts from this URL instead "
+                    "(e.g. s3://bucket/demo/train)")
+    ap.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL for --train_url (e.g. SeaweedFS, MinIO)")
     ap.add_argument("--out", required=True, help="where trainer 0 writes result.json and model/")
     ap.add_argument("--mode", choices=("ps", "collective"), default="ps")
     ap.add_argument("--dgc", action="store_true", help="collective: DGCMomentumOptimizer")

@@ -97,9 +97,25 @@ def summary_table(records: list[dict[str, Any]], result: dict[str, Any], served:
     return "\n".join(rows)
 
 
+def upload(data_dir: str, url: str, endpoint: str | None) -> str:
+    """Copy the training parts to ``url``/train (``s3://bucket/prefix``); returns that URL."""
+    import fsspec
+
+    from .job import s3_options
+    fs, path = fsspec.core.url_to_fs(url, **s3_options(endpoint))
+    for name in sorted(os.listdir(os.path.join(data_dir, "train"))):
+        fs.put_file(os.path.join(data_dir, "train", name), f"{path.rstrip('/')}/train/{name}")
+    return url.rstrip("/") + "/train"
+
+
 def run_demo(out: str, mode: str = "ps", dgc: bool = False, epochs: int = 3, train_examples: int = 96_000,
-             test_examples: int = 8_000, progress_period: float = 5.0) -> int:
-    """Run the whole demo into ``out``; returns the exit code (0: job and inference succeeded)."""
+             test_examples: int = 8_000, progress_period: float = 5.0, data_url: str | None = None,
+             s3_endpoint: str | None = None) -> int:
+    """Run the whole demo into ``out``; returns the exit code (0: job and inference succeeded).
+
+    ``data_url`` (``s3://bucket/prefix``): the training parts are uploaded there and the
+    trainers read them from it (``s3_endpoint``: a non-AWS endpoint; credentials from the
+    usual AWS_* variables)."""
     t0 = time.monotonic()
     out = os.path.abspath(out)
     data_dir = os.path.join(out, "data")
@@ -111,6 +127,10 @@ def run_demo(out: str, mode: str = "ps", dgc: bool = False, epochs: int = 3, tra
             os.remove(os.path.join(out, stale))
     script = [sys.executable, "-u", "-m", "fleetkit.demo.job", "--data", data_dir, "--out", out, "--mode", mode,
               "--epochs", str(epochs)] + (["--dgc"] if dgc else [])
+    if data_url:
+        script += ["--train_url", upload(data_dir, data_url, s3_endpoint)]
+        script += ["--s3_endpoint", s3_endpoint] if s3_endpoint else []
+        print(f"fleetkit demo: training parts uploaded to {script[script.index('--train_url') + 1]}", flush=True)
     spec = JobSpec(script=script, server_num=2 if mode == "ps" else 0, worker_num=2, collective=mode != "ps",
                    log_dir=os.path.join(out, "logs"), timeout=JOB_TIMEOUT_S)
     code = run_job(spec, progress_period=progress_period, metrics_file=metrics)
@@ -158,5 +178,10 @@ def add_demo_parser(sub: Any) -> None:
     p.add_argument("--train_examples", type=int, default=96_000)
     p.add_argument("--test_examples", type=int, default=8_000)
     p.add_argument("--progress_period", type=float, default=5.0, help="seconds between progress lines")
+    p.add_argument("--data", default=None, metavar="URL",
+                   help="upload the training parts to URL (s3://bucket/prefix) and have the trainers read them "
+                        "from there (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; pip install -e '.[s3]')")
+    p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL for --data (SeaweedFS, MinIO, ...)")
     p.set_defaults(func=lambda a: run_demo(a.out, "collective" if a.dgc else a.mode, a.dgc, a.epochs,
-                                           a.train_examples, a.test_examples, a.progress_period))
+                                           a.train_examples, a.test_examples, a.progress_period, a.data,
+                                           a.s3_endpoint))
