@@ -12,7 +12,8 @@
 #   cluster.sh bin              print the cache's bin directory (fails when cold)
 #
 # Env: FLEETKIT_K8S_CACHE (default /var/cache/fleetkit-k8s), ETCD_PORT,
-# ETCD_PEER_PORT, APISERVER_PORT (defaults 12379, 12380, 16443).
+# ETCD_PEER_PORT, APISERVER_PORT (defaults 12379, 12380, 16443),
+# FLEETKIT_K8S_PARENT_PID (stop the cluster when that process is gone).
 set -euo pipefail
 
 K8S_VERSION=1.20.2
@@ -149,6 +150,11 @@ contexts:
   context: {cluster: fleetkit-test, user: admin, namespace: default}
 current-context: fleetkit-test
 KC
+    if [ -n "${FLEETKIT_K8S_PARENT_PID:-}" ]; then
+        # a test run killed before its teardown must not leave the cluster behind
+        setsid bash -c "while kill -0 $FLEETKIT_K8S_PARENT_PID 2>/dev/null; do sleep 2; done; '$0' stop '$run'" \
+            > /dev/null 2>&1 < /dev/null &
+    fi
     log "up: KUBECONFIG=$run/kubeconfig"
 }
 
@@ -186,5 +192,5 @@ case "${1:-}" in
     start-apiserver) shift; cmd_start_apiserver "$@" ;;
     start-kcm) shift; cmd_start_kcm "$@" ;;
     stop) shift; cmd_stop "$@" ;;
-    *) sed -n '2,15p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,16p' "$0" >&2; exit 2 ;;
 esac

@@ -6,6 +6,7 @@ A missing toolchain FAILS the tier (run scripts/k8s/ci_setup.sh), it never skips
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import secrets
@@ -46,6 +47,11 @@ def _wait(cond: Any, timeout: float, what: str, interval: float = 0.25) -> Any:
             return value
         time.sleep(interval)
     raise TimeoutError(f"{what}: not within {timeout:g} s")
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies (PR_SET_PDEATHSIG), teardown or not."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 @dataclass
@@ -93,7 +99,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     import kubernetes
     state = tmp_path_factory.mktemp("k8s")
     etcd, peer, apiserver = _free_ports(3)
-    env = {**os.environ, "ETCD_PORT": str(etcd), "ETCD_PEER_PORT": str(peer), "APISERVER_PORT": str(apiserver)}
+    env = {**os.environ, "ETCD_PORT": str(etcd), "ETCD_PEER_PORT": str(peer), "APISERVER_PORT": str(apiserver),
+           "FLEETKIT_K8S_PARENT_PID": str(os.getpid())}
     kubelet = None
     try:
         subprocess.run([str(CLUSTER_SH), "start-apiserver", str(state)], env=env, check=True, timeout=120)
@@ -107,7 +114,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         with open(state / "kubelet.log", "wb") as log:   # the child keeps its own copy of the fd
             kubelet = subprocess.Popen([sys.executable, str(HERE / "kubelet.py"), "--kubeconfig",
                                         str(state / "kubeconfig"), "--state", str(state / "kubelet")],
-                                       stdout=log, stderr=subprocess.STDOUT,
+                                       stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
                                        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
         core = kubernetes.client.CoreV1Api(api)
         _wait(lambda: any(c.type == "Ready" and c.status == "True" for node in core.list_node().items
@@ -135,7 +142,8 @@ class Operator:
         with open(self.cluster.state / f"operator-{self.starts}.log", "wb") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "fleetkit", "operator", "--kubeflow",
                                           "--kubeconfig", str(kubeconfig or self.cluster.kubeconfig)],
-                                         stdout=log, stderr=subprocess.STDOUT, env=self.cluster.env())
+                                         stdout=log, stderr=subprocess.STDOUT, env=self.cluster.env(),
+                                         preexec_fn=_die_with_parent)
 
     def sigkill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
