@@ -58,6 +58,8 @@ def make_data(directory: str, train_lines: int, test_lines: int) -> tuple[list[s
     train = [os.path.join(directory, f"train-{i}") for i in range(2)]
     test = os.path.join(directory, "test")
     if not os.path.exists(stamp):
+        for old in Path(directory).glob("stamp-*"):
+            old.unlink()  # the files are about to hold other line counts
         for i, p in enumerate(train):
             write_lines(p, train_lines // 2, 10 + i)
         write_lines(test, test_lines, 99)
@@ -86,6 +88,7 @@ def summarize(runs: dict, train_lines: int, test_lines: int) -> dict:
     s = {}
     for (fw, th), rs in runs.items():
         s[fw, th] = {"train_ex_s": train_lines / _median(rs, "train_s"),
+                     "cpu_ms_per_1k": 1e6 * _median(rs, "train_cpu_s") / train_lines,
                      **{k: _median(rs, k) for k in ("load_s", "local_shuffle_s", "infer_s", "train_auc",
                                                     "test_auc")},
                      "train_counted": min(r["train_counted"] for r in rs),
@@ -94,17 +97,19 @@ def summarize(runs: dict, train_lines: int, test_lines: int) -> dict:
 
 
 def print_report(s: dict, threads: list[int], train_lines: int, test_lines: int) -> None:
-    print(f"{'run':<16}{'train ex/s':>11}{'load s':>8}{'shuffle s':>10}{'infer s':>9}"
+    print(f"{'run':<16}{'train ex/s':>11}{'CPU ms/1k ex':>13}{'load s':>8}{'shuffle s':>10}{'infer s':>9}"
           f"{'counted train':>15}{'counted test':>14}{'test AUC':>9}")
     for (fw, th), m in sorted(s.items()):
-        print(f"{fw + ' t=' + str(th):<16}{m['train_ex_s']:>11.0f}{m['load_s']:>8.2f}{m['local_shuffle_s']:>10.3f}"
+        print(f"{fw + ' t=' + str(th):<16}{m['train_ex_s']:>11.0f}{m['cpu_ms_per_1k']:>13.0f}{m['load_s']:>8.2f}{m['local_shuffle_s']:>10.3f}"
               f"{m['infer_s']:>9.2f}{m['train_counted']:>9}/{train_lines:<6}{m['test_counted']:>8}/{test_lines:<6}"
               f"{m['test_auc']:>8.4f}")
     fk = {th: s[k] for k in s if k[0] == "fleetkit" for th in [k[1]]}
     if 1 in fk:
         for th in threads:
             if th != 1 and th in fk:
-                print(f"fleetkit thread={th} / thread=1 examples/s: {fk[th]['train_ex_s'] / fk[1]['train_ex_s']:.2f}x; "
+                print(f"fleetkit thread={th} / thread=1 examples/s: {fk[th]['train_ex_s'] / fk[1]['train_ex_s']:.2f}x "
+                      f"(CPU per example thread={th} / thread=1: {fk[th]['cpu_ms_per_1k'] / fk[1]['cpu_ms_per_1k']:.2f}: "
+                      f"near 1 means the workers add no work, so on {th} idle cores the rate scales ~{th}x); "
                       f"test AUC difference {abs(fk[th]['test_auc'] - fk[1]['test_auc']):.4f}")
     for th in threads:
         pd = s.get(("paddle", th))
@@ -137,7 +142,8 @@ def main() -> None:
             for fw, py in frameworks:  # interleaved: fleetkit, Paddle, fleetkit, ...
                 r = run_job(py, fw, train, test, th, a.timeout)
                 runs.setdefault((fw, th), []).append(r)
-                print(f"round {rnd + 1} {fw} thread={th}: train {r['train_s']:.2f} s, infer {r['infer_s']:.2f} s, "
+                print(f"round {rnd + 1} {fw} thread={th}: train {r['train_s']:.2f} s ({r['train_cpu_s']:.1f} CPU s), "
+                      f"infer {r['infer_s']:.2f} s, "
                       f"counted {r['train_counted']}/{a.train_lines}", flush=True)
     print_report(summarize(runs, a.train_lines, a.test_lines), a.threads, a.train_lines, a.test_lines)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

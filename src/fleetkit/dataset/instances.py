@@ -7,7 +7,9 @@ per instance.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,9 @@ import numpy as np
 from .multislot import ParseResult, Slot
 
 __all__ = ["InstanceStore"]
+
+#: instances from which take() gathers the slots on several threads
+_PARALLEL_TAKE = 1 << 16
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:
@@ -69,24 +74,18 @@ class InstanceStore:
         return np.diff(self.offsets[k])
 
     def take(self, index: np.ndarray) -> InstanceStore:
-        """The instances at ``index`` (any order, repeats allowed), as a new store."""
+        """The instances at ``index`` (any order, repeats allowed), as a new store.
+
+        Large takes gather the slots on a few threads (numpy's gathers release the GIL)."""
         index = np.asarray(index, np.int64)
-        values, offsets = [], []
-        for vals, off in zip(self.values, self.offsets):
-            lens = np.diff(off)
-            if lens.size and lens[0] > 0 and (lens == lens[0]).all():  # fixed width (dense slots): rows
-                width = int(lens[0])
-                values.append(vals[off[0]:off[-1]].reshape(-1, width)[index].reshape(-1))
-                offsets.append(np.arange(len(index) + 1, dtype=np.int64) * width)
-                continue
-            starts = off[index]
-            lens = off[index + 1] - starts
-            new_off = _offsets(lens)
-            total = int(new_off[-1])
-            src = np.arange(total, dtype=np.int64) + np.repeat(starts - new_off[:-1], lens)
-            values.append(vals[src])
-            offsets.append(new_off)
-        return InstanceStore(self.slots, values, offsets)
+        cols = list(zip(self.values, self.offsets))
+        threads = min(len(cols), os.cpu_count() or 1)
+        if len(index) >= _PARALLEL_TAKE and threads > 1:
+            with ThreadPoolExecutor(threads, thread_name_prefix="take") as pool:
+                taken = list(pool.map(lambda c: _take_column(c[0], c[1], index), cols))
+        else:
+            taken = [_take_column(v, o, index) for v, o in cols]
+        return InstanceStore(self.slots, [v for v, _ in taken], [o for _, o in taken])
 
     def slice(self, start: int, stop: int) -> InstanceStore:
         """Instances ``start..stop-1`` (views where possible)."""
@@ -127,6 +126,20 @@ class InstanceStore:
                 for (name, vals), lod, a, b in zip(sparse, lods, firsts, lasts):
                     out[name] = _lod_tensor(LoDTensor, vals[a:b].reshape(-1, 1), lod)
             yield {s.name: out[s.name] for s in self.slots}
+
+
+def _take_column(vals: np.ndarray, off: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One slot's values and offsets for the instances at ``index``."""
+    lens = np.diff(off)
+    if lens.size and lens[0] > 0 and (lens == lens[0]).all():  # fixed width (dense slots): rows
+        width = int(lens[0])
+        rows = np.take(vals[off[0]:off[-1]].reshape(-1, width), index, axis=0)
+        return rows.reshape(-1), np.arange(len(index) + 1, dtype=np.int64) * width
+    starts = off[index]
+    lens = off[index + 1] - starts
+    new_off = _offsets(lens)
+    src = np.arange(int(new_off[-1]), dtype=np.int64) + np.repeat(starts - new_off[:-1], lens)
+    return vals[src], new_off
 
 
 def _lod_tensor(cls: Any, values: np.ndarray, offsets: list[int]) -> Any:
