@@ -27,6 +27,7 @@ from .spec import SpecError, normalize
 from .status import FAILED, FINAL, Plan, fmt_time, plan, set_condition
 
 log = logging.getLogger("fleetkit.operator")
+REQUEST_TIMEOUT = 30.0          # seconds per API call: a hung API server never hangs a reconcile
 RESYNC_SECONDS = 1.0            # running jobs
 FINISHED_RESYNC_SECONDS = 5.0   # finished jobs: cleanPodPolicy and ttlSecondsAfterFinished
 
@@ -43,10 +44,12 @@ class Cluster:
         return self.api.sanitize_for_serialization(obj)
 
     def get_job(self, group: str, ns: str, name: str) -> dict[str, Any] | None:
-        return _ignore(404, lambda: self.custom.get_namespaced_custom_object(group, n.VERSION, ns, n.PLURAL, name))
+        return _ignore(404, lambda: self.custom.get_namespaced_custom_object(
+            group, n.VERSION, ns, n.PLURAL, name, _request_timeout=REQUEST_TIMEOUT))
 
     def pods(self, ns: str, job: str, uid: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(ns, label_selector=f"{n.LABEL_JOB}={job}").items
+        pods = self.core.list_namespaced_pod(ns, label_selector=f"{n.LABEL_JOB}={job}",
+                                             _request_timeout=REQUEST_TIMEOUT).items
         # a job deleted and created again under the same name must not adopt the old one's pods
         return [p for p in map(self.to_dict, pods)
                 if any(o.get("uid") == uid for o in p["metadata"].get("ownerReferences") or [])]
@@ -54,19 +57,21 @@ class Cluster:
     def create(self, kind: str, ns: str, body: Mapping[str, Any]) -> None:
         fn = {"Pod": self.core.create_namespaced_pod, "Service": self.core.create_namespaced_service,
               "Secret": self.core.create_namespaced_secret}[kind]
-        _ignore(409, lambda: fn(ns, body))       # deterministic names: AlreadyExists = done before
+        # deterministic names: AlreadyExists means an earlier reconcile did it
+        _ignore(409, lambda: fn(ns, body, _request_timeout=REQUEST_TIMEOUT))
 
     def delete(self, kind: str, ns: str, name: str) -> None:
         fn = {"Pod": self.core.delete_namespaced_pod, "Service": self.core.delete_namespaced_service}[kind]
-        _ignore(404, lambda: fn(name, ns))
+        _ignore(404, lambda: fn(name, ns, _request_timeout=REQUEST_TIMEOUT))
 
     def patch_status(self, group: str, job: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
         """Write ``status`` if the job is still at the version we read; False on a conflict."""
         meta = job["metadata"]
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         try:
-            self.custom.patch_namespaced_custom_object_status(group, n.VERSION, meta["namespace"], n.PLURAL,
-                                                              meta["name"], body)
+            self.custom.patch_namespaced_custom_object_status(
+                group, n.VERSION, meta["namespace"], n.PLURAL, meta["name"], body,
+                _request_timeout=REQUEST_TIMEOUT)
         except kubernetes.client.ApiException as e:
             if e.status in (404, 409):
                 return False
@@ -74,7 +79,8 @@ class Cluster:
         return True
 
     def delete_job(self, group: str, ns: str, name: str) -> None:
-        _ignore(404, lambda: self.custom.delete_namespaced_custom_object(group, n.VERSION, ns, n.PLURAL, name))
+        _ignore(404, lambda: self.custom.delete_namespaced_custom_object(
+            group, n.VERSION, ns, n.PLURAL, name, _request_timeout=REQUEST_TIMEOUT))
 
     def event(self, job: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
         meta, now = job["metadata"], fmt_time(datetime.now(timezone.utc))
@@ -83,7 +89,8 @@ class Cluster:
             "involvedObject": {"apiVersion": job["apiVersion"], "kind": job["kind"], "name": meta["name"],
                                "namespace": meta["namespace"], "uid": meta["uid"]},
             "type": kind, "reason": reason, "message": message[:1024], "count": 1,
-            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "fleetkit-operator"}})
+            "firstTimestamp": now, "lastTimestamp": now, "source": {"component": "fleetkit-operator"}},
+            _request_timeout=REQUEST_TIMEOUT)
 
 
 def _ignore(code: int, call: Callable[[], Any]) -> Any:
