@@ -264,3 +264,24 @@ def test_similarity_focus():
     want[0, 0] = want[2, 1] = want[1, 2] = 1
     np.testing.assert_array_equal(got[0, 0], want)
     np.testing.assert_array_equal(got[0, 1], want)  # marked across the whole axis
+
+
+def test_tree_conv_coefficients_and_gradients():
+    from fleetkit.core.ops.tree_conv import coefficients
+    # tree: 1 -> (2, 3), 2 -> (4); the edge list ends with (0, 0)
+    edges = np.array([[1, 2], [1, 3], [2, 4], [0, 0]])
+    coef = coefficients(edges, 5, max_depth=2)
+    l, r, t = coef
+    # the patch of node 1: itself (depth 0: top weight 1) and its children (depth 1: top 1/2)
+    assert t[0, 0] == 1 and t[0, 1] == t[0, 2] == 0.5 and t[0, 3] == 0
+    assert l[0, 1] == 0 and l[0, 2] == 0.5          # first and last of two siblings
+    assert r[0, 1] == 0.5 and r[0, 2] == 0.5 * (1 - 0.5)  # fluid's eta_r = (1 - top) * (1 - eta_l)
+    assert coef.shape == (3, 4, 5) and coef[:, :, 4].sum() == 0  # 4 patches (3 edges + 1); node 5 unused
+    x = RNG.normal(size=(2, 5, 3))
+    e = np.stack([edges, np.array([[1, 2], [2, 3], [0, 0], [0, 0]])])
+    w = RNG.normal(size=(3, 3, 2, 2))
+    check_grad("tree_conv", {"NodesVector": x, "EdgeSet": e, "Filter": w}, {"max_depth": 3},
+               wrt=["NodesVector", "Filter"])
+    out = layers.tree_conv(_d("n", [5, 3]), _d("e", [4, 2], dtype="int32"), output_size=2, num_filters=2)
+    (got,) = _run([out], {"n": x, "e": e.astype("int32")})
+    assert got.shape == (2, 5, 2, 2)

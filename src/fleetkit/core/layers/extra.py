@@ -1,7 +1,7 @@
 """More layers (fluid 1.4 names, arguments and defaults): adaptive_pool2d, image_resize_short,
 continuous_value_model, ctc_greedy_decoder, mean_iou, sequence_scatter, random_crop,
 merge_selected_rows, get_tensor_from_selected_rows, affine_grid, grid_sampler, fsp_matrix, space_to_depth,
-temporal_shift, teacher_student_sigmoid_loss, warpctc, hash, load, py_func, similarity_focus."""
+temporal_shift, teacher_student_sigmoid_loss, warpctc, hash, load, py_func, similarity_focus, tree_conv."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -16,7 +16,7 @@ from .metric_op import topk
 __all__ = ["adaptive_pool2d", "image_resize_short", "continuous_value_model", "ctc_greedy_decoder", "mean_iou",
            "sequence_scatter", "random_crop", "merge_selected_rows", "get_tensor_from_selected_rows", "affine_grid",
            "grid_sampler", "fsp_matrix", "space_to_depth", "temporal_shift", "teacher_student_sigmoid_loss",
-           "warpctc", "hash", "load", "py_func", "similarity_focus"]
+           "warpctc", "hash", "load", "py_func", "similarity_focus", "tree_conv"]
 
 
 def _vars(layer: str, **vs: Any) -> None:
@@ -230,3 +230,27 @@ def similarity_focus(input: Variable, axis: int, indexes: Sequence[int], name: s
     _vars("similarity_focus", input=input)
     return _op("similarity_focus", {"X": input}, {"axis": int(axis), "indexes": [int(i) for i in indexes]},
                name=name, stop_gradient=True)
+
+
+def tree_conv(nodes_vector: Variable, edge_set: Variable, output_size: int, num_filters: int = 1,
+              max_depth: int = 2, act: str | None = "tanh", param_attr: Any = None, bias_attr: Any = None,
+              name: str | None = None) -> Variable:
+    """Tree-based convolution of node features [N, nodes, F] over the trees ``edge_set``
+    [N, edges, 2] (1-based (parent, child) ids, (0, 0) ends a list): [N, nodes, output_size,
+    num_filters], then a bias over those dims and ``act``."""
+    _vars("tree_conv", nodes_vector=nodes_vector, edge_set=edge_set)
+    if len(nodes_vector.shape) != 3 or any(d <= 0 for d in nodes_vector.shape[1:]):
+        raise InvalidArgumentError(f"tree_conv: nodes_vector '{nodes_vector.name}' must be [N, nodes, F] with nodes "
+                                   f"and F known, got {list(nodes_vector.shape)}")
+    helper = LayerHelper("tree_conv", act=act, name=name)
+    w = helper.create_parameter(param_attr, [nodes_vector.shape[2], 3, int(output_size), int(num_filters)],
+                                nodes_vector.dtype)
+    out = helper.create_variable_for_type_inference(nodes_vector.dtype)
+    helper.append_op("tree_conv", {"NodesVector": [nodes_vector], "EdgeSet": [edge_set], "Filter": [w]},
+                     {"Out": [out]}, {"max_depth": int(max_depth)})
+    if bias_attr is not False:  # as fluid: one bias per (node, output, filter)
+        b = helper.create_parameter(bias_attr, list(out.shape[1:]), out.dtype, is_bias=True)
+        biased = helper.create_variable_for_type_inference(out.dtype)
+        helper.append_op("elementwise_add", {"X": [out], "Y": [b]}, {"Out": [biased]}, {"axis": 1})
+        out = biased
+    return helper.append_activation(out)
