@@ -76,6 +76,8 @@ def test_sequence_mask():
     assert np.asarray(got[1]).dtype == np.float32 and np.asarray(got[1]).shape == (3, 5)
     with pytest.raises(InvalidArgumentError, match="negative length -1"):
         _run([layers.sequence_mask(xv)], {"n": np.array([2, -1])})
+    with pytest.raises(InvalidArgumentError, match="holds a length of 4000000000"):  # never allocated
+        _run([layers.sequence_mask(xv)], {"n": np.array([3, 4_000_000_000])})
 
 
 def test_comparisons_and_logic():

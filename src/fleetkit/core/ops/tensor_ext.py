@@ -152,6 +152,7 @@ def label_smooth_grad(ctx: KernelContext) -> None:
 
 
 # ------------------------------------------------------------ sequence_mask
+MAX_MASK_ELEMENTS = 1 << 30
 def _sequence_mask_infer(ctx: ShapeContext) -> None:
     x = ctx.var("X")
     if np.dtype(x.dtype).kind not in "iu":
@@ -168,6 +169,10 @@ def sequence_mask(ctx: KernelContext) -> None:
     maxlen = int(ctx.attrs["maxlen"])
     if maxlen < 0:
         maxlen = int(to_numpy(x).max()) if x.size else 0
+        if maxlen * max(x.size, 1) > MAX_MASK_ELEMENTS:  # the data decides the size: bound it
+            raise InvalidArgumentError(
+                f"op 'sequence_mask': X '{ctx.ins['X'][0]}' holds a length of {maxlen}; a mask of {x.size} x "
+                f"{maxlen} is more than {MAX_MASK_ELEMENTS} elements (pass maxlen to allow it)")
     ctx.out("Y", (xp.arange(maxlen) < x[..., None]).astype(convert_dtype(ctx.attrs["out_dtype"])))
 
 
