@@ -104,6 +104,7 @@ def sequence_softmax_grad(ctx: KernelContext) -> None:
 
 
 # ---------------------------------------------------------- sequence_expand
+MAX_EXPANDED_ROWS = 1 << 28
 def _seq_expand_infer(ctx: ShapeContext) -> None:
     x, y = ctx.var("X"), ctx.var("Y")
     if x.lod_level > 1:
@@ -131,6 +132,11 @@ def _expand_index(ctx: KernelContext, nrows: int) -> tuple[np.ndarray, list[list
             f"op 'sequence_expand': X '{ctx.ins['X'][0]}' has {x_off.size - 1} sequences but level {ref} of "
             f"Y '{ctx.ins['Y'][0]}' has {ref_off.size - 1}")
     repeats = np.diff(ref_off)
+    total = int((np.diff(x_off) * repeats).sum())
+    if total > MAX_EXPANDED_ROWS:  # the LoD (data) decides the size: bound it before allocating
+        raise InvalidArgumentError(
+            f"op 'sequence_expand': expanding '{ctx.ins['X'][0]}' by the LoD of '{ctx.ins['Y'][0]}' would make "
+            f"{total} rows (more than {MAX_EXPANDED_ROWS})")
     block = np.repeat(np.arange(x_off.size - 1), repeats)  # the X sequence each output block copies
     lens = np.diff(x_off)[block]
     out_off = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
