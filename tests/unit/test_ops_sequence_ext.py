@@ -166,3 +166,12 @@ def test_lod_reset_bad_target():
 def test_sequence_softmax_rejects_wide_input():
     with pytest.raises(ShapeError, match=r"\[T\] or \[T, 1\]"):
         layers.sequence_softmax(layers.data("x", [3], lod_level=1))
+
+
+def test_sequence_expand_refuses_an_output_the_lod_makes_too_big():
+    xv = layers.data("x", [1], dtype="float32", lod_level=1)
+    yv = layers.data("y", [1], dtype="float32", lod_level=1)
+    out = layers.sequence_expand(xv, yv)
+    with pytest.raises(InvalidArgumentError, match="would make 536870912 rows"):
+        _run([out], {"x": (np.zeros((1 << 15, 1), "float32"), [[1 << 15]]),
+                     "y": (np.zeros((1 << 14, 1), "float32"), [[1 << 14]])})
