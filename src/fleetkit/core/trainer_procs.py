@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import traceback
+import weakref
 from multiprocessing.connection import wait
 from typing import Any
 
@@ -57,10 +58,16 @@ def can_fork(runner: Any, dataset: Any, preps: list) -> bool:
     return True
 
 
-def run(runner: Any, feeds: list, preps: list) -> Any:
-    """Run the workers as processes; returns the run's ``DatasetRunStats``."""
+def run(runner: Any, feeds: list, preps: list, share: bool = True) -> Any:
+    """Run the workers as processes; returns the run's ``DatasetRunStats``.
+
+    ``share=False`` (inference: nothing is updated but metric state) skips the shared
+    block: the workers read the parent's arrays copy-on-write, and a persistable an op
+    replaces stays the worker's own."""
     n = len(feeds)
-    runner.shared.update(_share(runner.shared, runner.persistable))
+    if share:
+        runner.shared.update(_share(runner.shared, runner.persistable))
+    runner.share = share
     block = _shared_block(16 * n + 1)
     runner.counts = np.frombuffer(block, np.int64, 2 * n).reshape(n, 2)
     runner.stop = np.frombuffer(block, np.uint8, 1, 16 * n)
@@ -82,8 +89,21 @@ def run(runner: Any, feeds: list, preps: list) -> Any:
     return runner.finish(results, "processes")
 
 
+#: the shared blocks made here (arrays in them need no copy on the next run)
+_BLOCKS: "weakref.WeakSet[mmap.mmap]" = weakref.WeakSet()
+
+
 def _shared_block(nbytes: int) -> mmap.mmap:
-    return mmap.mmap(-1, max(int(nbytes), 1))  # anonymous MAP_SHARED: inherited by forked children
+    block = mmap.mmap(-1, max(int(nbytes), 1))  # anonymous MAP_SHARED: inherited by forked children
+    _BLOCKS.add(block)
+    return block
+
+
+def _in_shared_block(a: np.ndarray) -> bool:
+    b = a.base
+    while isinstance(b, np.ndarray):
+        b = b.base
+    return isinstance(b, mmap.mmap) and b in _BLOCKS
 
 
 def _share(values: dict, names: list[str]) -> dict[str, Any]:
@@ -91,8 +111,9 @@ def _share(values: dict, names: list[str]) -> dict[str, Any]:
     arrays = {}
     for n in names:
         v = values.get(n)
-        if v is not None:
-            arrays[n] = v.values if isinstance(v, LoDTensor) else v
+        a = v.values if isinstance(v, LoDTensor) else v
+        if v is not None and not _in_shared_block(a):  # shared by an earlier run: already in place
+            arrays[n] = a
     offsets, total = {}, 0
     for n, a in arrays.items():
         offsets[n] = total
@@ -114,6 +135,8 @@ def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any) 
 
     def publish(name: str, value: Any, env: dict) -> None:
         """An op replaced a shared persistable: copy it into the shared array."""
+        if not runner.share:
+            return  # env keeps the worker's own value
         dst = shared[name].values if isinstance(shared[name], LoDTensor) else shared[name]
         src = value.values if isinstance(value, LoDTensor) else value
         if getattr(src, "shape", None) != dst.shape:
