@@ -139,17 +139,20 @@ def _adam_blocks(a: dict, lr_t: Any, p: np.ndarray, g: np.ndarray | None, m1: np
 
 def _adam_sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: dict, sc: dict) -> None:
     """Non-lazy Adam with a merged sparse gradient, without a dense zero-filled gradient:
-    the touched rows get the full rule on copies, every row the zero-gradient rule, then
-    the touched rows are written back (the result of densify + dense Adam)."""
-    idx = g.rows
-    rows = {s: v[idx] for s, v in acc.items()}
-    p_rows = p[idx]
-    _adam(np, a, lr, p_rows, g.values, rows, sc)
+    every row takes the zero-gradient step (blocked), then the touched rows add their
+    gradient's part and swap the zero-gradient parameter step for the real one.  The
+    touched rows are read and written back right away, so concurrent Hogwild workers
+    lose no updates to a long read-modify-write window."""
+    m1, m2, b1, b2, eps = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"], a["epsilon"]
     lr_t = lr * np.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
-    _adam_blocks(a, lr_t, p.reshape(-1), None, acc["Moment1"].reshape(-1), acc["Moment2"].reshape(-1))
-    p[idx] = p_rows
-    for s, v in acc.items():
-        v[idx] = rows[s]
+    _adam_blocks(a, lr_t, p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
+    idx, gv = g.rows, g.values
+    c1, c2, cp = m1[idx], m2[idx], p[idx]
+    zero_step = lr_t * (c1 / (np.sqrt(c2) + eps))  # what the pass above took from these rows
+    c1 += (1 - b1) * gv
+    c2 += (1 - b2) * (gv * gv)
+    cp += zero_step - lr_t * (c1 / (np.sqrt(c2) + eps))
+    m1[idx], m2[idx], p[idx] = c1, c2, cp
 
 
 def _lars_momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
