@@ -199,7 +199,7 @@ def _async_trainer_dies(rank: int, world: int, endpoint: str) -> None:
 
 
 def test_async_pserver_whose_trainers_all_died_exits_non_zero(servers):
-    s = servers(num_trainers=2, sync=False)
+    s = servers(num_trainers=2, sync=False, rejoin_grace_s=1.0)   # (default 30 s for a restart)
     t0 = time.monotonic()
     run_workers(_async_trainer_dies, 2, (s.endpoint,), timeout=60, expect_exit={0: 9, 1: 9})
     s.proc.join(15)
@@ -207,14 +207,19 @@ def test_async_pserver_whose_trainers_all_died_exits_non_zero(servers):
 
 
 def test_a_trainer_that_leaves_without_complete_is_lost_and_one_that_completes_is_not(servers):
-    s = servers(num_trainers=2, sync=False)
+    s = servers(num_trainers=2, sync=False, rejoin_grace_s=1.0)
     done, gone = _client(0, heartbeat_s=0.2), _client(1, heartbeat_s=0.2)
     for c in (done, gone):
         c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
     done.send_complete()
     time.sleep(1.0)
     assert s.proc.is_alive()                # trainer 1 still beats
-    gone.close()                            # no COMPLETE: lost, and every trainer is done now
+    gone.close()                            # no COMPLETE: lost...
+    back = _client(1, heartbeat_s=0.2)      # ...but back within rejoin_grace_s (a restart)
+    back.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    time.sleep(1.5)
+    assert s.proc.is_alive()
+    back.close()                            # gone for good: every trainer is done now
     s.proc.join(10)
     assert s.proc.exitcode not in (None, 0)
     done.close()
@@ -282,7 +287,7 @@ def test_the_token_from_the_environment_is_used_by_every_channel(servers, monkey
     """FLEETKIT_AUTH_TOKEN (what `fleetkit launch` sets) is all a job needs: gRPC calls, bulk
     frames and the heartbeat stream all carry it (an accepted stream is what makes the
     pserver notice the client leaving without COMPLETE)."""
-    s = servers(num_trainers=1, env={"FLEETKIT_AUTH_TOKEN": "job-token"})
+    s = servers(num_trainers=1, env={"FLEETKIT_AUTH_TOKEN": "job-token"}, rejoin_grace_s=1.0)
     monkeypatch.setenv("FLEETKIT_AUTH_TOKEN", "job-token")
     c = _client(0)
     c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])

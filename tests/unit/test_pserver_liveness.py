@@ -100,3 +100,15 @@ def test_a_trainer_never_heard_from_is_lost_after_the_first_contact_timeout():
     now[0] = 601.0
     alive.check()
     assert lost[1] == (1, "never contacted this pserver within 600 s of its start") and len(lost) == 2
+
+
+def test_lost_for_counts_from_the_loss():
+    now = [0.0]
+    alive = TrainerLiveness(10.0, lambda t, why: None, 2, clock=lambda: now[0])
+    s = alive.opened(1)
+    now[0] = 3.0
+    alive.closed(1, s, "dropped")
+    now[0] = 20.0
+    assert alive.lost_for(30.0) == set() and alive.lost_for(15.0) == {1}
+    alive.beat(1)                            # it came back
+    assert alive.lost_for(0.0) == set()

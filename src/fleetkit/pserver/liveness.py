@@ -78,6 +78,7 @@ class TrainerLiveness:
         self._next = 0
         self.completed: set[int] = set()
         self.lost: dict[int, str] = {}          #: trainer -> why it was declared lost
+        self._lost_at: dict[int, float] = {}
 
     def opened(self, trainer: int) -> int:
         """A heartbeat stream of ``trainer`` opened; returns its id (for ``closed``)."""
@@ -113,9 +114,19 @@ class TrainerLiveness:
             self._stream.pop(trainer, None)
             self._last.pop(trainer, None)
             first = trainer not in self.lost
-            self.lost[trainer] = why
+            self._mark_lost(trainer, why)
         if first:
             self._on_lost(trainer, why)
+
+    def lost_for(self, seconds: float) -> set[int]:
+        """The trainers lost at least ``seconds`` ago."""
+        now = self._clock()
+        with self._lock:
+            return {t for t in self.lost if now - self._lost_at.get(t, now) >= seconds}
+
+    def _mark_lost(self, trainer: int, why: str) -> None:
+        self.lost[trainer] = why
+        self._lost_at[trainer] = self._clock()
 
     def start(self) -> None:
         """The pserver started serving: the first-contact clock starts."""
@@ -130,14 +141,15 @@ class TrainerLiveness:
             for t in silent:
                 self._last.pop(t, None)
                 self._stream.pop(t, None)
-                self.lost[t] = f"no heartbeat for {self.timeout_s:g} s"
+                self._mark_lost(t, f"no heartbeat for {self.timeout_s:g} s")
             started = self._started
             if self.first_contact_s is not None and self.num_trainers and started is not None \
                     and now - started > self.first_contact_s:
                 for t in range(self.num_trainers):
                     if t not in self._heard and t not in self.completed and t not in self.lost:
                         silent.append(t)
-                        self.lost[t] = f"never contacted this pserver within {self.first_contact_s:g} s of its start"
+                        self._mark_lost(t, f"never contacted this pserver within {self.first_contact_s:g} s "
+                                           f"of its start")
         for t in silent:
             self._on_lost(t, self.lost[t])
 
@@ -250,8 +262,10 @@ class LivenessMixin:
         return True
 
     def _all_done(self) -> bool:
-        """Every trainer sent COMPLETE or is lost."""
-        done = set(self.alive.lost) | self.alive.completed
+        """Every trainer sent COMPLETE or is lost (async: lost for ``rejoin_grace_s``, so a
+        trainer that a supervisor restarts can come back before the pserver gives up)."""
+        grace = 0.0 if self.rounds is not None else float(self.options.rejoin_grace_s)
+        done = self.alive.lost_for(grace) | self.alive.completed
         return done >= set(range(self.num_trainers))
 
     def _watch_trainers(self) -> None:

@@ -72,6 +72,9 @@ class ServerOptions:
     heartbeat_timeout_s: float = 10.0
     #: a trainer never heard from this long after the start is lost (None: wait for it forever)
     first_contact_timeout_s: float | None = 600.0
+    #: async: how long a lost trainer may take to come back (a supervisor restarting it)
+    #: before a pserver whose other trainers are done gives up on it
+    rejoin_grace_s: float = 30.0
     #: directories CheckpointNotify may name (besides checkpoint_dir and FLEETKIT_PS_NOTIFY_DIRS)
     notify_dirs: tuple[str, ...] = ()
     notify_load: bool = False            #: allow CheckpointNotify LOAD of a file a request names
