@@ -17,10 +17,13 @@ its exit code.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
 import multiprocessing as mp
 import os
 import pickle
+import signal
+import sys
 import traceback
 import weakref
 from multiprocessing.connection import wait
@@ -36,6 +39,7 @@ from .scope import LoDTensor
 __all__ = ["can_fork", "run"]
 
 _ALIGN = 64
+_PR_SET_PDEATHSIG = 1
 #: seconds a worker gets to stop after the run ended or failed, before it is killed
 _REAP_S = 10.0
 
@@ -76,7 +80,7 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True) -> Any:
     try:
         for tid, (feed_iter, prep) in enumerate(zip(feeds, preps)):
             recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(runner, tid, n, feed_iter, prep, send),
+            proc = ctx.Process(target=_child, args=(runner, tid, n, feed_iter, prep, send, os.getpid()),
                                name=f"hogwild-{tid}", daemon=True)
             proc.start()
             send.close()  # the child holds the only write end: EOF means it is gone
@@ -128,7 +132,16 @@ def _share(values: dict, names: list[str]) -> dict[str, Any]:
     return out
 
 
-def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any) -> None:
+def _die_with(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when the parent dies, however it dies (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(1)
+
+
+def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, parent: int) -> None:
+    _die_with(parent)
     _limit_blas(n)
     shared = runner.shared
     runner.say = lambda line: conn.send(("say", line))
