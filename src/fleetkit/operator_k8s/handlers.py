@@ -13,6 +13,7 @@ again.  Run with ``fleetkit operator`` (``--kubeflow`` also reconciles
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -157,8 +158,12 @@ def make_registry(kubeflow: bool = False) -> kopf.OperatorRegistry:
     def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.posting.enabled = False         # our events are explicit, not log lines
         settings.execution.max_workers = 16      # reconciles are sync calls in threads
+        # a job deleted from its own timer (TTL) keeps kopf's finalizer until kopf sees
+        # that timer exit: look every second, not every minute
+        settings.background.cancellation_polling = 1.0
         settings.persistence.finalizer = "fleetkit.io/operator"
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)   # "Timer succeeded" every second
+        if logging.getLogger().level > logging.DEBUG:                   # "Timer succeeded" every second
+            logging.getLogger("kopf.objects").setLevel(logging.WARNING)
         cluster.append(Cluster())
 
     @kopf.on.login(registry=registry)
@@ -196,7 +201,9 @@ def load_config(kubeconfig: str | None = None) -> None:
 
 def run(kubeflow: bool = False, namespaces: list[str] | None = None, kubeconfig: str | None = None) -> int:
     """Run the operator until SIGINT/SIGTERM (``fleetkit operator``)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = os.environ.get("FLEETKIT_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     load_config(kubeconfig)
     kopf.run(registry=make_registry(kubeflow), standalone=True,
              clusterwide=not namespaces, namespaces=namespaces or ())
