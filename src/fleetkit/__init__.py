@@ -12,6 +12,7 @@ _logconfig.configure_from_env()  # FLEETKIT_LOG_LEVEL (set by `fleetkit launch`)
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
 from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
+from . import _op_providers  # noqa: F401  (where the pserver/collective/fleet ops live: loaded on first use)
 from . import install_check  # noqa: F401  (fk.install_check.run_check(), as in fluid)
 from .errors import FleetkitError
 from . import collective  # noqa: F401,E402  (cheap, ~35 ms: registers the c_* ops programs may hold)

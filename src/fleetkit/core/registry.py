@@ -8,8 +8,9 @@ op ``T`` is the op ``T_grad`` whose inputs are T's inputs, T's outputs and
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -40,6 +41,12 @@ class OpDef:
 
 _OPS: dict[str, OpDef] = {}
 
+#: op type -> the module whose import registers it, for op families defined above core
+#: (pserver, collective, fleet).  Core must not import upward, yet a program loaded from
+#: disk may hold any op; the top-level package fills this table (``fleetkit/_op_providers.py``)
+#: and ``get_op_def`` imports the module the first time one of its ops is looked up.
+_PROVIDERS: dict[str, str] = {}
+
 
 def register_op(type: str, infer_shape: InferFn | None = None, no_grad_inputs: tuple = (),
                 grad_outputs: tuple | None = None, attrs: dict | None = None,
@@ -66,6 +73,12 @@ def register_grad(type: str) -> Callable[[Kernel], Kernel]:
     return deco
 
 
+def register_op_provider(module: str, types: Iterable[str]) -> None:
+    """Declare that importing ``module`` registers op ``types`` (and their ``_grad`` ops)."""
+    for t in types:
+        _PROVIDERS[t] = module
+
+
 def get_op_def(type: str) -> OpDef:
     try:
         return _OPS[type]
@@ -73,6 +86,11 @@ def get_op_def(type: str) -> OpDef:
         from . import ops  # noqa: F401  (registration happens on import)
         if type in _OPS:
             return _OPS[type]
+        provider = _PROVIDERS.get(type) or _PROVIDERS.get(type.removesuffix("_grad"))
+        if provider is not None:
+            importlib.import_module(provider)
+            if type in _OPS:
+                return _OPS[type]
         raise NotFoundError(f"unknown op type '{type}'") from None
 
 
