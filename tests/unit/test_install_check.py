@@ -51,9 +51,15 @@ def test_broken_kernel_is_reported_and_exit_code_is_1(monkeypatch, capsys):
     assert "mean loss" in out.err and "installed successfully" not in out.out
 
 
-def test_cli_requires_a_subcommand():
+def test_bare_cli_prints_the_help(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    assert "usage: fleetkit" in out and "launch" in out and "demo" in out
+
+
+def test_cli_refuses_an_unknown_subcommand():
     with pytest.raises(SystemExit) as e:
-        cli.main([])
+        cli.main(["no-such-command"])
     assert e.value.code == 2
 
 

@@ -257,8 +257,10 @@ def test_python_dash_m_fleetkit():
     import sys
     out = subprocess.run([sys.executable, "-m", "fleetkit", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "check" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "fleetkit"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "COMMAND" in bad.stderr
+    bare = subprocess.run([sys.executable, "-m", "fleetkit"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 0 and "COMMAND" in bare.stdout
+    bad = subprocess.run([sys.executable, "-m", "fleetkit", "nope"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 def test_user_defined_role_maker_both_fluid_orders():
