@@ -82,8 +82,9 @@ def _build(args: argparse.Namespace) -> ctr_model.CTRModel:
                                wrap_optimizer=lambda o: fleet.distributed_optimizer(o, strategy))
     from ..fleet import DistributedStrategy
     if args.dgc:
-        make = lambda: fk.optimizer.DGCMomentumOptimizer(args.lr, momentum=0.9, rampup_begin_step=10,  # noqa: E731
-                                                         sparsity=[0.99])
+        # dense warm-up steps, then sparsity walked up to 98.4%: DGC's paper recipe, shortened
+        make = lambda: fk.optimizer.DGCMomentumOptimizer(args.lr, momentum=0.9, rampup_begin_step=50,  # noqa: E731
+                                                         rampup_step=100, sparsity=[0.75, 0.9375, 0.984375])
     else:
         make = lambda: fk.optimizer.Adagrad(args.lr)  # noqa: E731
     return ctr_model.build(DATA, is_sparse=False, wide=True, with_auc=True, make_optimizer=make,
