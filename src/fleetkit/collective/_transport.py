@@ -25,6 +25,7 @@ import threading
 import time
 
 from ..errors import CollectiveError, CollectiveTimeoutError, PeerFailedError, seconds_text
+from ..netio import recv_exactly
 from .api import Deadline
 from .constants import FAILURE_ATTRIBUTION_S
 from .store import _connect_with_retry, _recv_exact
@@ -216,17 +217,8 @@ class RingLinks:
         On a timeout the error names ``blame`` (default: the left neighbour), e.g.
         the rank whose header is missing, with ``doing`` saying what was awaited.
         """
-        sock, got, size = self.left_sock, 0, len(view)
         try:
-            while got < size:
-                remaining = deadline.remaining()
-                if remaining <= 0:
-                    raise socket.timeout("deadline passed")
-                sock.settimeout(remaining)  # type: ignore[union-attr]
-                k = sock.recv_into(view[got:])  # type: ignore[union-attr]
-                if k == 0:
-                    raise ConnectionResetError("end of stream")
-                got += k
+            recv_exactly(self.left_sock, view, deadline)  # type: ignore[arg-type]
         except (OSError, AttributeError) as exc:
             raise self.io_failure(self.left, exc, doing, deadline, blame) from None
 

@@ -23,6 +23,7 @@ import threading
 import time
 
 from ..errors import CollectiveError, CollectiveTimeoutError, InvalidArgumentError, seconds_text
+from ..netio import recv_exactly
 from .constants import default_timeout
 
 __all__ = ["FileStore", "PrefixStore", "Store", "TCPStore", "TCPStoreServer"]
@@ -228,12 +229,7 @@ class TCPStore(Store):
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if k == 0:
-            raise EOFError("connection closed")
-        got += k
+    recv_exactly(sock, memoryview(buf))  # the socket's own timeout bounds each read
     return bytes(buf)
 
 
