@@ -53,6 +53,24 @@ def eager_delete_tensor_gb(env: Mapping[str, str] | None = None) -> float:
                           f"intermediates, 0 to free them as soon as they are unused)") from None
 
 
+#: default timeout of every collective, in seconds (collective/constants.py: 300 s when unset)
+FLEETKIT_COLLECTIVE_TIMEOUT = "FLEETKIT_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout_s(env: Mapping[str, str] | None = None) -> float | None:
+    """``FLEETKIT_COLLECTIVE_TIMEOUT`` as positive seconds, or None when unset or empty."""
+    raw = (os.environ if env is None else env).get(FLEETKIT_COLLECTIVE_TIMEOUT)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{FLEETKIT_COLLECTIVE_TIMEOUT}={raw!r} is not a positive number of seconds")
+    return value
+
+
 ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
 
 

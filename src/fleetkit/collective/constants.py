@@ -6,12 +6,10 @@ default for a whole job without code changes (e.g. a short value in tests).
 """
 from __future__ import annotations
 
-import os
+from ..env import FLEETKIT_COLLECTIVE_TIMEOUT, collective_timeout_s
 
-from ..errors import ConfigError
-
-#: Environment variable overriding DEFAULT_TIMEOUT_S (seconds, > 0).
-TIMEOUT_ENV = "FLEETKIT_COLLECTIVE_TIMEOUT"
+#: Environment variable overriding DEFAULT_TIMEOUT_S (seconds, > 0); named and read in env.py.
+TIMEOUT_ENV = FLEETKIT_COLLECTIVE_TIMEOUT
 #: Default timeout of one collective, a rendezvous or a store wait (seconds).
 DEFAULT_TIMEOUT_S = 300.0
 #: Extra time a blocking call waits for the op thread after the op's own
@@ -40,14 +38,6 @@ MAX_NDIM = 16
 
 
 def default_timeout() -> float:
-    """The default collective timeout: $FLEETKIT_COLLECTIVE_TIMEOUT or 300 s."""
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None or raw == "":
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ConfigError(f"{TIMEOUT_ENV}={raw!r} is not a positive number of seconds")
-    return value
+    """The default collective timeout: $FLEETKIT_COLLECTIVE_TIMEOUT (read by env.py) or 300 s."""
+    value = collective_timeout_s()
+    return DEFAULT_TIMEOUT_S if value is None else value
