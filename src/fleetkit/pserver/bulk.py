@@ -71,9 +71,11 @@ class BulkStatus(Exception):
     from the connection); ``rpc.map_status`` turns it into the fleetkit error."""
 
     def __init__(self, code: str, details: str, missing: tuple[int, ...] | None = None,
-                 keep: bool = False, connect_failed: bool = False) -> None:
+                 keep: bool = False, connect_failed: bool = False,
+                 info: tuple[int, int, int] | None = None) -> None:
         super().__init__(f"{code}: {details}")
         self.code, self.details, self.missing = code, details, missing
+        self.info = info   #: the replying pserver's (incarnation, updates, resumed)
         self.keep = keep   #: the connection is still in sync (an error reply the server sent)
         self.connect_failed = connect_failed   #: no connection could be opened
 
@@ -427,7 +429,7 @@ class BulkPool:
                 raise BulkStatus("INTERNAL", f"{where}: malformed error reply")
             missing = rpc.parse_missing(miss.decode()) if rlen else None
             raise BulkStatus(STATUS_NAME.get(status, "UNKNOWN"), head.decode("utf-8", "replace"), missing,
-                             keep=not flags & FLAG_CLOSING)
+                             keep=not flags & FLAG_CLOSING, info=tuple(info))
         if not hlen:
             return None, True, tuple(info)
         buf = np.empty(rlen + dlen, np.uint8)

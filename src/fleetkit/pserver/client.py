@@ -159,8 +159,14 @@ class RPCClient:
                 return out
             except grpc.RpcError as e:
                 code, details, missing = rpc.grpc_status(e)
+                info.append(_incarnation(e))
             except bulk.BulkStatus as e:
                 code, details, missing = e.code, e.details, e.missing
+                info.append(e.info)
+            # a failure from a restarted pserver: say that first (or re-seed and try again)
+            if watch and info and info[-1] and self.restarts.observe(endpoint, info[-1]) == REFETCH \
+                    and attempts < 4:
+                continue
             if code == "UNAVAILABLE":   # a restarted pserver has a new bulk port: ask again
                 self._forget_bulk(endpoint)
             if code == "UNAVAILABLE" and time.monotonic() + delay < give_up:
@@ -453,7 +459,12 @@ def _owned(value: Any) -> Any:
 
 
 def _incarnation(call: Any) -> tuple[int, int, int] | None:
-    for key, value in call.trailing_metadata() or ():
+    """The (incarnation, updates, resumed) a reply or failed call carries, if any."""
+    try:
+        md = call.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - not every RpcError carries metadata
+        return None
+    for key, value in md:
         if key == rpc.INCARNATION_KEY:
             return parse_incarnation(value)
     return None

@@ -266,8 +266,9 @@ class ParameterServer(StateMixin, LivenessMixin):
                 return out
             except Exception as e:  # noqa: BLE001 - every failure becomes a status
                 code, details, md = self._status_for(e, method, request)
-            if md:
-                context.set_trailing_metadata(md)
+            # errors carry the incarnation too: a restarted pserver's refusal (e.g. of a
+            # trainer lost to it) must not hide that it restarted
+            context.set_trailing_metadata(tuple(md) + self.incarnation.metadata())
             context.abort(code, details)
         return handle
 
