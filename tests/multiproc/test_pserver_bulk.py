@@ -262,6 +262,21 @@ def test_auth_token_is_checked_on_the_bulk_channel(servers):
     ok.close()
 
 
+def test_a_refused_client_gets_the_reply_although_it_is_still_sending(servers):
+    """The server refuses after the token, while the payload is still arriving: closing with
+    unread input would reset the connection and the peer's kernel would drop the reply."""
+    s = servers(env={"FLEETKIT_AUTH_TOKEN": "s3cret"})
+    port = _bulk_client(0, auth_token="s3cret")._bulk_port(s.endpoint)
+    env = codec.encode("echo/x", np.ones(1 << 20, np.float32))[0]     # 4 MiB after the token
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.sendall(_frame("SendVariable", env, b"wrong"))
+        time.sleep(0.3)              # the server has replied and closed by now
+        status, details = _read_reply(sock)
+        assert status == grpc.StatusCode.UNAUTHENTICATED.value[0] and b"wrong auth token" in details
+        sock.close()
+
+
 def test_a_client_that_vanishes_or_stalls_mid_frame_does_not_wedge_the_server(servers):
     s = servers(bulk_io_timeout=1.0)
     c = _bulk_client(0)

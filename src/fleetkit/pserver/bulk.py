@@ -245,7 +245,7 @@ class BulkServer:
                 self._conns.discard(conn)
                 if not state["authenticated"]:
                     self._unauthenticated -= 1
-            conn.close()
+            _linger_close(conn)
 
     def _authenticated(self, state: dict) -> None:
         if not state["authenticated"]:
@@ -440,3 +440,31 @@ class BulkPool:
         env.rows = memoryview(buf[:rlen]) if rlen else b""
         env.data = memoryview(buf[rlen:]) if dlen else b""
         return env, True, tuple(info)
+
+
+#: a closing connection's unread input is discarded for at most this long and this many bytes
+LINGER_S, LINGER_BYTES = 2.0, 8 << 20
+
+
+def _linger_close(conn: socket.socket) -> None:
+    """Close after a refusal without losing the reply: closing a socket that still has unread
+    input sends a reset, and the peer's kernel then drops our reply before the peer reads it.
+    So send FIN first, discard what the peer is still sending (one small fixed buffer, bounded
+    in bytes and time: nothing is kept), then close."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(0.2)
+        sink, left, give_up = bytearray(64 << 10), LINGER_BYTES, time.monotonic() + LINGER_S
+        while left > 0 and time.monotonic() < give_up:
+            try:
+                k = conn.recv_into(sink)
+            except socket.timeout:
+                continue
+            if not k:
+                break
+            left -= k
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
