@@ -269,8 +269,9 @@ class BulkServer:
                 continue   # idle connection, waiting for the client's next call
             if not k:
                 return False
-            if k < view.nbytes:
-                _recv_into(conn, view[k:], give_up or time.monotonic() + self.io_timeout)
+            if k < view.nbytes:   # a frame has started: the rest is due within io_timeout
+                rest_due = time.monotonic() + self.io_timeout
+                _recv_into(conn, view[k:], rest_due if give_up is None else min(give_up, rest_due))
             return True
 
     def _serve_one(self, conn: socket.socket, scratch: Scratch, state: dict) -> bool:
