@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
-from .rnn import ACTS, _act, _lstm_bias, _Steps, _steps
+from .rnn import ACTS, _LSTM_ACTS, _act, _clip, _lstm_bias, _lstm_cell, _lstm_cell_grad, _Steps, _steps
 
 
 def _lstmp_infer(ctx: ShapeContext) -> None:
@@ -24,13 +24,6 @@ def _lstmp_infer(ctx: ShapeContext) -> None:
     ctx.set("Cell", (x[0], d), ctx.dtype("Input"), lod)
 
 
-def _clip(xp: Any, v: Any, bound: float) -> tuple[Any, Any]:
-    """v clipped to [-bound, bound] (bound <= 0: no clipping) and where it passed unchanged."""
-    if bound <= 0:
-        return v, None
-    return xp.clip(v, -bound, bound), xp.abs(v) <= bound
-
-
 def _init_projection(ctx: KernelContext, steps: _Steps, p: int) -> tuple[Any, Any]:
     """r0 = proj_act(H0 @ ProjWeight) in sorted order (zeros without H0), and H0 sorted."""
     xp, h0 = ctx.xp, ctx.x("H0")
@@ -44,9 +37,9 @@ def _lstmp_forward(ctx: KernelContext, steps: _Steps, keep: bool) -> tuple[Any, 
     xp, x, w, wp = ctx.xp, ctx.x("Input"), ctx.x("Weight"), ctx.x("ProjWeight")
     a_ = ctx.attrs
     p, d, peep = w.shape[0], w.shape[1] // 4, bool(a_["use_peepholes"])
-    bg, wic, wfc, woc = _lstm_bias(ctx.x("Bias"), d, peep)
-    gate, cell_act, cand, proj = (_act(a_, n)[0] for n in ("gate_activation", "cell_activation",
-                                                            "candidate_activation", "proj_activation"))
+    bg, *peeps = _lstm_bias(ctx.x("Bias"), d, peep)
+    acts = tuple(_act(a_, n)[0] for n in _LSTM_ACTS)
+    proj = _act(a_, "proj_activation")[0]
     r, _ = _init_projection(ctx, steps, p)
     c = steps.sorted_init(xp, ctx.x("C0"), d, x.dtype)
     out_r, out_c = xp.zeros((x.shape[0], p), x.dtype), xp.zeros((x.shape[0], d), x.dtype)
@@ -54,14 +47,8 @@ def _lstmp_forward(ctx: KernelContext, steps: _Steps, keep: bool) -> tuple[Any, 
     for rows in steps.rows:
         n = rows.shape[0]
         rp, cp = r[:n], c[:n]
-        a = x[rows] + rp @ w + bg
-        ac, ai, af, ao = a[:, :d], a[:, d:2 * d], a[:, 2 * d:3 * d], a[:, 3 * d:]
-        if peep:
-            ai, af = ai + wic * cp, af + wfc * cp
-        i, f, cc = gate(xp, ai), gate(xp, af), cand(xp, ac)
-        cn, cmask = _clip(xp, f * cp + i * cc, float(a_["cell_clip"]))
-        o = gate(xp, ao + woc * cn if peep else ao)
-        tc = cell_act(xp, cn)
+        i, f, cc, o, cn, tc, cmask = _lstm_cell(xp, x[rows] + rp @ w + bg, cp, d, peeps, acts,
+                                                float(a_["cell_clip"]))
         hn = o * tc
         rn, rmask = _clip(xp, proj(xp, hn @ wp), float(a_["proj_clip"]))
         out_r[rows], out_c[rows] = rn, cn
@@ -92,9 +79,9 @@ def _zeros_or(ctx: KernelContext, slot: str, shape: tuple, dtype: Any) -> Any:
 def lstmp_grad(ctx: KernelContext) -> None:
     xp, x, w, wp, a_ = ctx.xp, ctx.x("Input"), ctx.x("Weight"), ctx.x("ProjWeight"), ctx.attrs
     p, d, peep = w.shape[0], w.shape[1] // 4, bool(a_["use_peepholes"])
-    _, wic, wfc, woc = _lstm_bias(ctx.x("Bias"), d, peep)
-    dgate, dcell, dcand, dproj = (_act(a_, n)[1] for n in ("gate_activation", "cell_activation",
-                                                            "candidate_activation", "proj_activation"))
+    _, *peeps = _lstm_bias(ctx.x("Bias"), d, peep)
+    dacts = tuple(_act(a_, n)[1] for n in _LSTM_ACTS)
+    dproj = _act(a_, "proj_activation")[1]
     steps = _steps(ctx, "lstmp")
     _, _, caches = _lstmp_forward(ctx, steps, keep=True)
     gr = _zeros_or(ctx, "Projection@GRAD", (x.shape[0], p), x.dtype)
@@ -110,18 +97,8 @@ def lstmp_grad(ctx: KernelContext) -> None:
             dpre = dpre * rmask
         dwp += hn.T @ dpre
         dhn = dpre @ wp.T
-        dcn = dc[:n] + dhn * o * dcell(xp, tc) + (gc[rows] if gc is not None else 0)
-        dao = dhn * tc * dgate(xp, o)
-        if peep:
-            dcn = dcn + dao * woc
-        if cmask is not None:
-            dcn = dcn * cmask
-        dai, daf, dac = dcn * cc * dgate(xp, i), dcn * cp * dgate(xp, f), dcn * i * dcand(xp, cc)
-        dcp = dcn * f
-        if peep:
-            dcp = dcp + dai * wic + daf * wfc
-            db[4 * d:] += xp.concatenate([(dai * cp).sum(0), (daf * cp).sum(0), (dao * cn).sum(0)])
-        da = xp.concatenate([dac, dai, daf, dao], axis=1)
+        da, dcp = _lstm_cell_grad(xp, dhn, dc[:n], None if gc is None else gc[rows],
+                                  (cp, i, f, cc, o, cn, tc, cmask), peeps, dacts, db)
         dx[rows] = da
         dw += rp.T @ da
         db[:4 * d] += da.sum(0)

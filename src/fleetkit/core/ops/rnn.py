@@ -108,13 +108,63 @@ def _lstm_bias(b: Any, d: int, peep: bool) -> tuple[Any, Any, Any, Any]:
     return b[:4 * d], b[4 * d:5 * d], b[5 * d:6 * d], b[6 * d:7 * d]
 
 
+#: the activation attributes of an LSTM cell, in the order _lstm_cell takes them
+_LSTM_ACTS = ("gate_activation", "cell_activation", "candidate_activation")
+
+
+def _clip(xp: Any, v: Any, bound: float) -> tuple[Any, Any]:
+    """v clipped to [-bound, bound] (bound <= 0: no clipping) and where it passed unchanged."""
+    if bound <= 0:
+        return v, None
+    return xp.clip(v, -bound, bound), xp.abs(v) <= bound
+
+
+def _lstm_cell(xp: Any, a: Any, cp: Any, d: int, peeps: Any, acts: tuple, cell_clip: float = 0.0) -> tuple:
+    """One LSTM step (lstm and lstmp) from the projected gates ``a`` (fluid's order: candidate,
+    input, forget, output) and the previous cell ``cp``: (i, f, candidate, o, cell, act(cell),
+    cell-clip mask or None). ``peeps`` are the peephole weights (wic, wfc, woc) or Nones."""
+    gate, cell_act, cand = acts
+    wic, wfc, woc = peeps
+    ac, ai, af, ao = a[:, :d], a[:, d:2 * d], a[:, 2 * d:3 * d], a[:, 3 * d:]
+    if wic is not None:
+        ai, af = ai + wic * cp, af + wfc * cp
+    i, f, cc = gate(xp, ai), gate(xp, af), cand(xp, ac)
+    cn, cmask = _clip(xp, f * cp + i * cc, cell_clip)
+    o = gate(xp, ao + woc * cn if woc is not None else ao)
+    return i, f, cc, o, cn, cell_act(xp, cn), cmask
+
+
+def _lstm_cell_grad(xp: Any, dhn: Any, dc_next: Any, gc: Any, cell: tuple, peeps: Any, dacts: tuple,
+                    db: Any) -> tuple[Any, Any]:
+    """The backward of ``_lstm_cell``: from the gradients of the new hidden state ``dhn``, of the
+    new cell carried from the next step ``dc_next`` and fetched ``gc`` (or None), and the step's
+    ``cell`` = (cp, i, f, candidate, o, cell, act(cell), clip mask): (d gates, d previous cell);
+    the peephole gradients are added to ``db[4d:]``."""
+    dgate, dcell, dcand = dacts
+    wic, wfc, woc = peeps
+    cp, i, f, cc, o, cn, tc, cmask = cell
+    d = cp.shape[1]
+    dcn = dc_next + dhn * o * dcell(xp, tc)
+    if gc is not None:
+        dcn = dcn + gc
+    dao = dhn * tc * dgate(xp, o)
+    if woc is not None:
+        dcn = dcn + dao * woc
+    if cmask is not None:
+        dcn = dcn * cmask
+    dai, daf, dac = dcn * cc * dgate(xp, i), dcn * cp * dgate(xp, f), dcn * i * dcand(xp, cc)
+    dcp = dcn * f
+    if wic is not None:
+        dcp = dcp + dai * wic + daf * wfc
+        db[4 * d:] += xp.concatenate([(dai * cp).sum(0), (daf * cp).sum(0), (dao * cn).sum(0)])
+    return xp.concatenate([dac, dai, daf, dao], axis=1), dcp
+
+
 def _lstm_forward(ctx: KernelContext, steps: _Steps, keep: bool) -> tuple[Any, Any, list]:
     xp, x, w = ctx.xp, ctx.x("Input"), ctx.x("Weight")
     d, peep = w.shape[0], bool(ctx.attrs["use_peepholes"])
-    bg, wic, wfc, woc = _lstm_bias(ctx.x("Bias"), d, peep)
-    gate, _ = _act(ctx.attrs, "gate_activation")
-    cell_act, _ = _act(ctx.attrs, "cell_activation")
-    cand, _ = _act(ctx.attrs, "candidate_activation")
+    bg, *peeps = _lstm_bias(ctx.x("Bias"), d, peep)
+    acts = tuple(_act(ctx.attrs, n)[0] for n in _LSTM_ACTS)
     h = steps.sorted_init(xp, ctx.x("H0"), d, x.dtype)
     c = steps.sorted_init(xp, ctx.x("C0"), d, x.dtype)
     hidden, cell = xp.zeros((x.shape[0], d), x.dtype), xp.zeros((x.shape[0], d), x.dtype)
@@ -122,14 +172,7 @@ def _lstm_forward(ctx: KernelContext, steps: _Steps, keep: bool) -> tuple[Any, A
     for rows in steps.rows:
         n = rows.shape[0]
         hp, cp = h[:n], c[:n]
-        a = x[rows] + hp @ w + bg
-        ac, ai, af, ao = a[:, :d], a[:, d:2 * d], a[:, 2 * d:3 * d], a[:, 3 * d:]
-        if peep:
-            ai, af = ai + wic * cp, af + wfc * cp
-        i, f, cc = gate(xp, ai), gate(xp, af), cand(xp, ac)
-        cn = f * cp + i * cc
-        o = gate(xp, ao + woc * cn if peep else ao)
-        tc = cell_act(xp, cn)
+        i, f, cc, o, cn, tc, _ = _lstm_cell(xp, x[rows] + hp @ w + bg, cp, d, peeps, acts)
         hn = o * tc
         hidden[rows], cell[rows] = hn, cn
         if keep:
@@ -158,10 +201,8 @@ def _grad_or_zeros(ctx: KernelContext, slot: str, like: Any) -> Any:
 def lstm_grad(ctx: KernelContext) -> None:
     xp, x, w = ctx.xp, ctx.x("Input"), ctx.x("Weight")
     d, peep = w.shape[0], bool(ctx.attrs["use_peepholes"])
-    _, wic, wfc, woc = _lstm_bias(ctx.x("Bias"), d, peep)
-    dgate = _act(ctx.attrs, "gate_activation")[1]
-    dcell = _act(ctx.attrs, "cell_activation")[1]
-    dcand = _act(ctx.attrs, "candidate_activation")[1]
+    _, *peeps = _lstm_bias(ctx.x("Bias"), d, peep)
+    dacts = tuple(_act(ctx.attrs, n)[1] for n in _LSTM_ACTS)
     steps = _steps(ctx, "lstm")
     _, _, caches = _lstm_forward(ctx, steps, keep=True)
     gh = _grad_or_zeros(ctx, "Hidden@GRAD", x[:, :d])
@@ -172,18 +213,8 @@ def lstm_grad(ctx: KernelContext) -> None:
     for rows, (hp, cp, i, f, cc, o, cn, tc) in zip(reversed(steps.rows), reversed(caches)):
         n = rows.shape[0]
         dhn = gh[rows] + dh[:n]
-        dcn = dc[:n] + dhn * o * dcell(xp, tc)
-        if gc is not None:
-            dcn = dcn + gc[rows]
-        dao = dhn * tc * dgate(xp, o)
-        if peep:
-            dcn = dcn + dao * woc
-        dai, daf, dac = dcn * cc * dgate(xp, i), dcn * cp * dgate(xp, f), dcn * i * dcand(xp, cc)
-        dcp = dcn * f
-        if peep:
-            dcp = dcp + dai * wic + daf * wfc
-            db[4 * d:] += xp.concatenate([(dai * cp).sum(0), (daf * cp).sum(0), (dao * cn).sum(0)])
-        da = xp.concatenate([dac, dai, daf, dao], axis=1)
+        da, dcp = _lstm_cell_grad(xp, dhn, dc[:n], None if gc is None else gc[rows],
+                                  (cp, i, f, cc, o, cn, tc, None), peeps, dacts, db)
         dx[rows] = da
         dw += hp.T @ da
         db[:4 * d] += da.sum(0)
