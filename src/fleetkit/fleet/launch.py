@@ -245,7 +245,7 @@ class _Job:
         for p in self.procs:
             p.join_reader()
         outcomes = [p.outcome for p in self.procs]
-        cause = report.pick_cause(o for o in outcomes if o.failed)
+        cause = report.pick_cause(outcomes)
         _say(report.describe_failure(cause, outcomes))
         _say(f"fleetkit launch: {stopped}")
         code = cause.code

@@ -101,14 +101,19 @@ def ended_line(o: Outcome) -> str:
     return f"fleetkit launch: {o.name} (pid {o.pid}) {o.how()}"
 
 
-def pick_cause(failures: Iterable[Outcome]) -> Outcome | None:
-    """The failure to report: the earliest that is not a consequence of another's."""
-    failures = list(failures)
+def pick_cause(outcomes: Iterable[Outcome]) -> Outcome | None:
+    """The failure to report: the earliest that is not a consequence of another's. When every
+    process that failed by itself only reports another's failure, the cause is a process the
+    launcher stopped after it had printed an error of its own (it raised, but was still in its
+    teardown when the wait for it ran out)."""
+    outcomes = list(outcomes)
+    failures = [o for o in outcomes if o.failed]
     if not failures:
         return None
     def when(o: Outcome) -> float:  # a traceback printed earlier is an earlier failure
         return min(t for t in (o.traceback_at, o.ended) if t is not None)
-    causes = [o for o in failures if not o.is_consequence] or failures
+    causes = [o for o in failures if not o.is_consequence] or [
+        o for o in outcomes if o.stopped and o.traceback_at is not None and not o.is_consequence] or failures
     return min(causes, key=when)
 
 
