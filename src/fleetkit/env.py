@@ -36,6 +36,26 @@ def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _source(env: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The mapping to read: ``env`` if given (tests, a child's planned env), else the live
+    ``os.environ`` at call time (tests and launchers change it between calls)."""
+    return os.environ if env is None else env
+
+
+#: set to 0 / false / off / no to keep every pserver tensor on gRPC (client and server; default on)
+FLEETKIT_PS_BULK = "FLEETKIT_PS_BULK"
+
+
+def ps_bulk_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """``FLEETKIT_PS_BULK``: whether the pserver bulk channel may be used (unset: yes)."""
+    return _source(env).get(FLEETKIT_PS_BULK, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def auth_token(env: Mapping[str, str] | None = None) -> str:
+    """``FLEETKIT_AUTH_TOKEN``: the shared secret of pservers and trainers ('' = no auth)."""
+    return _source(env).get(FLEETKIT_AUTH_TOKEN, "")
+
+
 #: fluid's garbage-collection flag: >= 0 makes executors free each intermediate as soon as no
 #: later op reads it (fleetkit frees at once, whatever the threshold); < 0 or unset keeps them
 FLAGS_EAGER_DELETE_TENSOR_GB = "FLAGS_eager_delete_tensor_gb"

@@ -8,12 +8,11 @@ grpcio version the stubs were generated with.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grpc
 
-from ..env import FLEETKIT_AUTH_TOKEN
+from .. import env as envmod
 from ..errors import (BarrierTimeoutError, PServerError, PServerUnavailableError, RPCAuthError,
                       RPCDeadlineError, RPCError, RPCRequestError)
 from . import codec
@@ -34,8 +33,8 @@ SPARSE_MEMORY = "@SPARSE_MEMORY@"
 #: GetVariableNoBarrier of this name returns int64 [port] of the pserver's bulk channel
 #: (``bulk.py``; 0: none, e.g. under TLS).  Older pservers answer NOT_FOUND: no bulk.
 BULK_PORT = "@BULK_PORT@"
-#: set to 0 / false / off to keep every tensor on gRPC (client and server)
-BULK_ENV = "FLEETKIT_PS_BULK"
+#: set to 0 / false / off to keep every tensor on gRPC (client and server); named in env.py
+BULK_ENV = envmod.FLEETKIT_PS_BULK
 #: the client-streaming liveness method (``liveness.py``): one stream per trainer and pserver
 HEARTBEAT_METHOD = "Heartbeat"
 HEARTBEAT = "HEARTBEAT@RECV"
@@ -76,12 +75,12 @@ def bulk_enabled(explicit: bool | None = None) -> bool:
     (default on)."""
     if explicit is not None:
         return bool(explicit)
-    return os.environ.get(BULK_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+    return envmod.ps_bulk_enabled()
 
 
 def auth_token(explicit: str | None = None) -> str:
     """The shared secret: ``explicit`` if given, else ``FLEETKIT_AUTH_TOKEN`` ('' = no auth)."""
-    return os.environ.get(FLEETKIT_AUTH_TOKEN, "") if explicit is None else explicit
+    return envmod.auth_token() if explicit is None else explicit
 
 
 def common_options(max_message_bytes: int) -> list[tuple[str, Any]]:
