@@ -47,6 +47,10 @@ from .restarts import REFETCH, RestartWatch
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
 log = logging.getLogger(__name__)
 
+# retry jitter draws from its own generator: retries happen a timing-dependent number of times, and
+# drawing from the global `random` would change a user's seeded stream (e.g. reader.shuffle's order)
+_JITTER = random.Random()
+
 
 @dataclass(frozen=True)
 class ClientOptions:
@@ -170,7 +174,7 @@ class RPCClient:
             if code == "UNAVAILABLE":   # a restarted pserver has a new bulk port: ask again
                 self._forget_bulk(endpoint)
             if code == "UNAVAILABLE" and time.monotonic() + delay < give_up:
-                time.sleep(delay * (0.5 + random.random()))
+                time.sleep(delay * (0.5 + _JITTER.random()))
                 delay = min(delay * 2, o.backoff_max_s)
                 continue
             note = (f" (gave up after {attempts} attempts over {o.retry_window_s:.0f} s retry window)"
