@@ -10,10 +10,22 @@ import pytest
 
 BOOK = Path(__file__).parent / "book"
 
+# fluid 1.4's reader.shuffle draws from Python's global `random`, which the scripts never seed (nor
+# does Paddle): each script runs with `random` seeded, so its data order, and with the program's
+# random_seed its whole run, is reproducible and a threshold cannot pass or fail by chance.
+PY_RANDOM_SEED = 1
+_SEEDED_RUN = ("import random, runpy, sys, os; random.seed(int(sys.argv[1])); sys.argv = sys.argv[2:]; "
+               "sys.path[0] = os.path.dirname(sys.argv[0]); runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def script_command(name, *args):
+    """The command line that runs book script ``name`` as ``python name args...``, `random` seeded."""
+    return [sys.executable, "-c", _SEEDED_RUN, str(PY_RANDOM_SEED), str(BOOK / name), *map(str, args)]
+
 
 def run_script(name, *args, cwd, timeout=120, env=None):
     """Run a book script in a fresh interpreter; its stdout, or a failure showing its output."""
-    out = subprocess.run([sys.executable, str(BOOK / name), *map(str, args)], cwd=cwd, capture_output=True,
+    out = subprocess.run(script_command(name, *args), cwd=cwd, capture_output=True,
                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
     assert out.returncode == 0, f"{name} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
     return out.stdout

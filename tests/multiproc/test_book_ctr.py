@@ -5,14 +5,13 @@ import importlib.util
 import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import fleetkit as fluid
 from fleetkit.pserver import checkpoint
-from test_book_chapters import BOOK, run_script  # noqa: E402
+from test_book_chapters import BOOK, run_script, script_command  # noqa: E402
 
 SCRIPT = BOOK / "ctr_dnn.py"
 DENSE = ["fc_0.w_0", "fc_0.b_0", "fc_1.w_0", "fc_2.w_0", "fc_3.w_0", "fc_3.b_0"]
@@ -88,8 +87,8 @@ def _run_job(tmp_path, out, is_distributed, *extra):
     for role, ip, tid in roles:
         env = {**os.environ, **common, "TRAINING_ROLE": role, "POD_IP": ip, "PADDLE_TRAINER_ID": str(tid)}
         log = open(tmp_path / f"{out.name}-{role}{ip}{tid}.log", "w")
-        cmd = [sys.executable, str(SCRIPT), "--cloud_train", "1", "--model_output_dir", str(out),
-               "--is_distributed", str(is_distributed), *extra]
+        cmd = script_command(SCRIPT.name, "--cloud_train", 1, "--model_output_dir", out,
+                             "--is_distributed", is_distributed, *extra)
         procs.append((subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     try:
         # the pservers stop by themselves once both trainers' Executor.close() told them so
