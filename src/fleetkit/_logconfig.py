@@ -9,10 +9,11 @@ logger has handlers of its own.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-LOG_LEVEL_ENV = "FLEETKIT_LOG_LEVEL"
+from .env import FLEETKIT_LOG_LEVEL, log_level
+
+LOG_LEVEL_ENV = FLEETKIT_LOG_LEVEL
 
 
 class _UnlessConfigured(logging.StreamHandler):
@@ -25,7 +26,7 @@ class _UnlessConfigured(logging.StreamHandler):
 
 def configure_from_env() -> None:
     """Attach one stderr handler to the ``fleetkit`` logger at $FLEETKIT_LOG_LEVEL (if set)."""
-    raw = os.environ.get(LOG_LEVEL_ENV, "").strip().upper()
+    raw = log_level()
     if not raw:
         return
     level = logging.getLevelName(raw)

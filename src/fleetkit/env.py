@@ -1,8 +1,12 @@
-"""Every environment variable fleetkit reads, parsed once into frozen dataclasses.
+"""Every environment variable fleetkit reads: its name, and one function that reads it.
 
 The launcher and the Kubernetes operator talk to training processes only through
-these variables (Paddle's names).  ``load_role`` reports every missing or bad
-variable in one error, quoting names and values.
+these variables (Paddle's names).  ``load_role`` parses that contract into a frozen
+``RoleInfo`` and reports every missing or bad variable in one error, quoting names
+and values.  Every other setting is a function taking an optional mapping (default:
+``os.environ``, read at call time, because tests and launchers change it between
+calls).  No other module reads the environment (``tests/unit/test_env_reads.py``);
+modules that build a child's environment take the names from here.
 """
 from __future__ import annotations
 
@@ -30,16 +34,16 @@ FLEETKIT_PS_RESEED_ON_RESTART = "FLEETKIT_PS_RESEED_ON_RESTART"
 FLEETKIT_PS_NOTIFY_DIRS = "FLEETKIT_PS_NOTIFY_DIRS"
 
 
-def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
-    """Whether a boolean variable is on ('1', 'true', 'yes', 'on'; unset: off)."""
-    raw = (os.environ if env is None else env).get(name, "")
-    return raw.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _source(env: Mapping[str, str] | None) -> Mapping[str, str]:
     """The mapping to read: ``env`` if given (tests, a child's planned env), else the live
     ``os.environ`` at call time (tests and launchers change it between calls)."""
     return os.environ if env is None else env
+
+
+def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether a boolean variable is on ('1', 'true', 'yes', 'on'; unset: off)."""
+    raw = _source(env).get(name, "")
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 #: set to 0 / false / off / no to keep every pserver tensor on gRPC (client and server; default on)
@@ -63,7 +67,7 @@ FLAGS_EAGER_DELETE_TENSOR_GB = "FLAGS_eager_delete_tensor_gb"
 
 def eager_delete_tensor_gb(env: Mapping[str, str] | None = None) -> float:
     """``FLAGS_eager_delete_tensor_gb`` as a number (-1.0 when unset)."""
-    raw = (os.environ if env is None else env).get(FLAGS_EAGER_DELETE_TENSOR_GB, "").strip()
+    raw = _source(env).get(FLAGS_EAGER_DELETE_TENSOR_GB, "").strip()
     if not raw:
         return -1.0
     try:
@@ -79,7 +83,7 @@ FLEETKIT_COLLECTIVE_TIMEOUT = "FLEETKIT_COLLECTIVE_TIMEOUT"
 
 def collective_timeout_s(env: Mapping[str, str] | None = None) -> float | None:
     """``FLEETKIT_COLLECTIVE_TIMEOUT`` as positive seconds, or None when unset or empty."""
-    raw = (os.environ if env is None else env).get(FLEETKIT_COLLECTIVE_TIMEOUT)
+    raw = _source(env).get(FLEETKIT_COLLECTIVE_TIMEOUT)
     if raw is None or raw == "":
         return None
     try:
@@ -89,6 +93,135 @@ def collective_timeout_s(env: Mapping[str, str] | None = None) -> float | None:
     if not value > 0:
         raise ConfigError(f"{FLEETKIT_COLLECTIVE_TIMEOUT}={raw!r} is not a positive number of seconds")
     return value
+
+
+def ps_notify_dirs(env: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """``FLEETKIT_PS_NOTIFY_DIRS`` split on ``os.pathsep`` (empty entries dropped)."""
+    return tuple(d for d in _source(env).get(FLEETKIT_PS_NOTIFY_DIRS, "").split(os.pathsep) if d)
+
+
+def trainers_num(env: Mapping[str, str] | None = None) -> int:
+    """``PADDLE_TRAINERS_NUM`` alone (1 when unset), for code that runs without a role maker
+    (``DGCMomentumOptimizer.minimize`` outside fleet)."""
+    raw = _source(env).get(PADDLE_TRAINERS_NUM, "1")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{PADDLE_TRAINERS_NUM}={raw!r} is not a number of trainers >= 1")
+    return int(raw)
+
+
+def paddle_port(env: Mapping[str, str] | None = None) -> str:
+    """``PADDLE_PORT`` as written, stripped ('' when unset): MPISymetricRoleMaker's base port,
+    checked there against each rank."""
+    return _source(env).get(PADDLE_PORT, "").strip()
+
+
+def this_host(env: Mapping[str, str] | None = None) -> str:
+    """The address peers reach this process at: ``POD_IP``, else the host of
+    ``PADDLE_CURRENT_ENDPOINT``, else 127.0.0.1 (a collective store rendezvous listens there)."""
+    src = _source(env)
+    return src.get(POD_IP) or src.get(PADDLE_CURRENT_ENDPOINT, "").rpartition(":")[0] or "127.0.0.1"
+
+
+# ---- devices and threads ------------------------------------------------------------------
+#: fluid's flag: comma-separated CUDA device ids of this trainer (``fleetkit launch --selected_gpus``)
+FLAGS_SELECTED_GPUS = "FLAGS_selected_gpus"
+#: fluid's number of CPU places (``cpu_places()`` / ``cuda_pinned_places()``; 1 when unset)
+CPU_NUM = "CPU_NUM"
+#: BLAS threads; the launcher and ``testing.run_workers`` give children a share of the cores
+#: unless the user set it
+OMP_NUM_THREADS = "OMP_NUM_THREADS"
+
+
+def selected_gpu(env: Mapping[str, str] | None = None) -> int | None:
+    """The first id of ``FLAGS_selected_gpus``, or None when unset or not a device number."""
+    first = _source(env).get(FLAGS_SELECTED_GPUS, "").split(",")[0].strip()
+    return int(first) if first.isdigit() else None
+
+
+def cpu_num(env: Mapping[str, str] | None = None) -> int:
+    """``CPU_NUM`` as an integer (1 when unset)."""
+    raw = _source(env).get(CPU_NUM, "1")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{CPU_NUM}={raw!r} is not a number of CPU places") from None
+
+
+def omp_threads_set(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the user set ``OMP_NUM_THREADS`` (then children keep it)."""
+    return OMP_NUM_THREADS in _source(env)
+
+
+# ---- logging, the launcher's options and restarts -----------------------------------------
+#: level of fleetkit's own log records on stderr (``_logconfig``; the operator's level, INFO when
+#: unset); ``fleetkit launch`` sets INFO for its children unless the user set it
+FLEETKIT_LOG_LEVEL = "FLEETKIT_LOG_LEVEL"
+#: ``FLEETKIT_LAUNCH_<OPTION>``: the fallback of each ``fleetkit launch --<option>``
+FLEETKIT_LAUNCH_PREFIX = "FLEETKIT_LAUNCH_"
+#: how many times ``fleetkit launch`` restarted this process (set for the child; 0 when unset)
+FLEETKIT_RESTARTS = "FLEETKIT_RESTARTS"
+#: ``fleetkit launch --backend``, set for the script to pass to ``init_parallel_env``
+FLEETKIT_COLLECTIVE_BACKEND = "FLEETKIT_COLLECTIVE_BACKEND"
+
+
+def log_level(env: Mapping[str, str] | None = None) -> str:
+    """``FLEETKIT_LOG_LEVEL`` stripped and upper-cased ('' when unset); callers check the name."""
+    return _source(env).get(FLEETKIT_LOG_LEVEL, "").strip().upper()
+
+
+def launch_option(option: str, env: Mapping[str, str] | None = None) -> str | None:
+    """``FLEETKIT_LAUNCH_<OPTION>`` as written, or None when unset or empty."""
+    return _source(env).get(FLEETKIT_LAUNCH_PREFIX + option.upper()) or None
+
+
+def restarts(env: Mapping[str, str] | None = None) -> int:
+    """``FLEETKIT_RESTARTS``: how often the launcher restarted this process (0 when unset)."""
+    raw = _source(env).get(FLEETKIT_RESTARTS, "").strip()
+    try:
+        return int(raw or 0)
+    except ValueError:
+        raise ConfigError(f"{FLEETKIT_RESTARTS}={raw!r} is not a number of restarts") from None
+
+
+# ---- the MultiSlot C parser's build (dataset/_fastparse.py) -------------------------------
+#: where the compiled parser is cached (default ~/.cache/fleetkit)
+FLEETKIT_CACHE_DIR = "FLEETKIT_CACHE_DIR"
+#: the C compiler (default ``cc``, then ``gcc``)
+CC = "CC"
+#: ``numpy`` turns the C parser off
+FLEETKIT_PARSER = "FLEETKIT_PARSER"
+
+
+def cache_dir(env: Mapping[str, str] | None = None) -> str:
+    """``FLEETKIT_CACHE_DIR``, else ``~/.cache/fleetkit``."""
+    return _source(env).get(FLEETKIT_CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "fleetkit")
+
+
+def c_compiler(env: Mapping[str, str] | None = None) -> str:
+    """``CC`` (default ``cc``): the compiler the C parser is built with."""
+    return _source(env).get(CC, "cc")
+
+
+def numpy_parser_only(env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``FLEETKIT_PARSER=numpy`` turns the C parser off."""
+    return _source(env).get(FLEETKIT_PARSER, "").lower() == "numpy"
+
+
+# ---- other tools' variables that fleetkit consults -----------------------------------------
+#: the kubeconfig the Kubernetes client (and kopf) read; ``--kubeconfig`` sets it for kopf
+KUBECONFIG = "KUBECONFIG"
+#: S3 region of the demo's fsspec options (default us-east-1); s3fs reads the keys itself
+AWS_REGION = "AWS_REGION"
+
+
+def kubeconfig(env: Mapping[str, str] | None = None) -> str:
+    """``KUBECONFIG`` ('' when unset: the client's default ~/.kube/config)."""
+    return _source(env).get(KUBECONFIG, "")
+
+
+def aws_region(env: Mapping[str, str] | None = None) -> str:
+    """``AWS_REGION``, else us-east-1."""
+    return _source(env).get(AWS_REGION, "us-east-1")
 
 
 ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
@@ -137,7 +270,7 @@ def _int(env: Mapping[str, str], name: str, problems: list[str], default: int | 
 
 def load_role(env: Mapping[str, str] | None = None, is_collective: bool = False) -> RoleInfo:
     """Parse the PaddleCloud env contract (PS mode, or collective mode)."""
-    env = os.environ if env is None else env
+    env = _source(env)
     return _load_collective(env) if is_collective else _load_ps(env)
 
 
@@ -197,6 +330,9 @@ def _load_collective(env: Mapping[str, str]) -> RoleInfo:
     tid = _int(env, PADDLE_TRAINER_ID, problems, default=0)
     if eps and not 0 <= tid < len(eps):
         problems.append(f"{PADDLE_TRAINER_ID}={tid} is outside the {len(eps)} trainer endpoints")
+    num = env.get(PADDLE_TRAINERS_NUM)
+    if num and eps and num != str(len(eps)):
+        problems.append(f"{PADDLE_TRAINERS_NUM}={num!r} but {PADDLE_TRAINER_ENDPOINTS} has {len(eps)} entries")
     current = env.get(PADDLE_CURRENT_ENDPOINT) or (eps[tid] if eps and 0 <= tid < len(eps) else "")
     if problems:
         raise ConfigError("bad collective environment: " + "; ".join(problems))

@@ -13,7 +13,7 @@ from fleetkit.collective import (Backend, CollectiveMismatchError, CollectiveTim
                                  LocalGroup, PeerFailedError, available_backends, get_backend,
                                  register_backend)
 from fleetkit.collective import _ring, api, constants
-from fleetkit.collective.backends.tcp import _endpoints_from_env
+from fleetkit.collective.backends.tcp import endpoints_from_role
 from fleetkit.collective.header import HEADER_BYTES, Header, check_headers, make_header
 from fleetkit.testing.collective_oracle import check_against_oracle
 
@@ -260,16 +260,16 @@ def test_default_timeout_from_environment(monkeypatch):
         constants.default_timeout()
 
 
-def test_paddle_env_parsing_reports_every_problem(monkeypatch):
+def test_tcp_rendezvous_from_the_role_reports_every_problem(monkeypatch):
     monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "127.0.0.1:6170,127.0.0.1:6171")
     monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
     monkeypatch.delenv("PADDLE_TRAINERS_NUM", raising=False)
-    assert _endpoints_from_env() == (["127.0.0.1:6170", "127.0.0.1:6171"], 1)
+    assert endpoints_from_role() == (["127.0.0.1:6170", "127.0.0.1:6171"], 1)
     monkeypatch.setenv("PADDLE_TRAINER_ENDPOINTS", "hostonly,127.0.0.1:1")
     monkeypatch.setenv("PADDLE_TRAINER_ID", "x")
     monkeypatch.setenv("PADDLE_TRAINERS_NUM", "3")
     with pytest.raises(errors.ConfigError) as info:
-        _endpoints_from_env()
+        endpoints_from_role()
     for name in ("hostonly", "PADDLE_TRAINER_ID='x'", "PADDLE_TRAINERS_NUM='3'"):
         assert name in str(info.value)
 

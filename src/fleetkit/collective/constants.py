@@ -6,7 +6,8 @@ default for a whole job without code changes (e.g. a short value in tests).
 """
 from __future__ import annotations
 
-from ..env import FLEETKIT_COLLECTIVE_TIMEOUT, collective_timeout_s
+from ..env import (FLEETKIT_COLLECTIVE_TIMEOUT, PADDLE_TRAINER_ENDPOINTS, PADDLE_TRAINER_ID, PADDLE_TRAINERS_NUM,
+                   collective_timeout_s)
 
 #: Environment variable overriding DEFAULT_TIMEOUT_S (seconds, > 0); named and read in env.py.
 TIMEOUT_ENV = FLEETKIT_COLLECTIVE_TIMEOUT
@@ -19,10 +20,10 @@ WAIT_GRACE_S = 5.0
 #: which rank really failed (a neighbour that aborted vs. the rank that died).
 FAILURE_ATTRIBUTION_S = 1.0
 
-#: Paddle's launcher variables used for rendezvous.
-TRAINER_ENDPOINTS_ENV = "PADDLE_TRAINER_ENDPOINTS"
-TRAINER_ID_ENV = "PADDLE_TRAINER_ID"
-TRAINERS_NUM_ENV = "PADDLE_TRAINERS_NUM"
+#: Paddle's launcher variables used for rendezvous (named in env.py, parsed by env.load_role).
+TRAINER_ENDPOINTS_ENV = PADDLE_TRAINER_ENDPOINTS
+TRAINER_ID_ENV = PADDLE_TRAINER_ID
+TRAINERS_NUM_ENV = PADDLE_TRAINERS_NUM
 
 #: Reduction operators every backend supports.
 REDUCE_OPS = ("sum", "max", "min", "prod")

@@ -7,11 +7,11 @@ have little to do; each says what it does here.
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ..env import cpu_num
 from ..errors import InvalidArgumentError
 from .backend import CPUPlace, CUDAPlace, gpu_count
 from .scope import LoDTensor, create_lod_tensor
@@ -29,7 +29,7 @@ class CUDAPinnedPlace(CPUPlace):
 
 def cpu_places(device_count: int | None = None) -> list[CPUPlace]:
     """``device_count`` CPU places (default ``CPU_NUM``, else 1); a program runs on one of them."""
-    n = int(os.environ.get("CPU_NUM", "1")) if device_count is None else int(device_count)
+    n = cpu_num() if device_count is None else int(device_count)
     if n < 1:
         raise InvalidArgumentError(f"cpu_places: device_count must be >= 1, got {n}")
     return [CPUPlace() for _ in range(n)]

@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ..env import c_compiler, cache_dir, numpy_parser_only
+
 __all__ = ["fast_parse"]
 
 log = logging.getLogger(__name__)
@@ -183,15 +185,11 @@ _lock = threading.Lock()
 _tried = False
 
 
-def _cache_dir() -> str:
-    return os.environ.get("FLEETKIT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "fleetkit")
-
-
 def _build() -> Any:
     """Compile (once per source version) and load the scanner; None if that is not possible."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    cc = shutil.which(c_compiler()) or shutil.which("gcc")
     tag = hashlib.sha256((_C_SOURCE + " ".join(_CFLAGS)).encode()).hexdigest()[:16]
-    so = os.path.join(_cache_dir(), f"multislot_{tag}.so")
+    so = os.path.join(cache_dir(), f"multislot_{tag}.so")
     if not os.path.exists(so):
         if cc is None:
             return None
@@ -217,7 +215,7 @@ def _library() -> Any:
         return _lib
     with _lock:
         if not _tried:
-            if os.environ.get("FLEETKIT_PARSER", "").lower() != "numpy":
+            if not numpy_parser_only():
                 try:
                     _lib = _build()
                 except Exception as exc:  # no compiler, read-only cache...: numpy does the work

@@ -27,7 +27,7 @@ import numpy as np
 import fleetkit as fk
 from fleetkit import fleet
 
-from ..fleet.launch import RESTARTS_ENV
+from .. import env as envmod
 from ..fleet.launch_report import report_metrics
 from . import ctr_model
 from .ctr_data import CTRConfig, CTRData, auc
@@ -59,7 +59,7 @@ def _feed_of(samples: list[list[tuple[str, list]]]) -> tuple[dict[str, Any], np.
 def s3_options(endpoint: str | None) -> dict[str, Any]:
     """fsspec options for ``--s3_endpoint`` (key and secret: s3fs reads AWS_ACCESS_KEY_ID /
     AWS_SECRET_ACCESS_KEY itself)."""
-    return {"client_kwargs": {"endpoint_url": endpoint, "region_name": os.environ.get("AWS_REGION", "us-east-1")}} \
+    return {"client_kwargs": {"endpoint_url": endpoint, "region_name": envmod.aws_region()}} \
         if endpoint else {}
 
 
@@ -107,7 +107,7 @@ def _dataset(args: argparse.Namespace, model: ctr_model.CTRModel) -> Any:
     print(f"trainer {fleet.worker_index()}: training parts {', '.join(mine)}", flush=True)
     ds.set_filelist(mine)
     ds.load_into_memory()
-    if int(os.environ.get(RESTARTS_ENV, "0") or 0):
+    if envmod.restarts():
         ds.local_shuffle(seed=args.seed)  # rejoining a running job: the peers are past their shuffle
     else:
         ds.global_shuffle(fleet, seed=args.seed)

@@ -53,7 +53,7 @@ WAIT_FIRST_S, WAIT_REPEAT_S = 3.0, 10.0
 POLL_S = 0.05
 #: how many times this process was restarted (``--max_restarts``): a script may skip what
 #: needs every peer (e.g. a global shuffle) when it rejoins a running job
-RESTARTS_ENV = "FLEETKIT_RESTARTS"
+RESTARTS_ENV = envmod.FLEETKIT_RESTARTS
 
 
 def _say(msg: str) -> None:
@@ -95,7 +95,7 @@ class _Job:
     def __init__(self, spec: JobSpec, progress_period: float, metrics_file: str | None) -> None:
         self.spec = spec
         self.servers, self.workers, self.plans = plan_job(spec)
-        self.user_token = bool(os.environ.get(envmod.FLEETKIT_AUTH_TOKEN))
+        self.user_token = bool(envmod.auth_token())
         hosts = {ep.rpartition(":")[0] for ep in self.servers + self.workers}
         if len(hosts) > 1 and not self.user_token:
             # each host's launcher would draw its own secret and the hosts would refuse each other
@@ -103,7 +103,7 @@ class _Job:
                 "fleetkit launch: a job on several hosts needs one FLEETKIT_AUTH_TOKEN shared by every host "
                 f"({', '.join(sorted(hosts))}); set the same value on each, e.g. the output of\n"
                 "    python -c 'import secrets; print(secrets.token_hex(16))'")
-        self.token = os.environ.get(envmod.FLEETKIT_AUTH_TOKEN) or secrets.token_hex(16)
+        self.token = envmod.auth_token() or secrets.token_hex(16)
         self.progress = report.Progress(progress_period, metrics_file, _say)
         self.procs: list[Proc] = []
         self.t0 = time.monotonic()

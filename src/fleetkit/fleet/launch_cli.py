@@ -7,15 +7,15 @@ scheduler can set them once for every host; an option on the command line wins.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any, Callable
 
+from .. import env as envmod
 from .launch_plan import JobSpec, ProcPlan
 
 __all__ = ["ENV_PREFIX", "add_arguments", "describe_config", "spec_from_args"]
 
-ENV_PREFIX = "FLEETKIT_LAUNCH_"
+ENV_PREFIX = envmod.FLEETKIT_LAUNCH_PREFIX
 
 
 def _list(raw: str) -> list[str]:
@@ -23,8 +23,8 @@ def _list(raw: str) -> list[str]:
 
 
 def _env(name: str, default: Any, conv: Callable[[str], Any] = str) -> Any:
-    raw = os.environ.get(ENV_PREFIX + name.upper())
-    if raw is None or raw == "":
+    raw = envmod.launch_option(name)
+    if raw is None:
         return default
     try:
         return conv(raw)

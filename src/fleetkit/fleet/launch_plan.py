@@ -21,9 +21,9 @@ DEFAULT_MULTIHOST_PORT = 6170
 #: keeps big freed buffers instead of mmap/munmap each time: 2-4x faster for gRPC/MPI)
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "268435456", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 #: env var the children's ``fleetkit`` logger level comes from (pserver INFO logs in the log files)
-LOG_LEVEL_ENV = "FLEETKIT_LOG_LEVEL"
+LOG_LEVEL_ENV = envmod.FLEETKIT_LOG_LEVEL
 #: env var carrying ``--backend`` to collective scripts
-BACKEND_ENV = "FLEETKIT_COLLECTIVE_BACKEND"
+BACKEND_ENV = envmod.FLEETKIT_COLLECTIVE_BACKEND
 
 
 @dataclass
@@ -145,7 +145,7 @@ def plan_job(spec: JobSpec) -> tuple[list[str], list[str], list[ProcPlan]]:
                  envmod.PADDLE_CURRENT_ENDPOINT: ep}
         gpu = next(gpus, None)
         if gpu is not None:
-            extra["FLAGS_selected_gpus"] = gpu
+            extra[envmod.FLAGS_SELECTED_GPUS] = gpu
         local.append(ProcPlan(f"worker.{rank}", False, ep, {**common, **extra}))
     if not local:
         raise _fail(f"no process of the job is on this host ({spec.ip}): check --node_ip")
@@ -154,7 +154,7 @@ def plan_job(spec: JobSpec) -> tuple[list[str], list[str], list[ProcPlan]]:
 
 def child_env(plan: ProcPlan, n_local: int, token: str) -> dict[str, str]:
     """The full environment of one child: ours, the plan's, and defaults the user may override."""
-    env = dict(os.environ)
+    env = dict(os.environ)   # the child inherits ours (allowed in tests/unit/test_env_reads.py)
     env.update(plan.env)
     # secure by default: every process of the job shares one random secret, so pservers
     # refuse whoever else reaches their ports (a token the user set is kept)
@@ -162,7 +162,7 @@ def child_env(plan: ProcPlan, n_local: int, token: str) -> dict[str, str]:
         env[envmod.FLEETKIT_AUTH_TOKEN] = token
     # one BLAS thread per core share: with more, processes on a small host slow each other
     # down (Gloo-style all-reduce measured 2-8x slower with 2 threads per process on 2 cores)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n_local)))
+    env.setdefault(envmod.OMP_NUM_THREADS, str(max(1, (os.cpu_count() or 1) // n_local)))
     for k, v in MALLOC_ENV.items():
         env.setdefault(k, v)
     env.setdefault(LOG_LEVEL_ENV, "INFO")

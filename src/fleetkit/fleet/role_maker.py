@@ -1,7 +1,6 @@
 """Role makers: who is a worker (trainer) and who is a server, and where everyone is."""
 from __future__ import annotations
 
-import os
 import socket
 from enum import Enum
 from typing import Sequence
@@ -194,7 +193,7 @@ class MPISymetricRoleMaker(RoleMakerBase):
 
 
 def _mpi_rank_port(rank: int) -> int:
-    base = os.environ.get(envmod.PADDLE_PORT, "").strip()
+    base = envmod.paddle_port()
     if base:
         if not base.isdigit() or not 0 < int(base) + rank < 65536:
             raise ConfigError(f"{envmod.PADDLE_PORT}={base!r}: MPISymetricRoleMaker needs a base port such that "

@@ -6,6 +6,7 @@ import os
 import sys
 from typing import Any
 
+from .. import env as envmod
 from . import names as n
 
 
@@ -25,7 +26,7 @@ def add_operator_parser(sub: Any) -> None:
 
 def _run_operator(args: argparse.Namespace) -> int:
     if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig   # kopf's own login reads it too
+        os.environ[envmod.KUBECONFIG] = args.kubeconfig   # kopf's own login reads it too
     from .handlers import run
     return run(kubeflow=args.kubeflow, namespaces=args.namespace, kubeconfig=args.kubeconfig)
 
@@ -106,7 +107,7 @@ def _kube_namespace(kubeconfig: str | None, dry_run: bool) -> str:
         if dry_run:
             return "default"
         raise SystemExit(f"fleetkit submit: cannot read the kubeconfig "
-                         f"({kubeconfig or os.environ.get('KUBECONFIG') or '~/.kube/config'}): {e}") from None
+                         f"({kubeconfig or envmod.kubeconfig() or '~/.kube/config'}): {e}") from None
     return (ctx or {}).get("context", {}).get("namespace") or "default"
 
 

@@ -13,7 +13,6 @@ again.  Run with ``fleetkit operator`` (``--kubeflow`` also reconciles
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping
@@ -21,6 +20,7 @@ from typing import Any, Callable, Mapping
 import kopf
 import kubernetes
 
+from ..env import log_level
 from . import names as n
 from .builders import build_pod, build_secret, build_service
 from .kubeflow import from_kubeflow, to_kubeflow_status
@@ -201,7 +201,7 @@ def load_config(kubeconfig: str | None = None) -> None:
 
 def run(kubeflow: bool = False, namespaces: list[str] | None = None, kubeconfig: str | None = None) -> int:
     """Run the operator until SIGINT/SIGTERM (``fleetkit operator``)."""
-    level = os.environ.get("FLEETKIT_LOG_LEVEL", "INFO").upper()
+    level = log_level() or "INFO"
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     load_config(kubeconfig)

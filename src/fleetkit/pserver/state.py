@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_NOTIFY_DIRS, FLEETKIT_PS_RESEED_ON_RESTART
+from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_RESEED_ON_RESTART, ps_notify_dirs
 from ..errors import CheckpointError, InvalidArgumentError, PServerError
 from . import checkpoint, codec, rpc
 from .liveness import RESEEDED
@@ -106,8 +106,7 @@ class StateMixin:
 
     def _notify_roots(self) -> list[str]:
         o = self.options
-        extra = [d for d in os.environ.get(FLEETKIT_PS_NOTIFY_DIRS, "").split(os.pathsep) if d]
-        return [d for d in (o.checkpoint_dir, *o.notify_dirs, *extra) if d]
+        return [d for d in (o.checkpoint_dir, *o.notify_dirs, *ps_notify_dirs()) if d]
 
     def _reseed(self, trainer: int, name: str, value: Any) -> None:
         """Trainer 0 re-seeds a pserver that started without state (see ``restarts.py``)."""

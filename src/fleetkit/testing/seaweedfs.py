@@ -93,7 +93,7 @@ class SeaweedFS:
                 f"-s3.port={s3}", f"-admin.port={admin}",
                 f"-s3.localSocket={data}/s3.sock", f"-filer.localSocket={data}/filer.sock",
                 f"-bucket={BUCKET}"]
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)   # a child's: ours + keys
         log_path = os.path.join(workdir, "weed.log")
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any, Union
 
+from .. import env as envmod
+
 __all__ = ["WorkerFailure", "run_workers"]
 
 EnvSpec = Union[None, Mapping[str, "str | None"], Sequence[Mapping[str, "str | None"]],
@@ -116,15 +118,15 @@ def _env_for(env: EnvSpec, rank: int, world_size: int) -> dict[str, str | None]:
             raise ValueError(f"env has {len(env)} entries for {world_size} ranks")
         extra = env[rank]
     out: dict[str, str | None] = {}
-    if "OMP_NUM_THREADS" not in os.environ:
-        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // world_size))
+    if not envmod.omp_threads_set():
+        out[envmod.OMP_NUM_THREADS] = str(max(1, (os.cpu_count() or 1) // world_size))
     out.update(extra)
     return out
 
 
 def _start_with_env(proc: mp.process.BaseProcess, extra: Mapping[str, str | None]) -> None:
     with _ENV_LOCK:
-        saved = {k: os.environ.get(k) for k in extra}
+        saved = {k: os.environ.get(k) for k in extra}   # to restore (allowed in test_env_reads.py)
         try:
             for key, value in extra.items():
                 _set_env(key, value)

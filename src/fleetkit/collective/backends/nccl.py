@@ -16,12 +16,12 @@ so the group fails instead of hanging.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import numpy as np
 
+from ...env import selected_gpu
 from ...errors import (CollectiveTimeoutError, DTypeError, GPUUnavailableError, InvalidArgumentError,
                        seconds_text)
 from .._arrays import row_bounds
@@ -248,9 +248,9 @@ _NCCL_TYPES = {"int8": "NCCL_INT8", "uint8": "NCCL_UINT8", "int32": "NCCL_INT32"
 
 
 def _pick_device(cupy: Any, rank: int) -> int:
-    selected = os.environ.get("FLAGS_selected_gpus", "").split(",")[0].strip()
-    if selected.isdigit():
-        return int(selected)
+    selected = selected_gpu()
+    if selected is not None:
+        return selected
     count = cupy.cuda.runtime.getDeviceCount()
     if count < 1:
         raise GPUUnavailableError("the nccl backend found no CUDA device")
@@ -259,8 +259,8 @@ def _pick_device(cupy: Any, rank: int) -> int:
 
 def _store_from_env(timeout: float | None) -> tuple[TCPStore, int, int]:
     """Rank 0 hosts the id store on the first trainer endpoint (like gen_nccl_id)."""
-    from .tcp import _endpoints_from_env  # one parser for the launcher variables
-    endpoints, rank = _endpoints_from_env()
+    from .tcp import endpoints_from_role  # the collective role: one parser of the env contract
+    endpoints, rank = endpoints_from_role()
     host, _, port = endpoints[0].rpartition(":")
     store = TCPStore(host, int(port), is_server=rank == 0, timeout=timeout)
     return store, rank, len(endpoints)

@@ -5,8 +5,9 @@ Rendezvous, in order of precedence:
 * ``endpoints=["host:port", ...]`` and ``rank``: rank r listens on endpoint r;
 * ``store=...`` (``TCPStore``/``FileStore``), ``rank`` and ``world_size``: each
   rank listens on an OS-chosen port of ``host`` and publishes it in the store;
-* nothing: Paddle's launcher variables ``PADDLE_TRAINER_ENDPOINTS`` and
-  ``PADDLE_TRAINER_ID`` (``PADDLE_TRAINERS_NUM`` is checked when set).
+* nothing: this process's collective role, parsed once by ``fleetkit.env.load_role``
+  from Paddle's launcher variables (``PADDLE_TRAINER_ENDPOINTS``, ``PADDLE_TRAINER_ID``,
+  default 0; ``PADDLE_TRAINERS_NUM`` is checked when set).
 
 Data moves without copies or pickles: numpy buffers are sent as memoryviews
 and received with ``recv_into`` straight into their destination (or into one
@@ -24,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from ...env import load_role, this_host
 from ...errors import ConfigError, InvalidArgumentError
 from .._arrays import as_rows, row_bounds, work_buffer
 from .._ring import (RecvItem, SendItem, all_gather_steps, all_reduce_steps, broadcast_schedule,
                      reduce_scatter_steps, schedule)
 from .._transport import RingLinks
 from ..api import UFUNCS, Backend, Deadline
-from ..constants import DEFAULT_CHUNK_BYTES, TRAINER_ENDPOINTS_ENV, TRAINER_ID_ENV, TRAINERS_NUM_ENV
+from ..constants import DEFAULT_CHUNK_BYTES
 from ..header import HEADER_BYTES, Header, check_headers, make_header
 from ..store import Store
 
@@ -42,11 +44,11 @@ class TcpBackend(Backend):
 
     Args:
         rank, world_size: this process's place in the group (from the
-            environment when both are None and no store is given).
+            collective role, ``env.load_role``, when no endpoints and no store are given).
         store: rendezvous store (each rank then listens on a free port of ``host``).
         endpoints: every rank's ``host:port`` to listen on / connect to.
-        host: address to listen on in store mode (default: ``POD_IP``, else
-            127.0.0.1).
+        host: address to listen on in store mode (default ``env.this_host()``: ``POD_IP``,
+            else the host of ``PADDLE_CURRENT_ENDPOINT``, else 127.0.0.1).
         timeout: default seconds per collective and for the rendezvous.
         chunk_bytes: pipelining granularity of the ring algorithms.
         prefix: store key prefix; use a distinct one per group on a shared store.
@@ -62,7 +64,7 @@ class TcpBackend(Backend):
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, prefix: str = "fleetkit/tcp/",
                  listener: socket.socket | None = None):
         if endpoints is None and store is None:
-            endpoints, rank = _endpoints_from_env()
+            endpoints, rank = endpoints_from_role()
         if endpoints is not None:
             if world_size is not None and world_size != len(endpoints):
                 raise InvalidArgumentError(f"world_size {world_size} != {len(endpoints)} endpoints")
@@ -83,7 +85,7 @@ class TcpBackend(Backend):
             token = hashlib.sha256(",".join(endpoints).encode()).digest()[:16]
         else:
             listener, endpoints, token = _store_rendezvous(store, prefix, self._rank, self._world_size,
-                                                           host or _default_host(), deadline)
+                                                           host or this_host(), deadline)
         with listener:
             self._links = RingLinks(self._rank, self._world_size, listener, endpoints, token, deadline)
         self.endpoints = list(endpoints)
@@ -216,23 +218,11 @@ class TcpBackend(Backend):
         return buf
 
 
-def _endpoints_from_env() -> tuple[list[str], int]:
-    raw, rank_raw = os.environ.get(TRAINER_ENDPOINTS_ENV, ""), os.environ.get(TRAINER_ID_ENV, "")
-    endpoints = [e.strip() for e in raw.split(",") if e.strip()]
-    problems = []
-    if not endpoints:
-        problems.append(f"{TRAINER_ENDPOINTS_ENV}={raw!r} lists no host:port")
-    bad = [e for e in endpoints if not e.rpartition(":")[2].isdigit()]
-    if bad:
-        problems.append(f"{TRAINER_ENDPOINTS_ENV} has entries without a port: {bad}")
-    if not rank_raw.isdigit() or (endpoints and int(rank_raw) >= len(endpoints)):
-        problems.append(f"{TRAINER_ID_ENV}={rank_raw!r} is not a rank below {len(endpoints)}")
-    num = os.environ.get(TRAINERS_NUM_ENV)
-    if num is not None and num != str(len(endpoints)):
-        problems.append(f"{TRAINERS_NUM_ENV}={num!r} but {TRAINER_ENDPOINTS_ENV} has {len(endpoints)} entries")
-    if problems:
-        raise ConfigError("tcp backend: bad rendezvous environment: " + "; ".join(problems))
-    return endpoints, int(rank_raw)
+def endpoints_from_role() -> tuple[list[str], int]:
+    """Every rank's endpoint and this rank, from the collective role (one parser of Paddle's
+    env contract: ``env.load_role``; a bad one raises ConfigError naming every problem)."""
+    role = load_role(is_collective=True)
+    return list(role.trainer_endpoints), role.trainer_id
 
 
 def _listen(endpoint: str, world_size: int) -> socket.socket:
@@ -256,10 +246,3 @@ def _store_rendezvous(store: Store, prefix: str, rank: int, world_size: int, hos
         listener.close()
         raise
     return listener, endpoints, token
-
-
-def _default_host() -> str:
-    if os.environ.get("POD_IP"):
-        return os.environ["POD_IP"]
-    current = os.environ.get("PADDLE_CURRENT_ENDPOINT", "")
-    return current.rpartition(":")[0] or "127.0.0.1"
