@@ -224,6 +224,13 @@ def aws_region(env: Mapping[str, str] | None = None) -> str:
     return _source(env).get(AWS_REGION, "us-east-1")
 
 
+# ---- written for training scripts only (PaddleCloud 1.4 names, cluster_train.sh style) ------
+PADDLE_TRAINERS = "PADDLE_TRAINERS"            #: the trainer count
+PADDLE_IS_LOCAL = "PADDLE_IS_LOCAL"            #: "0": a distributed job
+PADDLE_CURRENT_IP = "PADDLE_CURRENT_IP"        #: this host's address
+PADDLE_PSERVERS = "PADDLE_PSERVERS"            #: the pservers' hosts, comma-separated
+
+
 ROLE_TRAINER, ROLE_PSERVER = "TRAINER", "PSERVER"
 
 

@@ -119,13 +119,13 @@ def plan_job(spec: JobSpec) -> tuple[list[str], list[str], list[ProcPlan]]:
         envmod.PADDLE_TRAINER_ENDPOINTS: ",".join(workers),
         envmod.POD_IP: spec.ip,
         # PaddleCloud 1.4 names, for cluster_train.sh-style scripts
-        "PADDLE_TRAINERS": str(len(workers)),
-        "PADDLE_IS_LOCAL": "0",
-        "PADDLE_CURRENT_IP": spec.ip,
+        envmod.PADDLE_TRAINERS: str(len(workers)),
+        envmod.PADDLE_IS_LOCAL: "0",
+        envmod.PADDLE_CURRENT_IP: spec.ip,
     }
     if servers:
         common[envmod.PADDLE_PSERVERS_IP_PORT_LIST] = ",".join(servers)
-        common["PADDLE_PSERVERS"] = ",".join(_host(e) for e in servers)
+        common[envmod.PADDLE_PSERVERS] = ",".join(_host(e) for e in servers)
         ports = [e.rpartition(":")[2] for e in servers]
         # one port when every pserver uses the same one (multi-host), else one per pserver
         common[envmod.PADDLE_PORT] = ports[0] if len(set(ports)) == 1 else ",".join(ports)
