@@ -45,6 +45,7 @@ from typing import Any, Callable, Protocol, Sequence
 import grpc
 import numpy as np
 
+from ..netio import recv_exactly
 from . import codec, rpc
 from .bulk_reply import Reply, Scratch
 
@@ -93,19 +94,22 @@ def _tune(sock: socket.socket) -> None:
 
 
 # ------------------------------------------------------------------ raw I/O
+class _Until:
+    """A ``time.monotonic()`` deadline in the shape ``netio.recv_exactly`` takes."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+
 def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) -> None:
-    """Fill ``view`` from ``sock``; ConnectionError on EOF, socket.timeout past ``deadline``."""
-    got, n = 0, view.nbytes
-    while got < n:
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("timed out")
-            sock.settimeout(left)
-        k = sock.recv_into(view[got:], n - got)
-        if not k:
-            raise ConnectionError(f"connection closed after {got} of {n} bytes")
-        got += k
+    """Fill ``view`` from ``sock``; ConnectionError on EOF, socket.timeout past ``deadline``
+    (a ``time.monotonic()`` value)."""
+    recv_exactly(sock, view.cast("B"), None if deadline is None else _Until(deadline))
 
 
 def _recv_growing(sock: socket.socket, n: int, deadline: float | None) -> bytes:

@@ -24,7 +24,9 @@ def scatter_add_rows(xp: Any, out: Any, rows: Any, values: Any) -> None:
 
 
 # ------------------------------------------------------------- lookup_table
-def _lookup_infer(ctx: ShapeContext) -> None:
+def lookup_table_infer(ctx: ShapeContext) -> None:
+    """Shape inference of a table lookup (Out = [*Ids.shape[:-1], width]); public because
+    ``distributed_lookup_table`` (pserver) checks its inputs the same way."""
     ws, ids = ctx.shape("W"), ctx.shape("Ids")
     if len(ws) != 2:
         raise ctx.fail(f"W must be a [vocabulary, width] table, got shape {list(ws)}")
@@ -54,7 +56,7 @@ def _checked_ids(ctx: KernelContext, vocab: int) -> Any:
     return flat
 
 
-@register_op("lookup_table", _lookup_infer, no_grad_inputs=("Ids",),
+@register_op("lookup_table", lookup_table_infer, no_grad_inputs=("Ids",),
              attrs={"is_sparse": False, "is_distributed": False, "padding_idx": -1, "remote_prefetch": False},
              sparse_grad=lambda op: {"W"} if op.attrs.get("is_sparse") else set())
 def lookup_table(ctx: KernelContext) -> None:
