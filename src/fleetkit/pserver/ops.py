@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.backend import to_numpy
-from ..core.ops.sequence import _lookup_infer
+from ..core.ops.sequence import lookup_table_infer
 from ..core.executor import register_close_hook
 from ..core.registry import KernelContext, register_grad, register_op
 from ..core.scope import LoDTensor, SelectedRows
@@ -207,7 +207,7 @@ def _dense(v: Any) -> Any:
     return v.values if isinstance(v, LoDTensor) else v
 
 
-@register_op("distributed_lookup_table", _lookup_infer, no_grad_inputs=("Ids",),
+@register_op("distributed_lookup_table", lookup_table_infer, no_grad_inputs=("Ids",),
              attrs={**_RPC_ATTRS, "epmap": [], "table_name": "", "table_height": 0, "table_dim": 0,
                     "height_sections": [], "table_names": [],
                     "padding_idx": -1, "is_sparse": True, "is_distributed": True},
