@@ -26,119 +26,20 @@ always placed with its parameter block (Paddle hashed the two names separately).
 """
 from __future__ import annotations
 
-import math
-import zlib
-from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..core.framework import (ROLE_LRSCHED, ROLE_OPTIMIZE, ROLE_RPC, Operator, Parameter, Program,
-                              Variable, default_main_program, default_startup_program)
+from ..core.framework import (ROLE_LRSCHED, ROLE_OPTIMIZE, ROLE_RPC, Operator, Program, default_main_program,
+                              default_startup_program)
 from ..core.io_distributed import register_trainer_program
 from ..errors import InvalidArgumentError, NotFoundError
 from ..pserver import ops as _ps_ops  # noqa: F401  (registers send/recv/listen_and_serv kernels)
+from ..pserver.api import (MIN_BLOCK_SIZE, HashName, ParamPlan, PSDispatcher, PSPlan, RoundRobin, TablePlan,
+                           VarBlock, build_pserver_program, build_pserver_startup, make_plan, slice_variable,
+                           stable_hash)
 from . import checkpoint_notify as _notify_op  # noqa: F401  (registers checkpoint_notify: trainer-side save)
-from . import _pserver_program as _psp
 
-__all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "RoundRobin", "VarBlock",
-           "slice_variable"]
-
-MIN_BLOCK_SIZE = 8192
-
-# update ops the pserver can run per block (accumulators are reshaped to the block)
-DENSE_OPTIMIZERS = ("sgd", "momentum", "adam", "adagrad", "adamax", "decayed_adagrad", "rmsprop",
-                    "adadelta", "ftrl", "lars_momentum")
-
-
-# ------------------------------------------------------------------ dispatchers
-class PSDispatcher:
-    """Assigns variable blocks to pserver endpoints."""
-
-    def __init__(self, pserver_endpoints: Sequence[str]) -> None:
-        if not pserver_endpoints:
-            raise InvalidArgumentError(f"{type(self).__name__}: no pserver endpoints given")
-        self._eps = list(pserver_endpoints)
-        self._step = 0
-
-    @property
-    def eps(self) -> list[str]:
-        return list(self._eps)
-
-    def reset(self) -> None:
-        self._step = 0
-
-    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
-        raise NotImplementedError
-
-
-class RoundRobin(PSDispatcher):
-    """Block k goes to endpoint k mod n (in the order given)."""
-
-    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
-        out = []
-        for _ in varlist:
-            out.append(self._eps[self._step % len(self._eps)])
-            self._step += 1
-        return out
-
-
-def stable_hash(name: str) -> int:
-    """crc32 of the UTF-8 name: the same in every process (Python's hash() is salted)."""
-    return zlib.crc32(name.encode("utf-8"))
-
-
-class HashName(PSDispatcher):
-    """Block goes to endpoint stable_hash(block name) mod n."""
-
-    def dispatch(self, varlist: Sequence[Any]) -> list[str]:
-        return [self._eps[stable_hash(_block_name_of(v)) % len(self._eps)] for v in varlist]
-
-
-def _block_name_of(v: Any) -> str:
-    return v.block_name if isinstance(v, VarBlock) else getattr(v, "name", str(v))
-
-
-# ------------------------------------------------------------------ slicing
-@dataclass(frozen=True)
-class VarBlock:
-    """Rows [row_offset, row_offset + rows) of variable ``varname``; ``block_name`` is what
-    the pserver calls it (the variable's own name when it is not split)."""
-
-    varname: str
-    block_id: int
-    row_offset: int
-    rows: int
-    block_name: str
-    shape: tuple[int, ...]
-
-    def __str__(self) -> str:  # Paddle's "varname:block_id:size" encoding
-        return f"{self.varname}:{self.block_id}:{self.rows * _row_numel(self.shape)}"
-
-
-def _row_numel(shape: Sequence[int]) -> int:
-    return int(math.prod(shape[1:])) if len(shape) > 1 else 1
-
-
-def slice_variable(var: Variable, slice_count: int, min_block_size: int = MIN_BLOCK_SIZE) -> list[VarBlock]:
-    """Split ``var`` into at most ``slice_count`` row blocks of >= ``min_block_size`` elements.
-
-    Paddle 1.4's rule: split_count = min(slice_count, max(1, numel // min_block_size));
-    block size = ceil(numel / split_count) rounded up to whole rows.
-    """
-    shape = tuple(int(d) for d in var.shape)
-    if not shape or any(d <= 0 for d in shape):
-        raise InvalidArgumentError(f"slice_variable: variable '{var.name}' needs a known positive shape, "
-                                   f"got {list(shape)}")
-    numel = int(math.prod(shape))
-    split_count = min(int(slice_count), max(1, numel // int(min_block_size)))
-    row_numel = _row_numel(shape)
-    block_rows = math.ceil(math.ceil(numel / split_count) / row_numel)
-    split_count = math.ceil(shape[0] / block_rows)
-    blocks = []
-    for i in range(split_count):
-        rows = min(block_rows, shape[0] - i * block_rows)
-        name = var.name if split_count == 1 else f"{var.name}.block{i}"
-        blocks.append(VarBlock(var.name, i, i * block_rows, rows, name, (rows,) + shape[1:]))
-    return blocks
+__all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "PSDispatcher", "ParamPlan",
+           "RoundRobin", "TablePlan", "VarBlock", "slice_variable", "stable_hash"]
 
 
 # ------------------------------------------------------------------ config
@@ -180,29 +81,7 @@ class DistributeTranspilerConfig:
                                        f"parameter-server transpiler (collective jobs use fleet's collective mode)")
 
 
-# ------------------------------------------------------------------ analysis
-@dataclass
-class ParamPlan:
-    """One dense (pserver-hosted, sliced) parameter: its ops, grad and blocks."""
-
-    param: Parameter
-    grad: str
-    ops: list[Operator]
-    blocks: list[VarBlock]
-    endpoints: list[str]
-    #: remote prefetch: the trainer looks rows up on the pservers instead of pulling the table
-    prefetch: bool = False
-
-
-@dataclass
-class TablePlan:
-    """One ``is_distributed`` table: sharded by id % n over every pserver."""
-
-    param: Parameter
-    grad: str
-    update_op: Operator
-
-
+# ------------------------------------------------------------------ transpiler
 def _parse_endpoints(pservers: str | Sequence[str]) -> list[str]:
     eps = [e.strip() for e in (pservers.split(",") if isinstance(pservers, str) else pservers) if e.strip()]
     if not eps:
@@ -214,55 +93,6 @@ def _parse_endpoints(pservers: str | Sequence[str]) -> list[str]:
     if len(set(eps)) != len(eps):
         raise InvalidArgumentError(f"transpile: pserver endpoints repeat: {eps}")
     return eps
-
-
-def _optimize_ops_by_param(program: Program) -> tuple[dict[str, list[Operator]], list[Operator]]:
-    """{param: its optimize ops (program order)} and the global LR-schedule ops."""
-    by_param: dict[str, list[Operator]] = {}
-    lr_ops: list[Operator] = []
-    for op in program.global_block().ops:
-        if op.role not in (ROLE_OPTIMIZE, ROLE_LRSCHED):
-            continue
-        rv = op.attr("op_role_var") or []
-        if not rv:
-            if op.role == ROLE_LRSCHED:
-                lr_ops.append(op)
-                continue
-            raise InvalidArgumentError(f"transpile: optimize op '{op.type}' has no op_role_var, so it cannot be "
-                                       f"placed on a pserver: {op}")
-        if len(rv) > 2:
-            raise InvalidArgumentError(
-                f"transpile: op '{op.type}' updates several parameters at once ({rv[0::2]}); ops spanning "
-                f"parameters (e.g. GradientClipByGlobalNorm) cannot run on sliced pserver blocks")
-        by_param.setdefault(rv[0], []).append(op)
-    return by_param, lr_ops
-
-
-def _update_op(param: str, ops: list[Operator]) -> Operator:
-    for op in ops:
-        if op.input("Param") == [param] and op.output("ParamOut") == [param]:
-            return op
-    raise InvalidArgumentError(f"transpile: no update op (sgd, adam, ...) found for parameter '{param}'")
-
-
-def _remote_prefetchable(program: Program, name: str) -> bool:
-    """Every op of the program that reads ``name`` (optimize ops aside) is a sparse,
-    non-distributed lookup of the global block, so the trainer needs only looked-up rows."""
-    seen = False
-    for block in program.blocks:
-        for op in block.ops:
-            if op.role in (ROLE_OPTIMIZE, ROLE_LRSCHED) or name not in op.input_arg_names:
-                continue
-            if (block.idx != 0 or op.type not in ("lookup_table", "lookup_table_grad")
-                    or op.input("W") != [name] or not op.attr("is_sparse") or op.attr("is_distributed")):
-                return False
-            seen = True
-    return seen
-
-
-def _distributed_tables(program: Program) -> set[str]:
-    return {op.input("W")[0] for op in program.global_block().ops
-            if op.type == "lookup_table" and op.attr("is_distributed")}
 
 
 class DistributeTranspiler:
@@ -294,62 +124,33 @@ class DistributeTranspiler:
         if self.config.enable_dc_asgd and self.sync_mode:
             raise InvalidArgumentError("DistributeTranspilerConfig: enable_dc_asgd compensates the delay of "
                                        "async training: transpile with sync_mode=False")
-        self.pserver_endpoints = _parse_endpoints(pservers)
-        self._plan()
+        self.plan: PSPlan = make_plan(
+            self.origin_program, _parse_endpoints(pservers), trainer_id, trainers, self.sync_mode,
+            dispatcher=self.config.split_method, slice_var_up=bool(self.config.slice_var_up),
+            min_block_size=int(self.config.min_block_size), remote_prefetch=bool(self.config.remote_prefetch),
+            dc_asgd=bool(self.config.enable_dc_asgd))
         self._done = True
         self._rewrite_trainer_startup(startup)
         meta = self.origin_program._meta
         meta.update({"is_distributed": True, "endpoints": list(self.pserver_endpoints),
                      "is_chief": trainer_id == 0, "distributed_lookup_table": sorted(self.tables)})
 
-    def _plan(self) -> None:
-        block = self.origin_program.global_block()
-        by_param, self.lr_ops = _optimize_ops_by_param(self.origin_program)
-        if not by_param:
-            raise InvalidArgumentError("transpile: the program has no optimize ops; call optimizer.minimize(loss) "
-                                       "before transpiling")
-        table_names = _distributed_tables(self.origin_program)
-        dispatcher = (self.config.split_method or RoundRobin)(self.pserver_endpoints)
-        slice_count = len(self.pserver_endpoints) if self.config.slice_var_up else 1
-        self.params: list[ParamPlan] = []
-        self.tables: dict[str, TablePlan] = {}
-        for pname in sorted(by_param):
-            ops = by_param[pname]
-            param = block.var(pname)
-            grad = ops[0].attr("op_role_var")[1]  # the first op reads the raw gradient
-            if pname in table_names:
-                self.tables[pname] = self._table_plan(param, grad, ops)
-                continue
-            if not getattr(param, "trainable", True):
-                continue
-            upd = _update_op(pname, ops)
-            if upd.type not in DENSE_OPTIMIZERS:
-                raise InvalidArgumentError(f"transpile: optimizer op '{upd.type}' of parameter '{pname}' cannot "
-                                           f"run on a pserver (supported: {', '.join(DENSE_OPTIMIZERS)})")
-            blocks = slice_variable(param, slice_count, self.config.min_block_size)
-            # fluid 1.4's remote prefetch: a sliced is_sparse table is looked up on the
-            # pservers (a whole-table pull per step costs the table's size in bytes)
-            prefetch = (len(blocks) > 1 and bool(self.config.remote_prefetch)
-                        and _remote_prefetchable(self.origin_program, pname))
-            self.params.append(ParamPlan(param, grad, ops, blocks, [], prefetch))
-        # Param blocks are dispatched in one pass (RoundRobin spreads them over the
-        # pservers); a grad block always goes where its param block is.
-        all_blocks = [b for p in self.params for b in p.blocks]
-        eps = dispatcher.dispatch(all_blocks)
-        i = 0
-        for p in self.params:
-            p.endpoints = eps[i:i + len(p.blocks)]
-            i += len(p.blocks)
+    # the plan's parts, under the names fluid-era callers (fleet, the demo, tests) use
+    @property
+    def pserver_endpoints(self) -> list[str]:
+        return self.plan.endpoints
 
-    def _table_plan(self, param: Parameter, grad: str, ops: list[Operator]) -> TablePlan:
-        upd = _update_op(param.name, ops)
-        extra = [op for op in ops if op is not upd]
-        if extra:
-            raise InvalidArgumentError(
-                f"transpile: distributed table '{param.name}' has optimize ops {[op.type for op in extra]} besides "
-                f"its update op '{upd.type}'; regularization, clipping and per-parameter learning rates are not "
-                f"supported for is_distributed tables")
-        return TablePlan(param, grad, upd)
+    @property
+    def params(self) -> list[ParamPlan]:
+        return self.plan.params
+
+    @property
+    def tables(self) -> dict[str, TablePlan]:
+        return self.plan.tables
+
+    @property
+    def lr_ops(self) -> list[Operator]:
+        return self.plan.lr_ops
 
     def _check(self) -> None:
         if not self._done:
@@ -384,7 +185,7 @@ class DistributeTranspiler:
                                [n for t in tables for n in (t.param.name, t.grad)]}, infer=False)
         if self.sync_mode:
             block.append_op("send_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
-        self._append_recv(block, with_barrier=True, background=not self.sync_mode)
+        self._append_recv(block, self.params, with_barrier=True, background=not self.sync_mode)
         if self.sync_mode:
             block.append_op("fetch_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
         prog._meta.update(self.origin_program._meta)
@@ -395,10 +196,11 @@ class DistributeTranspiler:
     @property
     def prefetch_tables(self) -> list[str]:
         """Sliced is_sparse tables the trainer prefetches rows of (never pulls whole)."""
-        return [p.param.name for p in self.params if p.prefetch]
+        return self.plan.prefetch_tables
 
-    def _append_recv(self, block: Any, with_barrier: bool, background: bool = False) -> None:
-        params = [p for p in self.params if not p.prefetch]
+    def _append_recv(self, block: Any, params: list[ParamPlan], with_barrier: bool,
+                     background: bool = False) -> None:
+        params = [p for p in params if not p.prefetch]
         if not params:
             return
         block.append_op("recv", {}, {"Out": [p.param.name for p in params]}, {
@@ -445,11 +247,7 @@ class DistributeTranspiler:
         keep = [p for p in self.params if block._find_var_recursive(p.param.name) is not None
                 and not p.prefetch]
         if keep:
-            saved, self.params = self.params, keep
-            try:
-                self._append_recv(block, with_barrier=False)
-            finally:
-                self.params = saved
+            self._append_recv(block, keep, with_barrier=False)
             block.ops.insert(0, block.ops.pop())  # pull first, then run the forward pass
         prog._bump()
         return prog
@@ -467,7 +265,7 @@ class DistributeTranspiler:
                                                     set(op.output_arg_names) <= dropped)]
         # Without a barrier: a trainer that starts late still gets the values the
         # pservers started from (a sync round cannot finish until it has sent).
-        self._append_recv(block, with_barrier=False)
+        self._append_recv(block, self.params, with_barrier=False)
         prog._bump()
         return prog
 
@@ -496,8 +294,8 @@ class DistributeTranspiler:
         if endpoint not in self.pserver_endpoints:
             raise NotFoundError(f"get_pserver_programs: endpoint {endpoint!r} is not one of the pservers "
                                 f"{self.pserver_endpoints}")
-        main = _psp.build_pserver_program(self, endpoint)
-        return main, _psp.build_pserver_startup(self, endpoint, main)
+        main = build_pserver_program(self.plan, self.origin_program, self.origin_startup, endpoint)
+        return main, build_pserver_startup(self.origin_startup, main)
 
     def get_startup_program(self, endpoint: str, pserver_program: Program | None = None,
                             startup_program: Program | None = None) -> Program:
@@ -505,7 +303,7 @@ class DistributeTranspiler:
         self._check()
         if pserver_program is None:
             pserver_program = self.get_pserver_program(endpoint)
-        return _psp.build_pserver_startup(self, endpoint, pserver_program)
+        return build_pserver_startup(self.origin_startup, pserver_program)
 
 
 def _fuse_lookups(block: Any) -> None:

@@ -11,7 +11,6 @@ too (remote prefetch of a sliced ``is_sparse`` table, by local row offset).
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from typing import Any
@@ -25,6 +24,7 @@ from ..core.registry import KernelContext
 from ..core.scope import LoDTensor, Scope, SelectedRows
 from ..errors import DTypeError, InvalidArgumentError, NotFoundError, ShapeError
 from . import checkpoint
+from .plan import ServerPlan, TableConfig
 from .server import ParameterServer, ServerHandler, ServerOptions
 from .tables import Initializer, RowOptimizer, SparseTable
 
@@ -33,19 +33,19 @@ _INIT_KINDS = {"uniform_random": "uniform", "gaussian_random": "normal", "trunca
                "fill_constant": "constant"}
 
 
-def table_from_config(cfg: dict) -> SparseTable:
+def table_from_config(cfg: TableConfig) -> SparseTable:
     """The SparseTable a ``sparse_tables`` entry of listen_and_serv describes."""
-    init = cfg["init"]
+    init = cfg.init
     kind = _INIT_KINDS.get(init["type"])
     if kind is None:
-        raise InvalidArgumentError(f"distributed table '{cfg['name']}': initializer op '{init['type']}' is not "
+        raise InvalidArgumentError(f"distributed table '{cfg.name}': initializer op '{init['type']}' is not "
                                    f"supported (use Uniform, Normal or Constant)")
     initializer = Initializer(kind=kind, low=float(init.get("min", -0.05)), high=float(init.get("max", 0.05)),
                               mean=float(init.get("mean", 0.0)), std=float(init.get("std", 0.01)),
                               value=float(init.get("value", 0.0)), seed=int(init.get("seed", 0)))
-    opt_kind, a = cfg["optimizer"], cfg["optimizer_attrs"]
+    opt_kind, a = cfg.optimizer, cfg.optimizer_attrs
     if opt_kind not in ("sgd", "adagrad", "adam"):
-        raise InvalidArgumentError(f"distributed table '{cfg['name']}': optimizer '{opt_kind}' is not supported "
+        raise InvalidArgumentError(f"distributed table '{cfg.name}': optimizer '{opt_kind}' is not supported "
                                    f"for is_distributed tables (use SGD, Adagrad or Adam)")
     kw: dict[str, Any] = {}
     if opt_kind == "adam":
@@ -53,35 +53,28 @@ def table_from_config(cfg: dict) -> SparseTable:
               "epsilon": float(a.get("epsilon", 1e-8))}
     elif opt_kind == "adagrad":
         kw = {"epsilon": float(a.get("epsilon", 1e-6))}
-    return SparseTable(cfg["name"], int(cfg["dim"]), initializer, RowOptimizer(kind=opt_kind, **kw),
-                       dtype=cfg.get("dtype", "float32"))
+    return SparseTable(cfg.name, int(cfg.dim), initializer, RowOptimizer(kind=opt_kind, **kw), dtype=cfg.dtype)
 
 
 class ExecutorHandler(ServerHandler):
     """Hosted dense blocks live in ``scope`` and are updated by the program's blocks."""
 
-    def __init__(self, program: Program, scope: Scope, place: Any, attrs: dict) -> None:
+    def __init__(self, program: Program, scope: Scope, place: Any, attrs: dict | ServerPlan) -> None:
+        """``attrs``: the listen_and_serv op's plan, or the attributes that encode it."""
+        plan = attrs if isinstance(attrs, ServerPlan) else ServerPlan.from_attrs(attrs)
         self._program, self._scope = program, scope
         self._exe = Executor(place)
-        self._grad_block = {}
-        for entry in attrs.get("grad_to_block_id", []):
-            grad, block = entry.rsplit(":", 1)
-            self._grad_block[grad] = int(block)
-        self._lr_block = int(attrs.get("lr_block_id", -1))
-        self._params = list(attrs.get("param_blocks", []))
-        self._persistables = list(attrs.get("persistables", []))
-        self._tables: dict[str, SparseTable] = {}
-        self._table_cfg: dict[str, dict] = {}
-        self._table_of_grad: dict[str, str] = {}
-        for raw in attrs.get("sparse_tables", []):
-            cfg = json.loads(raw)
-            self._tables[cfg["name"]] = table_from_config(cfg)
-            self._table_cfg[cfg["name"]] = cfg
-            self._table_of_grad[cfg["grad"]] = cfg["name"]
+        self._grad_block = dict(plan.grad_to_block)
+        self._lr_block = plan.lr_block_id
+        self._params = list(plan.param_blocks)
+        self._persistables = list(plan.persistables)
+        self._tables: dict[str, SparseTable] = {c.name: table_from_config(c) for c in plan.sparse_tables}
+        self._table_cfg: dict[str, TableConfig] = {c.name: c for c in plan.sparse_tables}
+        self._table_of_grad: dict[str, str] = {c.grad: c.name for c in plan.sparse_tables}
         # The LR schedule advances once per round (sync) or, in async mode, when the
         # gradient of the first hosted block arrives: about once per trainer step, not
         # once per gradient message.
-        self._sync = bool(attrs.get("sync_mode", True))
+        self._sync = plan.sync_mode
         firsts = sorted(self._grad_block, key=self._grad_block.get) + sorted(self._table_of_grad)
         self._lr_trigger = firsts[0] if firsts else None
         # One lock: async pushes from several trainers arrive on several threads and
@@ -90,7 +83,7 @@ class ExecutorHandler(ServerHandler):
         # DC-ASGD (async only): each trainer's copy of a parameter block as it last pulled
         # it; a dense gradient g of that trainer becomes g + g*g*(param - backup), the
         # first-order correction for the updates applied since its pull.
-        self._dc_asgd = bool(attrs.get("dc_asgd", False)) and not self._sync
+        self._dc_asgd = plan.dc_asgd and not self._sync
         self._backups: dict[tuple[int, str], np.ndarray] = {}
         self._param_of_grad = ({g: self._param_of_block(b) for g, b in self._grad_block.items()}
                                if self._dc_asgd else {})
@@ -146,7 +139,7 @@ class ExecutorHandler(ServerHandler):
         if not isinstance(value, SelectedRows):
             raise InvalidArgumentError(f"pserver: the gradient of distributed table '{table}' must be "
                                        f"SelectedRows, got {type(value).__name__}")
-        lr_var = self._table_cfg[table]["lr_var"]
+        lr_var = self._table_cfg[table].lr_var
         lr = float(np.asarray(self._scope.get(lr_var)).reshape(-1)[0]) if lr_var else None
         self._tables[table].apply_gradient(value, learning_rate=lr)
 
@@ -209,7 +202,7 @@ class ExecutorHandler(ServerHandler):
             if not isinstance(value, SelectedRows):
                 raise InvalidArgumentError(f"gradient '{name}' of distributed table '{table}' must be "
                                            f"SelectedRows, got {type(value).__name__}")
-            self._check_dtype_shape(name, value.values, cfg["dtype"], (-1, cfg["dim"]))
+            self._check_dtype_shape(name, value.values, cfg.dtype, (-1, cfg.dim))
             return
         if name not in self._grad_block:
             raise NotFoundError(f"pserver: gradient '{name}' is not hosted here (hosted: "
@@ -248,8 +241,9 @@ def serve(ctx: KernelContext) -> None:
     a = ctx.attrs
     scope = Scope()
     scope._vars = ctx.env  # the run's scope dict: the startup program filled it
-    handler = ExecutorHandler(ctx.op.block.program, scope, ctx.place, a)
-    server = ParameterServer(a["endpoint"], handler, int(a["Fanin"]), bool(a["sync_mode"]), _server_options(a))
+    plan = ServerPlan.from_attrs(a)
+    handler = ExecutorHandler(ctx.op.block.program, scope, ctx.place, plan)
+    server = ParameterServer(plan.endpoint, handler, plan.fanin, plan.sync_mode, _server_options(a))
     _load_saved_shard(server, handler, a.get("load_dir", ""))
     server.start()
     try:

@@ -27,6 +27,7 @@ from ..core.executor import register_close_hook
 from ..core.registry import KernelContext, register_grad, register_op
 from ..core.scope import LoDTensor, SelectedRows
 from ..errors import InvalidArgumentError, NotFoundError
+from .sharding import shard_by_id, split_ids, split_rows
 
 _RPC_ATTRS = {"trainer_id": 0, "sync_mode": True}
 
@@ -46,42 +47,6 @@ def _value(ctx: KernelContext, name: str) -> Any:
     if isinstance(v, SelectedRows):
         return v if isinstance(v.values, np.ndarray) else SelectedRows(v.rows, to_numpy(v.values), v.height)
     return v if isinstance(v, np.ndarray) else to_numpy(v)
-
-
-# ------------------------------------------------------------------ splitting
-def split_rows(value: Any, sections: list[int], what: str) -> list[Any]:
-    """Split a dense array or SelectedRows into row blocks of ``sections`` rows.
-
-    SelectedRows rows are rebased to each block's first row (the pserver block
-    only knows its own rows).
-    """
-    if len(sections) <= 1:
-        return [value]
-    bounds = np.cumsum([0] + list(sections))
-    if isinstance(value, SelectedRows):
-        out = []
-        rows = np.asarray(value.rows, dtype=np.int64)
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            mask = (rows >= lo) & (rows < hi)
-            out.append(SelectedRows(rows[mask] - lo, value.values[mask], int(hi - lo)))
-        return out
-    if value.shape[0] != bounds[-1]:
-        raise InvalidArgumentError(f"send: '{what}' has {value.shape[0]} rows but its pserver blocks "
-                                   f"{sections} cover {int(bounds[-1])}")
-    return [value[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
-
-
-def shard_by_id(value: Any, n: int, what: str) -> list[SelectedRows]:
-    """A distributed table's SelectedRows gradient, split by ``row % n`` (global row ids
-    kept).  Every shard is returned, empty ones too, so each pserver hears from every
-    trainer every round."""
-    if not isinstance(value, SelectedRows):
-        raise InvalidArgumentError(f"send: the gradient '{what}' of a distributed table must be SelectedRows, "
-                                   f"got {type(value).__name__}")
-    merged = value.merged()
-    rows = np.asarray(merged.rows, dtype=np.int64)
-    shard = rows % n
-    return [SelectedRows(rows[shard == p], merged.values[shard == p], merged.height) for p in range(n)]
 
 
 # ------------------------------------------------------------------ trainer ops
@@ -242,10 +207,9 @@ def distributed_lookup_table(ctx: KernelContext) -> None:
         if sections:
             reqs, where = _by_row_range(uniq, sections, eps, list(a["table_names"]), table)
         else:
-            shard = uniq % len(eps)
-            asked = [p for p in range(len(eps)) if np.any(shard == p)]
-            reqs = [(eps[p], table, uniq[shard == p]) for p in asked]
-            where = [shard == p for p in asked]
+            parts = split_ids(uniq, len(eps))
+            reqs = [(eps[p], table, shard_ids) for p, (_, shard_ids) in enumerate(parts) if shard_ids.size]
+            where = [pos for pos, shard_ids in parts if shard_ids.size]
         got = _client(ctx).prefetch(reqs)
         for sel, vals in zip(where, got):
             vals = _dense(vals)

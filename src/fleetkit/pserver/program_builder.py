@@ -1,4 +1,4 @@
-"""Build a pserver's main and startup programs from a DistributeTranspiler plan.
+"""Build a pserver's main and startup programs from a ``PSPlan`` (``plan.py``).
 
 Main program (one per endpoint):
 - global block: declarations of every hosted var with its block shape (param
@@ -16,13 +16,13 @@ vars shared by every parameter keep their names.
 """
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.framework import ROLE_LRSCHED, Operator, Program
+from .plan import ParamPlan, PSPlan, ServerPlan, TableConfig, TablePlan
+from .sharding import VarBlock
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .transpiler import DistributeTranspiler, ParamPlan, VarBlock
+__all__ = ["build_pserver_program", "build_pserver_startup"]
 
 # ops whose "shape" attribute fixes the shape of what they initialize
 _SHAPED_INIT_OPS = ("fill_constant", "uniform_random", "gaussian_random", "truncated_gaussian_random",
@@ -30,7 +30,7 @@ _SHAPED_INIT_OPS = ("fill_constant", "uniform_random", "gaussian_random", "trunc
 _SCALAR_TYPES = (bool, int, float, str)
 
 
-def _shared_vars(t: "DistributeTranspiler") -> set[str]:
+def _shared_vars(t: PSPlan) -> set[str]:
     """Vars every parameter shares: global LR-schedule vars and the global learning rates."""
     shared = {n for op in t.lr_ops for n in op.input_arg_names + op.output_arg_names}
     per_param_outputs = {n for p in t.params for op in p.ops for n in op.output_arg_names}
@@ -61,15 +61,16 @@ def _copy_op(block: Any, op: Operator, rename: dict[str, str]) -> Operator:
     return block.append_op(op.type, ins, outs, dict(op.attrs), infer=False)
 
 
-def _block_renames(p: "ParamPlan", blk: "VarBlock", shared: set[str]) -> dict[str, str]:
+def _block_renames(p: ParamPlan, blk: VarBlock, shared: set[str]) -> dict[str, str]:
     if len(p.blocks) == 1:
         return {}
     names = {n for op in p.ops for n in op.input_arg_names + op.output_arg_names}
     return {n: f"{n}.block{blk.block_id}" for n in names if n not in shared}
 
 
-def build_pserver_program(t: "DistributeTranspiler", endpoint: str) -> Program:
-    origin = t.origin_program
+def build_pserver_program(t: PSPlan, origin: Program, origin_startup: Program, endpoint: str) -> Program:
+    """The main program of the pserver at ``endpoint``: hosted vars, optimize blocks and a
+    ``listen_and_serv`` op carrying its ``ServerPlan``."""
     prog = Program()
     prog.random_seed = origin.random_seed
     shared = _shared_vars(t)
@@ -77,7 +78,7 @@ def build_pserver_program(t: "DistributeTranspiler", endpoint: str) -> Program:
     # startup program initializes exactly these
     origin_of: dict[str, list] = {}
 
-    def declare(name: str, new: str, p: "ParamPlan | None" = None, blk: "VarBlock | None" = None) -> None:
+    def declare(name: str, new: str, p: ParamPlan | None = None, blk: VarBlock | None = None) -> None:
         shape = None
         ov = origin.global_block()._find_var_recursive(name)
         sliced = (p is not None and blk is not None and len(p.blocks) > 1 and ov is not None
@@ -97,57 +98,49 @@ def build_pserver_program(t: "DistributeTranspiler", endpoint: str) -> Program:
                 declare(n, n)
             _copy_op(b, op, {})
         lr_block_id = b.idx
-    grad_to_block, grads, params = [], [], []
-    for p in t.params:
-        for blk, ep in zip(p.blocks, p.endpoints):
-            if ep != endpoint:
-                continue
-            rename = _block_renames(p, blk, shared)
-            b = prog._create_block(0)
-            for op in p.ops:
-                for n in op.input_arg_names + op.output_arg_names:
-                    declare(n, rename.get(n, n), p, blk)
-                new_op = _copy_op(b, op, rename)
-                new_op.attrs["op_role"] = op.role if op.role == ROLE_LRSCHED else new_op.attrs["op_role"]
-            g = rename.get(p.grad, p.grad)
-            grads.append(g)
-            params.append(rename.get(p.param.name, p.param.name))
-            grad_to_block.append(f"{g}:{b.idx}")
-    tables = [_table_config(t, tp, endpoint, declare) for tp in sorted(t.tables.values(),
-                                                                       key=lambda x: x.param.name)]
+    grad_to_block, params = [], []
+    for p, blk in t.hosted(endpoint):
+        rename = _block_renames(p, blk, shared)
+        b = prog._create_block(0)
+        for op in p.ops:
+            for n in op.input_arg_names + op.output_arg_names:
+                declare(n, rename.get(n, n), p, blk)
+            new_op = _copy_op(b, op, rename)
+            new_op.attrs["op_role"] = op.role if op.role == ROLE_LRSCHED else new_op.attrs["op_role"]
+        grad_to_block.append((rename.get(p.grad, p.grad), b.idx))
+        params.append(rename.get(p.param.name, p.param.name))
+    tables = [_table_config(t, tp, origin_startup, endpoint, declare) for tp in sorted(
+        t.tables.values(), key=lambda x: x.param.name)]
     persistables = sorted(n for n, v in prog.global_block().vars.items() if v.persistable)
-    prog.global_block().append_op("listen_and_serv", {"X": grads}, {}, {
-        "endpoint": endpoint, "Fanin": t.trainer_num, "sync_mode": t.sync_mode,
-        "dc_asgd": bool(t.config.enable_dc_asgd) and not t.sync_mode,
-        "optimize_blocks": list(range(1, prog.num_blocks)), "lr_block_id": lr_block_id,
-        "grad_to_block_id": grad_to_block, "param_blocks": params, "persistables": persistables,
-        "sparse_tables": [json.dumps(c, sort_keys=True) for c in tables],
-        "pserver_index": t.pserver_endpoints.index(endpoint), "pserver_num": len(t.pserver_endpoints),
-    }, infer=False)
+    plan = ServerPlan(endpoint=endpoint, fanin=t.trainers, sync_mode=t.sync_mode, dc_asgd=t.dc_asgd,
+                      optimize_blocks=tuple(range(1, prog.num_blocks)), lr_block_id=lr_block_id,
+                      grad_to_block=tuple(grad_to_block), param_blocks=tuple(params),
+                      persistables=tuple(persistables), sparse_tables=tuple(tables),
+                      pserver_index=t.endpoints.index(endpoint), pserver_num=len(t.endpoints))
+    prog.global_block().append_op("listen_and_serv", {"X": [g for g, _ in grad_to_block]}, {}, plan.to_attrs(),
+                                  infer=False)
     prog._meta["origin_of"] = origin_of
     prog._meta["pserver_endpoint"] = endpoint
     return prog
 
 
-def _table_config(t: "DistributeTranspiler", tp: Any, endpoint: str, declare: Any) -> dict:
+def _table_config(t: PSPlan, tp: TablePlan, origin_startup: Program, endpoint: str,
+                  declare: Any) -> TableConfig:
     """What the pserver needs to serve its shard of a distributed table."""
     for n in tp.update_op.input("LearningRate"):
         declare(n, n)
-    init = _init_op_of(t.origin_startup, tp.param.name)
+    init = _init_op_of(origin_startup, tp.param.name)
     init_cfg = {"type": init.type if init is not None else "fill_constant"}
     if init is not None:
         init_cfg.update({k: v for k, v in init.attrs.items()
                          if k in ("min", "max", "mean", "std", "seed", "value")})
-    return {
-        "name": tp.param.name, "grad": tp.grad, "height": int(tp.param.shape[0]),
-        "dim": int(tp.param.shape[1]), "dtype": tp.param.dtype,
-        "shard_index": t.pserver_endpoints.index(endpoint), "shard_num": len(t.pserver_endpoints),
-        "optimizer": tp.update_op.type,
-        "optimizer_attrs": {k: v for k, v in tp.update_op.attrs.items()
-                            if isinstance(v, _SCALAR_TYPES) and k not in ("op_role",)},
-        "lr_var": (tp.update_op.input("LearningRate") or [""])[0],
-        "init": init_cfg,
-    }
+    return TableConfig(
+        name=tp.param.name, grad=tp.grad, height=int(tp.param.shape[0]), dim=int(tp.param.shape[1]),
+        dtype=tp.param.dtype, shard_index=t.endpoints.index(endpoint), shard_num=len(t.endpoints),
+        optimizer=tp.update_op.type,
+        optimizer_attrs={k: v for k, v in tp.update_op.attrs.items()
+                         if isinstance(v, _SCALAR_TYPES) and k not in ("op_role",)},
+        lr_var=(tp.update_op.input("LearningRate") or [""])[0], init=init_cfg)
 
 
 def _init_op_of(startup: Program, name: str) -> Operator | None:
@@ -158,14 +151,14 @@ def _init_op_of(startup: Program, name: str) -> Operator | None:
     return found
 
 
-def build_pserver_startup(t: "DistributeTranspiler", endpoint: str, pserver_program: Program) -> Program:
+def build_pserver_startup(origin_startup: Program, pserver_program: Program) -> Program:
     """Init ops of the hosted vars, reshaped to their block (each pserver inits its slice)."""
     startup = Program()
-    startup.random_seed = t.origin_startup.random_seed
+    startup.random_seed = origin_startup.random_seed
     sb = startup.global_block()
     pgb = pserver_program.global_block()
     for new, (orig, offset, rows, block_id) in sorted(pserver_program._meta.get("origin_of", {}).items()):
-        op = _init_op_of(t.origin_startup, orig)
+        op = _init_op_of(origin_startup, orig)
         if op is None:
             continue
         v = pgb.vars[new]
