@@ -92,7 +92,7 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     remote = fleet.current()._t().prefetch_tables
     start = _param_values(params, remote, scope)
     tid = fleet.worker_index()
-    from fleetkit.pserver.client import get_client
+    from fleetkit.pserver.api import get_client
     client = get_client(tid)
     fetched_before = dict(client.fetched)
     losses, t0 = [], time.perf_counter()
@@ -120,7 +120,7 @@ def run_ps_role(role_maker: Any, cfg: dict, on_trained: Callable[[], None] | Non
     if tid == 0 and cfg.get("fetch_table_rows"):
         out["table"] = pull_table(cfg["fetch_table_rows"])
     if tid == 0 and cfg.get("report_sparse_memory"):
-        from fleetkit.pserver.client import get_client
+        from fleetkit.pserver.api import get_client
         out["sparse_memory"] = [get_client(tid).sparse_memory(ep) for ep in fleet.server_endpoints()]
     if cfg.get("save_dir"):  # the chief writes; the other trainers' calls do nothing
         fleet.save_persistables(exe, cfg["save_dir"])

@@ -19,7 +19,7 @@ __all__ = ["checkpoint_notify"]
 @register_op("checkpoint_notify", attrs={"epmap": [], "dir": "", "lookup_table": "", "trainer_id": 0})
 def checkpoint_notify(ctx: Any) -> None:
     """Every pserver of ``epmap`` saves its state under ``dir`` (one concurrent call each)."""
-    from ..pserver.client import get_client  # noqa: PLC0415  (gRPC only when a program really talks)
+    from ..pserver.api import get_client  # noqa: PLC0415  (gRPC only when a program really talks)
     eps, dirname = list(ctx.attrs["epmap"]), str(ctx.attrs["dir"])
     if not eps or not dirname:
         raise InvalidArgumentError(f"op 'checkpoint_notify': needs endpoints and a directory, got epmap={eps} "

@@ -193,7 +193,7 @@ class PSFleet(FleetBase):
         """Wait until every pserver accepts connections (error names the ones that never did)."""
         if not self.is_worker():
             raise InvalidArgumentError("fleet.init_worker() called on a server")
-        from ..pserver.client import wait_server_ready  # noqa: PLC0415
+        from ..pserver.api import wait_server_ready  # noqa: PLC0415
         wait_server_ready(self.server_endpoints(), DEFAULT_SERVER_WAIT_S if timeout is None else timeout)
         log.info("trainer %d: all %d pservers ready", self.worker_index(), len(self.server_endpoints()))
 
@@ -204,8 +204,8 @@ class PSFleet(FleetBase):
         """Tell every pserver this trainer is done (COMPLETE): sync rounds stop waiting for it."""
         if not self.is_worker():
             return
-        from ..pserver.client import get_client  # noqa: PLC0415
-        from ..pserver.ops import drain_background  # noqa: PLC0415
+        from ..pserver.api import get_client  # noqa: PLC0415
+        from ..pserver.api import drain_background  # noqa: PLC0415
         drain_background()  # the last async push must land before COMPLETE
         get_client(self.worker_index()).send_complete(self.server_endpoints())
 
@@ -216,7 +216,7 @@ class PSFleet(FleetBase):
     def _pull_params(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Current value of every dense pserver-hosted parameter (or of ``names``), no
         barrier.  Remotely prefetched tables (never pulled by training) are gathered too."""
-        from ..pserver.client import get_client  # noqa: PLC0415
+        from ..pserver.api import get_client  # noqa: PLC0415
         t = self._t()
         plans = [p for p in t.params if names is None or p.param.name in names]
         reqs = [(ep, b.block_name) for p in plans for ep, b in zip(p.endpoints, p.blocks)]
@@ -255,7 +255,7 @@ class PSFleet(FleetBase):
             prog.global_block().create_var(name=n, shape=v.shape, dtype=v.dtype, persistable=True, type=v.type)
         io.save_vars(executor, dirname, prog, vars=names, scope=scope)
         if t.tables:
-            from ..pserver.client import get_client  # noqa: PLC0415
+            from ..pserver.api import get_client  # noqa: PLC0415
             get_client(self.worker_index()).checkpoint_notify(self.server_endpoints(),
                                                               os.path.join(dirname, "__lookup_table__"))
 

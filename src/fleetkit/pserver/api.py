@@ -50,6 +50,5 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'fleetkit.pserver.api' has no attribute '{name}'")
-    value = getattr(importlib.import_module(f"{__package__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this hook
-    return value
+    # not cached here: a name patched in its own module (tests) is what callers get
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
