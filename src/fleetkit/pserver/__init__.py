@@ -3,7 +3,9 @@ client (trainer side) and server (pserver side).  See docs/ps_design.md.
 
 Layering: ``codec``, ``sharding``, ``tables``, ``checkpoint`` and ``rounds`` are plain
 numpy/logic (no gRPC); ``rpc``, ``client`` and ``server`` are the thin transport.
-Submodules are imported lazily by callers (``from fleetkit.pserver import client``) so
-importing the package does not load gRPC.
+Other packages import from ``fleetkit.pserver.api`` (the interface file: the plan,
+sharding, program builder, server, client, checkpoints); its gRPC names load on first
+use, so importing the package or building programs does not load gRPC.
 """
-__all__ = ["checkpoint", "client", "codec", "rounds", "rpc", "server", "sharding", "tables"]
+__all__ = ["api", "checkpoint", "client", "codec", "plan", "program_builder", "rounds", "rpc", "server",
+           "sharding", "tables"]
