@@ -1,8 +1,8 @@
 """DistributeTranspiler: rewrite a single-process program for parameter-server training.
 
-``transpile`` reads what ``Optimizer.minimize`` left in the program (optimize ops
-carry ``op_role='optimize'`` and ``op_role_var=[param, grad]``), slices every
-parameter into row blocks, assigns the blocks to pservers and builds:
+``transpile`` asks ``pserver.plan.make_plan`` for the placement (every parameter
+sliced into row blocks and assigned to pservers by the rules of ``pserver.sharding``)
+once; the ``get_*`` calls derive the programs from that ``PSPlan``:
 
 - the trainer program: forward + backward, then one ``send`` (each gradient
   split into its blocks at run time, every block sent concurrently), and in
@@ -16,8 +16,8 @@ parameter into row blocks, assigns the blocks to pservers and builds:
   distributed tables, optimizer accumulators), then a ``recv`` of every
   parameter so all trainers start from the pservers' values;
 - per pserver a main program (``listen_and_serv`` + one optimize block per
-  hosted parameter block, see ``_pserver_program``) and a startup program that
-  initializes only the hosted slices.
+  hosted parameter block, built by ``pserver.program_builder``) and a startup
+  program that initializes only the hosted slices.
 
 Names and rules follow Paddle 1.4 (``<var>.block<i>``, ``min_block_size``,
 RoundRobin / HashName).  Two deliberate differences: HashName uses a stable hash
