@@ -25,28 +25,54 @@ N_SPARSE, N_DENSE, TABLE, EMB, BATCH = 26, 13, 1_000_000, 10, 512
 HIDDEN = (256, 128, 64)
 
 
+def fleetkit_net(is_distributed: bool = False) -> tuple:
+    """The CTR network, built into the current program guard: (feed vars, loss, auc, auc stats).
+
+    ``is_distributed``: the embedding table lives on the pservers as a hash table (PS jobs)."""
+    from fleetkit import layers
+    label = layers.data("label", shape=[1], dtype="int64")
+    dense = layers.data("dense", shape=[N_DENSE], dtype="float32")
+    slots = [layers.data(f"s{i}", shape=[1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
+    pooled = [layers.sequence_pool(layers.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb",
+                                                    is_distributed=is_distributed), "sum") for s in slots]
+    h = layers.concat(pooled + [dense], axis=1)
+    for width in HIDDEN:
+        h = layers.fc(h, width, act="relu")
+    predict = layers.fc(h, 2, act="softmax")
+    loss = layers.mean(layers.cross_entropy(predict, label))
+    auc, _, stats = layers.auc(predict, label)
+    return [label, dense] + slots, loss, auc, stats
+
+
+def paddle_net() -> tuple:
+    """The same network in Paddle 2.6 static-graph names (same return values)."""
+    import paddle
+    label = paddle.static.data("label", shape=[-1, 1], dtype="int64")
+    dense = paddle.static.data("dense", shape=[-1, N_DENSE], dtype="float32")
+    slots = [paddle.static.data(f"s{i}", shape=[-1, 1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
+    pooled = [paddle.reshape(paddle.static.nn.sequence_lod.sequence_pool(  # [-1, 1, EMB] -> [-1, EMB]
+        paddle.static.nn.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb"), "sum"), [-1, EMB])
+        for s in slots]
+    h = paddle.concat(pooled + [dense], axis=1)
+    for width in HIDDEN:
+        h = paddle.static.nn.fc(h, width, activation="relu")
+    predict = paddle.static.nn.fc(h, 2, activation="softmax")
+    loss = paddle.mean(paddle.nn.functional.cross_entropy(predict, label, use_softmax=False))
+    auc, _, stats = paddle.static.auc(predict, label)
+    return [label, dense] + slots, loss, auc, stats
+
+
 def _fleetkit_model():
     import fleetkit as fk
-    from fleetkit import layers
     main, startup = fk.Program(), fk.Program()
     main.random_seed = startup.random_seed = 1
     with fk.program_guard(main, startup):
-        label = layers.data("label", shape=[1], dtype="int64")
-        dense = layers.data("dense", shape=[N_DENSE], dtype="float32")
-        slots = [layers.data(f"s{i}", shape=[1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
-        pooled = [layers.sequence_pool(layers.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb"),
-                                       "sum") for s in slots]
-        h = layers.concat(pooled + [dense], axis=1)
-        for width in HIDDEN:
-            h = layers.fc(h, width, act="relu")
-        predict = layers.fc(h, 2, act="softmax")
-        loss = layers.mean(layers.cross_entropy(predict, label))
-        auc, _, stats = layers.auc(predict, label)
+        feeds, loss, auc, stats = fleetkit_net()
         test = main.clone(for_test=True)
         fk.optimizer.Adam(1e-3).minimize(loss)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(startup)
-    return fk, exe, main, test, [label, dense] + slots, loss, auc, stats, fk.DatasetFactory().create_dataset
+    return fk, exe, main, test, feeds, loss, auc, stats, fk.DatasetFactory().create_dataset
 
 
 def _paddle_model():
@@ -55,29 +81,20 @@ def _paddle_model():
     main, startup = paddle.static.Program(), paddle.static.Program()
     main.random_seed = startup.random_seed = 1
     with paddle.static.program_guard(main, startup):
-        label = paddle.static.data("label", shape=[-1, 1], dtype="int64")
-        dense = paddle.static.data("dense", shape=[-1, N_DENSE], dtype="float32")
-        slots = [paddle.static.data(f"s{i}", shape=[-1, 1], dtype="int64", lod_level=1) for i in range(N_SPARSE)]
-        pooled = [paddle.reshape(paddle.static.nn.sequence_lod.sequence_pool(  # [-1, 1, EMB] -> [-1, EMB]
-            paddle.static.nn.embedding(s, size=[TABLE, EMB], is_sparse=True, param_attr="emb"), "sum"), [-1, EMB])
-            for s in slots]
-        h = paddle.concat(pooled + [dense], axis=1)
-        for width in HIDDEN:
-            h = paddle.static.nn.fc(h, width, activation="relu")
-        predict = paddle.static.nn.fc(h, 2, activation="softmax")
-        loss = paddle.mean(paddle.nn.functional.cross_entropy(predict, label, use_softmax=False))
-        auc, _, stats = paddle.static.auc(predict, label)
+        feeds, loss, auc, stats = paddle_net()
         test = main.clone(for_test=True)
         paddle.optimizer.Adam(1e-3).minimize(loss)
     exe = paddle.static.Executor(paddle.CPUPlace())
     exe.run(startup)
-
-    def dataset(kind):
-        return paddle.distributed.InMemoryDataset() if kind == "InMemoryDataset" else paddle.distributed.QueueDataset()
-    return paddle, exe, main, test, [label, dense] + slots, loss, auc, stats, dataset
+    return paddle, exe, main, test, feeds, loss, auc, stats, paddle_dataset
 
 
-def _dataset(framework: str, create, use_vars, files, thread):
+def paddle_dataset(kind):
+    import paddle
+    return paddle.distributed.InMemoryDataset() if kind == "InMemoryDataset" else paddle.distributed.QueueDataset()
+
+
+def make_dataset(framework: str, create, use_vars, files, thread):
     ds = create("InMemoryDataset")
     if framework == "paddle":
         ds.init(batch_size=BATCH, thread_num=thread, use_var=use_vars, pipe_command="cat")
@@ -90,7 +107,7 @@ def _dataset(framework: str, create, use_vars, files, thread):
     return ds
 
 
-def _stat_count(fw, scope_get, stats) -> int:
+def stat_count(fw, scope_get, stats) -> int:
     """Examples the cumulative auc stats counted (positives + negatives of every bucket)."""
     pos, neg = (np.array(scope_get(v.name)) for v in stats[2:4])
     return int(pos.sum() + neg.sum())
@@ -112,7 +129,7 @@ def main() -> None:
         return scope.find_var(name).get_tensor()
 
     out = {"framework": fw, "thread": a.thread}
-    ds = _dataset(fw, create, use_vars, a.train, a.thread)
+    ds = make_dataset(fw, create, use_vars, a.train, a.thread)
     t = time.perf_counter()
     ds.load_into_memory()
     out["load_s"] = time.perf_counter() - t
@@ -124,18 +141,18 @@ def main() -> None:
                            print_period=10 ** 9)
     out["train_s"] = time.perf_counter() - t
     out["train_cpu_s"] = _cpu_s() - cpu
-    out["train_counted"] = _stat_count(fw, scope_get, stats)
-    out["train_auc"] = _auc_from_stats(scope_get, stats)
+    out["train_counted"] = stat_count(fw, scope_get, stats)
+    out["train_auc"] = auc_from_stats(scope_get, stats)
     for v in stats:  # zero the auc state: the test pass counts from 0
         scope_get(v.name).set(np.zeros_like(np.array(scope_get(v.name))), lib.CPUPlace())
-    test = _dataset(fw, create, use_vars, [a.test], a.thread)
+    test = make_dataset(fw, create, use_vars, [a.test], a.thread)
     test.load_into_memory()
     t = time.perf_counter()
     exe.infer_from_dataset(test_prog, test, thread=a.thread, fetch_list=[auc], fetch_info=["auc"],
                            print_period=10 ** 9)
     out["infer_s"] = time.perf_counter() - t
-    out["test_counted"] = _stat_count(fw, scope_get, stats)
-    out["test_auc"] = _auc_from_stats(scope_get, stats)
+    out["test_counted"] = stat_count(fw, scope_get, stats)
+    out["test_auc"] = auc_from_stats(scope_get, stats)
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -145,7 +162,7 @@ def _cpu_s() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _auc_from_stats(scope_get, stats) -> float:
+def auc_from_stats(scope_get, stats) -> float:
     """ROC AUC from the cumulative bucket counts (the same formula in both frameworks)."""
     pos, neg = (np.array(scope_get(v.name)).reshape(-1)[::-1].astype(np.float64) for v in stats[2:4])
     tp, fp = np.cumsum(pos), np.cumsum(neg)
