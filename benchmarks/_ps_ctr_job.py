@@ -10,7 +10,9 @@ which both frameworks read the same way:
 The model and data are ``_ctr_job.py``'s (26 sparse slots sharing a 1e6 x 10 table, 13 dense
 features, fc 256-128-64, batch 512); the table lives on the pservers as a hash table whose
 rows are created on first touch (fleetkit ``is_distributed=True``; in Paddle 2.6 every
-``is_sparse`` embedding of a PS job is such a table), updated there per row.  Async mode:
+``is_sparse`` embedding of a PS job is such a table), updated there per row;
+``--fleetkit-table sliced``: fleetkit's table is a dense 1e6 x 10 block per pserver instead
+(``is_sparse`` only, rows prefetched).  Async mode:
 fleetkit ``DistributeTranspilerConfig(sync_mode=False)``, Paddle ``strategy.a_sync = True``.
 A trainer trains on its own file with ``InMemoryDataset`` + ``train_from_dataset`` and
 prints one ``RESULT`` JSON line (training seconds, examples its auc state counted, train
@@ -43,7 +45,7 @@ def fleetkit_role(a) -> dict | None:
     main, startup = fk.Program(), fk.Program()
     main.random_seed = startup.random_seed = 1
     with fk.program_guard(main, startup):
-        feeds, loss, auc, stats = job.fleetkit_net(is_distributed=True)
+        feeds, loss, auc, stats = job.fleetkit_net(is_distributed=a.fleetkit_table == "distributed")
         test = main.clone(for_test=True)
         strategy = fleet.DistributeTranspilerConfig(sync_mode=False)
         fleet.distributed_optimizer(_optimizer(fk, a.optimizer, a.lr), strategy).minimize(loss)
@@ -128,6 +130,8 @@ def main() -> None:
     ap.add_argument("--thread", type=int, default=1)
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--fleetkit-table", choices=["distributed", "sliced"], default="distributed",
+                    help="fleetkit: is_distributed hash table, or the dense table sliced over the pservers")
     a = ap.parse_args()
     out = (fleetkit_role if a.framework == "fleetkit" else paddle_role)(a)
     if out is not None:

@@ -5,12 +5,13 @@ Job (``_ps_ctr_job.py``, model and data from ``_ctr_job.py`` / ``ctr_side_by_sid
 sparse slots sharing a 1e6 x 10 table held by the pservers (rows created on first touch,
 updated there per row), 13 dense features, fc 256-128-64, batch 512, Adam 1e-3 (or
 ``--optimizer sgd``), each trainer ``train_from_dataset`` over its own ``InMemoryDataset``
-file with ``--thread`` workers.  Every process is fresh, on 127.0.0.1, given its role
+file with ``--thread`` workers (``--fleetkit-table sliced``: fleetkit's table as dense
+blocks sliced over the pservers instead, rows prefetched).  Every process is fresh, on 127.0.0.1, given its role
 through PaddleCloudRoleMaker's environment variables; fleetkit uses
 ``DistributeTranspilerConfig(sync_mode=False)``, Paddle ``strategy.a_sync = True``.
 
     python benchmarks/ps_side_by_side.py [--paddle-python /tmp/paddle-venv/bin/python]
-        [--train-lines 40000] [--test-lines 10000] [--repeat 2] [--thread 1]
+        [--train-lines 100000] [--test-lines 20000] [--repeat 3] [--thread 1]
 
 Prints per run and, at the end, per framework (medians over ``--repeat`` rounds):
 training examples/s (both trainers' lines / the slowest trainer's ``train_from_dataset``
@@ -68,7 +69,8 @@ def run_ps_job(python: str, framework: str, train: list[str], test: str, a, log_
         for name, role_env in role_envs(free_ports(N_PSERVERS + N_TRAINERS), N_PSERVERS):
             tid = int(role_env.get("PADDLE_TRAINER_ID", 0))
             cmd = [python, str(HERE / "_ps_ctr_job.py"), "--framework", framework, "--train", train[tid],
-                   "--test", test, "--thread", str(a.thread), "--optimizer", a.optimizer, "--lr", str(a.lr)]
+                   "--test", test, "--thread", str(a.thread), "--optimizer", a.optimizer, "--lr", str(a.lr),
+                   "--fleetkit-table", a.fleetkit_table]
             log = log_dir / f"{framework}-{name}.log"
             with open(log, "w") as out:
                 # cwd: Paddle writes <id>_train_desc.prototxt files into its working directory;
@@ -134,12 +136,14 @@ def report_lines(s: dict[str, dict], train_lines: int, test_lines: int) -> list[
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--paddle-python", help="python of a virtualenv with paddlepaddle==2.6.2")
-    ap.add_argument("--train-lines", type=int, default=40_000, help="both trainers' lines (half each)")
-    ap.add_argument("--test-lines", type=int, default=10_000)
+    ap.add_argument("--train-lines", type=int, default=100_000, help="both trainers' lines (half each)")
+    ap.add_argument("--test-lines", type=int, default=20_000)
     ap.add_argument("--thread", type=int, default=1, help="train_from_dataset threads per trainer")
     ap.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--repeat", type=int, default=2, help="rounds; each runs fleetkit then Paddle")
+    ap.add_argument("--fleetkit-table", choices=["distributed", "sliced"], default="distributed",
+                    help="fleetkit's table: a pserver hash table as Paddle's (default), or sliced dense blocks")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds; each runs fleetkit then Paddle")
     ap.add_argument("--dir", default="/tmp/fk_ps_side_by_side", help="data files and per-process logs")
     ap.add_argument("--timeout", type=float, default=600, help="seconds per job")
     a = ap.parse_args(argv)
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     log_dir.mkdir(exist_ok=True)
     frameworks = [("fleetkit", sys.executable)] + ([("paddle", a.paddle_python)] if a.paddle_python else [])
     print(f"async PS CTR job, {N_PSERVERS} pservers x {N_TRAINERS} trainers: {a.train_lines} training / "
-          f"{a.test_lines} test lines, {a.optimizer} {a.lr}, thread={a.thread}, cores: {os.cpu_count()}, "
+          f"{a.test_lines} test lines, {a.optimizer} {a.lr}, thread={a.thread}, fleetkit table {a.fleetkit_table}, cores: {os.cpu_count()}, "
           f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     runs: dict[str, list[dict]] = {}
     for rnd in range(a.repeat):
