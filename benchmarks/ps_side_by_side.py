@@ -128,8 +128,9 @@ def report_lines(s: dict[str, dict], train_lines: int, test_lines: int) -> list[
         out.append(f"{fw:<10}{m['runs']:>5}{m['ex_s']:>12.0f}{m['counted']:>9}/{train_lines:<6}"
                    f"{m['train_auc']:>10.4f}{m['test_counted']:>8}/{test_lines:<6}{m['test_auc']:>9.4f}")
     if "fleetkit" in s and "paddle" in s:
-        out.append(f"async PS 2x2: fleetkit / Paddle training examples/s {s['fleetkit']['ex_s'] / s['paddle']['ex_s']:.2f}x "
-                   f"(test AUC fleetkit - Paddle {s['fleetkit']['test_auc'] - s['paddle']['test_auc']:+.4f})")
+        fk, pd = s["fleetkit"], s["paddle"]
+        out.append(f"async PS 2x2: fleetkit / Paddle training examples/s {fk['ex_s'] / pd['ex_s']:.2f}x "
+                   f"(test AUC fleetkit - Paddle {fk['test_auc'] - pd['test_auc']:+.4f})")
     return out
 
 
@@ -162,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     log_dir.mkdir(exist_ok=True)
     frameworks = [("fleetkit", sys.executable)] + ([("paddle", a.paddle_python)] if a.paddle_python else [])
     print(f"async PS CTR job, {N_PSERVERS} pservers x {N_TRAINERS} trainers: {a.train_lines} training / "
-          f"{a.test_lines} test lines, {a.optimizer} {a.lr}, thread={a.thread}, fleetkit table {a.fleetkit_table}, cores: {os.cpu_count()}, "
-          f"load average at start: {os.getloadavg()[0]:.2f}", flush=True)
+          f"{a.test_lines} test lines, {a.optimizer} {a.lr}, thread={a.thread}, fleetkit table {a.fleetkit_table}, "
+          f"cores: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.2f}", flush=True)
     runs: dict[str, list[dict]] = {}
     for rnd in range(a.repeat):
         for fw, py in frameworks:  # interleaved: fleetkit, Paddle, fleetkit, ...
