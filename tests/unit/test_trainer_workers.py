@@ -148,3 +148,22 @@ def test_worker_process_error_is_raised_in_the_parent(files):
     with pytest.raises(OpError, match="op #") as info:
         exe.train_from_dataset(main, ds, scope=scope, thread=2)
     assert any("worker process" in note for note in getattr(info.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("workers", ["auto", "threads"])
+def test_skipped_lines_counts_every_workers_bad_lines(files, tmp_path, monkeypatch, workers):
+    """QueueDataset parses in the workers: a worker process's skipped lines reach the parent."""
+    monkeypatch.setattr(trainer, "WORKERS", workers)
+    bad_files = []
+    for i, path in enumerate(files):   # 3 + 5 malformed lines, one file per worker
+        with open(path) as f:
+            lines = f.read().splitlines()
+        bad_files.append(str(tmp_path / f"bad{i}.txt"))
+        with open(bad_files[-1], "w") as f:
+            f.write("\n".join(lines[:10] + ["not a line"] * (3 + 2 * i) + lines[10:]) + "\n")
+    exe, main, scope, ds, _, _, _ = _job(bad_files, kind="QueueDataset")
+    ds.set_skip_bad_lines(True)
+    stats = exe.train_from_dataset(main, ds, scope=scope, thread=2)
+    assert stats.workers == ("processes" if workers == "auto" else "threads")
+    assert ds.skipped_lines() == 8
+    assert stats.examples == FILES * LINES

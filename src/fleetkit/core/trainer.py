@@ -149,7 +149,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
     runner.agree = _lockstep(program) if collective else None
     preps = [_prepare(program, executor.place, infer, debug) for _ in feeds]
     if WORKERS == "auto" and trainer_procs.can_fork(runner, dataset, preps):
-        stats = trainer_procs.run(runner, feeds, preps, share=not infer)
+        stats = trainer_procs.run(runner, feeds, preps, share=not infer, dataset=dataset)
     else:
         stats = runner.run_threads(feeds, preps)
     finish = getattr(dataset, "_finish_run", None)

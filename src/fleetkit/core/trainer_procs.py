@@ -62,8 +62,11 @@ def can_fork(runner: Any, dataset: Any, preps: list) -> bool:
     return True
 
 
-def run(runner: Any, feeds: list, preps: list, share: bool = True) -> Any:
+def run(runner: Any, feeds: list, preps: list, share: bool = True, dataset: Any = None) -> Any:
     """Run the workers as processes; returns the run's ``DatasetRunStats``.
+
+    ``dataset``'s counters that its feeds update while parsing (skipped malformed lines)
+    are copies in each worker: what every worker added is added to the parent's.
 
     ``share=False`` (inference: nothing is updated but metric state) skips the shared
     block: the workers read the parent's arrays copy-on-write, and a persistable an op
@@ -75,12 +78,13 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True) -> Any:
     block = _shared_block(16 * n + 1)
     runner.counts = np.frombuffer(block, np.int64, 2 * n).reshape(n, 2)
     runner.stop = np.frombuffer(block, np.uint8, 1, 16 * n)
+    base = _skip_counts(dataset)  # what every worker's copy starts from
     ctx = mp.get_context("fork")
     procs, conns = [], []
     try:
         for tid, (feed_iter, prep) in enumerate(zip(feeds, preps)):
             recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(runner, tid, n, feed_iter, prep, send, os.getpid()),
+            proc = ctx.Process(target=_child, args=(runner, tid, n, feed_iter, prep, send, os.getpid(), dataset),
                                name=f"hogwild-{tid}", daemon=True)
             proc.start()
             send.close()  # the child holds the only write end: EOF means it is gone
@@ -90,7 +94,16 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True) -> Any:
     finally:
         runner.stop[0] = 1
         _reap(procs)
+    for r in results:
+        if r is not None and r.get("skipped") is not None:
+            dataset._add_skip_counts(r["skipped"][0] - base[0], r["skipped"][1])
     return runner.finish(results, "processes")
+
+
+def _skip_counts(dataset: Any) -> tuple[int, str | None] | None:
+    """The dataset's (skipped lines, first skipped line), or None if it keeps no such count."""
+    counts = getattr(dataset, "_skip_counts", None)
+    return None if counts is None else counts()
 
 
 #: the shared blocks made here (arrays in them need no copy on the next run)
@@ -140,7 +153,8 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, parent: int) -> None:
+def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, parent: int,
+           dataset: Any = None) -> None:
     _die_with(parent)
     _limit_blas(n)
     shared = runner.shared
@@ -161,7 +175,9 @@ def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, 
         env[name] = shared[name]
 
     try:
-        msg: tuple = ("ok", runner.work(tid, feed_iter, prep, dict(shared), publish, pick_up=False))
+        result = runner.work(tid, feed_iter, prep, dict(shared), publish, pick_up=False)
+        result["skipped"] = _skip_counts(dataset)  # this fork's copy: the parent adds the difference
+        msg: tuple = ("ok", result)
     except BaseException as exc:  # noqa: BLE001  (sent to the parent, which raises it)
         runner.stop[0] = 1
         msg = ("error", _portable(exc), traceback.format_exc())

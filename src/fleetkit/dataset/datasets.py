@@ -150,6 +150,18 @@ class DatasetBase:
                     self._first_skipped = self._first_skipped or parsed.first_bad
             yield InstanceStore.from_parsed(self.used_slots, parsed)
 
+    def _skip_counts(self) -> tuple[int, str | None]:
+        """(malformed lines skipped, the first of them): a forked worker process reports
+        its copy of these back to the parent (``core/trainer_procs.py``)."""
+        with self._lock:
+            return self._skipped, self._first_skipped
+
+    def _add_skip_counts(self, lines: int, first: str | None) -> None:
+        """Count ``lines`` a worker process skipped in its own copy of this dataset."""
+        with self._lock:
+            self._skipped += lines
+            self._first_skipped = self._first_skipped or first
+
     def _reset_skipped(self) -> None:
         with self._lock:
             self._skipped, self._first_skipped = 0, None
