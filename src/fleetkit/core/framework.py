@@ -289,6 +289,8 @@ class Program:
         self._id = next(_program_ids)
         self._version = 0
         self._is_test = False
+        #: the block layers append to (``create_block`` enters a sub-block, ``rollback`` leaves it)
+        self._current_block_idx = 0
         # filled by transpilers / fleet (kept on the program so it travels with it)
         self._meta: dict[str, Any] = {}
 
@@ -302,7 +304,19 @@ class Program:
         return self.blocks[idx]
 
     def current_block(self) -> Block:
-        return self.blocks[0]
+        return self.blocks[getattr(self, "_current_block_idx", 0)]
+
+    def create_block(self, parent_idx: int | None = None) -> Block:
+        """Append a sub-block of the current block (or of ``parent_idx``) and make it current."""
+        parent = self.current_block().idx if parent_idx is None else int(parent_idx)
+        b = self._create_block(parent)
+        self._current_block_idx = b.idx
+        return b
+
+    def rollback(self) -> None:
+        """Make the current block's parent current again (closes ``create_block``)."""
+        parent = self.current_block().parent_idx
+        self._current_block_idx = parent if parent >= 0 else 0
 
     def _create_block(self, parent_idx: int = 0) -> Block:
         """Append an empty block (e.g. a pserver optimize block) and return it."""

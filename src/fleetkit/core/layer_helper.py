@@ -27,7 +27,7 @@ class LayerHelper:
 
     @property
     def block(self) -> Any:
-        return self.main_program.global_block()
+        return self.main_program.current_block()  # a sub-block inside While / Switch / RNN bodies
 
     def append_op(self, type: str, inputs: dict | None = None, outputs: dict | None = None,
                   attrs: dict | None = None) -> Any:
@@ -47,8 +47,8 @@ class LayerHelper:
                                stop_gradient: bool = True) -> Variable:
         """A persistable non-trainable var (counters, running stats), filled in startup if ``value``."""
         name = name or unique_name.generate(f"{self.name}.global")
-        v = self.block.create_var(name=name, shape=shape, dtype=dtype, persistable=persistable,
-                                  stop_gradient=stop_gradient)
+        v = self.main_program.global_block().create_var(name=name, shape=shape, dtype=dtype,
+                                                        persistable=persistable, stop_gradient=stop_gradient)
         if value is not None:
             sv = self.startup_program.global_block().create_var(
                 name=name, shape=shape, dtype=dtype, persistable=persistable)
@@ -69,8 +69,9 @@ class LayerHelper:
         name = attr.name or unique_name.generate(f"{self.name}.{suffix}")
         init = attr.initializer or default_initializer or (
             ConstantInitializer(0.0) if is_bias else XavierInitializer())
-        existing = self.block.vars.get(name)
-        p = self.block.create_parameter(
+        gblock = self.main_program.global_block()  # parameters live in the global block, as in fluid
+        existing = gblock.vars.get(name)
+        p = gblock.create_parameter(
             name, shape, dtype, trainable=attr.trainable,
             optimize_attr={"learning_rate": attr.learning_rate}, regularizer=attr.regularizer,
             gradient_clip_attr=attr.gradient_clip, initializer=init)
