@@ -1,0 +1,139 @@
+"""fluid 1.4 control flow: ``While``, ``Switch`` and tensor arrays (``create_array``,
+``array_write``, ``array_read``, ``array_length``).
+
+A body is built into a sub-block (``Program.create_block``); leaving it appends the
+op that runs it (``while`` / ``conditional_block``, core/ops/control_flow.py) to the
+parent block, with every outer variable the body reads or writes as its inputs and
+outputs, so pruning and serialization see them.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from ...errors import InvalidArgumentError
+from ..framework import Block, Variable, default_main_program
+from ..layer_helper import LayerHelper
+from .tensor import fill_constant
+
+__all__ = ["While", "Switch", "create_array", "array_write", "array_read", "array_length"]
+
+
+def _need_var(layer: str, arg: str, v: Any) -> Variable:
+    if not isinstance(v, Variable):
+        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
+    return v
+
+
+def create_array(dtype: Any) -> Variable:
+    """An empty tensor array (a ``lod_tensor_array`` variable)."""
+    helper = LayerHelper("array")
+    return helper.create_variable(name=f"{helper.name}.out", dtype=dtype, type="lod_tensor_array")
+
+
+def array_write(x: Variable, i: Variable, array: Variable | None = None) -> Variable:
+    """array[i] = x (a new array if ``array`` is None); ``i`` is a one-element int64 tensor."""
+    _need_var("array_write", "x", x)
+    _need_var("array_write", "i", i)
+    if array is None:
+        array = create_array(x.dtype)
+    LayerHelper("array_write").append_op("write_to_array", {"X": [x], "I": [i]}, {"Out": [array]})
+    return array
+
+
+def array_read(array: Variable, i: Variable) -> Variable:
+    """array[i]."""
+    _need_var("array_read", "array", array)
+    _need_var("array_read", "i", i)
+    helper = LayerHelper("array_read")
+    out = helper.create_variable_for_type_inference(array.dtype)
+    helper.append_op("read_from_array", {"X": [array], "I": [i]}, {"Out": [out]})
+    return out
+
+
+def array_length(array: Variable) -> Variable:
+    """The number of elements of ``array`` as a one-element int64 tensor."""
+    _need_var("array_length", "array", array)
+    helper = LayerHelper("array_length")
+    out = helper.create_variable_for_type_inference("int64", stop_gradient=True)
+    helper.append_op("lod_array_length", {"X": [array]}, {"Out": [out]})
+    return out
+
+
+def _outer_names(block: Block) -> tuple[list[str], list[str]]:
+    """Variables of enclosing blocks that ``block``'s ops read / write (in first-use order)."""
+    reads: list[str] = []
+    writes: list[str] = []
+    for op in block.ops:
+        for names, seen in ((op.input_arg_names, reads), (op.output_arg_names, writes)):
+            for n in names:
+                if n not in block.vars and n not in seen and block._find_var_recursive(n) is not None:
+                    seen.append(n)
+    return reads, writes
+
+
+@contextlib.contextmanager
+def _sub_block(op_type: str, inputs: dict, attrs: dict | None = None) -> Iterator[Block]:
+    """Build a body in a new sub-block, then append the ``op_type`` op that runs it to the parent."""
+    program = default_main_program()
+    block = program.create_block()
+    try:
+        yield block
+    finally:
+        program.rollback()
+    reads, writes = _outer_names(block)
+    parent = program.current_block()
+    parent.append_op(op_type, {**inputs, "X": reads}, {"Out": writes},
+                     {**(attrs or {}), "sub_block": block}, infer=False)
+
+
+class While:
+    """``with While(cond).block(): ...`` runs the body while the one-element bool ``cond`` is
+    true; the body must update ``cond`` (e.g. ``layers.less_than(i, n, cond=cond)``)."""
+
+    def __init__(self, cond: Variable, is_test: bool = False, name: str | None = None) -> None:
+        _need_var("While", "cond", cond)
+        if cond.dtype != "bool":
+            raise InvalidArgumentError(f"While: condition '{cond.name}' must be bool, got {cond.dtype}")
+        self.cond_var = cond
+        self.is_test = bool(is_test)
+
+    def block(self) -> Any:
+        return _sub_block("while", {"Condition": [self.cond_var]}, {"is_test": self.is_test})
+
+
+class Switch:
+    """``with Switch() as s: with s.case(cond): ...; with s.default(): ...``: runs the body of
+    the first case whose one-element bool condition is true, else the default's."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self._taken: Variable | None = None  # bool: some earlier case matched
+        self._inside = False
+
+    def __enter__(self) -> "Switch":
+        self._inside = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._inside = False
+
+    def _check(self, what: str) -> None:
+        if not self._inside:
+            raise InvalidArgumentError(f"Switch.{what}() must be used inside 'with Switch() as switch:'")
+
+    def case(self, condition: Variable) -> Any:
+        self._check("case")
+        _need_var("Switch.case", "condition", condition)
+        from .tensor_ext import logical_and, logical_not, logical_or
+        if self._taken is None:
+            run, self._taken = condition, condition
+        else:
+            run = logical_and(logical_not(self._taken), condition)
+            self._taken = logical_or(self._taken, condition)
+        return _sub_block("conditional_block", {"Cond": [run]})
+
+    def default(self) -> Any:
+        self._check("default")
+        from .tensor_ext import logical_not
+        run = fill_constant([1], "bool", True) if self._taken is None else logical_not(self._taken)
+        return _sub_block("conditional_block", {"Cond": [run]})

@@ -1,0 +1,140 @@
+"""Control-flow ops: ``while`` runs its ``sub_block`` against the same scope until its
+Condition is false; tensor arrays (``write_to_array``, ``read_from_array``,
+``lod_array_length``) are Python lists of arrays stored under the array's name.
+
+The executor's prepared program holds only the global block's ops, so a program
+without sub-blocks runs exactly as before; a sub-block is prepared here, once per
+block version, and re-pointed at the running scope on each run.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from ...errors import FleetkitError, InvalidArgumentError, OpError
+from ..backend import to_numpy
+from ..framework import Block
+from ..registry import KernelContext, ShapeContext, get_op_def, register_op
+from ..scope import LoDTensor
+
+#: sub-block -> (program version, [(kernel, ctx)]): prepared once, like the executor's cache
+_PREPARED: "weakref.WeakKeyDictionary[Block, tuple[int, list]]" = weakref.WeakKeyDictionary()
+
+#: a while loop that runs this many iterations is taken to be stuck (its condition never turns false)
+MAX_ITERATIONS = 10_000_000
+
+
+def _sub_block_steps(block: Block, parent: KernelContext) -> list:
+    version = block.program._version
+    cached = _PREPARED.get(block)
+    if cached is None or cached[0] != version:
+        steps = []
+        for op in block.ops:
+            opdef = get_op_def(op.type)
+            steps.append((opdef.forward, KernelContext(op, parent.xp, parent.rng, parent.place)))
+        cached = _PREPARED[block] = (version, steps)
+    return cached[1]
+
+
+def run_sub_block(ctx: KernelContext, block: Block) -> None:
+    """Run the ops of ``block`` against the scope ``ctx`` runs in (errors name the sub-block op)."""
+    env = ctx.env
+    for i, (kernel, sub) in enumerate(_sub_block_steps(block, ctx)):
+        sub.env = env
+        try:
+            kernel(sub)
+        except FleetkitError:
+            raise
+        except Exception as e:
+            raise OpError(f"op #{i} {sub.op.type} of block {block.idx} (the sub-block of "
+                          f"{ctx.op.type}) failed: {type(e).__name__}: {e}\n  op: {sub.op}") from e
+
+
+def _sub_block(ctx: KernelContext) -> Block:
+    block = ctx.attr("sub_block")
+    if not isinstance(block, Block):
+        raise InvalidArgumentError(f"op '{ctx.op.type}': attribute 'sub_block' must be a Block, got "
+                                   f"{type(block).__name__}")
+    return block
+
+
+def _scalar(ctx: KernelContext, slot: str) -> Any:
+    v = to_numpy(ctx.x(slot)).reshape(-1)
+    if v.size != 1:
+        raise InvalidArgumentError(f"op '{ctx.op.type}': input {slot} ('{ctx.ins[slot][0]}') must hold one "
+                                   f"element, got shape {list(v.shape)}")
+    return v[0]
+
+
+@register_op("while", attrs={"is_test": False})
+def while_op(ctx: KernelContext) -> None:
+    """Run ``sub_block`` while the one-element bool ``Condition`` is true (the body updates it)."""
+    block = _sub_block(ctx)
+    for _ in range(MAX_ITERATIONS):
+        if not bool(_scalar(ctx, "Condition")):
+            return
+        run_sub_block(ctx, block)
+    raise OpError(f"while: condition '{ctx.ins['Condition'][0]}' still true after {MAX_ITERATIONS} iterations")
+
+
+@register_op("conditional_block", attrs={"is_scalar_condition": True})
+def conditional_block(ctx: KernelContext) -> None:
+    """Run ``sub_block`` once if the one-element bool ``Cond`` is true (Switch's cases)."""
+    if bool(_scalar(ctx, "Cond")):
+        run_sub_block(ctx, _sub_block(ctx))
+
+
+# ------------------------------------------------------------------ tensor arrays
+def _array(ctx: KernelContext, slot: str, name: str) -> list:
+    arr = ctx.env.get(name)
+    if arr is None:
+        return []
+    if not isinstance(arr, list):
+        raise InvalidArgumentError(f"op '{ctx.op.type}': '{name}' ({slot}) is not a tensor array, it holds "
+                                   f"{type(arr).__name__}")
+    return arr
+
+
+def _write_infer(ctx: ShapeContext) -> None:
+    x = ctx.var("X")
+    ctx.set("Out", x.shape, x.dtype, x.lod_level)
+
+
+@register_op("write_to_array", _write_infer)
+def write_to_array(ctx: KernelContext) -> None:
+    """Out[I] = X (the array grows as needed; it is the same list as before the write)."""
+    name = ctx.outs["Out"][0]
+    arr = _array(ctx, "Out", name)
+    i = int(_scalar(ctx, "I"))
+    if i < 0:
+        raise InvalidArgumentError(f"array_write: index {i} into '{name}' is negative")
+    arr.extend([None] * (i + 1 - len(arr)))
+    arr[i] = ctx.raw("X")
+    ctx.env[name] = arr
+
+
+def _read_infer(ctx: ShapeContext) -> None:
+    x = ctx.var("X")
+    ctx.set("Out", x.shape, x.dtype, x.lod_level)
+
+
+@register_op("read_from_array", _read_infer)
+def read_from_array(ctx: KernelContext) -> None:
+    """Out = X[I]."""
+    name = ctx.ins["X"][0]
+    arr = _array(ctx, "X", name)
+    i = int(_scalar(ctx, "I"))
+    if not 0 <= i < len(arr) or arr[i] is None:
+        raise InvalidArgumentError(f"array_read: index {i} of '{name}' was never written (length {len(arr)})")
+    v = arr[i]
+    ctx.env[ctx.outs["Out"][0]] = LoDTensor(v.values, v._lod) if isinstance(v, LoDTensor) else v
+
+
+def _length_infer(ctx: ShapeContext) -> None:
+    ctx.set("Out", (1,), "int64", 0)
+
+
+@register_op("lod_array_length", _length_infer)
+def lod_array_length(ctx: KernelContext) -> None:
+    """Out = [len(X)] as int64."""
+    ctx.out("Out", ctx.xp.asarray([len(_array(ctx, "X", ctx.ins["X"][0]))], dtype="int64"))
