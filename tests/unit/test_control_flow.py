@@ -107,3 +107,18 @@ def test_switch_runs_the_first_true_case_else_the_default(value, expected):
                 layers.assign(layers.fill_constant([1], "float32", 30.0), out)
     got, = _run(main, startup, {"v": np.array([value], "float32")}, [out])
     assert got.tolist() == [expected]
+
+
+def test_while_program_saved_as_an_inference_model_reloads_and_runs(tmp_path):
+    from fleetkit.core import io
+    main, startup, acc, _, _ = _sum_loop_program(2)
+    exe = fk.Executor(fk.CPUPlace())
+    scope = Scope()
+    exe.run(startup, scope=scope)
+    with fk.scope_guard(scope):
+        io.save_inference_model(str(tmp_path), ["x"], [acc], exe, main_program=main)
+        program, feeds, fetches = io.load_inference_model(str(tmp_path), exe)
+        assert program.num_blocks == 2 and any(op.type == "while" for op in program.global_block().ops)
+        x = np.full((2, 3), 2.0, "float32")
+        got, = exe.run(program, feed={feeds[0]: x}, fetch_list=fetches)
+    np.testing.assert_allclose(got, 3 * x)
