@@ -122,3 +122,41 @@ def test_while_program_saved_as_an_inference_model_reloads_and_runs(tmp_path):
         x = np.full((2, 3), 2.0, "float32")
         got, = exe.run(program, feed={feeds[0]: x}, fetch_list=fetches)
     np.testing.assert_allclose(got, 3 * x)
+
+
+def _ifelse_program():
+    """rows with x[:, 0] < 0: -x * 2; the others: x + 1 (fluid's IfElse)."""
+    from fleetkit.core.layers.control_flow import IfElse
+    main, startup = Program(), Program()
+    with program_guard(main, startup):
+        x = layers.data("x", [3])
+        zero = layers.fill_constant_batch_size_like(x, [-1, 1], "float32", 0.0)
+        cond = layers.less_than(layers.slice(x, axes=[1], starts=[0], ends=[1]), zero)
+        ie = IfElse(cond)
+        with ie.true_block():
+            ie.output(layers.scale(ie.input(x), -2.0))
+        with ie.false_block():
+            ie.output(layers.scale(ie.input(x), 1.0, bias=1.0))
+        out, = ie()
+    return main, startup, out
+
+
+@pytest.mark.parametrize("signs", [[-1, 1, -1, 1], [1, 1, 1, 1], [-1, -1, -1, -1]])
+def test_ifelse_splits_rows_by_the_condition_and_merges_them_back(signs):
+    main, startup, out = _ifelse_program()
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(4, 3))).astype("float32") + 0.1
+    x[:, 0] *= np.array(signs, "float32")
+    want = np.where(x[:, :1] < 0, -2.0 * x, x + 1.0)
+    got, = _run(main, startup, {"x": x}, [out])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_ifelse_ignores_a_branch_that_selects_no_rows_on_a_later_run():
+    main, startup, out = _ifelse_program()
+    exe, scope = fk.Executor(fk.CPUPlace()), Scope()
+    exe.run(startup, scope=scope)
+    for sign in (-1.0, 1.0):  # the second run's true branch is empty: its old output must not be merged
+        x = np.full((2, 3), sign, "float32")
+        got, = exe.run(main, feed={"x": x}, fetch_list=[out], scope=scope)
+        np.testing.assert_allclose(got, np.where(x < 0, -2.0 * x, x + 1.0))

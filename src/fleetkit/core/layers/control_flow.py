@@ -16,7 +16,7 @@ from ..framework import Block, Variable, default_main_program
 from ..layer_helper import LayerHelper
 from .tensor import fill_constant
 
-__all__ = ["While", "Switch", "create_array", "array_write", "array_read", "array_length"]
+__all__ = ["While", "Switch", "IfElse", "create_array", "array_write", "array_read", "array_length"]
 
 
 def _need_var(layer: str, arg: str, v: Any) -> Variable:
@@ -137,3 +137,90 @@ class Switch:
         from .tensor_ext import logical_not
         run = fill_constant([1], "bool", True) if self._taken is None else logical_not(self._taken)
         return _sub_block("conditional_block", {"Cond": [run]})
+
+
+class IfElse:
+    """fluid's row-wise if/else: ``ie.input(x)`` inside ``ie.true_block()`` is the rows of ``x``
+    where the [N, 1] bool ``cond`` is true (in ``false_block()`` the others); each block's
+    ``ie.output(...)`` values are merged back into N rows, in the original order, by ``ie()``."""
+
+    def __init__(self, cond: Variable, name: str | None = None) -> None:
+        _need_var("IfElse", "cond", cond)
+        if cond.dtype != "bool":
+            raise InvalidArgumentError(f"IfElse: condition '{cond.name}' must be bool, got {cond.dtype}")
+        self.cond = cond
+        self._splits: dict[str, tuple[Variable, Variable]] = {}  # input name -> (true rows, false rows)
+        self._outputs: dict[bool, list[Variable]] = {True: [], False: []}
+        self._branch: bool | None = None
+        self._branch_inputs: dict | None = None
+        self._first_input: Variable | None = None
+
+    def _block(self, branch: bool) -> Any:
+        if self._branch is not None:
+            raise InvalidArgumentError("IfElse: true_block() and false_block() cannot be nested")
+        if self._outputs[branch]:
+            raise InvalidArgumentError(f"IfElse: {'true' if branch else 'false'}_block() used twice")
+        inputs: dict = {"Cond": []}
+
+        @contextlib.contextmanager
+        def body() -> Iterator[Block]:
+            self._branch, self._branch_inputs = branch, inputs
+            try:
+                with _sub_block("conditional_block", inputs, {"is_scalar_condition": False}) as block:
+                    yield block
+            finally:
+                self._branch, self._branch_inputs = None, None
+        return body()
+
+    def true_block(self) -> Any:
+        return self._block(True)
+
+    def false_block(self) -> Any:
+        return self._block(False)
+
+    def input(self, x: Variable) -> Variable:
+        """The rows of ``x`` this branch gets (split once per input, in the enclosing block)."""
+        _need_var("IfElse.input", "x", x)
+        if self._branch is None or self._branch_inputs is None:
+            raise InvalidArgumentError("IfElse.input() must be called inside true_block() or false_block()")
+        if x.name not in self._splits:
+            program = default_main_program()
+            parent = program.block(program.current_block().parent_idx)
+            parts = tuple(parent.create_var(name=f"{x.name}.ifelse_{side}_{id(self):x}", dtype=x.dtype)
+                          for side in ("true", "false"))
+            parent.append_op("split_lod_tensor", {"X": [x], "Mask": [self.cond]},
+                             {"OutTrue": [parts[0]], "OutFalse": [parts[1]]})
+            self._splits[x.name] = parts  # type: ignore[assignment]
+            self._first_input = self._first_input or x
+        part = self._splits[x.name][0 if self._branch else 1]
+        if part.name not in self._branch_inputs["Cond"]:
+            self._branch_inputs["Cond"].append(part.name)
+        return part
+
+    def output(self, *outs: Variable) -> None:
+        """This branch's results (the same number, in the same order, in both branches)."""
+        if self._branch is None:
+            raise InvalidArgumentError("IfElse.output() must be called inside true_block() or false_block()")
+        program = default_main_program()
+        block = program.current_block()
+        parent = program.block(block.parent_idx)
+        for o in outs:
+            _need_var("IfElse.output", "out", o)
+            # copied to a variable of the enclosing block, so the branch op lists it as an output
+            outer = parent.create_var(name=f"{o.name}.ifelse_out", shape=o.shape, dtype=o.dtype)
+            block.append_op("assign", {"X": [o]}, {"Out": [outer]})
+            self._outputs[self._branch].append(outer)
+
+    def __call__(self) -> list[Variable]:
+        trues, falses = self._outputs[True], self._outputs[False]
+        if len(trues) != len(falses) or not trues or self._first_input is None:
+            raise InvalidArgumentError(f"IfElse: the true block has {len(trues)} outputs and the false block "
+                                       f"{len(falses)}; both need the same number, at least one, and an input")
+        helper = LayerHelper("ifelse")
+        merged = []
+        for t, f in zip(trues, falses):
+            out = helper.create_variable_for_type_inference(t.dtype)
+            helper.append_op("merge_lod_tensor", {"X": [self._first_input], "Mask": [self.cond],
+                                                  "InTrue": [t], "InFalse": [f]}, {"Out": [out]})
+            merged.append(out)
+        return merged

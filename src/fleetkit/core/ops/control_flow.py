@@ -79,9 +79,71 @@ def while_op(ctx: KernelContext) -> None:
 
 @register_op("conditional_block", attrs={"is_scalar_condition": True})
 def conditional_block(ctx: KernelContext) -> None:
-    """Run ``sub_block`` once if the one-element bool ``Cond`` is true (Switch's cases)."""
-    if bool(_scalar(ctx, "Cond")):
+    """Run ``sub_block`` once: if the one-element bool ``Cond`` is true (Switch's cases), or,
+    with ``is_scalar_condition`` False, if every ``Cond`` tensor has rows (IfElse's branches)."""
+    if ctx.attr("is_scalar_condition"):
+        run = bool(_scalar(ctx, "Cond"))
+    else:
+        run = all(getattr(v, "size", 0) > 0 for v in ctx.xs("Cond"))
+    if run:
         run_sub_block(ctx, _sub_block(ctx))
+
+
+# ---------------------------------------------------------- IfElse's row split / merge
+def _mask(ctx: KernelContext, rows: int) -> Any:
+    mask = ctx.x("Mask").reshape(-1).astype(bool)
+    if mask.shape[0] != rows:
+        raise InvalidArgumentError(f"op '{ctx.op.type}': mask '{ctx.ins['Mask'][0]}' has {mask.shape[0]} "
+                                   f"rows, the input has {rows}")
+    return mask
+
+
+def _split_infer(ctx: ShapeContext) -> None:
+    x = ctx.var("X")
+    for slot in ("OutTrue", "OutFalse"):
+        ctx.set(slot, (-1,) + tuple(x.shape[1:]), x.dtype, 0)
+
+
+@register_op("split_lod_tensor", _split_infer, attrs={"level": 0})
+def split_lod_tensor(ctx: KernelContext) -> None:
+    """OutTrue / OutFalse: the rows of X where Mask is true / false (dense rows; order kept)."""
+    x = ctx.x("X")
+    mask = _mask(ctx, x.shape[0])
+    ctx.out("OutTrue", x[mask])
+    ctx.out("OutFalse", x[~mask])
+
+
+def _merge_infer(ctx: ShapeContext) -> None:
+    t = ctx.var("InTrue")
+    ctx.set("Out", (-1,) + tuple(t.shape[1:]), t.dtype, 0)
+
+
+@register_op("merge_lod_tensor", _merge_infer, attrs={"level": 0})
+def merge_lod_tensor(ctx: KernelContext) -> None:
+    """Out: InTrue's rows where Mask is true and InFalse's where it is false (undoes the split)."""
+    xp = ctx.xp
+    mask = _mask(ctx, ctx.x("X").shape[0])
+    t, f = ctx.env.get(ctx.ins["InTrue"][0]), ctx.env.get(ctx.ins["InFalse"][0])
+    t = t.values if isinstance(t, LoDTensor) else t
+    f = f.values if isinstance(f, LoDTensor) else f
+    n_true = int(mask.sum())
+    # a branch that selects no rows did not run: its output may hold an earlier run's value
+    t = t if n_true else None
+    f = f if n_true < mask.shape[0] else None
+    for part, want, slot in ((t, n_true, "InTrue"), (f, mask.shape[0] - n_true, "InFalse")):
+        if part is not None and part.shape[0] != want:
+            raise InvalidArgumentError(f"IfElse: the {slot} branch output '{ctx.ins[slot][0]}' has "
+                                       f"{part.shape[0]} rows, its condition selects {want}")
+    ref = t if t is not None else f
+    if ref is None:  # no rows at all
+        ctx.out("Out", ctx.x("X")[:0])
+        return
+    out = xp.zeros((mask.shape[0],) + tuple(ref.shape[1:]), dtype=ref.dtype)
+    if t is not None:
+        out[mask] = t
+    if f is not None:
+        out[~mask] = f
+    ctx.out("Out", out)
 
 
 # ------------------------------------------------------------------ tensor arrays
