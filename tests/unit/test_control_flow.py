@@ -160,3 +160,22 @@ def test_ifelse_ignores_a_branch_that_selects_no_rows_on_a_later_run():
         x = np.full((2, 3), sign, "float32")
         got, = exe.run(main, feed={"x": x}, fetch_list=[out], scope=scope)
         np.testing.assert_allclose(got, np.where(x < 0, -2.0 * x, x + 1.0))
+
+
+def test_backward_through_a_while_that_reads_a_parameter_says_the_op_has_no_gradient():
+    from fleetkit.core.backward import append_backward
+    main, startup = Program(), Program()
+    with program_guard(main, startup):
+        x = layers.data("x", [3])
+        w = layers.create_parameter([3], "float32", name="cf_w")
+        i = layers.fill_constant([1], "int64", 0)
+        n = layers.fill_constant([1], "int64", 2)
+        acc = layers.scale(x, 1.0)
+        cond = layers.less_than(i, n)
+        with While(cond).block():
+            layers.assign(layers.elementwise_mul(acc, w), acc)
+            layers.increment(i, 1, in_place=True)
+            layers.less_than(i, n, cond=cond)
+        loss = layers.mean(acc)
+        with pytest.raises(InvalidArgumentError, match="op 'while' has no gradient"):
+            append_backward(loss)

@@ -36,6 +36,12 @@ def _requires_grad(block: Block, params: set[str], no_grad: set[str]) -> set[str
     for op in block.ops:
         opdef = get_op_def(op.type)
         if opdef.grad is None:
+            if "sub_block" in op.attrs and any(n in req for n in op.input_arg_names):
+                # skipping it would silently drop the body's share of the gradients
+                raise InvalidArgumentError(
+                    f"op '{op.type}' has no gradient, but its sub-block reads "
+                    f"{sorted(n for n in op.input_arg_names if n in req)}, which need one; "
+                    f"use StaticRNN (unrolled) or mark them stop_gradient / put them in no_grad_set")
             continue
         if any(n in req for s, ns in op.inputs.items() if s not in opdef.no_grad_inputs for n in ns):
             slots = opdef.grad_outputs if opdef.grad_outputs is not None else op.outputs.keys()
