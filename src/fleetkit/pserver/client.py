@@ -39,9 +39,9 @@ import numpy as np
 from ..core.scope import LoDTensor, SelectedRows
 from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import InvalidArgumentError, RPCRequestError
-from . import bulk, codec, rpc
+from . import bulk, codec, exit_complete, rpc
 from .channels import make_channel, wait_server_ready
-from .liveness import Heartbeats, parse_incarnation
+from .liveness import Heartbeats, call_incarnation
 from .restarts import REFETCH, RestartWatch
 
 __all__ = ["ClientOptions", "RPCClient", "get_client", "reset_clients", "wait_server_ready"]
@@ -155,7 +155,7 @@ class RPCClient:
                 else:
                     out, call = self._stub(endpoint, method).with_call(env, timeout=o.deadline_s,
                                                                        metadata=self._metadata)
-                    info.append(_incarnation(call))
+                    info.append(call_incarnation(call))
                     self._counted("grpc", method)
                 if (watch and info and self.restarts.observe(endpoint, info[0]) == REFETCH
                         and method not in rpc.VOID_METHODS and attempts < 4):
@@ -163,7 +163,7 @@ class RPCClient:
                 return out
             except grpc.RpcError as e:
                 code, details, missing = rpc.grpc_status(e)
-                info.append(_incarnation(e))
+                info.append(call_incarnation(e))
             except bulk.BulkStatus as e:
                 code, details, missing = e.code, e.details, e.missing
                 info.append(e.info)
@@ -462,18 +462,6 @@ def _owned(value: Any) -> Any:
     return value
 
 
-def _incarnation(call: Any) -> tuple[int, int, int] | None:
-    """The (incarnation, updates, resumed) a reply or failed call carries, if any."""
-    try:
-        md = call.trailing_metadata() or ()
-    except Exception:  # noqa: BLE001 - not every RpcError carries metadata
-        return None
-    for key, value in md:
-        if key == rpc.INCARNATION_KEY:
-            return parse_incarnation(value)
-    return None
-
-
 _CLIENTS: dict[int, RPCClient] = {}
 _CLIENTS_LOCK = threading.Lock()
 
@@ -484,6 +472,7 @@ def get_client(trainer_id: int = 0, options: ClientOptions | None = None) -> RPC
         client = _CLIENTS.get(trainer_id)
         if client is None:
             client = _CLIENTS[trainer_id] = RPCClient(trainer_id, options)
+            exit_complete.install()   # COMPLETE at a clean exit, for scripts without exe.close()
         return client
 
 

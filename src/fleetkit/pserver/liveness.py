@@ -29,7 +29,8 @@ import grpc
 from ..errors import PServerError
 from . import codec, rpc
 
-__all__ = ["FRESH", "RESEEDED", "Heartbeats", "Incarnation", "LivenessMixin", "TrainerLiveness"]
+__all__ = ["FRESH", "RESEEDED", "Heartbeats", "Incarnation", "LivenessMixin", "TrainerLiveness", "call_incarnation",
+           "parse_incarnation"]
 log = logging.getLogger(__name__)
 
 FRESH, RESEEDED = -1, -2
@@ -57,6 +58,18 @@ def parse_incarnation(value: Any) -> tuple[int, int, int] | None:
         return int(a, 16), int(b), int(c)
     except ValueError:
         return None
+
+
+def call_incarnation(call: Any) -> tuple[int, int, int] | None:
+    """The (incarnation, updates, resumed) a gRPC reply or failed call carries, if any."""
+    try:
+        md = call.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - not every RpcError carries metadata
+        return None
+    for key, value in md:
+        if key == rpc.INCARNATION_KEY:
+            return parse_incarnation(value)
+    return None
 
 
 class TrainerLiveness:
