@@ -157,12 +157,13 @@ def _array(ctx: KernelContext, slot: str, name: str) -> list:
     return arr
 
 
-def _write_infer(ctx: ShapeContext) -> None:
+def _element_infer(ctx: ShapeContext) -> None:
+    """An array element (written or read) has X's shape, dtype and LoD level."""
     x = ctx.var("X")
     ctx.set("Out", x.shape, x.dtype, x.lod_level)
 
 
-@register_op("write_to_array", _write_infer)
+@register_op("write_to_array", _element_infer)
 def write_to_array(ctx: KernelContext) -> None:
     """Out[I] = X (the array grows as needed; it is the same list as before the write)."""
     name = ctx.outs["Out"][0]
@@ -175,12 +176,7 @@ def write_to_array(ctx: KernelContext) -> None:
     ctx.env[name] = arr
 
 
-def _read_infer(ctx: ShapeContext) -> None:
-    x = ctx.var("X")
-    ctx.set("Out", x.shape, x.dtype, x.lod_level)
-
-
-@register_op("read_from_array", _read_infer)
+@register_op("read_from_array", _element_infer)
 def read_from_array(ctx: KernelContext) -> None:
     """Out = X[I]."""
     name = ctx.ins["X"][0]
