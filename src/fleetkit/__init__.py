@@ -11,16 +11,19 @@ _logconfig.configure_from_env()  # FLEETKIT_LOG_LEVEL (set by `fleetkit launch`)
 
 from .core import *  # noqa: F401,F403
 from .core import __all__ as _core_all
-from .core import clip, initializer, io, layers, optimizer, regularizer, unique_name
+from .core import clip, initializer, io, layers, regularizer, unique_name
 from . import _op_providers  # noqa: F401  (where the pserver/collective/fleet ops live: loaded on first use)
 from . import install_check  # noqa: F401  (fk.install_check.run_check(), as in fluid)
 from .errors import FleetkitError
 from . import collective  # noqa: F401,E402  (cheap, ~35 ms: registers the c_* ops programs may hold)
 
+del optimizer  # noqa: F821  (core's, bound by the star import; fluid's namespace adds DGCMomentumOptimizer to it)
+from . import optimizer  # noqa: E402,F401
+
 __version__ = "0.1.0"
 
 # ``import fleetkit.layers`` (and friends) work like the fluid submodules they mirror
-for _name in ("clip", "initializer", "io", "layers", "optimizer", "regularizer", "unique_name"):
+for _name in ("clip", "initializer", "io", "layers", "regularizer", "unique_name"):
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
 
 __all__ = list(_core_all) + ["FleetkitError", "__version__"]

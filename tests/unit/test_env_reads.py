@@ -21,7 +21,6 @@ ALLOWED = {
     ("testing/seaweedfs.py", "SeaweedFS.start"): "the weed server's environment: ours plus its S3 keys",
     ("testing/workers.py", "_start_with_env"):
         "saves the parent's values of the variables it sets for a child, to restore them after the start",
-    ("collective/dgc.py", "_trainers_from_env"): "moved by the optimizer-namespace change",
 }
 #: os.environ methods that only change it (their result, if any, is not used as a value)
 WRITE_METHODS = {"update", "clear", "__setitem__", "__delitem__"}

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 import weakref
 from collections.abc import Sequence
@@ -39,10 +38,10 @@ import numpy as np
 from ..core.backend import get_array_module
 from ..core.framework import (Block, Operator, Parameter, Program, Variable, default_startup_program,
                               program_guard)
-from ..core.optimizer import MomentumOptimizer, _number
+from ..core.optimizer import MomentumOptimizer, checked_number
 from ..core.registry import KernelContext, ShapeContext, register_op
-from ..errors import ConfigError, InvalidArgumentError
-from .constants import TRAINERS_NUM_ENV
+from .. import env
+from ..errors import InvalidArgumentError
 from .data_parallel import OpSpec, data_parallel_rewrite
 from .groups import get_group, is_initialized
 
@@ -92,7 +91,7 @@ class DGCMomentumOptimizer(MomentumOptimizer):
         sparsity = list(sparsity) if isinstance(sparsity, (list, tuple)) else [sparsity]
         if not sparsity:
             raise InvalidArgumentError("DGCMomentumOptimizer: sparsity must list at least one value")
-        self._sparsity = [_number(s, "DGCMomentumOptimizer: sparsity", lo=0.0, hi=1.0, hi_open=True)
+        self._sparsity = [checked_number(s, "DGCMomentumOptimizer: sparsity", lo=0.0, hi=1.0, hi_open=True)
                           for s in sparsity]
         if num_trainers is not None and (isinstance(num_trainers, bool) or not isinstance(num_trainers, int)
                                          or num_trainers < 1):
@@ -101,7 +100,7 @@ class DGCMomentumOptimizer(MomentumOptimizer):
         if local_grad_clip_norm is not None:
             if num_trainers is None:
                 raise InvalidArgumentError("DGCMomentumOptimizer: local_grad_clip_norm needs num_trainers")
-            norm = _number(local_grad_clip_norm, "DGCMomentumOptimizer: local_grad_clip_norm", lo=0.0, lo_open=True)
+            norm = checked_number(local_grad_clip_norm, "DGCMomentumOptimizer: local_grad_clip_norm", lo=0.0, lo_open=True)
             self._clip_norm = norm / (num_trainers * num_trainers)
         if exchange not in _EXCHANGES:
             raise InvalidArgumentError(f"DGCMomentumOptimizer: exchange must be one of {_EXCHANGES}, got {exchange!r}")
@@ -172,18 +171,11 @@ class DGCMomentumOptimizer(MomentumOptimizer):
         """Without fleet: rewrite for data parallelism over ring 0 (num_trainers, else the
         initialized group's size, else ``PADDLE_TRAINERS_NUM``), then update."""
         startup = startup_program or default_startup_program()
-        nranks = self._num_trainers or (get_group(0).world_size if is_initialized(0) else _trainers_from_env())
+        nranks = self._num_trainers or (get_group(0).world_size if is_initialized(0) else env.trainers_num())
         params_grads = self.backward(loss, startup, parameter_list, no_grad_set)
         data_parallel_rewrite(loss, params_grads, nranks, startup_program=startup,
                               comm_hook=self._data_parallel_hook(nranks, 0, startup))
         return self.apply_optimize(loss, startup, params_grads), params_grads
-
-
-def _trainers_from_env() -> int:
-    raw = os.environ.get(TRAINERS_NUM_ENV, "1")
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{TRAINERS_NUM_ENV}={raw!r} is not a number of trainers >= 1")
-    return int(raw)
 
 
 def _writable(ctx: KernelContext, slot: str, out_slot: str) -> np.ndarray:

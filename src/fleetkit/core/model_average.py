@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from ..errors import InvalidArgumentError
 from . import unique_name
 from .framework import Parameter, Program, default_main_program
-from .optimizer import Optimizer, _number
+from .optimizer import Optimizer, checked_number
 
 
 class ModelAverage(Optimizer):
@@ -34,7 +34,7 @@ class ModelAverage(Optimizer):
     def __init__(self, average_window_rate: float, min_average_window: int = 10000,
                  max_average_window: int = 10000, regularization: Any = None, name: str | None = None) -> None:
         super().__init__(0.0, regularization, name)
-        self.average_window = _number(average_window_rate, "ModelAverage: average_window_rate", lo=0.0)
+        self.average_window = checked_number(average_window_rate, "ModelAverage: average_window_rate", lo=0.0)
         self.min_average_window = int(min_average_window)
         self.max_average_window = int(max_average_window)
         if not 0 < self.min_average_window <= self.max_average_window:

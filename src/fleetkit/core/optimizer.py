@@ -39,8 +39,8 @@ __all__ = ["SGD", "Momentum", "Adagrad", "Adam", "Adamax", "DecayedAdagrad", "RM
 ParamsGrads = list[tuple[Parameter, Variable | None]]
 
 
-def _number(value: Any, what: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> float:
+def checked_number(value: Any, what: str, lo: float | None = None, hi: float | None = None,
+                   lo_open: bool = False, hi_open: bool = False) -> float:
     """``value`` as a float, checked against [lo, hi] (open ends where asked)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise InvalidArgumentError(f"{what} must be a number, got {value!r}")
@@ -70,7 +70,7 @@ class Optimizer:
                     f"{cls}: learning_rate Variable '{learning_rate.name}' must be floating point, "
                     f"got {learning_rate.dtype}")
         else:
-            learning_rate = _number(learning_rate, f"{cls}: learning_rate", lo=0.0)
+            learning_rate = checked_number(learning_rate, f"{cls}: learning_rate", lo=0.0)
         check_regularizer(regularization, cls)
         self._learning_rate = learning_rate
         self.regularization = regularization
@@ -258,7 +258,7 @@ class MomentumOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, momentum: float, use_nesterov: bool = False,
                  regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._momentum = _number(momentum, "Momentum: momentum", lo=0.0)
+        self._momentum = checked_number(momentum, "Momentum: momentum", lo=0.0)
         self._use_nesterov = bool(use_nesterov)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
@@ -280,9 +280,9 @@ class LarsMomentumOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, momentum: float, lars_coeff: float = 0.001,
                  lars_weight_decay: float = 0.0005, regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._momentum = _number(momentum, "LarsMomentum: momentum", lo=0.0)
-        self._lars_coeff = _number(lars_coeff, "LarsMomentum: lars_coeff", lo=0.0)
-        self._lars_weight_decay = _number(lars_weight_decay, "LarsMomentum: lars_weight_decay", lo=0.0)
+        self._momentum = checked_number(momentum, "LarsMomentum: momentum", lo=0.0)
+        self._lars_coeff = checked_number(lars_coeff, "LarsMomentum: lars_coeff", lo=0.0)
+        self._lars_weight_decay = checked_number(lars_weight_decay, "LarsMomentum: lars_weight_decay", lo=0.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -302,8 +302,8 @@ class AdagradOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, epsilon: float = 1.0e-6, regularization: Any = None,
                  name: str | None = None, initial_accumulator_value: float = 0.0) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._epsilon = _number(epsilon, "Adagrad: epsilon", lo=0.0)
-        self._initial = _number(initial_accumulator_value, "Adagrad: initial_accumulator_value", lo=0.0)
+        self._epsilon = checked_number(epsilon, "Adagrad: epsilon", lo=0.0)
+        self._initial = checked_number(initial_accumulator_value, "Adagrad: initial_accumulator_value", lo=0.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -324,9 +324,9 @@ class AdamOptimizer(Optimizer):
                  epsilon: float = 1e-8, regularization: Any = None, name: str | None = None,
                  lazy_mode: bool = False) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._beta1 = _number(beta1, "Adam: beta1", lo=0.0, hi=1.0, hi_open=True)
-        self._beta2 = _number(beta2, "Adam: beta2", lo=0.0, hi=1.0, hi_open=True)
-        self._epsilon = _number(epsilon, "Adam: epsilon", lo=0.0)
+        self._beta1 = checked_number(beta1, "Adam: beta1", lo=0.0, hi=1.0, hi_open=True)
+        self._beta2 = checked_number(beta2, "Adam: beta2", lo=0.0, hi=1.0, hi_open=True)
+        self._epsilon = checked_number(epsilon, "Adam: epsilon", lo=0.0)
         self._lazy_mode = bool(lazy_mode)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
@@ -352,9 +352,9 @@ class AdamaxOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable = 0.001, beta1: float = 0.9, beta2: float = 0.999,
                  epsilon: float = 1e-8, regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._beta1 = _number(beta1, "Adamax: beta1", lo=0.0, hi=1.0, hi_open=True)
-        self._beta2 = _number(beta2, "Adamax: beta2", lo=0.0, hi=1.0, hi_open=True)
-        self._epsilon = _number(epsilon, "Adamax: epsilon", lo=0.0)
+        self._beta1 = checked_number(beta1, "Adamax: beta1", lo=0.0, hi=1.0, hi_open=True)
+        self._beta2 = checked_number(beta2, "Adamax: beta2", lo=0.0, hi=1.0, hi_open=True)
+        self._epsilon = checked_number(epsilon, "Adamax: epsilon", lo=0.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -376,8 +376,8 @@ class DecayedAdagradOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, decay: float = 0.95, epsilon: float = 1.0e-6,
                  regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._decay = _number(decay, "DecayedAdagrad: decay", lo=0.0, hi=1.0)
-        self._epsilon = _number(epsilon, "DecayedAdagrad: epsilon", lo=0.0)
+        self._decay = checked_number(decay, "DecayedAdagrad: decay", lo=0.0, hi=1.0)
+        self._epsilon = checked_number(epsilon, "DecayedAdagrad: epsilon", lo=0.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -398,9 +398,9 @@ class RMSPropOptimizer(Optimizer):
                  momentum: float = 0.0, centered: bool = False, regularization: Any = None,
                  name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._rho = _number(rho, "RMSProp: rho", lo=0.0, hi=1.0)
-        self._epsilon = _number(epsilon, "RMSProp: epsilon", lo=0.0)
-        self._momentum = _number(momentum, "RMSProp: momentum", lo=0.0)
+        self._rho = checked_number(rho, "RMSProp: rho", lo=0.0, hi=1.0)
+        self._epsilon = checked_number(epsilon, "RMSProp: epsilon", lo=0.0)
+        self._momentum = checked_number(momentum, "RMSProp: momentum", lo=0.0)
         self._centered = bool(centered)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
@@ -427,8 +427,8 @@ class AdadeltaOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, epsilon: float = 1.0e-6, rho: float = 0.95,
                  regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._epsilon = _number(epsilon, "Adadelta: epsilon", lo=0.0)
-        self._rho = _number(rho, "Adadelta: rho", lo=0.0, hi=1.0)
+        self._epsilon = checked_number(epsilon, "Adadelta: epsilon", lo=0.0)
+        self._rho = checked_number(rho, "Adadelta: rho", lo=0.0, hi=1.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -449,9 +449,9 @@ class FtrlOptimizer(Optimizer):
     def __init__(self, learning_rate: float | Variable, l1: float = 0.0, l2: float = 0.0,
                  lr_power: float = -0.5, regularization: Any = None, name: str | None = None) -> None:
         super().__init__(learning_rate, regularization, name)
-        self._l1 = _number(l1, "Ftrl: l1", lo=0.0)
-        self._l2 = _number(l2, "Ftrl: l2", lo=0.0)
-        self._lr_power = _number(lr_power, "Ftrl: lr_power", hi=0.0)
+        self._l1 = checked_number(l1, "Ftrl: l1", lo=0.0)
+        self._l2 = checked_number(l2, "Ftrl: l2", lo=0.0)
+        self._lr_power = checked_number(lr_power, "Ftrl: lr_power", hi=0.0)
 
     def _create_accumulators(self, block: Block, parameters: list[Parameter]) -> None:
         for p in parameters:
@@ -478,12 +478,3 @@ LarsMomentum = LarsMomentumOptimizer
 # ModelAverage builds on Optimizer, so its module imports this one: import it last
 from .model_average import ModelAverage  # noqa: E402
 
-
-def __getattr__(name: str) -> Any:
-    # fluid has DGCMomentumOptimizer in fluid.optimizer, so ported scripts look for it here.  It lives
-    # in fleetkit.collective.dgc because it needs the collective backends, and core must not import
-    # collective at import time (layering: collective builds on core); so it is resolved lazily.
-    if name == "DGCMomentumOptimizer":
-        from ..collective.dgc import DGCMomentumOptimizer
-        return DGCMomentumOptimizer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
