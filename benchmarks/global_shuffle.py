@@ -43,20 +43,15 @@ def _store(rank: int, n: int):
 
 
 def _trainer(rank: int, world: int, endpoints: list[str], n: int, send_batch: int) -> dict:
-    from fleetkit.dataset.shuffle import ShuffleStats, global_shuffle, open_backend
+    from fleetkit.dataset.shuffle import ShuffleStats, global_shuffle
+    from fleetkit.fleet.base import FleetBase
+    from fleetkit.fleet.role_maker import Role, UserDefinedRoleMaker
 
-    class _Fleet:
-        def worker_endpoints(self):
-            return endpoints
-
-        def worker_index(self):
-            return rank
-
-        def worker_num(self):
-            return world
-
+    fleet = FleetBase()
+    fleet.init(UserDefinedRoleMaker(current_id=rank, role=Role.WORKER, worker_num=world,
+                                    worker_endpoints=endpoints))
     store = _store(rank, n)
-    backend = open_backend(_Fleet(), 120.0)
+    backend = fleet.data_exchange_backend(120.0)
     try:
         stats = ShuffleStats()
         backend.barrier()

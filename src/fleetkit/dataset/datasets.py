@@ -24,7 +24,7 @@ from .fs import FsConfig
 from .instances import InstanceStore
 from .multislot import DataFeedDesc, Slot, parse_lines, slots_from_vars
 from .pipe import DEFAULT_BLOCK_BYTES, read_blocks, source_label
-from .shuffle import DEFAULT_SEND_BATCH, ShuffleStats, global_shuffle, open_backend, shuffle_rng
+from .shuffle import DEFAULT_SEND_BATCH, ShuffleStats, global_shuffle, shuffle_rng
 
 __all__ = ["DatasetBase", "DatasetFactory", "InMemoryDataset", "QueueDataset"]
 
@@ -295,7 +295,7 @@ class InMemoryDataset(DatasetBase):
         if fleet is None or int(fleet.worker_num()) <= 1:
             self.local_shuffle(seed)
             return
-        backend = open_backend(fleet, SHUFFLE_TIMEOUT_S)
+        backend = _exchange_backend(fleet, "global_shuffle")
         try:
             backend.barrier()
             self.global_shuffle_stats = ShuffleStats()
@@ -326,7 +326,7 @@ class InMemoryDataset(DatasetBase):
     def _sum_over(self, fleet: Any, local: int) -> int:
         if fleet is None or int(fleet.worker_num()) <= 1:
             return local
-        backend = open_backend(fleet, SHUFFLE_TIMEOUT_S)
+        backend = _exchange_backend(fleet, "a data size query")
         try:
             return int(backend.all_reduce(np.array([local], np.int64))[0])
         finally:
@@ -347,3 +347,13 @@ class InMemoryDataset(DatasetBase):
         bounds = [n * i // threads for i in range(threads + 1)]
         bs = self.proto_desc.batch_size
         return [store.slice(bounds[i], bounds[i + 1]).batches(bs) for i in range(threads)]
+
+
+def _exchange_backend(fleet: Any, what: str) -> Any:
+    """The backend ``fleet`` hands the dataset to talk to the other trainers (the dataset
+    never builds a transport itself: layering, docs/architecture.md)."""
+    make = getattr(fleet, "data_exchange_backend", None)
+    if make is None:
+        raise InvalidArgumentError(f"{what}: {type(fleet).__name__} is not a fleet (pass fleetkit.fleet.fleet, "
+                                   f"initialized with fleet.init(role_maker))")
+    return make(SHUFFLE_TIMEOUT_S)

@@ -11,8 +11,8 @@ peer's announced count arrived, and shuffles its share locally with the seed.
 Nothing is pickled: a frame is raw int64/float32 columns, checked against its
 header before anything is kept.
 
-The trainers' ``tcp`` collective backend (``fleet.worker_endpoints()``) is the
-rendezvous: it carries the mesh's listening ports and a random per-shuffle
+The backend the fleet hands over (``fleet.data_exchange_backend``: tcp over the
+workers' endpoints) is the rendezvous: it carries the mesh's listening ports and a random per-shuffle
 token that every mesh connection must present.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from ..errors import InvalidArgumentError
 from ._mesh import Mesh, ShuffleStats
 from .instances import InstanceStore
 
-__all__ = ["DEFAULT_SEND_BATCH", "ShuffleStats", "global_shuffle", "open_backend", "shuffle_rng"]
+__all__ = ["DEFAULT_SEND_BATCH", "ShuffleStats", "global_shuffle", "shuffle_rng"]
 
 #: instances each trainer sends per frame to a peer (Paddle's fleet_send_batch_size)
 DEFAULT_SEND_BATCH = 80000
@@ -36,19 +36,6 @@ def shuffle_rng(seed: int | None, *stream: int) -> np.random.Generator:
     if seed is None:
         return np.random.default_rng()
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, *stream])
-
-
-def open_backend(fleet: Any, timeout: float) -> Any:
-    """A tcp collective backend over the fleet's worker endpoints."""
-    from ..collective.backends.tcp import TcpBackend
-    endpoints = list(fleet.worker_endpoints())
-    rank, world = int(fleet.worker_index()), int(fleet.worker_num())
-    if len(endpoints) != world:
-        raise InvalidArgumentError(f"global_shuffle: fleet has {world} workers but {len(endpoints)} worker "
-                                   f"endpoints {endpoints}: each trainer needs an endpoint to exchange data (parameter-server "
-                                   f"jobs: set PADDLE_TRAINER_ENDPOINTS for the trainers, or give the role maker "
-                                   f"worker_endpoints)")
-    return TcpBackend(rank=rank, endpoints=endpoints, timeout=timeout, prefix="fleetkit/shuffle/")
 
 
 def split_by_destination(store: InstanceStore, dest: np.ndarray, world: int) -> list[InstanceStore]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..collective.api import Backend, get_backend
 from ..errors import InvalidArgumentError
 from .role_maker import RoleMakerBase
 
@@ -58,6 +59,20 @@ class FleetBase:
 
     def split_files(self, files: Sequence[str]) -> list[str]:
         return split_files(files, self.worker_index(), self.worker_num())
+
+    def data_exchange_backend(self, timeout: float) -> Backend:
+        """A collective backend over the workers' endpoints, for the dataset's size queries
+        and global shuffle (fleetkit: fluid 1.4's pslib had its own channel for that).
+        The dataset is handed this backend; it never picks a transport itself."""
+        endpoints = list(self.worker_endpoints())
+        world = int(self.worker_num())
+        if len(endpoints) != world:
+            raise InvalidArgumentError(
+                f"global_shuffle: fleet has {world} workers but {len(endpoints)} worker endpoints {endpoints}: "
+                f"each trainer needs an endpoint to exchange data (parameter-server jobs: set "
+                f"PADDLE_TRAINER_ENDPOINTS for the trainers, or give the role maker worker_endpoints)")
+        return get_backend("tcp", rank=int(self.worker_index()), endpoints=endpoints, timeout=timeout,
+                           prefix="fleetkit/shuffle/")
 
 
 def split_files(files: Sequence[str], index: int, num: int) -> list[str]:
