@@ -252,10 +252,10 @@ def main() -> None:
     links = args.links.split(",")
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("tc") is None:
         print("# not root or no iproute2: only loopback is measured")
-        links = [l for l in links if l == "loopback"]
+        links = [link for link in links if link == "loopback"]
     rates = {"loopback": None, "veth": None, "1gbit": 1e9, "10gbit": 10e9}
     rows = []
-    pair = VethPair().__enter__() if any(l != "loopback" for l in links) else None
+    pair = VethPair().__enter__() if any(link != "loopback" for link in links) else None
     try:
         for link in links:
             if link != "loopback":
@@ -303,7 +303,7 @@ def _print_row(link: str, rate: float | None, impl: str, res: dict, sizes: list[
 
 def _print_summary(rows: list, rates: dict, sizes: list[int]) -> None:
     big = max(sizes)
-    print(f"\n64 MiB summary (fleetkit bus bandwidth / others'):" if big == 64 << 20 else "\nsummary:")
+    print("\n64 MiB summary (fleetkit bus bandwidth / others'):" if big == 64 << 20 else "\nsummary:")
     by = {(link, impl): res for link, impl, res in rows}
     for link in dict.fromkeys(link for link, _, _ in rows):
         ours = by.get((link, "fleetkit"))

@@ -100,7 +100,8 @@ def print_report(s: dict, threads: list[int], train_lines: int, test_lines: int)
     print(f"{'run':<16}{'train ex/s':>11}{'CPU ms/1k ex':>13}{'load s':>8}{'shuffle s':>10}{'infer s':>9}"
           f"{'counted train':>15}{'counted test':>14}{'test AUC':>9}")
     for (fw, th), m in sorted(s.items()):
-        print(f"{fw + ' t=' + str(th):<16}{m['train_ex_s']:>11.0f}{m['cpu_ms_per_1k']:>13.0f}{m['load_s']:>8.2f}{m['local_shuffle_s']:>10.3f}"
+        print(f"{fw + ' t=' + str(th):<16}{m['train_ex_s']:>11.0f}{m['cpu_ms_per_1k']:>13.0f}{m['load_s']:>8.2f}"
+              f"{m['local_shuffle_s']:>10.3f}"
               f"{m['infer_s']:>9.2f}{m['train_counted']:>9}/{train_lines:<6}{m['test_counted']:>8}/{test_lines:<6}"
               f"{m['test_auc']:>8.4f}")
     fk = {th: s[k] for k in s if k[0] == "fleetkit" for th in [k[1]]}

@@ -14,7 +14,8 @@ same for every program).
 Peak is ``tracemalloc``'s peak during the steps after a warm-up step, tracing from
 before the startup program (numpy allocates through the traced allocator, so this is
 the peak of all array memory: parameters, optimizer state, the batch, intermediates);
-"held after the step" is the intermediates' memory left in the scope.  The losses of both runs are compared: they must be identical.
+"held after the step" is the intermediates' memory left in the scope.  The losses of
+both runs are compared: they must be identical.
 
     python benchmarks/memory.py [--steps 3]
 """

@@ -31,7 +31,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from .install_check import run_check
     try:
         run_check()
-    except Exception:  # run_check has already printed what is broken
+    except Exception:  # noqa: BLE001 - run_check has already printed what is broken
         return 1
     return 0
 

@@ -92,7 +92,7 @@ def _abort_on_failure() -> None:
     """A failed rank takes the whole job down (the pservers would otherwise wait for it)."""
     try:
         _spmd_main()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - printed, then the whole MPI job is aborted
         import traceback
 
         from mpi4py import MPI

@@ -36,7 +36,8 @@ def _write_rank_file(path, rank, steps=STEPS):
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
     with open(path, "w") as f:
         for step in range(steps):
-            f.writelines("12 " + " ".join(repr(float(v)) for v in xi) + f" 1 {int(yi[0])}\n" for xi, yi in zip(x[step][mine], y[step][mine]))
+            f.writelines("12 " + " ".join(repr(float(v)) for v in xi) + f" 1 {int(yi[0])}\n"
+                         for xi, yi in zip(x[step][mine], y[step][mine]))
 
 
 def _params(main, scope):

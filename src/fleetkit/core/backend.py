@@ -27,7 +27,7 @@ def _load_cupy() -> ModuleType | None:
 
             cupy.cuda.runtime.getDeviceCount()
             _cupy = cupy
-        except Exception as e:  # ImportError, CUDARuntimeError (no driver/device)
+        except Exception as e:  # noqa: BLE001 - ImportError, CUDARuntimeError (no driver/device)
             _cupy_error = e
     return _cupy
 

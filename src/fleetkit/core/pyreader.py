@@ -147,7 +147,7 @@ class _Queue:
             for batch in self.source():
                 if not _put(q, stop, batch):
                     return
-        except BaseException as e:  # handed to the reading thread, which raises it
+        except BaseException as e:  # noqa: BLE001 - handed to the reading thread, which raises it
             _put(q, stop, _Failed(e))
             return
         _put(q, stop, _END)

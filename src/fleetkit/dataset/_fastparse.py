@@ -218,7 +218,7 @@ def _library() -> Any:
             if not numpy_parser_only():
                 try:
                     _lib = _build()
-                except Exception as exc:  # no compiler, read-only cache...: numpy does the work
+                except Exception as exc:  # noqa: BLE001 - no compiler, read-only cache...: numpy does the work
                     log.info("MultiSlot C fast path unavailable (%s); using the numpy parser", exc)
                     _lib = None
             _tried = True

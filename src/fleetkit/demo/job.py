@@ -30,7 +30,7 @@ from fleetkit import fleet
 from .. import env as envmod
 from ..fleet.launch_report import report_metrics
 from . import ctr_model
-from .ctr_data import CTRConfig, CTRData, auc
+from .ctr_data import CTRConfig, auc
 from .reader import parse_click_line
 
 __all__ = ["list_url", "main", "read_click_log", "s3_options"]

@@ -173,7 +173,7 @@ class _XMap:
         try:
             for i, sample in enumerate(self.reader()):
                 self._put(self.inq, (i, sample))
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
             self._put(self.outq, (-1, e))
         for _ in range(self.n):
             self._put(self.inq, self._END)
@@ -190,7 +190,7 @@ class _XMap:
             i, sample = item
             try:
                 self._put(self.outq, (i, self.mapper(sample)))
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
                 self._put(self.outq, (-1, e))
 
     def run(self) -> Iterator[Any]:
@@ -238,7 +238,7 @@ def multiprocess_reader(readers: list[Reader], use_pipe: bool = True, queue_size
             try:
                 for s in r():
                     _put(out, stop, s)
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
                 _put(out, stop, _Raised(e))
             _put(out, stop, end)
         for r in readers:

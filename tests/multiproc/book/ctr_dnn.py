@@ -100,7 +100,7 @@ def ctr_dnn_model(embedding_size, sparse_feature_dim, use_py_reader=True, is_dis
 
     cost = fluid.layers.cross_entropy(input=predict, label=words[-1])
     avg_cost = fluid.layers.reduce_sum(cost)
-    accuracy = fluid.layers.accuracy(input=predict, label=words[-1])
+    fluid.layers.accuracy(input=predict, label=words[-1])  # the 1.4 script builds it and never fetches it
     auc_var, batch_auc_var, auc_states = fluid.layers.auc(input=predict, label=words[-1],
                                                           num_thresholds=2 ** 12, slide_steps=20)
 

@@ -1,8 +1,9 @@
 """PaddlePaddle book chapter 1 (fit_a_line), as fluid 1.4 users wrote it.
 
 Changed from the book: the imports (``import fleetkit as paddle / fluid``), ``val[0]``
-in two prints (numpy 2 refuses ``"%f" % array([v])``), and the data source (paddle.dataset.uci_housing downloads; the stand-in below yields the
-same samples: 13 float features, one float target).  Prints "final test cost X".
+in two prints (numpy 2 refuses ``"%f" % array([v])``), and the data source
+(paddle.dataset.uci_housing downloads; the stand-in below yields the same samples:
+13 float features, one float target).  Prints "final test cost X".
 """
 import math
 import sys

@@ -229,7 +229,7 @@ def _sample_logits_infer(ctx: ShapeContext) -> None:
     x, lab = ctx.shape("Logits"), ctx.shape("Labels")
     s = int(ctx.attr("num_samples"))
     if len(x) != 2 or len(lab) != 2 or s < 1 or (x[1] > 0 and s + lab[1] > x[1] and ctx.attr("uniq")):
-        raise ctx.fail(f"Logits must be [N, K], Labels [N, num_true] and 1 <= num_samples (unique: <= K - num_true)")
+        raise ctx.fail("Logits must be [N, K], Labels [N, num_true] and 1 <= num_samples (unique: <= K - num_true)")
     width = lab[1] + s
     for slot, dt in (("Samples", "int64"), ("Probabilities", ctx.dtype("Logits")),
                      ("SampledLogits", ctx.dtype("Logits")), ("SampledLabels", "int64")):
