@@ -32,8 +32,8 @@ def hooks(monkeypatch):
 
 class FakeClient:
     def __init__(self, contacted: list[str], lost: tuple[str, ...] = ()) -> None:
-        self.options, self._contacted, self.completed = ClientOptions(), contacted, False
-        self.restarts = SimpleNamespace(_lost=dict.fromkeys(lost))
+        self.options, self.contacted, self.completed = ClientOptions(), list(dict.fromkeys(contacted)), False
+        self.restarts = SimpleNamespace(lost_endpoints=lambda: list(lost))
         self.sent: list[tuple[list[str], float, float]] = []
 
     def send_complete(self, endpoints: list[str]) -> None:

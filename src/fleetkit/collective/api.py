@@ -148,15 +148,15 @@ class Backend(abc.ABC):
         Returns:
             The reduced array (``array`` itself when it could be written in place).
         """
-        return self._sync(self.all_reduce_async(array, op, timeout), timeout)
+        return self.wait_for(self.all_reduce_async(array, op, timeout), timeout)
 
     def all_gather(self, array: Any, timeout: float | None = None) -> list[Any]:
         """Every rank's ``array``, in rank order.  First dims may differ between ranks."""
-        return self._sync(self.all_gather_async(array, timeout), timeout)
+        return self.wait_for(self.all_gather_async(array, timeout), timeout)
 
     def broadcast(self, array: Any, root: int = 0, timeout: float | None = None) -> Any:
         """Copy ``root``'s array to every rank (in place where possible) and return it."""
-        return self._sync(self.broadcast_async(array, root, timeout), timeout)
+        return self.wait_for(self.broadcast_async(array, root, timeout), timeout)
 
     def reduce_scatter(self, array: Any, op: str = "sum", timeout: float | None = None) -> Any:
         """Reduce like ``all_reduce`` and return only this rank's block of rows.
@@ -165,11 +165,11 @@ class Backend(abc.ABC):
         does: rank ``r`` gets rows ``[start_r, end_r)``, the first
         ``len % world_size`` ranks one row more.  0-d arrays count as one row.
         """
-        return self._sync(self.reduce_scatter_async(array, op, timeout), timeout)
+        return self.wait_for(self.reduce_scatter_async(array, op, timeout), timeout)
 
     def barrier(self, timeout: float | None = None) -> None:
         """Return once every rank has entered the barrier."""
-        self._sync(self.barrier_async(timeout), timeout)
+        self.wait_for(self.barrier_async(timeout), timeout)
 
     # ---- public API: asynchronous ---------------------------------------------------------
 
@@ -298,7 +298,10 @@ class Backend(abc.ABC):
             self._queue.put((work, fn, seconds))
         return work
 
-    def _sync(self, work: Work, timeout: float | None) -> Any:
+    def wait_for(self, work: Work, timeout: float | None) -> Any:
+        """The result of a started collective (``timeout`` None: the backend's default).
+
+        A wait that outlives the op's deadline marks the backend broken."""
         # The op enforces its own deadline; the grace only matters for backends
         # that cannot interrupt a running call (MPI), which then count as broken.
         limit = (self._timeout if timeout is None else float(timeout)) + WAIT_GRACE_S

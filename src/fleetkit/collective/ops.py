@@ -51,8 +51,8 @@ def wait_pending(ring_id: int = 0) -> None:
         return
     group = get_group(ring_id)
     for work, env, finish in items:
-        # _sync: a wait that outlives the op's own deadline marks the group broken
-        finish(env, group._sync(work, None))
+        # wait_for: a wait that outlives the op's own deadline marks the group broken
+        finish(env, group.wait_for(work, None))
 
 
 def _start(ctx: KernelContext, start: Callable[[Any], Any], finish: Callable[[dict, Any], None]) -> None:
@@ -62,7 +62,7 @@ def _start(ctx: KernelContext, start: Callable[[Any], Any], finish: Callable[[di
     if ctx.attrs.get("use_calc_stream", True):
         wait_pending(ring)  # keep results in program order
         work = start(group)
-        finish(ctx.env, group._sync(work, None))
+        finish(ctx.env, group.wait_for(work, None))
     else:
         _PENDING.setdefault(ring, []).append((start(group), ctx.env, finish))
 

@@ -175,6 +175,14 @@ class Scope:
         self._vars: dict[str, Any] = {}
         self.parent = parent
 
+    @classmethod
+    def over(cls, values: dict[str, Any]) -> "Scope":
+        """A scope whose variables are ``values`` itself, not a copy: what runs in the
+        scope reads and writes that dict (the pserver serves the dict its startup filled)."""
+        scope = cls()
+        scope._vars = values
+        return scope
+
     def var(self, name: str) -> ScopeVariable:
         self._vars.setdefault(name, None)
         return ScopeVariable(self, name)

@@ -111,6 +111,12 @@ class RPCClient:
         self.restarts = RestartWatch(self.trainer_id, reseed, self._send_seed, self._incarnation_of,
                                      self.options.retry_window_s)
 
+    @property
+    def contacted(self) -> list[str]:
+        """The endpoints this client has opened a channel to, each once, in first-contact order."""
+        with self._lock:
+            return list(dict.fromkeys(self._contacted))
+
     # ---------------------------------------------------------------- plumbing
     def channel(self, endpoint: str) -> grpc.Channel:
         with self._lock:

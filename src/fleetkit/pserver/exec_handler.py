@@ -239,8 +239,7 @@ class ExecutorHandler(ServerHandler):
 def serve(ctx: KernelContext) -> None:
     """The listen_and_serv kernel: serve until every trainer sent COMPLETE."""
     a = ctx.attrs
-    scope = Scope()
-    scope._vars = ctx.env  # the run's scope dict: the startup program filled it
+    scope = Scope.over(ctx.env)  # the run's scope dict: the startup program filled it
     plan = ServerPlan.from_attrs(a)
     handler = ExecutorHandler(ctx.op.block.program, scope, ctx.place, plan)
     server = ParameterServer(plan.endpoint, handler, plan.fanin, plan.sync_mode, _server_options(a))

@@ -76,7 +76,7 @@ def complete_at_exit() -> None:
     if _installed_pid != os.getpid():
         return
     from .client import live_clients  # noqa: PLC0415 - client imports this module
-    pending = [c for c in live_clients() if c._contacted and not c.completed]
+    pending = [c for c in live_clients() if c.contacted and not c.completed]
     if not pending:
         return
     if _crash is not None:
@@ -96,10 +96,10 @@ def _complete(client: Any) -> None:
     # Nothing else calls this client any more: bound its calls so exit is not held up.
     client.options = dataclasses.replace(client.options, deadline_s=EXIT_DEADLINE_S,
                                          retry_window_s=EXIT_RETRY_WINDOW_S)
-    lost_state = set(client.restarts._lost)
+    lost_state = set(client.restarts.lost_endpoints())
     # one endpoint per call: at exit the client's thread pool takes no new work (threading's
     # shutdown already ran), and a call to a single endpoint runs in this thread
-    for endpoint in dict.fromkeys(client._contacted):
+    for endpoint in client.contacted:
         if endpoint in lost_state:
             continue
         try:

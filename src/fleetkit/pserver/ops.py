@@ -159,7 +159,7 @@ def _complete_on_close(executor: Any) -> None:
     rounds stop waiting for it and the pservers can exit (unless ``fleet.stop_worker()``
     already did)."""
     from .client import live_clients  # noqa: PLC0415
-    pending = [c for c in live_clients() if c._contacted and not c.completed]
+    pending = [c for c in live_clients() if c.contacted and not c.completed]
     if pending:
         drain_background()
     for client in pending:

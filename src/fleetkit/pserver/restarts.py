@@ -47,6 +47,11 @@ class RestartWatch:
         self._pulled: dict[str, dict[str, np.ndarray]] = {}   # trainer 0: last pulled values
         self.events: list[dict[str, Any]] = []     #: restarts noticed (tests, logs)
 
+    def lost_endpoints(self) -> list[str]:
+        """Pservers that restarted without their parameters (every reply from them raises)."""
+        with self._lock:
+            return list(self._lost)
+
     @property
     def keeps_copies(self) -> bool:
         """Trainer 0 with re-seeding on keeps a copy of what it pulls."""
