@@ -71,7 +71,7 @@ def parse_rate(use_vars: list, paths: list[str], threads: int) -> tuple[float, f
             counts[i] += feed["label"].shape[0]
 
     t, cpu = time.perf_counter(), time.process_time()
-    workers = [threading.Thread(target=drain, args=(i, it)) for i, it in enumerate(ds._thread_feeds(threads))]
+    workers = [threading.Thread(target=drain, args=(i, it)) for i, it in enumerate(ds.thread_feeds(threads))]
     for w in workers:
         w.start()
     for w in workers:

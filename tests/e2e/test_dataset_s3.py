@@ -140,7 +140,7 @@ def test_server_dying_mid_file_is_an_error(tmp_path):
         ds.block_bytes = 64 << 10
         ds.set_fs(server.storage_options(config_kwargs={
             "retries": {"max_attempts": 1}, "connect_timeout": 2, "read_timeout": 2}), block_size=64 << 10)
-        batches = ds._thread_feeds(1)[0]
+        batches = ds.thread_feeds(1)[0]
         seen = 0
         with pytest.raises(DataReadError, match="big") as err:
             for _ in batches:

@@ -57,7 +57,7 @@ def _trainer(rank, world, endpoints, data_dir, send_batch):
         ds.global_shuffle(fleet, seed=seed)
         results[run] = {"before": before, "after": _instances(ds), "total": total,
                         "shuffled_total": ds.get_shuffle_data_size(fleet),
-                        "batches": sum(1 for _ in ds._thread_feeds(2)[0])}
+                        "batches": sum(1 for _ in ds.thread_feeds(2)[0])}
     return results
 
 

@@ -79,7 +79,7 @@ def test_round_trip_generator_files_dataset_batches(tmp_path, layout_name, kind)
     if kind == "InMemoryDataset":
         ds.load_into_memory()
         assert ds.get_memory_data_size() == 23
-    batches = list(ds._thread_feeds(1)[0])
+    batches = list(ds.thread_feeds(1)[0])
     assert [len(next(iter(_lod_or_rows(b)))) for b in batches] == [4, 4, 4, 4, 4, 3]
     for slot_i, (name, kind_, dense, width) in enumerate(layout):
         got_vals, got_lens = [], []

@@ -26,7 +26,7 @@ def _dataset(kind="InMemoryDataset"):
 
 
 def _ids(ds):
-    return np.concatenate([np.asarray(b["ids"]).reshape(-1) for it in ds._thread_feeds(1) for b in it])
+    return np.concatenate([np.asarray(b["ids"]).reshape(-1) for it in ds.thread_feeds(1) for b in it])
 
 
 def test_pipe_command_transforms_lines_and_blocks_keep_line_numbers(tmp_path):
@@ -88,7 +88,7 @@ def test_failing_pipe_command_reports_status_and_stderr(tmp_path):
     ds.set_filelist([str(path)])
     ds.set_pipe_command("cat; echo 'reader.py: boom at record 42' >&2; exit 3")
     with pytest.raises(DataReadError, match=r"(?s)exited with status 3.*boom at record 42"):
-        list(ds._thread_feeds(1)[0])
+        list(ds.thread_feeds(1)[0])
 
 
 def test_remote_read_failing_mid_file_is_an_error_not_a_short_epoch(tmp_path):
@@ -121,7 +121,7 @@ def test_slot_mismatch_is_caught_before_training(tmp_path):
     ds = _dataset("QueueDataset")
     ds.set_filelist([str(path)])
     with pytest.raises(DataFormatError, match=r"f:1: 1 token\(s\) after the last of the 2 slots"):
-        ds._prepare_to_run()
+        ds.prepare_to_run()
 
 
 def test_python_generator_as_pipe_command(tmp_path):
@@ -153,9 +153,9 @@ def test_queue_dataset_skips_bad_lines_and_reports_at_the_end(tmp_path, caplog):
     ds.set_filelist([str(path)])
     ds.set_skip_bad_lines(True)
     for _ in range(2):  # counts are per pass
-        ds._prepare_to_run()
+        ds.prepare_to_run()
         assert _ids(ds).tolist() == [1, 2, 5]
         with caplog.at_level("WARNING"):
-            ds._finish_run()
+            ds.finish_run()
         assert ds.skipped_lines() == 2
     assert "skipped 2 malformed line(s); first: " + str(path) + ":2:" in caplog.text

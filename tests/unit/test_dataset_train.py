@@ -135,3 +135,21 @@ def test_collective_program_needs_one_thread(ctr_files):
     ds.set_filelist(ctr_files)
     with pytest.raises(InvalidArgumentError, match=r"collective ops \(c_allreduce_sum\): use thread=1"):
         fk.Executor().train_from_dataset(main, ds, thread=2)
+
+
+def test_both_datasets_are_dataset_sources_and_anything_else_is_named():
+    from fleetkit.core.dataset_source import DatasetSource
+    for kind in ("QueueDataset", "InMemoryDataset"):
+        assert isinstance(fk.DatasetFactory().create_dataset(kind), DatasetSource), kind
+
+    class LooksLikeOne:  # thread_num and a feed method, but not the rest of the protocol
+        thread_num = 1
+
+        def thread_feeds(self, n):
+            return [iter(())]
+
+    x = fk.layers.data("x", [1])
+    fk.layers.mean(x)
+    with pytest.raises(InvalidArgumentError, match=r"LooksLikeOne is not a dataset \(it lacks process_safe_feeds, "
+                                                   r"used_slots, prepare_to_run, finish_run, skip_counts"):
+        fk.Executor().train_from_dataset(fk.default_main_program(), LooksLikeOne())

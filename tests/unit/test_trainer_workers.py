@@ -137,7 +137,7 @@ def test_thread1_equals_a_feed_loop(files):
         if v is not None:
             ref_scope.set(name, v.copy())
     exe.train_from_dataset(main, ds, scope=scope, thread=1)
-    for batch in ds._thread_feeds(1)[0]:
+    for batch in ds.thread_feeds(1)[0]:
         exe2.run(main, feed=batch, scope=ref_scope)
     np.testing.assert_allclose(scope.numpy("fc_0.w_0"), ref_scope.numpy("fc_0.w_0"), rtol=1e-6, atol=1e-7)
 

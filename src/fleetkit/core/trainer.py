@@ -21,10 +21,10 @@ exactly at the end (start + the sum of every worker's change), so every example
 is counted once whatever ``thread`` is.  A fetched metric shows worker 0's own
 batches while running; the scope holds the merged state afterwards.
 
-The dataset is duck-typed (the core does not import ``fleetkit.dataset``): it
-needs ``thread_num``, ``_prepare_to_run()``, ``_thread_feeds(n)`` returning one
-iterator of feed dicts per worker, optionally ``_finish_run()``, and
-``_process_safe_feeds = True`` if its iterators may run in forked processes.
+The dataset is anything that implements ``DatasetSource`` (``core/dataset_source.py``;
+the core does not import ``fleetkit.dataset``): ``thread_feeds(n)`` gives one
+iterator of feed dicts per worker, ``process_safe_feeds`` says whether they may
+run in forked processes.
 A collective program needs ``thread=1`` (ranks stop together when the first
 runs out of batches), since its ranks must issue their all-reduces in the same
 order.
@@ -48,6 +48,7 @@ from .framework import (
     Variable,
     default_main_program,
 )
+from .dataset_source import DatasetSource
 from .scope import LoDTensor, Scope, global_scope
 
 _log = logging.getLogger("fleetkit.trainer")
@@ -60,6 +61,9 @@ class _NoDatasetError(InvalidArgumentError, RuntimeError):
 
 # ops an inference pass leaves out (no gradients, no updates)
 _TRAIN_ONLY_ROLES = {ROLE_BACKWARD, ROLE_OPTIMIZE}
+#: what a dataset must have (``DatasetSource``), to name what an object passed as one lacks
+_SOURCE_MEMBERS = ("thread_num", "process_safe_feeds", "used_slots", "prepare_to_run", "thread_feeds",
+                   "finish_run", "skip_counts", "add_skip_counts")
 
 #: op type -> output slots holding metric state that counts examples: kept per worker
 #: and merged by summing every worker's change (see the module docstring)
@@ -122,7 +126,11 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
     if dataset is None:
         raise _NoDatasetError("train_from_dataset: dataset is None; create one with "
                               "fleetkit.DatasetFactory().create_dataset(...)")
-    thread = int(thread) if thread and int(thread) > 0 else int(getattr(dataset, "thread_num", 0) or 0)
+    if not isinstance(dataset, DatasetSource):
+        missing = [m for m in _SOURCE_MEMBERS if not hasattr(dataset, m)]
+        raise InvalidArgumentError(f"train_from_dataset: {type(dataset).__name__} is not a dataset (it lacks "
+                                   f"{', '.join(missing)}); create one with fleetkit.DatasetFactory().create_dataset(...)")
+    thread = int(thread) if thread and int(thread) > 0 else int(dataset.thread_num or 0)
     if thread <= 0:
         raise InvalidArgumentError("train_from_dataset: thread must be > 0 (pass thread= or dataset.set_thread)")
     block = program.global_block()
@@ -139,12 +147,12 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
         raise InvalidArgumentError(
             f"train_from_dataset: the program has collective ops ({', '.join(collective)}): use thread=1. "
             f"Every rank must run its collectives in the same order, which Hogwild threads would not")
-    dataset._prepare_to_run()
-    for slot in getattr(dataset, "used_slots", []):
+    dataset.prepare_to_run()
+    for slot in dataset.used_slots:
         if block._find_var_recursive(slot.name) is None:
             raise NotFoundError(f"dataset slot '{slot.name}' (set_use_var) is not a variable of the program")
     scope = global_scope() if scope is None else scope
-    feeds = dataset._thread_feeds(thread)
+    feeds = dataset.thread_feeds(thread)
     runner = _Run(executor, program, scope, fetch_names, labels, max(1, int(print_period)), debug, len(feeds))
     runner.agree = _lockstep(program) if collective else None
     preps = [_prepare(program, executor.place, infer, debug) for _ in feeds]
@@ -152,9 +160,7 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
         stats = trainer_procs.run(runner, feeds, preps, share=not infer, dataset=dataset)
     else:
         stats = runner.run_threads(feeds, preps)
-    finish = getattr(dataset, "_finish_run", None)
-    if finish is not None:
-        finish()
+    dataset.finish_run()
     return stats
 
 

@@ -48,7 +48,7 @@ def can_fork(runner: Any, dataset: Any, preps: list) -> bool:
     """True when the workers of this run can be processes (see ``trainer.py``)."""
     if len(preps) < 2 or runner.agree is not None or "fork" not in mp.get_all_start_methods():
         return False
-    if runner.executor.place.__class__ is not CPUPlace or not getattr(dataset, "_process_safe_feeds", False):
+    if runner.executor.place.__class__ is not CPUPlace or not dataset.process_safe_feeds:
         return False
     # ops of other subsystems (send/recv, collectives) hold clients and sockets of this process
     if not all(get_op_def(op.type).forward.__module__.startswith("fleetkit.core.")
@@ -78,7 +78,7 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True, dataset: Any 
     block = _shared_block(16 * n + 1)
     runner.counts = np.frombuffer(block, np.int64, 2 * n).reshape(n, 2)
     runner.stop = np.frombuffer(block, np.uint8, 1, 16 * n)
-    base = _skip_counts(dataset)  # what every worker's copy starts from
+    base = dataset.skip_counts()  # what every worker's copy starts from
     ctx = mp.get_context("fork")
     procs, conns = [], []
     try:
@@ -96,14 +96,8 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True, dataset: Any 
         _reap(procs)
     for r in results:
         if r is not None and r.get("skipped") is not None:
-            dataset._add_skip_counts(r["skipped"][0] - base[0], r["skipped"][1])
+            dataset.add_skip_counts(r["skipped"][0] - base[0], r["skipped"][1])
     return runner.finish(results, "processes")
-
-
-def _skip_counts(dataset: Any) -> tuple[int, str | None] | None:
-    """The dataset's (skipped lines, first skipped line), or None if it keeps no such count."""
-    counts = getattr(dataset, "_skip_counts", None)
-    return None if counts is None else counts()
 
 
 #: the shared blocks made here (arrays in them need no copy on the next run)
@@ -176,7 +170,7 @@ def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, 
 
     try:
         result = runner.work(tid, feed_iter, prep, dict(shared), publish, pick_up=False)
-        result["skipped"] = _skip_counts(dataset)  # this fork's copy: the parent adds the difference
+        result["skipped"] = dataset.skip_counts()  # this fork's copy: the parent adds the difference
         msg: tuple = ("ok", result)
     except BaseException as exc:  # noqa: BLE001  (sent to the parent, which raises it)
         runner.stop[0] = 1

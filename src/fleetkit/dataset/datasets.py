@@ -2,7 +2,7 @@
 
 A dataset knows its files, the pipe command, the slots (from ``set_use_var``)
 and the batch size.  ``Executor.train_from_dataset`` asks it for one iterator
-of feed dicts per thread (``_thread_feeds``): a ``QueueDataset`` streams and
+of feed dicts per thread (``thread_feeds``): a ``QueueDataset`` streams and
 parses files while training (reader threads share the file list), an
 ``InMemoryDataset`` parses everything first (``load_into_memory``), can be
 shuffled locally or across trainers, and splits its instances between the
@@ -46,9 +46,11 @@ class DatasetFactory:
 
 
 class DatasetBase:
-    """Settings shared by both datasets (fluid 1.4 setter names)."""
+    """Settings shared by both datasets (fluid 1.4 setter names); with ``prepare_to_run``,
+    ``thread_feeds``... each dataset is a ``core.dataset_source.DatasetSource``."""
 
     feed_name = "MultiSlotDataFeed"
+    process_safe_feeds = False
 
     def __init__(self) -> None:
         self.proto_desc = DataFeedDesc(name=self.feed_name)
@@ -150,13 +152,13 @@ class DatasetBase:
                     self._first_skipped = self._first_skipped or parsed.first_bad
             yield InstanceStore.from_parsed(self.used_slots, parsed)
 
-    def _skip_counts(self) -> tuple[int, str | None]:
+    def skip_counts(self) -> tuple[int, str | None]:
         """(malformed lines skipped, the first of them): a forked worker process reports
         its copy of these back to the parent (``core/trainer_procs.py``)."""
         with self._lock:
             return self._skipped, self._first_skipped
 
-    def _add_skip_counts(self, lines: int, first: str | None) -> None:
+    def add_skip_counts(self, lines: int, first: str | None) -> None:
         """Count ``lines`` a worker process skipped in its own copy of this dataset."""
         with self._lock:
             self._skipped += lines
@@ -170,7 +172,7 @@ class DatasetBase:
         if self._skipped:
             log.warning("skipped %d malformed line(s); first: %s", self._skipped, self._first_skipped)
 
-    def _prepare_to_run(self) -> None:
+    def prepare_to_run(self) -> None:
         """Checks before training: slots set, files given, and the first lines of the first file
         match the slots (a slot-count mismatch fails here, before any op runs)."""
         if not self.slots:
@@ -195,10 +197,10 @@ class DatasetBase:
             if parsed.bad_lines and (not self._skip_bad or parsed.num == 0):
                 parse_lines(first[0], self.slots, label, first[1], skip_bad=False)  # raises, naming the line
 
-    def _thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
+    def thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
         raise NotImplementedError
 
-    def _finish_run(self) -> None:
+    def finish_run(self) -> None:
         self._report_skipped()
 
 
@@ -206,14 +208,14 @@ class QueueDataset(DatasetBase):
     """Streams: files are read and parsed while training, ``thread`` files at a time."""
 
     #: the readers take files from a counter in shared memory: fine in forked workers
-    _process_safe_feeds = True
+    process_safe_feeds = True
 
-    def _prepare_to_run(self) -> None:
-        super()._prepare_to_run()
+    def prepare_to_run(self) -> None:
+        super().prepare_to_run()
         self._reset_skipped()  # counts are per pass over the files
         self._check_first_lines()
 
-    def _thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
+    def thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
         if not self.filelist:
             raise InvalidArgumentError("QueueDataset: set_filelist(files) gave no files")
         files = list(self.filelist)
@@ -259,7 +261,7 @@ class InMemoryDataset(DatasetBase):
 
     feed_name = "MultiSlotInMemoryDataFeed"
     #: each worker iterates its own slice of the instances: fine in forked workers
-    _process_safe_feeds = True
+    process_safe_feeds = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -337,11 +339,11 @@ class InMemoryDataset(DatasetBase):
             raise InvalidArgumentError(f"InMemoryDataset.{what}: call load_into_memory() first")
         return self._store
 
-    def _prepare_to_run(self) -> None:
-        super()._prepare_to_run()
+    def prepare_to_run(self) -> None:
+        super().prepare_to_run()
         self._loaded("train_from_dataset")
 
-    def _thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
+    def thread_feeds(self, thread_num: int) -> list[Iterator[dict[str, Any]]]:
         store = self._loaded("train_from_dataset")
         n, threads = len(store), max(1, thread_num)
         bounds = [n * i // threads for i in range(threads + 1)]
