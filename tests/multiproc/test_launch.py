@@ -341,7 +341,11 @@ def test_ctrl_c_says_what_it_stopped(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     pids = _wait_pids(tmp_path, 2)
     proc.send_signal(sig.SIGINT)  # what Ctrl-C sends (to the launcher; its children have their own sessions)
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # not left running into the next test
+        raise AssertionError(f"the launcher did not exit within 30 s of Ctrl-C: {proc.communicate()[1]}") from None
     assert proc.returncode == 130, err
     assert "interrupted (Ctrl-C); stopped " in err and all(f"(pid {p})" in err for p in pids), err
     assert "stopped by the launcher" in err  # the summary

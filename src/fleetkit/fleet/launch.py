@@ -140,9 +140,12 @@ class _Job:
 
     # -------------------------------------------------------------- supervise
     def run(self) -> int:
-        self.start()
         code: int | None = None
         try:
+            # inside the try: a Ctrl-C that lands while the processes are being started (or
+            # the banner printed) still stops the ones already running, instead of leaving
+            # them to outlive an interpreter that waits on their output readers
+            self.start()
             code = self._loop()
         except KeyboardInterrupt:
             _say(f"fleetkit launch: interrupted (Ctrl-C); {self._stop_all()}")
