@@ -70,7 +70,3 @@ def segment_max(xp: Any, x2: Any, off: np.ndarray) -> Any:
     padded = xp.full((off.size - 1, longest) + x2.shape[1:], -np.inf, dtype=x2.dtype)
     padded[xp.asarray(seg_ids(off)), xp.asarray(pos)] = x2
     return padded.max(axis=1)
-
-
-def lengths_to_offsets(lengths: Any) -> list[int]:
-    return [0] + np.cumsum(np.asarray(lengths, dtype=np.int64)).tolist()
