@@ -76,7 +76,7 @@ def start_profiler(state: str) -> None:
     if state not in _STATES:
         raise InvalidArgumentError(f"start_profiler: state must be one of {list(_STATES)}, got {state!r}")
     _state = state
-    _executor._op_timer = _timer
+    _executor.set_op_timer(_timer)
 
 
 def reset_profiler() -> None:
@@ -109,7 +109,7 @@ def stop_profiler(sorted_key: str | None = None, profile_path: str = "/tmp/profi
     """Stop recording, print the report and write it to ``profile_path``."""
     global _state
     text = report(sorted_key)
-    _executor._op_timer = None
+    _executor.set_op_timer(None)
     _state = None
     print(text)
     if profile_path:

@@ -32,7 +32,7 @@ def _log_net():
 
 def test_off_by_default_and_nothing_is_wrapped(monkeypatch):
     monkeypatch.delenv("FLAGS_check_nan_inf", raising=False)
-    monkeypatch.setattr("fleetkit.core.executor.checked_steps", lambda steps: pytest.fail("wrapped"))
+    monkeypatch.setattr("fleetkit.core.prepared.checked_steps", lambda steps: pytest.fail("wrapped"))
     main, startup, loss = _program(_log_net)
     exe = fk.Executor(fk.CPUPlace())
     assert exe.check_nan_inf is False

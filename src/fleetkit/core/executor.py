@@ -1,8 +1,8 @@
 """Executor: runs a Program's global block op by op against a Scope.
 
-A program is *prepared* once (kernels looked up, per-op contexts built, feed
-checks computed) and cached by (program id, version), so a training loop pays
-only the kernel calls on each step.
+A program is *prepared* once (``core/prepared.py``: kernels looked up, per-op
+contexts built, feed checks computed) and cached by (program id, version), so a
+training loop pays only the kernel calls on each step.
 """
 from __future__ import annotations
 
@@ -11,59 +11,24 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..env import FLAGS_CHECK_NAN_INF, eager_delete_tensor_gb, flag
-from ..errors import DTypeError, FleetkitError, InvalidArgumentError, NotFoundError, OpError, ShapeError
-from .backend import CPUPlace, Place, to_numpy
-from .fetch_result import as_fetch_result
+from ..errors import DTypeError, InvalidArgumentError, NotFoundError, ShapeError
+from .backend import CPUPlace, Place
 from .framework import Program, Variable, default_main_program
-from .fusion import failed_context, fuse_steps
-from .memory import deletion_plan, eager_deletion_on
-from .nan_inf import checked_steps, wanted
-from .registry import KernelContext, get_op_def
-from .scope import LoDTensor, Scope, SelectedRows, check_lod, global_scope, lengths_to_offsets
+from .fusion import fuse_steps
+from .memory import eager_deletion_on
+from .prepared import PreparedProgram, bind, fetch_value, gc_plan, reseed, run_steps
+from .scope import LoDTensor, Scope, check_lod, global_scope, lengths_to_offsets
 
 
-class _Prepared:
-    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names", "reseed", "gc_plans")
-
-    def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
-        self.version = program._version
-        #: the scope dict the contexts point at (re-pointed only when another scope runs)
-        self.env: dict | None = None
-        #: feed key -> Variable, and fetch_list item names already checked to exist
-        self.feed_vars: dict[str, Variable] = {}
-        self.fetch_names: set[str] = set()
-        self.steps: list[tuple[Any, KernelContext]] = []
-        #: random ops with their own nonzero ``seed``: as in fluid, every run draws the same
-        #: numbers, so their generator restarts from the seed before each run
-        self.reseed: list[tuple[KernelContext, int]] = []
-        #: fetch names -> eager-deletion plan (core/memory.py), built on first use
-        self.gc_plans: dict[tuple[str, ...], Any] = {}
-        xp = place.xp
-        for idx, op in enumerate(program.block(block_idx).ops):
-            opdef = get_op_def(op.type)
-            rng = _op_rng(program, op, idx) if opdef.random else None
-            ctx = KernelContext(op, xp, rng, place)
-            self.steps.append((opdef.forward, ctx))
-            if opdef.random and int(op.attrs.get("seed", 0) or 0):
-                self.reseed.append((ctx, int(op.attrs["seed"])))
-        self.ctxs = [c for _, c in self.steps]
-
-
-def _reseed(prepared: _Prepared) -> None:
-    for ctx, seed in prepared.reseed:
-        ctx.rng = np.random.default_rng(seed)
-
-
-def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
-    """Seeded from the op's ``seed`` attr, else the program's random_seed, else entropy."""
-    seed = int(op.attrs.get("seed", 0) or 0)
-    if seed == 0 and program.random_seed:
-        seed = int(program.random_seed) * 1000003 + idx
-    return np.random.default_rng(seed if seed else None)
-
-
-#: set by ``fleetkit.profiler`` while profiling: ``timer(prepared, run_steps)`` runs the ops one by one, timed
+#: set by ``fleetkit.profiler`` while profiling (``set_op_timer``): ``timer(prepared, run_steps)``
+#: runs the ops one by one, timed
 _op_timer: Any = None
+
+
+def set_op_timer(timer: Any) -> None:
+    """Route every ``Executor.run`` through ``timer(prepared, run_steps)`` (None: run normally)."""
+    global _op_timer
+    _op_timer = timer
 
 #: called as ``hook(executor)`` by ``Executor.close()``; core cannot import the subsystems
 #: (pserver client, ...) that have something to finish there, so they register themselves.
@@ -88,7 +53,7 @@ class Executor:
 
     def __init__(self, place: Place | None = None, check_nan_inf: bool | None = None) -> None:
         self.place = place or CPUPlace()
-        self._cache: dict[int, _Prepared] = {}
+        self._cache: dict[int, PreparedProgram] = {}
         self._gc_flag = eager_delete_tensor_gb()  # FLAGS_eager_delete_tensor_gb, read once
         self.check_nan_inf = flag(FLAGS_CHECK_NAN_INF) if check_nan_inf is None else bool(check_nan_inf)
 
@@ -99,11 +64,11 @@ class Executor:
         for hook in list(_CLOSE_HOOKS):
             hook(self)
 
-    def _prepare(self, program: Program, use_cache: bool, block_idx: int = 0) -> _Prepared:
+    def _prepare(self, program: Program, use_cache: bool, block_idx: int = 0) -> PreparedProgram:
         key = program._id if block_idx == 0 else (program._id, block_idx)
         p = self._cache.get(key) if use_cache else None
         if p is None or p.version != program._version:
-            p = _Prepared(program, self.place, block_idx)
+            p = PreparedProgram(program, self.place, block_idx)
             p.steps = fuse_steps(p.steps)  # ctxs keeps every op's context (all get the env)
             if use_cache:
                 self._cache[key] = p
@@ -116,9 +81,9 @@ class Executor:
         """
         scope = global_scope() if scope is None else scope
         prepared = self._prepare(program, True, block_idx)
-        _bind(prepared, scope._vars)
-        _reseed(prepared)
-        self._run_steps(prepared.steps)
+        bind(prepared, scope._vars)
+        reseed(prepared)
+        run_steps(prepared.steps, self.check_nan_inf)
 
     def run(self, program: Program | None = None, feed: dict | None = None,
             fetch_list: Sequence[Any] | None = None, feed_var_name: str = "feed",
@@ -153,49 +118,15 @@ class Executor:
                         raise NotFoundError(f"feed: variable '{name}' is not in the program")
                     feed_vars[key] = var
                 env[var.name] = convert_feed(var, value, self.place)
-        _bind(prepared, env)
-        _reseed(prepared)
+        bind(prepared, env)
+        reseed(prepared)
         if _op_timer is not None:
-            _op_timer(prepared, self._run_steps)
+            _op_timer(prepared, lambda steps: run_steps(steps, self.check_nan_inf))
         elif eager_deletion_on(program, self._gc_flag):
-            self._run_steps(prepared.steps, _gc_plan(prepared, block, fetch_names), env)
+            run_steps(prepared.steps, self.check_nan_inf, gc_plan(prepared, block, fetch_names), env)
         else:
-            self._run_steps(prepared.steps)
-        return [self._fetch(env, n, return_numpy) for n in fetch_names]
-
-    def _run_steps(self, steps: list, plan: list | None = None, env: dict | None = None) -> None:
-        """Run ``steps``; with a deletion ``plan``, drop ``plan[i]``'s names from ``env`` after step i."""
-        if self.check_nan_inf or (steps and steps[0][1].op.block.program._meta):  # off: one test per run
-            if wanted(self.check_nan_inf, steps):
-                steps = checked_steps(steps)
-        i = 0
-        try:
-            if plan is None:
-                for i, (kernel, ctx) in enumerate(steps):
-                    kernel(ctx)
-            else:
-                assert env is not None
-                for i, (kernel, ctx) in enumerate(steps):
-                    kernel(ctx)
-                    for name in plan[i]:
-                        env.pop(name, None)
-        except FleetkitError:
-            raise
-        except Exception as e:
-            ctx = failed_context(e) or steps[i][1]  # a fused step names the member that failed
-            op = ctx.op
-            raise OpError(f"op #{_op_index(op, i)} {op.type} failed: {type(e).__name__}: {e}\n  op: {op}\n"
-                          f"  inputs: {_describe_inputs(ctx)}") from e
-
-    def _fetch(self, env: dict, name: str, return_numpy: bool) -> Any:
-        if name not in env:
-            raise NotFoundError(f"fetch: variable '{name}' has no value after the run")
-        v = env[name]
-        if isinstance(v, SelectedRows):
-            return as_fetch_result(to_numpy(v.to_dense())) if return_numpy else v
-        if isinstance(v, LoDTensor):
-            return as_fetch_result(_host_copy(v.values)) if return_numpy else LoDTensor(_host_copy(v.values), v._lod)
-        return as_fetch_result(_host_copy(v)) if return_numpy else LoDTensor(_host_copy(v))
+            run_steps(prepared.steps, self.check_nan_inf)
+        return [fetch_value(env, n, return_numpy) for n in fetch_names]
 
     # train_from_dataset / infer_from_dataset: the work is in trainer.py
     def train_from_dataset(self, program: Program | None = None, dataset: Any = None, scope: Scope | None = None,
@@ -217,39 +148,6 @@ class Executor:
                                 print_period, infer=True)
 
 
-def _gc_plan(prepared: _Prepared, block: Any, fetch_names: list[str]) -> list | None:
-    """The eager-deletion plan for this fetch list (each step lists the ops it runs)."""
-    key = tuple(fetch_names)
-    if key not in prepared.gc_plans:
-        index = {id(op): k for k, op in enumerate(block.ops)}
-        starts = [index[id(ctx.op)] for _, ctx in prepared.steps] + [len(block.ops)]
-        step_ops = [block.ops[a:b] for a, b in zip(starts, starts[1:])]
-        prepared.gc_plans[key] = deletion_plan(block, step_ops, fetch_names)
-    return prepared.gc_plans[key]
-
-
-def _host_copy(a: Any) -> np.ndarray:
-    """A host array that does not alias the scope's (optimizers update parameters in place)."""
-    h = to_numpy(a)
-    return h.copy() if h is a else h
-
-
-def _op_index(op: Any, default: int) -> int:
-    """The op's position in its block (steps may be fused, so the step index can differ)."""
-    try:
-        return next(k for k, o in enumerate(op.block.ops) if o is op)
-    except (AttributeError, StopIteration):
-        return default
-
-
-def _bind(prepared: _Prepared, env: dict) -> None:
-    """Point every op context at ``env`` (skipped when they already do)."""
-    if prepared.env is not env:
-        for ctx in prepared.ctxs:
-            ctx.env = env
-        prepared.env = env
-
-
 def _fetch_name(block: Any, f: Any, known: set[str] | None = None) -> str:
     name = f.name if isinstance(f, Variable) else str(f)
     if known is not None and name in known:
@@ -259,17 +157,6 @@ def _fetch_name(block: Any, f: Any, known: set[str] | None = None) -> str:
     if known is not None:
         known.add(name)
     return name
-
-
-def _describe_inputs(ctx: KernelContext) -> str:
-    parts = []
-    for slot, names in ctx.ins.items():
-        for n in names:
-            v = ctx.env.get(n)
-            v = v.values if isinstance(v, LoDTensor) else v
-            shape = getattr(v, "shape", None)
-            parts.append(f"{slot}={n}{list(shape) if shape is not None else ''}")
-    return ", ".join(parts)
 
 
 def convert_feed(var: Variable, value: Any, place: Place) -> Any:

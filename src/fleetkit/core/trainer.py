@@ -49,6 +49,7 @@ from .framework import (
     default_main_program,
 )
 from .dataset_source import DatasetSource
+from .prepared import PreparedProgram, bind, fetch_value, run_steps
 from .scope import LoDTensor, Scope, global_scope
 
 _log = logging.getLogger("fleetkit.trainer")
@@ -165,9 +166,8 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
 
 
 def _prepare(program: Program, place: Any, infer: bool, debug: bool) -> Any:
-    from .executor import _Prepared
     from .fusion import fuse_steps
-    prep = _Prepared(program, place)
+    prep = PreparedProgram(program, place)
     if infer:
         prep.steps = [(k, c) for k, c in prep.steps if c.op.attrs.get("op_role") not in _TRAIN_ONLY_ROLES]
     if not debug:  # debug times every op on its own
@@ -245,8 +245,7 @@ class _Run:
              publish: Callable[[str, Any, dict], None], pick_up: bool = True) -> dict:
         """Run the batches of ``feed_iter``; returns what ``finish`` merges."""
         from .executor import convert_feed
-        for ctx in prep.ctxs:
-            ctx.env = env
+        bind(prep, env)
         block = self.program.global_block()
         place = self.executor.place
         persist = self.persistable
@@ -314,11 +313,11 @@ class _Run:
 
     def _steps(self, steps: list, tid: int, op_seconds: dict) -> None:
         if not (self.debug and tid == 0):
-            self.executor._run_steps(steps)
+            run_steps(steps, self.executor.check_nan_inf)
             return
         for kernel, ctx in steps:
             t = time.perf_counter()
-            self.executor._run_steps([(kernel, ctx)])
+            run_steps([(kernel, ctx)], self.executor.check_nan_inf)
             op_seconds[ctx.op.type] = op_seconds.get(ctx.op.type, 0.0) + time.perf_counter() - t
 
     def _account(self, tid: int, env: dict, rows: int, out: dict) -> None:
@@ -327,7 +326,7 @@ class _Run:
         mine[1] += rows
         if tid != 0 or not self.fetch_names:
             return
-        values = [self.executor._fetch(env, n, True) for n in self.fetch_names]
+        values = [fetch_value(env, n, True) for n in self.fetch_names]
         out["fetched"] = dict(zip(self.labels, values))
         if mine[0] % self.print_period == 0:
             batches, examples = (int(x) for x in self.counts.sum(axis=0))
