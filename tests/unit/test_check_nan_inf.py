@@ -7,7 +7,6 @@ import pytest
 
 import fleetkit as fk
 from fleetkit import layers
-from fleetkit.core import nan_inf
 from fleetkit.errors import InvalidArgumentError, NanInfError
 
 
@@ -47,7 +46,7 @@ def test_the_op_that_first_wrote_nan_is_named(monkeypatch, how):
         monkeypatch.setenv("FLAGS_check_nan_inf", "1")
     main, startup, loss = _program(_log_net)
     if how == "program":
-        main._meta[nan_inf.META] = True
+        main.meta.check_nan_inf = True
     exe = fk.Executor(fk.CPUPlace(), check_nan_inf=True if how == "option" else None)
     with pytest.raises(NanInfError) as e:
         _run(exe, main, startup, {"x": np.array([[1, 2, -1], [1, 1, 1]], np.float32)}, loss)
@@ -141,7 +140,7 @@ def test_distributed_strategy_field_marks_the_program():
         f = CollectiveFleet()
         f.init(UserDefinedCollectiveRoleMaker(current_id=0, worker_endpoints=["127.0.0.1:1"]))
         f.distributed_optimizer(fk.optimizer.SGD(0.1), strategy).minimize(loss)
-    assert f.main_program is main and main._meta[nan_inf.META] is True
+    assert f.main_program is main and main.meta.check_nan_inf is True
 
 
 @pytest.mark.gpu

@@ -36,7 +36,7 @@ def test_pserver_load_persistables_takes_its_rows(tmp_path):
         exe = fluid.Executor()
         exe.run(startup, scope=scope)
         fluid.io.load_persistables(exe, str(tmp_path), prog, scope=scope)
-        for new, (orig, off, rows, _) in prog._meta["origin_of"].items():
+        for new, (orig, off, rows, _) in prog.meta.origin_of.items():
             if orig in full:
                 want = full[orig] if rows < 0 else full[orig][off:off + rows]
                 np.testing.assert_array_equal(scope.numpy(new), want)

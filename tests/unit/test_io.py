@@ -362,12 +362,13 @@ def test_program_round_trip_keeps_every_var_op_and_attr():
     prog.blocks[1].create_var(name="inner", shape=[1], dtype="int32")
     block.append_op("scale", {"X": ["x"]}, {"Out": ["scaled"]}, {**_ATTRS, "sub_block": prog.blocks[1]},
                     infer=False)
-    prog._meta["pserver_endpoints"] = ["127.0.0.1:1", "127.0.0.1:2"]
+    prog.meta.origin_of = {"w.block0": ["w", 0, 2, 1]}
+    prog.meta.eager_delete_skip = ("scaled",)
     for startup in (False, True):
         p = fk.default_startup_program() if startup else prog
         q = io.deserialize_program(io.serialize_program(p, with_meta=True))
         _assert_same_program(p, q)
-        assert q._meta == p._meta and q._id != p._id
+        assert q.meta == p.meta and q._id != p._id
     # the copy runs: same numbers as the original
     exe = _init()
     copy = io.deserialize_program(io.serialize_program(prog))

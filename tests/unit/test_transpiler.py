@@ -185,7 +185,7 @@ def _pserver_replay(main, startup, t, feed, scope_init):
         prog, st = t.get_pserver_programs(ep)
         scope = fk.Scope()
         exe.run(st, scope=scope)
-        origin_of = prog._meta["origin_of"]
+        origin_of = prog.meta.origin_of
         for new, (orig, off, rows, _) in origin_of.items():
             if orig in scope_init:
                 v = scope_init[orig]

@@ -114,8 +114,6 @@ def data_parallel_rewrite(loss: Variable, params_grads: ParamsGrads, nranks: int
                                          {"ring_id": ring_id}))
     if broadcast_params and startup_program is not None:
         broadcast_parameters(startup_program, [p.name for p, _ in params_grads], ring_id)
-    block.program._meta["collective"] = {"nranks": nranks, "ring_id": ring_id, "fuse": fuse,
-                                         "bucket_mb": bucket_mb, "overlap": overlap}
     return inserted
 
 

@@ -47,7 +47,7 @@ class Executor:
 
     ``check_nan_inf``: after each op, stop at the first NaN/inf output (or fed value) with a
     ``NanInfError`` naming the op, its block and index, and the variable (``core/nan_inf.py``).
-    None (the default) reads ``FLAGS_check_nan_inf``; a program's ``_meta["check_nan_inf"]``
+    None (the default) reads ``FLAGS_check_nan_inf``; a program's ``meta.check_nan_inf``
     (set by ``DistributedStrategy.check_nan_inf``) turns it on for that program.
     """
 

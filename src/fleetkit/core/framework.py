@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError, NotFoundError
 from . import unique_name
+from .program_meta import ProgramMeta
 
 GRAD_SUFFIX = "@GRAD"
 EMPTY_VAR = "@EMPTY@"
@@ -291,8 +292,8 @@ class Program:
         self._is_test = False
         #: the block layers append to (``create_block`` enters a sub-block, ``rollback`` leaves it)
         self._current_block_idx = 0
-        # filled by transpilers / fleet (kept on the program so it travels with it)
-        self._meta: dict[str, Any] = {}
+        #: what transpilers and fleet recorded about this program (travels with it)
+        self.meta = ProgramMeta()
 
     def _bump(self) -> None:
         self._version += 1

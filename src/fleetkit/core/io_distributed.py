@@ -229,7 +229,7 @@ def inference_program_and_scope(executor: Any, program: Program, pruned: Program
 
 def is_pserver_program(program: Program) -> bool:
     """Whether ``program`` is a transpiled pserver program (it knows where its vars come from)."""
-    return "origin_of" in program._meta
+    return program.meta.origin_of is not None
 
 
 def load_pserver_vars(executor: Any, dirname: str, program: Program, scope: Scope | None,
@@ -237,7 +237,7 @@ def load_pserver_vars(executor: Any, dirname: str, program: Program, scope: Scop
     """Load this pserver's rows of the parameters saved in ``dirname`` (see the module docstring)."""
     import os  # noqa: PLC0415
     scope = global_scope() if scope is None else scope
-    origin_of: dict[str, list] = program._meta["origin_of"]
+    origin_of: dict[str, list] = program.meta.origin_of or {}
     block = program.global_block()
     full = Program()
     wanted: list[str] = []

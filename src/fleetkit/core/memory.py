@@ -29,11 +29,6 @@ from .framework import Block, Program
 
 __all__ = ["memory_optimize", "release_memory", "deletion_plan", "eager_deletion_on"]
 
-#: Program._meta keys set by memory_optimize / release_memory
-META_ON = "eager_delete"
-META_SKIP = "eager_delete_skip"
-
-
 def memory_optimize(input_program: Program, skip_opt_set: Iterable[str] | None = None, print_log: bool = False,
                     level: int = 0, skip_grads: bool = False) -> None:
     """Run ``input_program`` with eager deletion (fluid's variable-reuse transpiler is not needed:
@@ -56,14 +51,14 @@ def _mark(program: Program, skip: Iterable[str] | None, fn: str) -> None:
     names = sorted({getattr(v, "name", v) for v in (skip or ())})
     if not all(isinstance(n, str) for n in names):
         raise InvalidArgumentError(f"{fn}: skip_opt_set must hold variable names, got {skip!r}")
-    program._meta[META_ON] = True
-    program._meta[META_SKIP] = sorted(set(program._meta.get(META_SKIP, [])) | set(names))
+    program.meta.eager_delete = True
+    program.meta.eager_delete_skip = tuple(sorted(set(program.meta.eager_delete_skip) | set(names)))
     program._bump()
 
 
 def eager_deletion_on(program: Program, flag_gb: float | None = None) -> bool:
     """Whether ``program`` runs with eager deletion (marked, or the flag is >= 0)."""
-    if program._meta.get(META_ON):
+    if program.meta.eager_delete:
         return True
     return (eager_delete_tensor_gb() if flag_gb is None else flag_gb) >= 0
 
@@ -76,7 +71,7 @@ def deletion_plan(block: Block, step_ops: Sequence[Sequence[Any]], keep: Iterabl
     """For each step (the ops it runs, in order), the variables to drop after it; None: no plan."""
     if _has_sub_blocks(block):
         return None
-    keep = set(keep) | set(block.program._meta.get(META_SKIP, ()))
+    keep = set(keep) | set(block.program.meta.eager_delete_skip)
     first_is_write: dict[str, bool] = {}
     last_step: dict[str, int] = {}
     for si, ops in enumerate(step_ops):

@@ -4,7 +4,7 @@ fluid checks every op's outputs after it runs when the flag is on and stops at
 the first non-finite value.  Here an executor checks when any of these says so:
 the environment variable ``FLAGS_check_nan_inf`` (read when the executor is
 made), ``Executor(place, check_nan_inf=True)`` (or its ``check_nan_inf``
-attribute), or a program whose ``_meta["check_nan_inf"]`` is set
+attribute), or a program whose ``meta.check_nan_inf`` is set
 (``DistributedStrategy.check_nan_inf`` sets it on the programs it rewrites).
 
 When off, nothing here runs: the executor's steps are the usual ones.  When on,
@@ -24,22 +24,19 @@ from ..errors import NanInfError
 from .backend import get_array_module, to_numpy
 from .scope import LoDTensor, SelectedRows
 
-__all__ = ["META", "checked_steps", "wanted"]
-
-#: the ``Program._meta`` key that turns the check on for one program
-META = "check_nan_inf"
+__all__ = ["checked_steps", "wanted"]
 
 Step = tuple[Callable[[Any], None], Any]
 
 
 def wanted(executor_flag: bool, steps: list[Step]) -> bool:
-    """Whether these steps run checked: the executor's flag or their program's ``_meta``."""
+    """Whether these steps run checked: the executor's flag or their program's ``meta``."""
     if executor_flag:
         return True
     if not steps:
         return False
     program = getattr(getattr(steps[0][1].op, "block", None), "program", None)
-    return bool(getattr(program, "_meta", {}).get(META, False))
+    return program is not None and program.meta.check_nan_inf
 
 
 def checked_steps(steps: list[Step]) -> list[Step]:

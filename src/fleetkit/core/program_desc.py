@@ -12,6 +12,7 @@ from ..errors import InvalidArgumentError, NotFoundError
 from ..proto.codec import decode_value, dtype_from_proto, dtype_to_proto, encode_value
 from ..proto.framework_pb2 import OpDesc, ProgramDesc, VarDesc
 from .framework import Block, Operator, Parameter, Program, Variable
+from .program_meta import ProgramMeta
 from .registry import get_op_def
 
 __all__ = ["PROGRAM_DESC_VERSION", "deserialize_program", "parse_program_desc", "program_from_desc",
@@ -46,7 +47,7 @@ def program_to_desc(program: Program, feed_target_names: Sequence[str] = (),
             except InvalidArgumentError as e:
                 raise type(e)(f"op #{i} '{op.type}' of block {block.idx}: {e}") from None
     if with_meta:
-        for key, value in program._meta.items():
+        for key, value in program.meta.items():
             encode_value(value, desc.meta.add(name=key), block_index_of)
     return desc
 
@@ -102,7 +103,7 @@ def program_from_desc(desc: ProgramDesc, where: str = "ProgramDesc") -> Program:
             block.vars[vd.name] = _var_from_desc(vd, block, where)
         for od in bd.ops:
             block.ops.append(_op_from_desc(od, block, resolve_block, where))
-    program._meta = {a.name: decode_value(a, resolve_block) for a in desc.meta}
+    program.meta = ProgramMeta.from_items((a.name, decode_value(a, resolve_block)) for a in desc.meta)
     program._bump()
     return program
 

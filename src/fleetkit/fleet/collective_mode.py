@@ -24,7 +24,6 @@ from ..collective.api import Backend, get_backend
 from ..collective.data_parallel import data_parallel_rewrite
 from ..core import io as fkio
 from ..core.framework import Program, Variable, default_startup_program
-from ..core.nan_inf import META as NAN_INF_META
 from ..core.optimizer import Optimizer
 from ..errors import InvalidArgumentError
 from .base import FleetBase
@@ -239,7 +238,7 @@ class CollectiveOptimizer:
             comm_hook=hook(self._fleet.worker_num(), s.ring_id, startup) if hook else None)
         optimize_ops = opt.apply_optimize(loss, startup, params_grads)
         if s.check_nan_inf:
-            loss.block.program._meta[NAN_INF_META] = True
+            loss.block.program.meta.check_nan_inf = True
         self._fleet._main_program = loss.block.program
         self._fleet._startup_program = startup
         return optimize_ops, params_grads

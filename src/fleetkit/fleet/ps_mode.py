@@ -162,7 +162,7 @@ class PSFleet(FleetBase):
 
     def _load_hosted(self, model_dir: str) -> None:
         """Read the full vars saved by ``save_persistables`` and keep this pserver's rows."""
-        origin_of = self._main._meta["origin_of"]
+        origin_of = self._main.meta.origin_of or {}
         tmp_prog, tmp_scope = Program(), Scope()
         ob = self._origin_program.global_block()
         wanted = []

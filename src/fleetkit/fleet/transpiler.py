@@ -131,9 +131,6 @@ class DistributeTranspiler:
             dc_asgd=bool(self.config.enable_dc_asgd))
         self._done = True
         self._rewrite_trainer_startup(startup)
-        meta = self.origin_program._meta
-        meta.update({"is_distributed": True, "endpoints": list(self.pserver_endpoints),
-                     "is_chief": trainer_id == 0, "distributed_lookup_table": sorted(self.tables)})
 
     # the plan's parts, under the names fluid-era callers (fleet, the demo, tests) use
     @property
@@ -188,7 +185,7 @@ class DistributeTranspiler:
         self._append_recv(block, self.params, with_barrier=True, background=not self.sync_mode)
         if self.sync_mode:
             block.append_op("fetch_barrier", {}, {}, {**common, "endpoints": list(eps)}, infer=False)
-        prog._meta.update(self.origin_program._meta)
+        prog.meta = self.origin_program.meta.copy()
         # fluid 1.4 scripts save default_main_program() (transpiled in place there): save this instead
         register_trainer_program(self.origin_program, prog)
         return prog

@@ -119,8 +119,7 @@ def build_pserver_program(t: PSPlan, origin: Program, origin_startup: Program, e
                       pserver_index=t.endpoints.index(endpoint), pserver_num=len(t.endpoints))
     prog.global_block().append_op("listen_and_serv", {"X": [g for g, _ in grad_to_block]}, {}, plan.to_attrs(),
                                   infer=False)
-    prog._meta["origin_of"] = origin_of
-    prog._meta["pserver_endpoint"] = endpoint
+    prog.meta.origin_of = origin_of
     return prog
 
 
@@ -157,7 +156,7 @@ def build_pserver_startup(origin_startup: Program, pserver_program: Program) -> 
     startup.random_seed = origin_startup.random_seed
     sb = startup.global_block()
     pgb = pserver_program.global_block()
-    for new, (orig, offset, rows, block_id) in sorted(pserver_program._meta.get("origin_of", {}).items()):
+    for new, (orig, offset, rows, block_id) in sorted((pserver_program.meta.origin_of or {}).items()):
         op = _init_op_of(origin_startup, orig)
         if op is None:
             continue
