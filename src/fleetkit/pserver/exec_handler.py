@@ -12,7 +12,6 @@ too (remote prefetch of a sliced ``is_sparse`` table, by local row offset).
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -77,9 +76,8 @@ class ExecutorHandler(ServerHandler):
         self._sync = plan.sync_mode
         firsts = sorted(self._grad_block, key=self._grad_block.get) + sorted(self._table_of_grad)
         self._lr_trigger = firsts[0] if firsts else None
-        # One lock: async pushes from several trainers arrive on several threads and
-        # the optimizer kernels update arrays in place.
-        self._lock = threading.RLock()
+        # self.lock (ServerHandler's, which the server also takes): async pushes from several
+        # trainers arrive on several threads and the optimizer kernels update arrays in place.
         # DC-ASGD (async only): each trainer's copy of a parameter block as it last pulled
         # it; a dense gradient g of that trainer becomes g + g*g*(param - backup), the
         # first-order correction for the updates applied since its pull.
@@ -90,7 +88,7 @@ class ExecutorHandler(ServerHandler):
 
     # ------------------------------------------------------------ ServerHandler
     def apply(self, grads: dict[str, Any]) -> None:
-        with self._lock:
+        with self.lock:
             if self._lr_block >= 0 and (self._sync or self._lr_trigger in grads):
                 self._exe.run_block(self._program, self._lr_block, self._scope)
             for name, value in grads.items():
@@ -106,13 +104,13 @@ class ExecutorHandler(ServerHandler):
                 self._exe.run_block(self._program, block, self._scope)
 
     def apply_from(self, trainer_id: int, grads: dict[str, Any]) -> None:
-        with self._lock:
+        with self.lock:
             if self._dc_asgd:
                 grads = {n: self._compensated(trainer_id, n, g) for n, g in grads.items()}
             self.apply(grads)
 
     def get_for(self, trainer_id: int, name: str) -> Any:
-        with self._lock:
+        with self.lock:
             value = self.get(name)
             if self._dc_asgd and name in self._params:
                 self._backups[trainer_id, name] = np.array(to_numpy(value), copy=True)
@@ -144,7 +142,7 @@ class ExecutorHandler(ServerHandler):
         self._tables[table].apply_gradient(value, learning_rate=lr)
 
     def get(self, name: str) -> Any:
-        with self._lock:
+        with self.lock:
             try:
                 v = self._scope.get(name)
             except NotFoundError:
@@ -163,11 +161,11 @@ class ExecutorHandler(ServerHandler):
                 return self._block_rows(table, ids)
             raise NotFoundError(f"pserver: table '{table}' is not hosted here (tables: {sorted(self._tables)}, "
                                 f"parameter blocks: {self._params})")
-        with self._lock:
+        with self.lock:
             return t.lookup(ids)
 
     def _block_rows(self, name: str, ids: np.ndarray) -> np.ndarray:
-        with self._lock:
+        with self.lock:
             v = self._scope.get(name)
             block = np.asarray(to_numpy(v.values if isinstance(v, LoDTensor) else v))
             ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -178,7 +176,7 @@ class ExecutorHandler(ServerHandler):
             return np.take(block, ids, axis=0)  # a copy: the optimizer updates the block in place
 
     def state(self) -> dict[str, Any]:
-        with self._lock:
+        with self.lock:
             out = {n: np.array(self._scope.numpy(n), copy=True) for n in self._persistables
                    if n in self._scope}
             for t in self._tables.values():
@@ -186,7 +184,7 @@ class ExecutorHandler(ServerHandler):
             return out
 
     def load_state(self, d: dict[str, Any]) -> None:
-        with self._lock:
+        with self.lock:
             for n in self._persistables:
                 if n in d:
                     self._scope.set(n, np.array(d[n], copy=True))

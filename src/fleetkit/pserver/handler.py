@@ -1,6 +1,7 @@
 """``ServerHandler``: the pserver's logic, free of transport (``ParameterServer`` serves it)."""
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -12,7 +13,13 @@ __all__ = ["ServerHandler"]
 
 
 class ServerHandler(ABC):
-    """The pserver's logic, free of transport.  Calls are serialized by the server."""
+    """The pserver's logic, free of transport.  Calls are serialized by the server, under
+    the handler's own ``lock``: one lock, which the handler may also take itself."""
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The one lock around this handler's state (re-entrant; made on first use)."""
+        return self.__dict__.setdefault("_handler_lock", threading.RLock())
 
     @abstractmethod
     def apply(self, grads: dict[str, Any]) -> None:

@@ -106,7 +106,7 @@ class ParameterServer(StateMixin, LivenessMixin):
         self.options = options or ServerOptions()
         self.port: int | None = None
         self._token = rpc.auth_token(self.options.auth_token).encode()
-        self._hlock = threading.RLock()          # handler calls are serialized
+        self._hlock = handler.lock               # handler calls are serialized, under the handler's lock
         o = self.options
         self._asm = codec.Reassembler(o.reassembly_max_bytes_per_trainer, o.reassembly_max_bytes,
                                       o.reassembly_timeout_s)
