@@ -4,6 +4,8 @@ once, and every unsupported name comes with a reason."""
 import re
 from pathlib import Path
 
+import pytest
+
 import fleetkit.layers as L
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "porting-layers.md"
@@ -44,3 +46,14 @@ def test_unsupported_list_is_up_to_date():
     _, reasons = _blocks()
     now_there = [n for n in reasons if callable(getattr(L, n, None))]
     assert not now_there, f"now in fleetkit.layers, move them to the supported list: {now_there}"
+
+
+def test_asking_for_an_unsupported_layer_says_why():
+    from fleetkit.core.layers.unsupported import REASONS
+    _, reasons = _blocks()
+    assert REASONS == reasons  # the page and the error messages give the same reasons
+    with pytest.raises(AttributeError, match=r"fleetkit.layers.DynamicRNN \(fluid 1.4\) is not supported: not built"):
+        getattr(L, "DynamicRNN")
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_layer'"):
+        getattr(L, "no_such_layer")
+    assert not hasattr(L, "multiclass_nms")

@@ -23,3 +23,12 @@ from .control_flow import *  # noqa: F401,F403
 from .static_rnn import *  # noqa: F401,F403
 from . import io, nn, tensor, conv, loss, metric_op, sequence, learning_rate_scheduler  # noqa: F401
 from . import sequence_ext, rnn, nn_ext, activation_ext, tensor_ext, metric_ext, crf, misc_ext, conv_ext, nn_more, extra, conv3d  # noqa: F401
+
+
+def __getattr__(name: str):
+    # a fluid 1.4 layer fleetkit does not have: say why, instead of a bare AttributeError
+    from .unsupported import REASONS
+    if name in REASONS:
+        raise AttributeError(f"fleetkit.layers.{name} (fluid 1.4) is not supported: {REASONS[name]} "
+                             f"(docs/porting-layers.md)")
+    raise AttributeError(f"module 'fleetkit.layers' has no attribute '{name}'")
