@@ -8,12 +8,7 @@ from .framework import (Block, Operator, Parameter, Program, Variable, default_m
 from .param_attr import ParamAttr, WeightNormParamAttr
 from .scope import LoDTensor, Scope, SelectedRows, create_lod_tensor, global_scope, scope_guard
 from .data_feeder import DataFeeder
-from . import pyreader as _pyreader
 from .pyreader import EOFException
-
-# the 1.4 reader layers live beside PyReader (one module for the input pipeline)
-for _name in ("py_reader", "create_py_reader_by_data", "read_file", "double_buffer"):
-    setattr(layers, _name, getattr(_pyreader, _name))
 
 __all__ = [
     "Block", "CPUPlace", "CUDAPlace", "DataFeeder", "EOFException", "Executor", "LoDTensor", "Operator", "ParamAttr", "Parameter",
