@@ -1,12 +1,14 @@
-"""The parameter server: a thin gRPC adapter around a transport-free ServerHandler.
+"""The parameter server: a gRPC adapter (and the bulk channel's target) around the
+transport-free request logic of ``service.py``, which calls the ServerHandler.
 
 ``ParameterServer(endpoint, handler, num_trainers, sync_mode, options)`` serves
 SendRecvService.  Sync mode runs rounds (``rounds.SyncRounds``); async mode applies
 each gradient on arrival.  Large tensors may instead arrive on the bulk channel
 (``bulk.py``: raw TCP on a second port, advertised over gRPC, off under TLS), whose
-frames go to the same methods below, so both transports behave identically.  Every bad request (unknown var, wrong dtype/shape,
-truncated payload, bad trainer id, missing or wrong auth token) gets a gRPC error
-with a clear message and the server keeps serving.  Checkpoints (``handler.state()``)
+frames go to the same methods (``service.py``), so both transports behave identically.
+Every bad request (unknown var, wrong dtype/shape, truncated payload, bad trainer id,
+missing or wrong auth token) gets a gRPC error with a clear message and the server
+keeps serving.  Checkpoints (``handler.state()``)
 are written atomically on CheckpointNotify and every ``checkpoint_every_s`` seconds;
 a (re)started server loads the newest one from ``checkpoint_dir``.
 """
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import grpc
-import numpy as np
 
 from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError,
@@ -30,7 +31,8 @@ from . import bulk, checkpoint, codec, rpc
 from .handler import ServerHandler
 from .liveness import Incarnation, LivenessMixin, TrainerLiveness
 from .rounds import AppliedSends, SyncRounds
-from .state import StateMixin, check_finite
+from .service import ServiceMixin, _Precondition
+from .state import StateMixin
 
 __all__ = ["ParameterServer", "ServerHandler", "ServerOptions"]
 log = logging.getLogger(__name__)
@@ -86,15 +88,11 @@ class _AuthFailure(Exception):
     pass
 
 
-class _Precondition(Exception):
-    pass
-
-
 class _ShuttingDown(Exception):
     """Answered as UNAVAILABLE: a client retries, and reaches a restarted pserver."""
 
 
-class ParameterServer(StateMixin, LivenessMixin):
+class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
     """Serves one pserver endpoint for ``num_trainers`` trainers."""
 
     def __init__(self, endpoint: str, handler: ServerHandler, num_trainers: int,
@@ -204,28 +202,7 @@ class ParameterServer(StateMixin, LivenessMixin):
         if self._server is not None:
             self._server.stop(grace).wait(grace + 5)
 
-    def sparse_memory(self, table: str = "") -> tuple[int, int]:
-        """(touched rows, bytes) of the handler's sparse tables."""
-        with self._hlock:
-            return self.handler.sparse_memory(table)
-
     # ----------------------------------------------------------------- plumbing
-    def _apply(self, grads: dict[str, Any], trainer_id: int | None = None) -> None:
-        """Sync rounds apply averaged gradients; async mode applies one trainer's."""
-        with self._hlock:
-            if trainer_id is None:
-                self.handler.apply(grads)
-            else:
-                self.handler.apply_from(trainer_id, grads)
-            self.incarnation.updates += 1
-
-    def _methods(self) -> dict[str, Callable]:
-        return {
-            "SendVariable": self._send, "GetVariable": self._get,
-            "GetVariableNoBarrier": self._get_no_barrier, "PrefetchVariable": self._prefetch,
-            "CheckpointNotify": self._notify,
-        }
-
     def _generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
         for name, fn in self._methods().items():
@@ -345,136 +322,6 @@ class ParameterServer(StateMixin, LivenessMixin):
             return 0, "", "", codec.from_bytes(out) if isinstance(out, bytes) else out
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
             return (*self._bulk_status(e, method, request), None)
-
-    def _check_trainer(self, env: codec.Envelope) -> None:
-        t = env.header.trainer_id
-        if not 0 <= t < self.num_trainers:
-            raise InvalidArgumentError(f"trainer_id {t} outside [0, {self.num_trainers})")
-
-    # ------------------------------------------------------------------ methods
-    def _send(self, env: codec.Envelope) -> None:
-        h = env.header
-        t, name = h.trainer_id, h.varname
-        if name == rpc.BATCH_BARRIER:
-            if self.rounds is not None:
-                self.rounds.batch_barrier(t, h.round)
-            return None
-        if name == rpc.COMPLETE:
-            self.alive.complete(t)
-            with self._asm_lock:
-                self._asm.discard(t)
-            if self.rounds is not None:
-                self.rounds.complete(t)
-            else:
-                self._live.discard(t)
-            return None
-        if h.chunk_count > 1:
-            with self._asm_lock:
-                whole = self._asm.add(env, "send")
-            if whole is None:
-                return None
-            env = whole
-        if name.startswith(rpc.RESEED):
-            done = name == rpc.RESEED + rpc.RESEED_DONE
-            return self._reseed(t, name[len(rpc.RESEED):], None if done else codec.decode(env))
-        value = codec.decode(env)
-        with self._hlock:
-            self.handler.check_grad(name, value)
-        if self._refuse_nonfinite:
-            check_finite(name, t, value)
-        if self.rounds is not None:
-            self.rounds.add_grad(t, name, value, h.round)
-        else:
-            if t not in self._live:
-                raise _Precondition(f"trainer {t} sent a gradient after COMPLETE")
-            if h.seq and not self._applied_sends.claim(t, h.seq):
-                log.info("pserver %s: gradient '%s' #%d of trainer %d was applied already (a retry); "
-                         "dropped", self.endpoint, name, h.seq, t)
-                return None
-            try:
-                self._apply({name: value}, t)
-            except BaseException:
-                if h.seq:
-                    self._applied_sends.release(t, h.seq)  # not applied: a retry must be
-                raise
-        return None
-
-    def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]],
-                 reply: Callable[[list[codec.Envelope]], Any] | None = None) -> Any:
-        """Serialize a value response.  A chunked one is cached under a fresh transfer id
-        (carried by every chunk) and served chunk by chunk to requests echoing that id.
-        On the bulk channel ``reply`` takes the value's envelopes while the handler lock is
-        held (so it sees no update half-done) and returns what the bulk server sends."""
-        h = request.header
-        if h.chunk_index > 0:
-            with self._asm_lock:
-                parts = self._big.get(h.transfer_id)
-                if parts is None or h.chunk_index >= len(parts):
-                    raise _Precondition(f"chunk {h.chunk_index} of transfer {h.transfer_id} requested "
-                                        f"but no such chunked value is pending")
-                blob = parts[h.chunk_index]
-                if h.chunk_index == len(parts) - 1:
-                    del self._big[h.transfer_id]
-                return blob
-        with self._hlock:   # serialize under the lock: no torn reads of a param being updated
-            envs = make()
-            if reply is not None:
-                return reply(envs)
-            if len(envs) > 1:
-                with self._asm_lock:
-                    self._next_transfer += 1
-                    tid = self._next_transfer
-                for e in envs:
-                    e.header.transfer_id = tid
-            blobs = [codec.to_bytes(e) for e in envs]
-        if len(blobs) > 1:
-            with self._asm_lock:
-                self._big[tid] = blobs
-                while len(self._big) > 4 * self.num_trainers + 64:   # abandoned transfers
-                    del self._big[next(iter(self._big))]
-        return blobs[0]
-
-    # ``reply``: the bulk channel's reply (see _respond); None on gRPC
-    def _get(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
-        h = env.header
-        if self.rounds is not None and h.chunk_index == 0:
-            self.rounds.wait_applied(h.trainer_id)
-        if h.varname == rpc.FETCH_BARRIER:
-            return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self._handler_get(h.trainer_id, h.varname)),
-                             reply)
-
-    def _get_no_barrier(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
-        h = env.header
-        name = h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX)
-        if name == rpc.SPARSE_MEMORY:
-            rows, nbytes = self.sparse_memory(h.table_name)   # under the handler lock
-            return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
-        if name == rpc.BULK_PORT:
-            return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
-        if name == rpc.INCARNATION:
-            info = np.array(self.incarnation.info(), dtype=np.int64)
-            return codec.to_bytes(codec.encode(name, info)[0])
-        return self._respond(env, lambda: self._encode(name, self._handler_get(h.trainer_id, name)), reply)
-
-    def _handler_get(self, trainer_id: int, name: str) -> Any:
-        if self.rounds is None:  # async: the handler may track who pulled what (DC-ASGD)
-            return self.handler.get_for(trainer_id, name)
-        return self.handler.get(name)
-
-    def _prefetch(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
-        h = env.header
-        table = h.table_name or h.varname
-        if h.chunk_index > 0:
-            return self._respond(env, lambda: [])
-        ids = codec.decode(env)
-        if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
-            raise InvalidArgumentError(f"prefetch of table '{table}' needs an integer id tensor")
-        out = h.out_varname or table
-        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)), reply)
-
-    def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
-        return codec.encode(name, value, max_bytes=self.options.max_message_bytes)
 
 def _lenient_deserialize(raw: bytes) -> Any:
     """Parse a request; a malformed one becomes the error object the handler reports
