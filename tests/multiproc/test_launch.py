@@ -337,8 +337,11 @@ def test_waiting_for_pservers_is_announced(tmp_path):
 
 def test_ctrl_c_says_what_it_stopped(tmp_path):
     import signal as sig
+    # SIGINT at its default in the launcher, as in a terminal: a suite run in the background
+    # (``cmd &``) inherits it ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", _write_pid_script(tmp_path, tmp_path / "pid")], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: sig.signal(sig.SIGINT, sig.SIG_DFL))
     pids = _wait_pids(tmp_path, 2)
     proc.send_signal(sig.SIGINT)  # what Ctrl-C sends (to the launcher; its children have their own sessions)
     try:
