@@ -353,6 +353,18 @@ def test_dead_http_proxy_in_the_environment_is_not_used(servers):
     assert run_workers(_through_dead_proxy, 1, (s.endpoint,), timeout=60, env=env) == [10.0]
 
 
+def test_waiting_for_pservers_says_where_it_is(servers, monkeypatch, caplog):
+    from fleetkit.pserver import channels
+    monkeypatch.setattr(channels, "NOTE_AFTER_S", 0.3)
+    monkeypatch.setattr(channels, "NOTE_EVERY_S", 0.5)
+    down = f"127.0.0.1:{_free_port()}"
+    up = servers().endpoint
+    with caplog.at_level("WARNING", "fleetkit.pserver.channels"), pytest.raises(ServerNotReadyError):
+        wait_server_ready([up, down], timeout=1.2)
+    notes = [r.getMessage() for r in caplog.records if "waiting for pservers" in r.getMessage()]
+    assert len(notes) >= 2 and all(f"1 of 2 ready (waiting for {down};" in n for n in notes), notes
+
+
 def test_pserver_down_at_start_gives_a_clear_error_naming_it():
     ep = f"127.0.0.1:{_free_port()}"
     t0 = time.monotonic()

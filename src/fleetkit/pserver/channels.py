@@ -1,6 +1,7 @@
 """gRPC channels to pservers, and waiting for pservers to come up."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Sequence
 
@@ -10,6 +11,11 @@ from ..errors import ServerNotReadyError
 from . import rpc
 
 __all__ = ["make_channel", "wait_server_ready"]
+log = logging.getLogger(__name__)
+
+#: a wait for pservers says where it is after this many seconds, then every NOTE_EVERY_S
+NOTE_AFTER_S = 5.0
+NOTE_EVERY_S = 15.0
 
 
 def make_channel(endpoint: str, options: Any) -> grpc.Channel:
@@ -31,21 +37,29 @@ def wait_server_ready(endpoints: Sequence[str], timeout: float = 120.0,
     if options is None:
         from .client import ClientOptions  # noqa: PLC0415 - client imports this module
         options = ClientOptions()
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline, note_at = start + timeout, start + NOTE_AFTER_S
     channels = {ep: make_channel(ep, options) for ep in dict.fromkeys(endpoints)}
-    futures = {ep: grpc.channel_ready_future(ch) for ep, ch in channels.items()}
-    missing = []
+    pending = {ep: grpc.channel_ready_future(ch) for ep, ch in channels.items()}
     try:
-        for ep, fut in futures.items():
-            try:
-                fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except grpc.FutureTimeoutError:
-                missing.append(ep)
+        while pending and time.monotonic() < deadline:
+            for ep in list(pending):
+                try:
+                    pending[ep].result(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+                    del pending[ep]
+                except grpc.FutureTimeoutError:
+                    pass
+            if pending and time.monotonic() >= note_at:  # a trainer started by hand is not silent
+                log.warning("waiting for pservers: %d of %d ready (waiting for %s; %.0f s of %.0f s left)",
+                            len(channels) - len(pending), len(channels), ", ".join(pending),
+                            max(0.0, deadline - time.monotonic()), timeout)
+                note_at += NOTE_EVERY_S
     finally:
-        for fut in futures.values():
+        for fut in pending.values():
             fut.cancel()
         for ch in channels.values():
             ch.close()
+    missing = list(pending)
     if missing:
         raise ServerNotReadyError(
             f"pserver(s) {', '.join(missing)} not reachable after {timeout:.1f} s "
