@@ -35,3 +35,10 @@ class DatasetSource(Protocol):
 
     def add_skip_counts(self, lines: int, first: str | None) -> None:
         """Count ``lines`` that a worker process skipped in its own copy of this source."""
+
+
+def missing_members(obj: Any) -> list[str]:
+    """The ``DatasetSource`` members ``obj`` lacks, in the protocol's order (for error messages)."""
+    members = [*DatasetSource.__annotations__,
+               *(n for n in vars(DatasetSource) if not n.startswith("_") and n not in DatasetSource.__annotations__)]
+    return [m for m in members if not hasattr(obj, m)]

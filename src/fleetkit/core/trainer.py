@@ -48,7 +48,7 @@ from .framework import (
     Variable,
     default_main_program,
 )
-from .dataset_source import DatasetSource
+from .dataset_source import DatasetSource, missing_members
 from .prepared import PreparedProgram, bind, fetch_value, run_steps
 from .scope import LoDTensor, Scope, global_scope
 
@@ -62,9 +62,6 @@ class _NoDatasetError(InvalidArgumentError, RuntimeError):
 
 # ops an inference pass leaves out (no gradients, no updates)
 _TRAIN_ONLY_ROLES = {ROLE_BACKWARD, ROLE_OPTIMIZE}
-#: what a dataset must have (``DatasetSource``), to name what an object passed as one lacks
-_SOURCE_MEMBERS = ("thread_num", "process_safe_feeds", "used_slots", "prepare_to_run", "thread_feeds",
-                   "finish_run", "skip_counts", "add_skip_counts")
 
 #: op type -> output slots holding metric state that counts examples: kept per worker
 #: and merged by summing every worker's change (see the module docstring)
@@ -128,9 +125,9 @@ def run_from_dataset(executor: Any, program: Program | None, dataset: Any, scope
         raise _NoDatasetError("train_from_dataset: dataset is None; create one with "
                               "fleetkit.DatasetFactory().create_dataset(...)")
     if not isinstance(dataset, DatasetSource):
-        missing = [m for m in _SOURCE_MEMBERS if not hasattr(dataset, m)]
         raise InvalidArgumentError(f"train_from_dataset: {type(dataset).__name__} is not a dataset (it lacks "
-                                   f"{', '.join(missing)}); create one with fleetkit.DatasetFactory().create_dataset(...)")
+                                   f"{', '.join(missing_members(dataset))}); create one with "
+                                   f"fleetkit.DatasetFactory().create_dataset(...)")
     thread = int(thread) if thread and int(thread) > 0 else int(dataset.thread_num or 0)
     if thread <= 0:
         raise InvalidArgumentError("train_from_dataset: thread must be > 0 (pass thread= or dataset.set_thread)")
