@@ -92,6 +92,8 @@ def test_ctc_model_learns_and_decodes():
     loss = layers.mean(layers.warpctc(logits, label, blank=0))
     decoded = layers.ctc_greedy_decoder(layers.softmax(logits), blank=0)
     fk.optimizer.Adam(0.1).minimize(loss)
+    # seeded: from about 1 initialization in 40, Adam settles in a local minimum (loss 0.81, one extra symbol)
+    fk.default_main_program().random_seed = fk.default_startup_program().random_seed = 11
     exe = fk.Executor()
     exe.run(fk.default_startup_program())
     # each frame's one-hot feature says which class it shows; label = the classes with repeats merged
