@@ -19,7 +19,7 @@ REASONS: dict[str, str] = {
     "data_norm": _DATA_NORM,
     **dict.fromkeys(["beam_search_decode", "beam_search"], _BEAM_SEARCH),
     **dict.fromkeys(["open_files", "shuffle", "batch", "random_data_generator", "Preprocessor"], _READERS),
-    **dict.fromkeys(["tensor_array_to_tensor", "DynamicRNN", "reorder_lod_tensor_by_rank", "is_empty"],
+    **dict.fromkeys(["tensor_array_to_tensor", "DynamicRNN", "is_empty"],
                     _DYNAMIC_RNN),
     **dict.fromkeys([
         "roi_pool", "roi_align", "psroi_pool", "prior_box", "density_prior_box", "multi_box_head",
