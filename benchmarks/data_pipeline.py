@@ -24,9 +24,11 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import fleetkit as fk
-from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_lines
+from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
+from fleetkit.demo.ctr_model import build_per_slot
 
-SPEC = CtrSpec(n_sparse=26, n_dense=13, vocab=100_000, max_ids=1, seed=3)
+SPEC = CTRConfig(num_slots=26, dense_dim=13, vocab=100_000, max_len=1, seed=3)
+DATA = UniformCTRData(SPEC)
 BATCH = 512
 
 
@@ -38,7 +40,7 @@ def make_files(directory: str, mb: float) -> list[str]:
     if all(os.path.exists(p) and abs(os.path.getsize(p) - want) < want * 0.2 for p in paths):
         return paths
     for i, path in enumerate(paths):
-        block = ("\n".join(ctr_lines(SPEC, 20_000, 100 + i)) + "\n").encode()
+        block = ("\n".join(DATA.per_slot_lines(20_000, 100 + i)) + "\n").encode()
         with open(path, "wb") as f:
             f.writelines(block for _ in range(max(1, round(want / len(block)))))
     return paths
@@ -113,7 +115,7 @@ def main() -> None:
     paths = make_files(args.dir, args.mb)
     total_mb = sum(os.path.getsize(p) for p in paths) / 1e6
     # Adagrad updates only the embedding rows a batch touches: the fastest honest training rate
-    model = build_ctr_model(SPEC, emb_dim=8, hidden=64, opt=fk.optimizer.Adagrad(0.01))
+    model = build_per_slot(SPEC, emb_dim=8, hidden=64, opt=fk.optimizer.Adagrad(0.01))
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     print(f"data: {total_mb:.1f} MB in {len(paths)} files, 26 sparse + 13 dense slots + label, "

@@ -12,7 +12,7 @@ import pytest
 import fleetkit as fk
 from fleetkit import layers
 from fleetkit.errors import DataReadError
-from fleetkit.testing.ctr import CtrSpec, ctr_lines
+from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
 from fleetkit.testing.seaweedfs import BUCKET, SeaweedFS, weed_binary
 
 pytestmark = [
@@ -22,7 +22,8 @@ pytestmark = [
 ]
 s3fs = pytest.importorskip("s3fs", reason="needs s3fs: pip install 'fleetkit[s3]'")
 
-SPEC = CtrSpec(n_sparse=3, n_dense=2, vocab=50)
+SPEC = CTRConfig(num_slots=3, dense_dim=2, vocab=50, max_len=3, seed=7)
+DATA = UniformCTRData(SPEC)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,8 @@ def weed(tmp_path_factory):
 def objects(weed):
     """Two objects: plain text and gzip; returns their bytes by key."""
     fs = s3fs.S3FileSystem(**weed.storage_options())
-    plain = ("\n".join(ctr_lines(SPEC, 3000, 1)) + "\n").encode()
-    packed = gzip.compress(("\n".join(ctr_lines(SPEC, 2000, 2)) + "\n").encode())
+    plain = ("\n".join(DATA.per_slot_lines(3000, 1)) + "\n").encode()
+    packed = gzip.compress(("\n".join(DATA.per_slot_lines(2000, 2)) + "\n").encode())
     data = {"part-00000": plain, "part-00001.gz": packed}
     for key, blob in data.items():
         fs.pipe(f"{BUCKET}/{key}", blob)
@@ -48,8 +49,8 @@ def objects(weed):
 
 def _use_vars():
     return ([layers.data("label", [1], dtype="int64")] +
-            [layers.data(f"dense_{i}", [1]) for i in range(SPEC.n_dense)] +
-            [layers.data(f"sparse_{i}", [1], dtype="int64", lod_level=1) for i in range(SPEC.n_sparse)])
+            [layers.data(f"dense_{i}", [1]) for i in range(SPEC.dense_dim)] +
+            [layers.data(f"sparse_{i}", [1], dtype="int64", lod_level=1) for i in range(SPEC.num_slots)])
 
 
 def _columns(ds):
@@ -87,8 +88,8 @@ def test_stream_s3_objects_equal_local_files(weed, objects, tmp_path):
 
 
 def test_train_from_s3_queue_dataset(weed, objects):
-    from fleetkit.testing.ctr import build_ctr_model
-    model = build_ctr_model(SPEC)
+    from fleetkit.demo.ctr_model import build_per_slot
+    model = build_per_slot(SPEC)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     ds = fk.DatasetFactory().create_dataset("QueueDataset")
@@ -132,7 +133,7 @@ def test_server_dying_mid_file_is_an_error(tmp_path):
     server = SeaweedFS.start(str(tmp_path))
     try:
         fs = s3fs.S3FileSystem(**server.storage_options())
-        blob = ("\n".join(ctr_lines(SPEC, 2000, 3)) + "\n").encode() * 20  # ~5 MB
+        blob = ("\n".join(DATA.per_slot_lines(2000, 3)) + "\n").encode() * 20  # ~5 MB
         fs.pipe(f"{BUCKET}/big", blob)
         ds = fk.DatasetFactory().create_dataset("QueueDataset")
         ds.set_use_var(_use_vars())

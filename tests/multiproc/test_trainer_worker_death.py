@@ -13,10 +13,11 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import sys
     import fleetkit as fk
-    from fleetkit.testing.ctr import CtrSpec, build_ctr_model, write_ctr_files
-    spec = CtrSpec(n_sparse=2, n_dense=2, vocab=20, max_ids=1)
-    files = write_ctr_files(sys.argv[1], spec, 1, 20000)  # one run: ~10k steps per worker
-    model = build_ctr_model(spec)
+    from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
+    from fleetkit.demo.ctr_model import build_per_slot
+    spec = CTRConfig(num_slots=2, dense_dim=2, vocab=20, max_len=1, seed=7)
+    files = UniformCTRData(spec).write_per_slot_files(sys.argv[1], 1, 20000)  # one run: ~10k steps per worker
+    model = build_per_slot(spec)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     ds = fk.DatasetFactory().create_dataset("InMemoryDataset")

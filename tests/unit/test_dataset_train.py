@@ -7,18 +7,20 @@ from sklearn.metrics import roc_auc_score
 
 import fleetkit as fk
 from fleetkit.errors import DataFormatError, InvalidArgumentError
-from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_arrays, write_ctr_files
+from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
+from fleetkit.demo.ctr_model import build_per_slot
 
-SPEC = CtrSpec(n_sparse=6, n_dense=4, vocab=60, max_ids=3, seed=11)
+SPEC = CTRConfig(num_slots=6, dense_dim=4, vocab=60, max_len=3, seed=11)
+DATA = UniformCTRData(SPEC)
 FILES, LINES, BATCH, EPOCHS = 2, 3000, 32, 2
 
 
 def _feeds(d, lo, hi):
     """A feed dict built straight from the generating arrays (independent of the parser)."""
     feed = {"label": d["label"][lo:hi].reshape(-1, 1)}
-    for k in range(SPEC.n_dense):
+    for k in range(SPEC.dense_dim):
         feed[f"dense_{k}"] = d["dense"][lo:hi, k:k + 1]
-    for s in range(SPEC.n_sparse):
+    for s in range(SPEC.num_slots):
         off = np.concatenate([[0], np.cumsum(d["lens"][s])])
         ids = d["ids"][s][off[lo]:off[hi]].reshape(-1, 1).astype(np.int64)
         feed[f"sparse_{s}"] = fk.create_lod_tensor(ids, [d["lens"][s][lo:hi].tolist()])
@@ -34,20 +36,20 @@ def _auc(exe, test_prog, predict, scope, test):
 
 @pytest.fixture(scope="module")
 def ctr_files(tmp_path_factory):
-    return write_ctr_files(str(tmp_path_factory.mktemp("ctr")), SPEC, FILES, LINES, seed=0)
+    return DATA.write_per_slot_files(str(tmp_path_factory.mktemp("ctr")), FILES, LINES, seed=0)
 
 
 def test_train_from_dataset_thread2_matches_feed_loop_auc(ctr_files, capsys):
     main, startup = fk.default_main_program(), fk.default_startup_program()
     startup.random_seed = main.random_seed = 5
-    model = build_ctr_model(SPEC, emb_dim=8, hidden=16, lr=0.01)
+    model = build_per_slot(SPEC, emb_dim=8, hidden=16, lr=0.01)
     test_prog = main.clone(for_test=True)
     exe = fk.Executor(fk.CPUPlace())
     loop_scope, ds_scope = fk.Scope(), fk.Scope()
     for s in (loop_scope, ds_scope):
         exe.run(startup, scope=s)
-    parts = [ctr_arrays(SPEC, LINES, f) for f in range(FILES)]  # what write_ctr_files wrote
-    test = ctr_arrays(SPEC, 4000, 999)
+    parts = [DATA.per_slot_columns(LINES, f) for f in range(FILES)]  # what write_per_slot_files wrote
+    test = DATA.per_slot_columns(4000, 999)
 
     for _ in range(EPOCHS):  # the reference: a plain feed loop, one thread
         for d in parts:
@@ -76,7 +78,7 @@ def test_train_from_dataset_thread2_matches_feed_loop_auc(ctr_files, capsys):
 
 
 def test_infer_from_dataset_updates_nothing_and_queue_dataset_streams(ctr_files, capsys):
-    model = build_ctr_model(SPEC)
+    model = build_per_slot(SPEC)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     params = {p.name: fk.global_scope().numpy(p.name).copy() for p in fk.default_main_program().all_parameters()}
@@ -94,7 +96,7 @@ def test_infer_from_dataset_updates_nothing_and_queue_dataset_streams(ctr_files,
 
 
 def test_bad_arguments_and_slot_mismatch_fail_before_any_op_runs(tmp_path, ctr_files):
-    model = build_ctr_model(SPEC)
+    model = build_per_slot(SPEC)
     exe = fk.Executor(fk.CPUPlace())
     exe.run(fk.default_startup_program())
     main = fk.default_main_program()
@@ -126,7 +128,7 @@ def test_bad_arguments_and_slot_mismatch_fail_before_any_op_runs(tmp_path, ctr_f
 
 def test_collective_program_needs_one_thread(ctr_files):
     import fleetkit.collective.ops  # noqa: F401  (registers c_allreduce_sum)
-    model = build_ctr_model(SPEC)
+    model = build_per_slot(SPEC)
     main = fk.default_main_program()
     grad = [v.name for v in main.list_vars() if v.name.endswith("@GRAD")][0]
     main.global_block().append_op("c_allreduce_sum", {"X": [grad]}, {"Out": [grad]})

@@ -13,7 +13,8 @@ import fleetkit as fk
 from fleetkit import collective, layers
 from fleetkit.testing import free_ports
 from fleetkit.testing.collective_programs import collective_ops_program, dgc_op_program
-from fleetkit.testing.ctr import CtrSpec, build_ctr_model, ctr_arrays, write_ctr_files
+from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
+from fleetkit.demo.ctr_model import build_per_slot
 
 pytestmark = pytest.mark.gpu
 
@@ -92,7 +93,8 @@ def test_optimizers_with_regularization_and_clipping_on_gpu(name):
     _assert_params_close(cpu, gpu, what=name)
 
 
-SPEC = CtrSpec(n_sparse=4, n_dense=3, vocab=50, max_ids=3, seed=2)
+SPEC = CTRConfig(num_slots=4, dense_dim=3, vocab=50, max_len=3, seed=2)
+DATA = UniformCTRData(SPEC)
 
 
 def _ctr_feeds(d, batch):
@@ -102,9 +104,9 @@ def _ctr_feeds(d, batch):
     for lo in range(0, n - batch + 1, batch):
         hi = lo + batch
         feed = {"label": d["label"][lo:hi].reshape(-1, 1)}
-        for k in range(SPEC.n_dense):
+        for k in range(SPEC.dense_dim):
             feed[f"dense_{k}"] = d["dense"][lo:hi, k:k + 1]
-        for s in range(SPEC.n_sparse):
+        for s in range(SPEC.num_slots):
             ids = d["ids"][s][offs[s][lo]:offs[s][hi]].reshape(-1, 1).astype(np.int64)
             feed[f"sparse_{s}"] = fk.create_lod_tensor(ids, [d["lens"][s][lo:hi].tolist()])
         feeds.append(feed)
@@ -118,8 +120,8 @@ def test_sparse_embeddings_sequence_pool_on_gpu(opt):
     main.random_seed = startup.random_seed = 4
     make = {"sgd": lambda: fk.optimizer.SGD(0.2), "adagrad": lambda: fk.optimizer.Adagrad(0.1),
             "adam": lambda: fk.optimizer.Adam(0.01)}[opt]
-    model = build_ctr_model(SPEC, emb_dim=4, hidden=8, opt=make())
-    feeds = _ctr_feeds(ctr_arrays(SPEC, 320, seed=1), 32)
+    model = build_per_slot(SPEC, emb_dim=4, hidden=8, opt=make())
+    feeds = _ctr_feeds(DATA.per_slot_columns(320, seed=1), 32)
     cpu, gpu, losses = _train_both(main, startup, feeds, [model["loss"]])
     np.testing.assert_allclose(np.ravel(losses["gpu"]), np.ravel(losses["cpu"]), rtol=1e-4)
     _assert_params_close(cpu, gpu, what=opt)
@@ -128,8 +130,8 @@ def test_sparse_embeddings_sequence_pool_on_gpu(opt):
 def test_train_from_dataset_on_gpu_matches_cpu(tmp_path):
     main, startup = fk.default_main_program(), fk.default_startup_program()
     main.random_seed = startup.random_seed = 6
-    model = build_ctr_model(SPEC, emb_dim=4, hidden=8, lr=0.01)
-    files = write_ctr_files(str(tmp_path), SPEC, 2, 300, seed=3)
+    model = build_per_slot(SPEC, emb_dim=4, hidden=8, lr=0.01)
+    files = DATA.write_per_slot_files(str(tmp_path), 2, 300, seed=3)
     params = {}
     for place in (fk.CPUPlace(), GPU):
         exe, scope = fk.Executor(place), fk.Scope()

@@ -9,20 +9,22 @@ import fleetkit as fk
 from fleetkit import layers
 from fleetkit.core import trainer
 from fleetkit.errors import OpError
-from fleetkit.testing.ctr import CtrSpec, build_ctr_model, write_ctr_files
+from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
+from fleetkit.demo.ctr_model import build_per_slot
 
-SPEC = CtrSpec(n_sparse=4, n_dense=3, vocab=50, max_ids=2, seed=5)
+SPEC = CTRConfig(num_slots=4, dense_dim=3, vocab=50, max_len=2, seed=5)
+DATA = UniformCTRData(SPEC)
 FILES, LINES, BATCH, EPOCHS, TEST_LINES = 2, 1500, 25, 3, 2000
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    return write_ctr_files(str(tmp_path_factory.mktemp("ctr")), SPEC, FILES, LINES, seed=1)
+    return DATA.write_per_slot_files(str(tmp_path_factory.mktemp("ctr")), FILES, LINES, seed=1)
 
 
 @pytest.fixture(scope="module")
 def test_file(tmp_path_factory):
-    return write_ctr_files(str(tmp_path_factory.mktemp("ctr_test")), SPEC, 1, TEST_LINES, seed=7)
+    return DATA.write_per_slot_files(str(tmp_path_factory.mktemp("ctr_test")), 1, TEST_LINES, seed=7)
 
 
 def _dataset(paths, like):
@@ -44,7 +46,7 @@ def _job(files, kind="InMemoryDataset"):
     main, startup = fk.Program(), fk.Program()
     main.random_seed = startup.random_seed = 3
     with fk.program_guard(main, startup), fk.unique_name.guard():
-        model = build_ctr_model(SPEC, emb_dim=4, hidden=8, lr=0.01)
+        model = build_per_slot(SPEC, emb_dim=4, hidden=8, lr=0.01)
         auc, _, stats = layers.auc(model["predict"], model["use_vars"][0])
     exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
     exe.run(startup, scope=scope)

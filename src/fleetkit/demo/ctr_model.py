@@ -1,10 +1,14 @@
-"""A wide-and-deep CTR model: the deep part embeds every sparse slot (one table
-shared by the slots, sqrt-pooled), concatenates the dense features and runs an
-MLP; the optional wide part (``wide=True``) adds a learned per-id weight pair
-(a 2-wide embedding, sum-pooled) to the deep logits before the 2-way softmax.
+"""The CTR models of ``ctr_data``'s synthetic clicks.
 
-``build`` returns the programs and variables; the same function builds the
-single-process model and the one the DistributeTranspiler rewrites.
+``build``: wide and deep. The deep part embeds every sparse slot (one table shared by
+the slots, sqrt-pooled), concatenates the dense features and runs an MLP; the optional
+wide part (``wide=True``) adds a learned per-id weight pair (a 2-wide embedding,
+sum-pooled) to the deep logits before the 2-way softmax. It returns the programs and
+variables; the same function builds the single-process model and the one the
+DistributeTranspiler rewrites.
+
+``build_per_slot``: the small model the dataset and trainer tests train on the per-slot
+layout (one table per slot, sum-pooled, each dense column its own input, one hidden layer).
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from fleetkit import layers, optimizer
 
 from .ctr_data import CTRConfig
 
-__all__ = ["CTRModel", "build"]
+__all__ = ["CTRModel", "build", "build_per_slot"]
 
 
 @dataclass
@@ -54,9 +58,7 @@ def build(cfg: CTRConfig = CTRConfig(), emb_dim: int = 8, hidden: tuple[int, ...
                                     param_attr=fk.ParamAttr(name=name,
                                                             initializer=fk.initializer.Uniform(-scale, scale)))
         pooled = [layers.sequence_pool(table(ids, "ctr_emb", emb_dim, 0.05), "sqrt") for ids in slots]
-        h = layers.concat(pooled + [dense], axis=1)
-        for width in hidden:
-            h = layers.fc(h, width, act="relu")
+        h = _mlp(layers.concat(pooled + [dense], axis=1), hidden)
         if wide:
             deep = layers.fc(h, 2)
             wide_part = layers.sums([layers.sequence_pool(table(ids, "ctr_wide", 2, 0.01), "sum") for ids in slots])
@@ -69,3 +71,30 @@ def build(cfg: CTRConfig = CTRConfig(), emb_dim: int = 8, hidden: tuple[int, ...
         opt = (make_optimizer or (lambda: optimizer.Adam(0.005)))()
         (wrap_optimizer(opt) if wrap_optimizer else opt).minimize(loss, startup)
     return CTRModel(main, startup, slots + [dense, label], loss, predict, test_program, auc)
+
+
+def build_per_slot(cfg: CTRConfig, emb_dim: int = 8, hidden: int = 16, lr: float = 0.01,
+                   opt: Any = None) -> dict[str, Any]:
+    """Build the per-slot model into the current programs (``opt``: the optimizer, default
+    Adam(lr)); returns its variables.
+
+    Keys: ``use_vars`` (label, dense_*, sparse_*: the per-slot line order of
+    ``CTRData.per_slot_lines``), ``loss``, ``predict``.
+    """
+    label = layers.data("label", shape=[1], dtype="int64")
+    dense = [layers.data(f"dense_{i}", shape=[1], dtype="float32") for i in range(cfg.dense_dim)]
+    sparse = [layers.data(f"sparse_{i}", shape=[1], dtype="int64", lod_level=1) for i in range(cfg.num_slots)]
+    pooled = []
+    for i, ids in enumerate(sparse):
+        emb = layers.embedding(ids, size=[cfg.vocab, emb_dim], is_sparse=True, param_attr=f"emb_{i}")
+        pooled.append(layers.sequence_pool(emb, "sum"))
+    predict = layers.fc(_mlp(layers.concat(pooled + dense, axis=1), (hidden,)), 2, act="softmax")
+    loss = layers.mean(layers.cross_entropy(predict, label))
+    (opt or optimizer.Adam(lr)).minimize(loss)
+    return {"use_vars": [label] + dense + sparse, "loss": loss, "predict": predict}
+
+
+def _mlp(h: Any, widths: tuple[int, ...]) -> Any:
+    for width in widths:
+        h = layers.fc(h, width, act="relu")
+    return h
