@@ -228,3 +228,32 @@ def test_applied_sends_recognise_a_repeated_number_per_trainer():
     for seq in (11, 12, 13):                                    # only the last 3 are kept
         assert sends.claim(0, seq)
     assert sends.claim(0, 10) and not sends.claim(0, 13)
+
+
+def test_a_restarted_pserver_keeps_trainers_in_step_when_one_lost_its_barrier():
+    """The pserver restarted after trainer 0's barrier of round 5 and before trainer 1's:
+    trainer 0's gets were answered at once and it sends round 6, trainer 1 still sends 5.
+    Pairing them would leave the trainers a round apart until the last round waited forever."""
+    applied = []
+    r = SyncRounds(2, 10.0, applied.append)          # the new process: no state
+    r.add_grad(0, "g", np.ones(1), round_=6)
+    r.batch_barrier(0, 6)
+    assert applied == []
+    r.add_grad(1, "g", 3 * np.ones(1), round_=5)
+    r.batch_barrier(1, 5)                            # round 5: trainer 0 is past it
+    assert len(applied) == 1 and np.allclose(applied[0]["g"], 3.0)
+    r.wait_applied(1)
+    waiter = threading.Thread(target=r.wait_applied, args=(0,))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive()                         # round 6 needs trainer 1's barrier
+    r.add_grad(1, "g", 5 * np.ones(1), round_=6)
+    r.batch_barrier(1, 6)
+    waiter.join(5)
+    assert not waiter.is_alive() and len(applied) == 2 and np.allclose(applied[1]["g"], 3.0)
+    for t in (0, 1):                                 # from now on one round each, together
+        r.batch_barrier(t, 7)
+    assert len(applied) == 3
+    r.batch_barrier(0, 7)                            # a repeated barrier is not a new round
+    r.batch_barrier(1, 8)
+    assert len(applied) == 3

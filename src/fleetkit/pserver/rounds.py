@@ -6,9 +6,8 @@ averaged (sum, then 1/n with n = trainers that sent that gradient; SelectedRows 
 are concatenated and their values scaled) and ``apply`` runs once.  Until then the
 trainer's gets (and FETCH_BARRIER) wait in ``wait_applied``.
 
-Why no explicit fetch phase is needed: a trainer sends the next round's gradients
-only after its gets returned, and those return only after this round's apply, so
-every gradient that arrives before an apply belongs to that apply's round.
+Every gradient and barrier carries its sender's round number (the count of barriers
+it has sent to this pserver), so each lands in its own round; no fetch phase is needed.
 
 ``AppliedSends`` is the async-mode counterpart: it recognises a retried gradient send by
 its number, so that the send is applied once.
@@ -58,8 +57,28 @@ def average(values: list[Any]) -> Any:
     return acc
 
 
+class _Round:
+    """One numbered sync round: gradients per trainer, the trainers whose barrier came."""
+    __slots__ = ("grads", "barrier", "started")
+
+    def __init__(self) -> None:
+        self.grads: dict[int, dict[str, Any]] = {}
+        self.barrier: set[int] = set()
+        self.started: float | None = None    # first barrier (the timeout counts from it)
+
+
 class SyncRounds:
-    """Barrier and averaging state for ``num_trainers`` trainers."""
+    """Barrier and averaging state for ``num_trainers`` trainers.
+
+    Rounds are numbered by the trainers' own barrier counts (header ``round``), so a
+    trainer can never be paired with another trainer's different round.  Round k is
+    applied once every live trainer has sent its barrier for k or shown it is past k
+    (a later barrier).  Why "past" counts: a pserver restarted between a trainer's
+    barrier and its gets has lost that barrier, and the trainer, whose gets the new
+    process answered at once, goes on to k + 1; the other trainers still send round k,
+    which must not be matched with that trainer's k + 1, or the trainers would stay a
+    round apart until one of them waits for a barrier that never comes.  A trainer
+    whose count goes back started again: it joins the round being collected."""
 
     def __init__(self, num_trainers: int, barrier_timeout: float,
                  apply: Callable[[dict[str, Any]], None], endpoint: str = "",
@@ -70,14 +89,15 @@ class SyncRounds:
         self._endpoint = endpoint
         self._clock = clock
         self._cond = threading.Condition()
+        self._apply_lock = threading.Lock()     # rounds apply one at a time, in number order
         self.live: set[int] = set(range(num_trainers))
         self._completed: set[int] = set()
-        self._grads: dict[int, dict[str, Any]] = {}
-        self._barrier: set[int] = set()
-        self._pending: set[int] = set()       # barrier sent, round not applied yet
+        self._open: dict[int, _Round] = {}      # round number -> not applied yet
+        self._sent: dict[int, int] = {}         # trainer -> its count in its last barrier
+        self._offset: dict[int, int] = {}       # trainer -> added to its count (it restarted)
+        self._at: dict[int, int] = {}           # trainer -> round of its last barrier
+        self._pending: dict[int, int] = {}      # trainer -> round its gets wait for
         self._failed: dict[int, Exception] = {}
-        self._seen_round: dict[int, int] = {}
-        self._started: float | None = None
         self._stopping = False
         self._broken: BarrierTimeoutError | None = None   # a trainer was lost: no round can complete
         self.rounds_applied = 0
@@ -86,67 +106,90 @@ class SyncRounds:
     def _where(self) -> str:
         return f"pserver {self._endpoint}: " if self._endpoint else ""
 
+    def _number(self, trainer: int, count: int) -> int:
+        """The round a trainer's count names; a count below its last barrier's means the
+        trainer process restarted, and it joins the round being collected."""
+        last = self._sent.get(trainer)
+        if last is not None and count < last:
+            joins = min(self._open) if self._open else max(self._at.values(), default=-1) + 1
+            self._offset[trainer] = joins - count
+            del self._sent[trainer]
+            self._at.pop(trainer, None)
+            self._pending.pop(trainer, None)
+        return count + self._offset.get(trainer, 0)
+
+    def _check_sender(self, trainer: int, what: str) -> None:
+        self._raise_if_broken()
+        if trainer not in self.live:
+            raise PServerError(f"{self._where()}trainer {trainer} sent {what} after COMPLETE")
+
     def add_grad(self, trainer: int, name: str, value: Any, round_: int = 0) -> bool:
-        """Store a trainer's gradient for its current round; False if it was stale (a
-        retried message of the round the trainer's last barrier closed).  A gradient
-        sent twice in one round replaces the first (retries are idempotent).  A round
-        number further back means the trainer process restarted: accepted."""
+        """Store a trainer's gradient for its round; False if it was stale (a retried
+        message of a round whose barrier it sent already).  A gradient sent twice in one
+        round replaces the first (retries are idempotent)."""
         with self._cond:
-            self._raise_if_broken()
-            if trainer not in self.live:
-                raise PServerError(f"{self._where()}trainer {trainer} sent gradient '{name}' "
-                                   f"after COMPLETE")
-            seen = self._seen_round.get(trainer, 0)
-            if round_ == seen - 1:
-                return False      # a retry from the round this trainer's barrier closed
-            if round_ < seen - 1:
-                self._seen_round[trainer] = round_   # the trainer restarted: its count began anew
-            self._grads.setdefault(trainer, {})[name] = value
+            self._check_sender(trainer, f"gradient '{name}'")
+            k = self._number(trainer, round_)
+            if k <= self._at.get(trainer, -1):
+                return False
+            self._open.setdefault(k, _Round()).grads.setdefault(trainer, {})[name] = value
             return True
 
     def batch_barrier(self, trainer: int, round_: int = 0) -> None:
-        """Record a trainer's barrier; the last one runs ``apply`` in this thread."""
+        """Record a trainer's barrier (a repeated one is ignored); the rounds it makes
+        complete are applied in this thread."""
         with self._cond:
-            self._raise_if_broken()
-            if trainer not in self.live:
-                raise PServerError(f"{self._where()}trainer {trainer} sent BATCH_BARRIER after COMPLETE")
-            self._seen_round[trainer] = round_ + 1
+            self._check_sender(trainer, "BATCH_BARRIER")
+            k = self._number(trainer, round_)
+            if k <= self._at.get(trainer, -1):
+                return
+            self._sent[trainer], self._at[trainer], self._pending[trainer] = round_, k, k
             self._failed.pop(trainer, None)
-            self._barrier.add(trainer)
-            self._pending.add(trainer)
-            if self._started is None:
-                self._started = self._clock()
-            job = self._take_round_if_complete()
-        if job is not None:
-            self._run(*job)
+            rnd = self._open.setdefault(k, _Round())
+            rnd.barrier.add(trainer)
+            if rnd.started is None:
+                rnd.started = self._clock()
+        self._apply_complete_rounds()
 
     def complete(self, trainer: int) -> None:
-        """A trainer finished: stop waiting for it (may complete the current round)."""
+        """A trainer finished: stop waiting for it (may complete the open rounds)."""
         with self._cond:
             self.live.discard(trainer)
             self._completed.add(trainer)
-            self._grads.pop(trainer, None)
-            self._barrier.discard(trainer)
-            self._pending.discard(trainer)
-            job = self._take_round_if_complete()
+            self._pending.pop(trainer, None)
+            for k, rnd in list(self._open.items()):
+                rnd.grads.pop(trainer, None)
+                rnd.barrier.discard(trainer)
+                if not rnd.grads and not rnd.barrier:
+                    del self._open[k]
             if not self.live:
                 self.all_complete.set()
             self._cond.notify_all()
-        if job is not None:
-            self._run(*job)
+        self._apply_complete_rounds()
 
-    def _take_round_if_complete(self) -> tuple[dict[str, Any], set[int]] | None:
-        if not self._barrier or not self.live <= self._barrier:
+    def _apply_complete_rounds(self) -> None:
+        with self._apply_lock:
+            while True:
+                with self._cond:
+                    job = self._take_complete_round()
+                if job is None:
+                    return
+                self._run(*job)
+
+    def _take_complete_round(self) -> tuple[int, dict[str, list[Any]]] | None:
+        if not self._open or not self.live:
             return None
+        k = min(self._open)
+        if any(self._at.get(t, -1) < k for t in self.live):
+            return None
+        rnd = self._open.pop(k)
         by_name: dict[str, list[Any]] = {}
-        for t in sorted(self._grads):
-            for name, value in self._grads[t].items():
+        for t in sorted(rnd.grads):
+            for name, value in rnd.grads[t].items():
                 by_name.setdefault(name, []).append(value)
-        waiting = set(self._pending)
-        self._grads, self._barrier, self._started = {}, set(), None
-        return by_name, waiting
+        return k, by_name
 
-    def _run(self, by_name: dict[str, list[Any]], waiting: set[int]) -> None:
+    def _run(self, k: int, by_name: dict[str, list[Any]]) -> None:
         error: Exception | None = None
         try:
             self._apply({name: average(vals) for name, vals in by_name.items()})
@@ -155,8 +198,8 @@ class SyncRounds:
                                  f"{type(e).__name__}: {e}")
         with self._cond:
             self.rounds_applied += 1
-            for t in waiting:
-                self._pending.discard(t)
+            for t in [t for t, r in self._pending.items() if r == k]:
+                del self._pending[t]
                 if error is not None:
                     self._failed[t] = error
             self._cond.notify_all()
@@ -171,28 +214,33 @@ class SyncRounds:
                 if trainer in self._failed:
                     raise self._failed.pop(trainer)
                 self._raise_if_broken()
-                if trainer not in self._pending:
+                k = self._pending.get(trainer)
+                if k is None:
                     return
                 if self._stopping:
                     raise PServerError(f"{self._where()}shutting down")
-                started = self._started if self._started is not None else self._clock()
-                remaining = started + self.barrier_timeout - self._clock()
-                if remaining <= 0:
-                    self._fail_round()
+                blocking = [r for r in self._open if r <= k]
+                if not blocking:        # being applied now
+                    self._cond.wait(1.0)
                     continue
-                self._cond.wait(min(remaining, 1.0))
+                started = min((self._open[r].started for r in blocking if self._open[r].started is not None),
+                              default=self._clock())
+                if started + self.barrier_timeout - self._clock() <= 0:
+                    self._fail_round(min(blocking))
+                    continue
+                self._cond.wait(min(started + self.barrier_timeout - self._clock(), 1.0))
 
-    def _fail_round(self) -> None:
-        missing = tuple(sorted(self.live - self._barrier))
+    def _fail_round(self, k: int) -> None:
+        rnd = self._open.pop(k)
+        missing = tuple(sorted(t for t in self.live if self._at.get(t, -1) < k))
         err = BarrierTimeoutError(
-            f"{self._where()}sync round {self.rounds_applied + 1} failed: trainer(s) "
+            f"{self._where()}sync round {k + 1} failed: trainer(s) "
             f"{', '.join(map(str, missing))} did not send BATCH_BARRIER within "
-            f"{self.barrier_timeout:g} s (trainers {sorted(self._barrier)} did); did they die?",
+            f"{self.barrier_timeout:g} s (trainers {sorted(rnd.barrier)} did); did they die?",
             endpoint=self._endpoint or None, missing_trainers=missing)
-        for t in self._pending:
+        for t in [t for t, r in self._pending.items() if r == k]:
             self._failed[t] = err
-        self._pending.clear()
-        self._grads, self._barrier, self._started = {}, set(), None
+            del self._pending[t]
         self._cond.notify_all()
 
     def lose(self, trainer: int, why: str) -> None:
@@ -208,7 +256,7 @@ class SyncRounds:
                 f"{self.rounds_applied + 1} will never complete",
                 endpoint=self._endpoint or None, missing_trainers=lost)
             self._pending.clear()
-            self._grads, self._barrier, self._started = {}, set(), None
+            self._open.clear()
             self._cond.notify_all()
 
     def _raise_if_broken(self) -> None:
