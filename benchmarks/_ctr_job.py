@@ -28,6 +28,10 @@ HIDDEN = (256, 128, 64)
 def fleetkit_net(is_distributed: bool = False) -> tuple:
     """The CTR network, built into the current program guard: (feed vars, loss, auc, auc stats).
 
+    Not ``fleetkit.demo.ctr_model``: this net must match ``paddle_net`` below line for line
+    (default initializers, sum pooling, one 1e6-row table named ``emb``, feeds in
+    ``ctr_side_by_side.write_lines``' order), which is what the side-by-side compares.
+
     ``is_distributed``: the embedding table lives on the pservers as a hash table (PS jobs)."""
     from fleetkit import layers
     label = layers.data("label", shape=[1], dtype="int64")
