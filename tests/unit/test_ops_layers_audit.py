@@ -52,8 +52,8 @@ def test_asking_for_an_unsupported_layer_says_why():
     from fleetkit.core.layers.unsupported import REASONS
     _, reasons = _blocks()
     assert REASONS == reasons  # the page and the error messages give the same reasons
-    with pytest.raises(AttributeError, match=r"fleetkit.layers.DynamicRNN \(fluid 1.4\) is not supported: not built"):
-        getattr(L, "DynamicRNN")
+    with pytest.raises(AttributeError, match=r"fleetkit.layers.is_empty \(fluid 1.4\) is not supported: not built"):
+        getattr(L, "is_empty")
     with pytest.raises(AttributeError, match="has no attribute 'no_such_layer'"):
         getattr(L, "no_such_layer")
     assert not hasattr(L, "multiclass_nms")

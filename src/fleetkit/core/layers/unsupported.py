@@ -10,17 +10,15 @@ _DETECTION = ("object detection (boxes, anchors, NMS, region pooling): outside f
               "distributed training of CTR, NLP and classification models")
 _READERS = ("the pre-1.4 file-reader ops: feed with layers.py_reader / io.PyReader, DataFeeder or "
             "DatasetFactory instead (docs/porting.md)")
-_DYNAMIC_RNN = ("not built yet: sub-blocks run forward (While, Switch, IfElse, tensor arrays) and StaticRNN "
-                "unrolls, but DynamicRNN and the LoD rank-table ops are missing, and backward through sub-blocks "
-                "is not supported; write recurrences with StaticRNN, dynamic_lstm or dynamic_gru")
+_FORWARD_ONLY = ("not built yet: tensor arrays, While, Switch and IfElse run forward only (no backward through "
+                 "them); write recurrences with DynamicRNN, StaticRNN, dynamic_lstm or dynamic_gru")
 
 #: layer name -> why fleetkit does not have it
 REASONS: dict[str, str] = {
     "data_norm": _DATA_NORM,
     **dict.fromkeys(["beam_search_decode", "beam_search"], _BEAM_SEARCH),
     **dict.fromkeys(["open_files", "shuffle", "batch", "random_data_generator", "Preprocessor"], _READERS),
-    **dict.fromkeys(["tensor_array_to_tensor", "DynamicRNN", "is_empty"],
-                    _DYNAMIC_RNN),
+    **dict.fromkeys(["tensor_array_to_tensor", "is_empty"], _FORWARD_ONLY),
     **dict.fromkeys([
         "roi_pool", "roi_align", "psroi_pool", "prior_box", "density_prior_box", "multi_box_head",
         "bipartite_match", "target_assign", "detection_output", "ssd_loss", "detection_map", "rpn_target_assign",

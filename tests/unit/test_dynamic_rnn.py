@@ -1,0 +1,213 @@
+"""DynamicRNN: the outputs against a numpy recurrence run sequence by sequence, gradients of
+the whole RNN against finite differences, and a sentiment-style model that trains."""
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.errors import InvalidArgumentError
+from fleetkit.testing.program_gradcheck import check_program_grad
+
+D, H = 3, 4
+LENGTHS = [2, 4, 1, 3]
+
+
+def _lod(lengths):
+    return [np.cumsum([0] + list(lengths)).tolist()]
+
+
+def _inputs(lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(sum(lengths), D))
+
+
+def _rnn(x, init=None, static=None, need_reorder=False, shape_memory=True, outputs=1):
+    """h_t = tanh(fc([x_t, h_{t-1}] (+ static))); returns (out, fc's parameter names)."""
+    drnn = layers.DynamicRNN()
+    with drnn.block():
+        x_t = drnn.step_input(x)
+        if init is not None:
+            h = drnn.memory(init=init, need_reorder=need_reorder)
+        else:
+            h = drnn.memory(shape=[H], value=0.5 if shape_memory else 0.0, dtype="float64")
+        ins = [x_t, h] + ([drnn.static_input(static)] if static is not None else [])
+        new_h = layers.fc(ins, H, act="tanh")
+        drnn.update_memory(h, new_h)
+        drnn.output(*([new_h] + ([layers.scale(new_h, 2.0)] if outputs == 2 else [])))
+    return drnn()
+
+
+def _params(main, scope):
+    return {p.name: np.array(scope.get(p.name)) for p in main.all_parameters()}
+
+
+def _reference(x, lengths, params, h0, static=None):
+    """The same recurrence, one sequence at a time, in numpy."""
+    ws = sorted(n for n in params if ".w_" in n)
+    b = params[next(n for n in params if ".b_" in n)]
+    out, start = np.zeros((x.shape[0], H)), 0
+    for i, n in enumerate(lengths):
+        h = h0[i]
+        for t in range(n):
+            pre = x[start + t] @ params[ws[0]] + h @ params[ws[1]] + b
+            if static is not None:
+                pre = pre + static[i] @ params[ws[2]]
+            h = np.tanh(pre)
+            out[start + t] = h
+        start += n
+    return out
+
+
+def _run(build, feed, lengths=LENGTHS):
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 5
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        out = build(x)
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    got = exe.run(main, feed={"x": fk.LoDTensor(_inputs(lengths), _lod(lengths)), **feed},
+                  fetch_list=out if isinstance(out, list) else [out], scope=scope, return_numpy=False)
+    return got, _params(main, scope)
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, [3], [2, 2, 2], [3, 0, 1]])
+def test_outputs_match_a_recurrence_run_sequence_by_sequence(lengths):
+    (out,), params = _run(lambda x: _rnn(x), {}, lengths)
+    assert out.lod() == _lod(lengths)
+    h0 = np.full((len(lengths), H), 0.5)
+    np.testing.assert_allclose(np.asarray(out), _reference(_inputs(lengths), lengths, params, h0), rtol=1e-12)
+
+
+def test_memory_with_init_in_table_order_or_reordered():
+    h0 = np.random.default_rng(3).normal(size=(len(LENGTHS), H))
+    order = np.argsort(-np.asarray(LENGTHS), kind="stable")  # the rank table's order: longest first
+
+    def build(reorder):
+        def inner(x):
+            init = layers.data("h0", shape=[H], dtype="float64")
+            return _rnn(x, init=init, need_reorder=reorder)
+        return inner
+    (out,), params = _run(build(True), {"h0": h0})
+    want = _reference(_inputs(LENGTHS), LENGTHS, params, h0)
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-12)
+    # without need_reorder the init is taken to be in rank-table order already (as in fluid)
+    (out,), _ = _run(build(False), {"h0": h0[order]})
+    np.testing.assert_allclose(np.asarray(out), want, rtol=1e-12)
+
+
+def test_static_input_follows_its_sequence():
+    static = np.random.default_rng(4).normal(size=(len(LENGTHS), 2))
+
+    def build(x):
+        return _rnn(x, static=layers.data("s", shape=[2], dtype="float64"))
+    (out,), params = _run(build, {"s": static})
+    h0 = np.full((len(LENGTHS), H), 0.5)
+    np.testing.assert_allclose(np.asarray(out), _reference(_inputs(LENGTHS), LENGTHS, params, h0, static),
+                               rtol=1e-12)
+
+
+def test_two_outputs():
+    (a, b), _ = _run(lambda x: _rnn(x, outputs=2), {})
+    np.testing.assert_allclose(np.asarray(b), 2 * np.asarray(a))
+    assert b.lod() == _lod(LENGTHS)
+
+
+def test_gradient_of_the_whole_rnn_matches_finite_differences():
+    """x, the initial memory, a static input and the step's parameters, through memories
+    that shrink as sequences end."""
+    lengths = [2, 3, 1]
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 7
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        h0 = layers.data("h0", shape=[H], dtype="float64")
+        s = layers.data("s", shape=[2], dtype="float64")
+        out = _rnn(x, init=h0, static=s, need_reorder=True)
+        weight = layers.assign(np.random.default_rng(9).uniform(-1, 1, size=(sum(lengths), H)))
+        loss = layers.reduce_sum(layers.elementwise_mul(out, weight))
+    rng = np.random.default_rng(2)
+    feed = {"x": fk.LoDTensor(_inputs(lengths), _lod(lengths)), "h0": rng.normal(size=(3, H)),
+            "s": rng.normal(size=(3, 2))}
+    names = ["x", "h0", "s"] + [p.name for p in main.all_parameters()]
+    check_program_grad(loss, feed, names, startup=startup)
+
+
+def test_sentiment_style_model_trains():
+    """embedding -> DynamicRNN (fc step) -> last step -> fc -> cross_entropy: the loss falls."""
+    rng = np.random.default_rng(0)
+    vocab, n = 30, 32
+    lengths = rng.integers(1, 7, size=n)
+    ids = rng.integers(0, vocab, size=(int(lengths.sum()), 1))
+    # label: does the sequence hold more "positive" words (ids < 15) than negative ones?
+    starts = np.cumsum([0] + lengths.tolist())
+    labels = np.array([[int((ids[a:b] < 15).mean() > 0.5)] for a, b in zip(starts, starts[1:])])
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 11
+    with fk.program_guard(main, startup):
+        words = layers.data("words", shape=[1], dtype="int64", lod_level=1)
+        label = layers.data("label", shape=[1], dtype="int64")
+        emb = layers.embedding(words, size=[vocab, 8])
+        drnn = layers.DynamicRNN()
+        with drnn.block():
+            w = drnn.step_input(emb)
+            prev = drnn.memory(shape=[16], value=0.0)
+            hidden = layers.fc([w, prev], 16, act="tanh")
+            drnn.update_memory(prev, hidden)
+            drnn.output(hidden)
+        last = layers.sequence_last_step(drnn())
+        predict = layers.fc(last, 2, act="softmax")
+        loss = layers.mean(layers.cross_entropy(predict, label))
+        fk.optimizer.Adam(learning_rate=0.02).minimize(loss)
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    feed = {"words": fk.LoDTensor(ids, _lod(lengths)), "label": labels}
+    before = _params(main, scope)
+    losses = [float(np.asarray(exe.run(main, feed=feed, fetch_list=[loss], scope=scope)[0]).reshape(-1)[0])
+              for _ in range(60)]
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+    # the gradient reached the embedding and the step's weights, through the RNN
+    after = _params(main, scope)
+    assert all(not np.allclose(before[n], after[n]) for n in before), sorted(
+        n for n in before if np.allclose(before[n], after[n]))
+
+
+def test_inference_model_with_a_dynamic_rnn_saves_and_reloads(tmp_path):
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        s = layers.data("s", shape=[2], dtype="float64")
+        out = _rnn(x, static=s)
+        fk.optimizer.SGD(0.1).minimize(layers.mean(out))
+    exe = fk.Executor(fk.CPUPlace())
+    feed = {"x": fk.LoDTensor(_inputs(LENGTHS), _lod(LENGTHS)), "s": np.ones((len(LENGTHS), 2))}
+    with fk.scope_guard(fk.Scope()):
+        exe.run(startup)
+        want, = exe.run(main.clone(for_test=True), feed=feed, fetch_list=[out], return_numpy=False)
+        fk.io.save_inference_model(str(tmp_path), ["x", "s"], [out], exe, main)
+    with fk.scope_guard(fk.Scope()):
+        program, _, fetches = fk.io.load_inference_model(str(tmp_path), exe)
+        got, = exe.run(program, feed=feed, fetch_list=fetches, return_numpy=False)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert got.lod() == _lod(LENGTHS)
+
+
+def test_misuse_is_reported():
+    with fk.program_guard(fk.Program(), fk.Program()):
+        x = layers.data("x", shape=[D], dtype="float32", lod_level=1)
+        drnn = layers.DynamicRNN()
+        with pytest.raises(InvalidArgumentError, match=r"step_input\(\) must be called inside"):
+            drnn.step_input(x)
+        with pytest.raises(InvalidArgumentError, match="not updated"):
+            with drnn.block():
+                x_t = drnn.step_input(x)
+                drnn.memory(shape=[H])
+                drnn.output(x_t)
+        with pytest.raises(InvalidArgumentError, match="once per DynamicRNN"):
+            drnn.block()
+        other = layers.DynamicRNN()
+        with pytest.raises(InvalidArgumentError, match="must be called after step_input"):
+            with other.block():
+                other.static_input(x)
