@@ -211,3 +211,67 @@ def test_misuse_is_reported():
         with pytest.raises(InvalidArgumentError, match="must be called after step_input"):
             with other.block():
                 other.static_input(x)
+
+
+def test_dropout_in_the_step_draws_from_the_rnn_op_and_its_backward_runs():
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 3
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float32", lod_level=1)
+        drnn = layers.DynamicRNN()
+        with drnn.block():
+            x_t = drnn.step_input(x)
+            h = drnn.memory(shape=[H])
+            new_h = layers.dropout(layers.fc([x_t, h], H, act="tanh"), dropout_prob=0.5)
+            drnn.update_memory(h, new_h)
+            drnn.output(new_h)
+        out = drnn()
+        loss = layers.mean(layers.square(out))
+        fk.optimizer.SGD(0.1).minimize(loss)
+    exe = fk.Executor(fk.CPUPlace())
+    scope = fk.Scope()
+    exe.run(startup, scope=scope)
+    feed = {"x": fk.LoDTensor(_inputs(LENGTHS).astype("float32"), _lod(LENGTHS))}
+    w = main.all_parameters()[0].name
+    before = np.array(scope.get(w))
+    value, = exe.run(main, feed=feed, fetch_list=[out], scope=scope)  # forward, backward, SGD
+    assert 0.2 < float(np.mean(value == 0)) < 0.8  # about half the units dropped
+    assert not np.allclose(before, np.array(scope.get(w)))
+
+
+def test_threads_running_one_program_each_get_their_own_step_contexts():
+    """train_from_dataset's worker threads run one program at once, each in its own scope:
+    the step's prepared contexts (pointed at the running scope) must not be shared."""
+    import threading
+
+    from fleetkit.core.ops.control_flow import _sub_block_steps
+    main, startup = fk.Program(), fk.Program()
+    startup.random_seed = 8
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        out = _rnn(x)
+    op = next(op for op in main.global_block().ops if op.type == "dynamic_rnn")
+    ctx = fk.core.registry.KernelContext(op, np, None, fk.CPUPlace())
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_sub_block_steps(op.attrs["sub_block"], ctx)))
+    thread.start()
+    thread.join()
+    assert _sub_block_steps(op.attrs["sub_block"], ctx) is not seen[0]
+
+    feeds = [{"x": fk.LoDTensor(_inputs(lengths, seed=i), _lod(lengths))} for i, lengths in
+             enumerate([LENGTHS, [5, 1], [1, 1, 1, 2, 6]])]
+
+    def run(feed, times):
+        exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
+        exe.run(startup, scope=scope)
+        return [np.asarray(exe.run(main, feed=feed, fetch_list=[out], scope=scope)[0]) for _ in range(times)]
+    want = [run(f, 1)[0] for f in feeds]
+    got: dict = {}
+    threads = [threading.Thread(target=lambda i=i: got.setdefault(i, run(feeds[i], 5))) for i in range(len(feeds))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, w in enumerate(want):
+        for g in got[i]:
+            np.testing.assert_array_equal(g, w)

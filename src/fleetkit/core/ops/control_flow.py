@@ -8,6 +8,7 @@ block version, and re-pointed at the running scope on each run.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -17,8 +18,10 @@ from ..framework import Block
 from ..registry import KernelContext, ShapeContext, get_op_def, register_op
 from ..scope import LoDTensor
 
-#: sub-block -> (program version, [(kernel, ctx)]): prepared once, like the executor's cache
-_PREPARED: "weakref.WeakKeyDictionary[Block, tuple[int, list]]" = weakref.WeakKeyDictionary()
+#: per thread, sub-block -> (program version, [(kernel, ctx)]): prepared once, like the executor's
+#: cache; per thread because a run points the contexts at its scope (train_from_dataset's
+#: worker threads run one program at once, each in its own scope)
+_LOCAL = threading.local()
 
 #: a while loop that runs this many iterations is taken to be stuck (its condition never turns false)
 MAX_ITERATIONS = 10_000_000
@@ -26,13 +29,18 @@ MAX_ITERATIONS = 10_000_000
 
 def _sub_block_steps(block: Block, parent: KernelContext) -> list:
     version = block.program._version
-    cached = _PREPARED.get(block)
-    if cached is None or cached[0] != version:
+    prepared = getattr(_LOCAL, "prepared", None)
+    if prepared is None:
+        prepared = _LOCAL.prepared = weakref.WeakKeyDictionary()
+    cached = prepared.get(block)
+    # re-prepared when the program changes or another run (other place or random stream) uses it
+    key = (version, parent.xp, parent.rng)
+    if cached is None or cached[0] != key:
         steps = []
         for op in block.ops:
             opdef = get_op_def(op.type)
             steps.append((opdef.forward, KernelContext(op, parent.xp, parent.rng, parent.place)))
-        cached = _PREPARED[block] = (version, steps)
+        cached = prepared[block] = (key, steps)
     return cached[1]
 
 

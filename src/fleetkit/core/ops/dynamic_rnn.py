@@ -87,7 +87,9 @@ def _infer(ctx: ShapeContext) -> None:
         ctx.set("Out", (-1,) + tuple(v.shape[1:]), v.dtype, 1, i=i)
 
 
-@register_op("dynamic_rnn", _infer, no_grad_inputs=("RankTable",), grad_outputs=("Out",), attrs=DEFAULT_ATTRS)
+# random: the op's generator is the one random ops in the step (dropout) draw from
+@register_op("dynamic_rnn", _infer, no_grad_inputs=("RankTable",), grad_outputs=("Out",), attrs=DEFAULT_ATTRS,
+             random=True)
 def dynamic_rnn(ctx: KernelContext) -> None:
     table, block = _table(ctx), ctx.attr("sub_block")
     xs = _step_inputs(ctx, table)
