@@ -132,6 +132,7 @@ def test_gradient_of_the_whole_rnn_matches_finite_differences():
             "s": rng.normal(size=(3, 2))}
     names = ["x", "h0", "s"] + [p.name for p in main.all_parameters()]
     check_program_grad(loss, feed, names, startup=startup)
+    assert "dynamic_rnn_grad" in [op.type for op in main.global_block().ops]
 
 
 def test_sentiment_style_model_trains():
@@ -275,3 +276,70 @@ def test_threads_running_one_program_each_get_their_own_step_contexts():
     for i, w in enumerate(want):
         for g in got[i]:
             np.testing.assert_array_equal(g, w)
+
+
+E = 2
+
+
+def _attention_rnn(trg, enc, boot):
+    """machine_translation's decoder: attention over the static (LoD) encoder states."""
+    drnn = layers.DynamicRNN()
+    with drnn.block():
+        cur = drnn.step_input(trg)
+        enc_t = drnn.static_input(enc)
+        h = drnn.memory(init=boot, need_reorder=True)
+        h_exp = layers.sequence_expand(layers.fc(h, E, bias_attr=False), enc_t)
+        scores = layers.fc(layers.concat([enc_t, h_exp], axis=1), 1, act="tanh", bias_attr=False)
+        weights = layers.reshape(layers.sequence_softmax(scores), [-1])
+        context = layers.sequence_pool(layers.elementwise_mul(enc_t, weights, axis=0), "sum")
+        new_h = layers.fc([cur, context, h], H, act="tanh")
+        drnn.update_memory(h, new_h)
+        drnn.output(new_h)
+    return drnn()
+
+
+def _attention_program(seed=13):
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = seed
+    with fk.program_guard(main, startup):
+        trg = layers.data("trg", shape=[D], dtype="float64", lod_level=1)
+        enc = layers.data("enc", shape=[E], dtype="float64", lod_level=1)
+        boot = layers.data("boot", shape=[H], dtype="float64")
+        out = _attention_rnn(trg, enc, boot)
+    return main, startup, out
+
+
+def _attention_feed(trg_lengths, enc_lengths, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"trg": fk.LoDTensor(rng.normal(size=(sum(trg_lengths), D)), _lod(trg_lengths)),
+            "enc": fk.LoDTensor(rng.normal(size=(sum(enc_lengths), E)), _lod(enc_lengths)),
+            "boot": rng.normal(size=(len(trg_lengths), H))}
+
+
+def test_lod_static_input_matches_running_each_sequence_alone():
+    """A batch gives each sequence what a batch of that sequence alone gives it: the static
+    encoder states (whole LoD sequences) and the boot memory follow their sequence through
+    the rank-table reordering and the shrinking."""
+    main, startup, out = _attention_program()
+    exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
+    exe.run(startup, scope=scope)
+    trg_lengths, enc_lengths = [2, 4, 1, 3], [3, 1, 2, 2]
+    feed = _attention_feed(trg_lengths, enc_lengths)
+    batch, = exe.run(main, feed=feed, fetch_list=[out], scope=scope)
+    t0, e0 = _lod(trg_lengths)[0], _lod(enc_lengths)[0]
+    for i in range(len(trg_lengths)):
+        one = {"trg": fk.LoDTensor(feed["trg"].values[t0[i]:t0[i + 1]], _lod([trg_lengths[i]])),
+               "enc": fk.LoDTensor(feed["enc"].values[e0[i]:e0[i + 1]], _lod([enc_lengths[i]])),
+               "boot": feed["boot"][i:i + 1]}
+        alone, = exe.run(main, feed=one, fetch_list=[out], scope=scope)
+        np.testing.assert_allclose(np.asarray(batch)[t0[i]:t0[i + 1]], np.asarray(alone), rtol=1e-12)
+
+
+def test_gradient_of_the_attention_rnn_matches_finite_differences():
+    main, startup, out = _attention_program()
+    with fk.program_guard(main, startup):
+        weight = layers.assign(np.random.default_rng(5).uniform(-1, 1, size=(6, H)))
+        loss = layers.reduce_sum(layers.elementwise_mul(out, weight))
+    feed = _attention_feed([2, 3, 1], [1, 3, 2], seed=1)
+    check_program_grad(loss, feed, ["trg", "enc", "boot"] + [p.name for p in main.all_parameters()],
+                       startup=startup)

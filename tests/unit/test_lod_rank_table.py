@@ -123,6 +123,11 @@ def test_rank_table_value_type():
 
 
 # ------------------------------------------------------------------ gradients
+def _checked_ops(program):
+    """The ops whose gradient kernels the backward of ``program`` ran."""
+    return {op.type[:-len("_grad")] for op in program.global_block().ops if op.type.endswith("_grad")}
+
+
 def _weighted_sum(out, seed, shape):
     weight = layers.assign(np.random.default_rng(seed).uniform(-1.5, 1.5, size=shape))
     return layers.reduce_sum(layers.elementwise_mul(out, weight))
@@ -138,6 +143,7 @@ def test_gradient_through_lod_tensor_to_array_and_back_in_another_order():
         loss = _weighted_sum(layers.array_to_lod_tensor(array, layers.lod_rank_table(y)), 1, (6, 2))
     feed = {"x": fk.LoDTensor(X.copy(), LOD), "y": fk.LoDTensor(X.copy(), [[0, 3, 5, 6]])}
     check_program_grad(loss, feed, ["x"])
+    assert {"lod_tensor_to_array", "array_to_lod_tensor"} <= _checked_ops(main)
 
 
 def test_gradient_of_shrink_memory():
@@ -149,6 +155,7 @@ def test_gradient_of_shrink_memory():
         loss = _weighted_sum(out, 2, (2, 2))
     feed = {"x": fk.LoDTensor(X.copy(), LOD), "mem": np.random.default_rng(0).normal(size=(3, 2))}
     check_program_grad(loss, feed, ["mem"])
+    assert "shrink_rnn_memory" in _checked_ops(main)
 
 
 def test_gradient_of_reorder_lod_tensor_by_rank():
@@ -159,3 +166,4 @@ def test_gradient_of_reorder_lod_tensor_by_rank():
         loss = _weighted_sum(layers.reorder_lod_tensor_by_rank(seqs, table), 3, (4, 2))
     seqs = fk.LoDTensor(np.random.default_rng(1).normal(size=(4, 2)), [[0, 1, 3, 4]])
     check_program_grad(loss, {"x": fk.LoDTensor(X.copy(), LOD), "seqs": seqs}, ["seqs"])
+    assert "reorder_lod_tensor_by_rank" in _checked_ops(main)

@@ -39,6 +39,19 @@ def test_elementwise_broadcast_grads(op, y_shape, axis):
     check_grad(op, {"X": x, "Y": y}, {"axis": axis})
 
 
+@pytest.mark.parametrize("op", ["elementwise_add", "elementwise_mul"])
+def test_axis_0_lines_a_row_vector_up_with_the_rows_of_a_square_x(op):
+    """[N] Y at axis=0 of a [N, N] X scales rows (machine_translation's attention weights),
+    though it also fits X's last dim: forward and gradients."""
+    x, y = n(3, 3), n(3)
+    main = fk.Program()
+    with fk.program_guard(main, fk.Program()):
+        out = getattr(layers, op)(layers.assign(x), layers.assign(y), axis=0)
+    got, = fk.Executor().run(main, fetch_list=[out])
+    np.testing.assert_allclose(got, x + y[:, None] if op == "elementwise_add" else x * y[:, None])
+    check_grad(op, {"X": x, "Y": y}, {"axis": 0})
+
+
 def test_elementwise_pow_grad():
     check_grad("elementwise_pow", {"X": R.uniform(0.5, 2, size=(3, 4)), "Y": R.uniform(0.5, 2, size=(3, 4))})
 

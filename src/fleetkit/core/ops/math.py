@@ -135,9 +135,16 @@ def _operands(ctx: KernelContext) -> tuple:
     return x, _aligned_y(ctx, x, y)
 
 
+def _is_bias(ctx: KernelContext, x_shape: Any, y: Any) -> bool:
+    """A [D] Y along the last dim of a [N, D] X (not ``axis=0``, which lines a [N] Y up with
+    the rows, even when N == D)."""
+    return (y.ndim == 1 and len(x_shape) == 2 and y.shape[0] == x_shape[1]
+            and ctx.attrs.get("axis", -1) in (-1, 1))
+
+
 def _aligned_y(ctx: KernelContext, x: Any, y: Any) -> Any:
     """Y reshaped so numpy broadcasting lines it up with X as fluid's ``axis`` says."""
-    if y.ndim == 1 and x.ndim == 2 and y.shape[0] == x.shape[1]:
+    if _is_bias(ctx, x.shape, y):
         return y  # bias add: numpy broadcasting already lines Y up with X's last dim
     if y.ndim != x.ndim or ctx.attrs.get("axis", -1) != -1:
         pad = bcast_shape_y(x.shape, y.shape, ctx.attrs.get("axis", -1))
@@ -156,7 +163,7 @@ def _linear_grad(ctx: KernelContext, sign_y: float) -> None:
         ctx.out("X@GRAD", g if g.shape == x.shape else unbroadcast(ctx.xp, g, x.shape), ctx.lod("X"))
     if ctx.wants("Y@GRAD"):
         gy = g if sign_y > 0 else -g
-        if y0.ndim == 1 and g.ndim == 2 and g.shape[1] == y0.shape[0]:
+        if _is_bias(ctx, g.shape, y0):
             ctx.out("Y@GRAD", gy.sum(axis=0))  # bias gradient: one column sum
         else:
             y = _aligned_y(ctx, x, y0)
@@ -184,7 +191,7 @@ def _register_elementwise(name: str, fwd, dx, dy, linear: float = 0.0) -> None:
             ctx.out("X@GRAD", unbroadcast(ctx.xp, dx(x, y, out, g), x.shape), ctx.lod("X"))
         if ctx.wants("Y@GRAD"):
             dyv = dy(x, y, out, g)
-            if y.ndim == 1 and dyv.ndim == 2 and dyv.shape[1] == y.shape[0]:
+            if _is_bias(ctx, dyv.shape, y):
                 ctx.out("Y@GRAD", dyv.sum(axis=0))  # bias gradient: one column sum
             else:
                 ctx.out("Y@GRAD", unbroadcast(ctx.xp, dyv, y.shape).reshape(y_shape))
