@@ -343,3 +343,53 @@ def test_gradient_of_the_attention_rnn_matches_finite_differences():
     feed = _attention_feed([2, 3, 1], [1, 3, 2], seed=1)
     check_program_grad(loss, feed, ["trg", "enc", "boot"] + [p.name for p in main.all_parameters()],
                        startup=startup)
+
+
+def test_two_step_inputs_and_an_outer_tensor_read_in_the_step():
+    """The gradient of a tensor of the enclosing block that the step reads directly (not a
+    static input) is the sum over all steps; two step inputs share the first's rank table."""
+    lengths = [1, 3, 2]
+    main, startup = fk.Program(), fk.Program()
+    main.random_seed = startup.random_seed = 2
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        y = layers.data("y", shape=[2], dtype="float64", lod_level=1)
+        c = layers.data("c", shape=[H], dtype="float64")
+        shift = layers.scale(c, 0.5)  # computed before the RNN, read by every step
+        drnn = layers.DynamicRNN()
+        with drnn.block():
+            x_t, y_t = drnn.step_input(x), drnn.step_input(y)
+            h = drnn.memory(shape=[H], dtype="float64")
+            new_h = layers.elementwise_add(layers.fc([x_t, y_t, h], H, act="tanh"), shift)
+            drnn.update_memory(h, new_h)
+            drnn.output(new_h)
+        weight = layers.assign(np.random.default_rng(1).uniform(-1, 1, size=(sum(lengths), H)))
+        loss = layers.reduce_sum(layers.elementwise_mul(drnn(), weight))
+    rng = np.random.default_rng(3)
+    feed = {"x": fk.LoDTensor(rng.normal(size=(6, D)), _lod(lengths)),
+            "y": fk.LoDTensor(rng.normal(size=(6, 2)), _lod(lengths)), "c": rng.normal(size=(1, H))}
+    check_program_grad(loss, feed, ["x", "y", "c"], startup=startup)
+    with pytest.raises(InvalidArgumentError, match="needs the same LoD as the rank table's input"):
+        bad = dict(feed, y=fk.LoDTensor(feed["y"].values, _lod([2, 2, 2])))
+        fk.Executor().run(main, feed=bad, fetch_list=[loss], scope=fk.Scope())
+
+
+def test_training_program_round_trips_through_its_program_desc():
+    """Both blocks (the step and its gradient) and the op's list attributes are serialized."""
+    from fleetkit.core.program_desc import program_to_desc
+    main, startup = fk.Program(), fk.Program()
+    startup.random_seed = 3
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        h0 = layers.data("h0", shape=[H], dtype="float64")
+        loss = layers.mean(_rnn(x, init=h0, need_reorder=True))
+        fk.optimizer.SGD(0.5).minimize(loss)
+    copy = fk.Program.parse_from_string(program_to_desc(main).SerializeToString())
+    feed = {"x": fk.LoDTensor(_inputs(LENGTHS), _lod(LENGTHS)), "h0": np.ones((len(LENGTHS), H))}
+    losses = []
+    for program in (main, copy):
+        exe, scope = fk.Executor(), fk.Scope()
+        exe.run(startup, scope=scope)
+        losses.append([np.asarray(exe.run(program, feed=feed, fetch_list=[loss.name], scope=scope)[0]).item()
+                       for _ in range(3)])
+    assert losses[0] == losses[1] and losses[0][2] < losses[0][0]

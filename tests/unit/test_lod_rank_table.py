@@ -167,3 +167,49 @@ def test_gradient_of_reorder_lod_tensor_by_rank():
     seqs = fk.LoDTensor(np.random.default_rng(1).normal(size=(4, 2)), [[0, 1, 3, 4]])
     check_program_grad(loss, {"x": fk.LoDTensor(X.copy(), LOD), "seqs": seqs}, ["seqs"])
     assert "reorder_lod_tensor_by_rank" in _checked_ops(main)
+
+
+def test_a_while_loop_over_the_rank_table_ops_computes_what_dynamic_rnn_does():
+    """fluid 1.4 builds DynamicRNN from these ops and a while op; written out by hand with
+    fleetkit's While (forward only), they give DynamicRNN's outputs."""
+    lengths, width = [2, 4, 1, 3], 3
+    main, startup = fk.Program(), fk.Program()
+    startup.random_seed = 4
+    attrs = [fk.ParamAttr(name="w_x"), fk.ParamAttr(name="w_h")]
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[2], dtype="float64", lod_level=1)
+        h0 = layers.data("h0", shape=[width], dtype="float64")
+        drnn = layers.DynamicRNN()
+        with drnn.block():
+            x_t = drnn.step_input(x)
+            h = drnn.memory(init=h0, need_reorder=True)
+            new_h = layers.fc([x_t, h], width, act="tanh", param_attr=attrs, bias_attr="b")
+            drnn.update_memory(h, new_h)
+            drnn.output(new_h)
+        want = drnn()
+
+        table = layers.lod_rank_table(x)
+        max_len = layers.max_sequence_len(table)
+        steps = layers.lod_tensor_to_array(x, table)
+        i = layers.fill_constant([1], "int64", 0)
+        memory = layers.array_write(layers.reorder_lod_tensor_by_rank(h0, table), i)
+        outputs = layers.create_array("float64")
+        cond = layers.less_than(i, max_len)
+        with layers.While(cond).block():
+            prev = layers.shrink_memory(layers.array_read(memory, i), i, table)
+            new_h = layers.fc([layers.array_read(steps, i), prev], width, act="tanh", param_attr=attrs,
+                              bias_attr="b")
+            layers.array_write(new_h, i, outputs)
+            layers.increment(i)
+            layers.array_write(new_h, i, memory)
+            layers.less_than(i, max_len, cond=cond)
+        got = layers.array_to_lod_tensor(outputs, table)
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    rng = np.random.default_rng(6)
+    feed = {"x": fk.LoDTensor(rng.normal(size=(sum(lengths), 2)), [np.cumsum([0] + lengths).tolist()]),
+            "h0": rng.normal(size=(len(lengths), width))}
+    a, b = exe.run(main, feed=feed, fetch_list=[want, got], scope=scope, return_numpy=False)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12)
+    assert a.lod() == b.lod() == [np.cumsum([0] + lengths).tolist()]
