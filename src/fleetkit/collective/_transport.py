@@ -17,7 +17,9 @@ Wire data is raw array bytes and ``struct`` headers; nothing is unpickled.
 """
 from __future__ import annotations
 
+import logging
 import queue
+import select
 import selectors
 import socket
 import struct
@@ -26,9 +28,12 @@ import time
 
 from ..errors import CollectiveError, CollectiveTimeoutError, PeerFailedError, seconds_text
 from ..netio import recv_exactly
+from ..waits import WaitNote
 from .api import Deadline
 from .constants import FAILURE_ATTRIBUTION_S
 from .store import _connect_with_retry, _recv_exact
+
+log = logging.getLogger(__name__)
 
 _HELLO = struct.Struct("<I16siiB")   # magic, group token, world size, rank, link kind
 _HELLO_MAGIC = 0x464B4848            # "FKHH"
@@ -91,9 +96,12 @@ class RingLinks:
     def _accept(self, listener: socket.socket, token: bytes, deadline: Deadline) -> None:
         want_left = self.world_size > 1
         want_control = set(range(self.rank))
+        note = WaitNote(log)
         while want_left or want_control:
+            missing = sorted(want_control | ({self.left} if want_left else set()))
+            note.say("rank %d: waiting for %s to connect; %.0f s left", self.rank,
+                     ", ".join(self.describe(r) for r in missing), deadline.remaining())
             if deadline.expired():
-                missing = sorted(want_control | ({self.left} if want_left else set()))
                 raise CollectiveTimeoutError(
                     f"rank {self.rank}: ranks {missing} did not connect within {seconds_text(deadline.seconds)} s "
                     f"({', '.join(self.describe(r) for r in missing)})")
@@ -221,6 +229,22 @@ class RingLinks:
             recv_exactly(self.left_sock, view, deadline)  # type: ignore[arg-type]
         except (OSError, AttributeError) as exc:
             raise self.io_failure(self.left, exc, doing, deadline, blame) from None
+
+    def wait_for_left(self, deadline: Deadline, doing: str, blame: int) -> None:
+        """Return once the left neighbour has sent something, the deadline passed or the
+        socket broke (the read that follows reports either); a long wait says what it
+        waits for (``doing`` and rank ``blame``), e.g. a peer still loading its data."""
+        sock, note = self.left_sock, None
+        while sock is not None and not deadline.expired():
+            try:
+                if select.select([sock], [], [], 0 if note is None else min(deadline.remaining(), note.until_due()))[0]:
+                    return
+            except (OSError, ValueError):
+                return
+            if note is None:
+                note = WaitNote(log)
+            else:
+                note.say("rank %d: %s %s; %.0f s left", self.rank, doing, self.describe(blame), deadline.remaining())
 
     def post_sends(self, items: list[tuple[memoryview, int]], deadline: Deadline) -> "SendJob":
         """Hand gated sends to the sender thread; it runs them in order."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import fcntl
+import logging
 import os
 import socket
 import struct
@@ -24,7 +25,10 @@ import time
 
 from ..errors import CollectiveError, CollectiveTimeoutError, InvalidArgumentError, seconds_text
 from ..netio import recv_exactly
+from ..waits import WaitNote
 from .constants import default_timeout
+
+log = logging.getLogger(__name__)
 
 __all__ = ["FileStore", "PrefixStore", "Store", "TCPStore", "TCPStoreServer"]
 
@@ -237,6 +241,7 @@ def _connect_with_retry(host: str, port: int, timeout: float, what: str) -> sock
     """Connect, retrying while the other side is not listening yet."""
     end = time.monotonic() + timeout
     delay = 0.01
+    note = WaitNote(log)
     while True:
         try:
             sock = socket.create_connection((host, port), timeout=max(0.1, end - time.monotonic()))
@@ -246,6 +251,8 @@ def _connect_with_retry(host: str, port: int, timeout: float, what: str) -> sock
             if time.monotonic() + delay >= end:
                 raise CollectiveTimeoutError(f"could not connect to {what} at {host}:{port} "
                                              f"within {seconds_text(timeout)} s: {exc}") from exc
+            note.say("waiting for %s at %s:%d to listen (%s); %.0f s left", what, host, port, exc,
+                     end - time.monotonic())
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 

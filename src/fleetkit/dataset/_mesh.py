@@ -18,6 +18,7 @@ naming the peer.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import struct
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataFormatError, FleetkitError
+from ..waits import WaitNote
 from .instances import InstanceStore, _offsets
 
 __all__ = ["MAX_FRAME_BYTES", "Mesh", "ShuffleStats"]
@@ -38,6 +40,7 @@ __all__ = ["MAX_FRAME_BYTES", "Mesh", "ShuffleStats"]
 MAX_FRAME_BYTES = 1 << 30
 _HELLO = struct.Struct("<16sq")  # token, sender rank
 _FRAME = struct.Struct("<qq")    # instances (-1: end), payload bytes (end: instances sent)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -108,13 +111,18 @@ class Mesh:
 
     def _accept(self, listener: socket.socket, token: bytes) -> None:
         want = set(range(self.rank + 1, self.world))
+        note = WaitNote(log)
         while want:
-            listener.settimeout(self._remaining())
+            listener.settimeout(min(self._remaining(), max(0.05, note.until_due())))
             try:
                 conn, _ = listener.accept()
             except socket.timeout:
-                raise MeshError(f"global_shuffle: rank {self.rank} timed out waiting for ranks {sorted(want)} "
-                                f"to connect") from None
+                if self.deadline - time.monotonic() <= 0:
+                    raise MeshError(f"global_shuffle: rank {self.rank} timed out waiting for ranks "
+                                    f"{sorted(want)} to connect") from None
+                note.say("global_shuffle: rank %d waits for ranks %s to connect; %.0f s left", self.rank,
+                         sorted(want), self.deadline - time.monotonic())
+                continue
             conn.settimeout(min(5.0, self._remaining()))
             try:
                 got, peer = _HELLO.unpack(_recv_exact(conn, _HELLO.size))
@@ -141,7 +149,7 @@ class Mesh:
         with ThreadPoolExecutor(2 * len(self.socks), thread_name_prefix="shuffle") as pool:
             jobs = [pool.submit(self._send, p, parts[p], batch, stats) for p in self.socks]
             jobs += [pool.submit(self._recv, p, slots, received[p], stats) for p in self.socks]
-            done, _ = wait(jobs, timeout=self._remaining() + 1, return_when=FIRST_EXCEPTION)
+            done = self._wait_jobs(jobs)
             failed = [j for j in done if j.exception() is not None]
             if failed or len(done) < len(jobs):
                 self.close()  # unblocks every other send and receive
@@ -149,6 +157,19 @@ class Mesh:
                     raise failed[0].exception()
                 raise MeshError(f"global_shuffle: rank {self.rank} timed out exchanging instances")
         return received
+
+    def _wait_jobs(self, jobs: list) -> set:
+        """Wait for the sends and receives (until the first failure or the deadline);
+        a long exchange says how far it got."""
+        note, end = WaitNote(log), self.deadline + 1
+        while True:
+            done, pending = wait(jobs, timeout=max(0.0, min(end - time.monotonic(), max(0.05, note.until_due()))),
+                                 return_when=FIRST_EXCEPTION)
+            if not pending or any(j.exception() is not None for j in done) or time.monotonic() >= end:
+                return done
+            note.say("global_shuffle: rank %d exchanging instances with %d peer(s): %d of %d sends and receives "
+                     "done; %.0f s left", self.rank, len(self.socks), len(done), len(jobs),
+                     self.deadline - time.monotonic())
 
     def _send(self, peer: int, part: InstanceStore, batch: int, stats: ShuffleStats) -> None:
         sock, sent = self.socks[peer], 0

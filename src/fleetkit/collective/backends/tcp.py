@@ -18,6 +18,7 @@ gives ``all_gather`` every rank's size.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import weakref
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from ...env import load_role, this_host
-from ...errors import ConfigError, InvalidArgumentError
+from ...errors import CollectiveTimeoutError, ConfigError, InvalidArgumentError, seconds_text
+from ...waits import NOTE_EVERY_S, WaitNote
 from .._arrays import as_rows, row_bounds, work_buffer
 from .._ring import (RecvItem, SendItem, all_gather_steps, all_reduce_steps, broadcast_schedule,
                      reduce_scatter_steps, schedule)
@@ -37,6 +39,7 @@ from ..header import HEADER_BYTES, Header, check_headers, make_header
 from ..store import Store
 
 __all__ = ["TcpBackend"]
+log = logging.getLogger(__name__)
 
 
 class TcpBackend(Backend):
@@ -173,8 +176,9 @@ class TcpBackend(Backend):
             # Tiny sends do not block, so they can go inline, before the receive.
             self._links.send(memoryview(outgoing), deadline)
             source = (r - step - 1) % n
-            self._links.recv_into(memoryview(buf), deadline, blame=source,
-                                  doing=f"waiting for {header.coll} #{header.seq} to be entered by")
+            doing = f"waiting for {header.coll} #{header.seq} to be entered by"
+            self._links.wait_for_left(deadline, doing, source)
+            self._links.recv_into(memoryview(buf), deadline, blame=source, doing=doing)
             outgoing = bytes(buf)
             headers[source] = Header.unpack(outgoing, source=self._links.describe(self._links.left))
         check_headers(headers)
@@ -240,9 +244,23 @@ def _store_rendezvous(store: Store, prefix: str, rank: int, world_size: int, hos
         store.set(f"{prefix}addr/{rank}", f"{host}:{listener.getsockname()[1]}".encode())
         if rank == 0:
             store.set(f"{prefix}token", os.urandom(16))
-        token = store.get(f"{prefix}token", deadline.remaining())
-        endpoints = [store.get(f"{prefix}addr/{r}", deadline.remaining()).decode() for r in range(world_size)]
+        token = _store_get(store, f"{prefix}token", deadline, f"rank {rank}: waiting for rank 0 to join")
+        endpoints = [_store_get(store, f"{prefix}addr/{r}", deadline, f"rank {rank}: waiting for rank {r} to join")
+                     .decode() for r in range(world_size)]
     except BaseException:
         listener.close()
         raise
     return listener, endpoints, token
+
+
+def _store_get(store: Store, key: str, deadline: Deadline, waiting: str) -> bytes:
+    """``store.get`` in slices, so that a long wait says what it waits for."""
+    note = WaitNote(log)
+    while True:
+        try:
+            return store.get(key, max(0.001, min(deadline.remaining(), note.until_due() or NOTE_EVERY_S)))
+        except CollectiveTimeoutError:
+            if deadline.expired():
+                raise CollectiveTimeoutError(f"{waiting}: store key {key!r} not set within "
+                                             f"{seconds_text(deadline.seconds)} s") from None
+            note.say("%s (store key %r); %.0f s left", waiting, key, deadline.remaining())
