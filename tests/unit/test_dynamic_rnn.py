@@ -393,3 +393,24 @@ def test_training_program_round_trips_through_its_program_desc():
         losses.append([np.asarray(exe.run(program, feed=feed, fetch_list=[loss.name], scope=scope)[0]).item()
                        for _ in range(3)])
     assert losses[0] == losses[1] and losses[0][2] < losses[0][0]
+
+
+def test_a_test_program_keeps_no_step_scopes():
+    """Step scopes exist for the backward pass; clone(for_test) marks the op is_test."""
+    main, startup = fk.Program(), fk.Program()
+    startup.random_seed = 1
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        out = _rnn(x)
+    test_program = main.clone(for_test=True)
+    name = next(op for op in main.global_block().ops if op.type == "dynamic_rnn").outputs["StepScopes"][0]
+    exe, scope = fk.Executor(), fk.Scope()
+    exe.run(startup, scope=scope)
+    feed = {"x": fk.LoDTensor(_inputs(LENGTHS), _lod(LENGTHS))}
+    train_out, = exe.run(main, feed=feed, fetch_list=[out], scope=scope)
+    assert len(scope.get(name)) == max(LENGTHS)
+    exe, test_scope = fk.Executor(), fk.Scope()
+    exe.run(startup, scope=test_scope)
+    test_out, = exe.run(test_program, feed=feed, fetch_list=[out], scope=test_scope)
+    assert test_scope.find_var(name) is None
+    np.testing.assert_array_equal(test_out, train_out)

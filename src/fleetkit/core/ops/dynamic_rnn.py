@@ -28,7 +28,9 @@ from .lod_rank import LoDRankTable, batch_size_at, check_rows_match, pad_rows, s
 
 DEFAULT_ATTRS = {"step_vars": [], "static_vars": [], "memory_vars": [], "memory_init": [], "memory_shapes": [],
                  "memory_values": [], "memory_dtypes": [], "update_vars": [], "output_vars": [],
-                 "seed_vars": [], "seed_grads": [], "source_vars": [], "source_grads": []}
+                 "seed_vars": [], "seed_grads": [], "source_vars": [], "source_grads": [],
+                 # set by clone(for_test) / save_inference_model: no backward, so no step scopes kept
+                 "is_test": False}
 
 
 def _values(v: Any) -> Any:
@@ -129,7 +131,7 @@ def dynamic_rnn(ctx: KernelContext) -> None:
             out[xp.asarray(step_rows(table, t))] = o
         results.append(out)
     ctx.outs_list("Out", results, [lod] * len(results))
-    if ctx.wants("StepScopes"):
+    if ctx.wants("StepScopes") and not ctx.attr("is_test"):
         ctx.env[ctx.outs["StepScopes"][0]] = scopes
 
 
