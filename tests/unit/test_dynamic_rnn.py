@@ -72,7 +72,7 @@ def _run(build, feed, lengths=LENGTHS):
     return got, _params(main, scope)
 
 
-@pytest.mark.parametrize("lengths", [LENGTHS, [3], [2, 2, 2], [3, 0, 1]])
+@pytest.mark.parametrize("lengths", [LENGTHS, [3], [2, 2, 2], [3, 0, 1], [0, 0]])
 def test_outputs_match_a_recurrence_run_sequence_by_sequence(lengths):
     (out,), params = _run(lambda x: _rnn(x), {}, lengths)
     assert out.lod() == _lod(lengths)

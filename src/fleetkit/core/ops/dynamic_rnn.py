@@ -124,7 +124,8 @@ def dynamic_rnn(ctx: KernelContext) -> None:
     results = []
     for k, steps in enumerate(outs):
         if not steps:  # no time steps at all: nothing to put back
-            results.append(xp.zeros((offsets[-1],) + tuple(block.var(output_vars[k]).shape[1:]), dtype="float32"))
+            v = block.var(output_vars[k])
+            results.append(xp.zeros((offsets[-1],) + tuple(max(d, 0) for d in v.shape[1:]), dtype=v.dtype))
             continue
         out = xp.zeros((offsets[-1],) + tuple(steps[0].shape[1:]), dtype=steps[0].dtype)
         for t, o in enumerate(steps):
@@ -142,8 +143,8 @@ def _grad_value(v: Any, var: str) -> Any:
     return _values(v)
 
 
-def _seeds(ctx: KernelContext, scope: ChainMap, t: int, rows: Any, d_outs: list, d_next: list) -> dict:
-    """The gradient flowing into each seed variable at step ``t``: its output's rows, plus the
+def _seeds(ctx: KernelContext, scope: ChainMap, rows: Any, d_outs: list, d_next: list) -> dict:
+    """The gradient flowing into each seed variable at a step: its output's rows, plus the
     gradient the next step's memory sent back to it (zeros where neither reaches it)."""
     xp = ctx.xp
     got: dict[str, Any] = {}
@@ -177,11 +178,11 @@ def dynamic_rnn_grad(ctx: KernelContext) -> None:
     for t in reversed(range(len(scopes))):
         rows = xp.asarray(step_rows(table, t))
         fwd = ChainMap(scopes[t], ctx.env)
-        grads: dict[str, Any] = _seeds(ctx, fwd, t, rows, d_outs, d_next)
-        scope = ChainMap(grads, scopes[t], ctx.env)
-        _run_in(ctx, grad_block, scope)
+        grads: dict[str, Any] = _seeds(ctx, fwd, rows, d_outs, d_next)
+        _run_in(ctx, grad_block, ChainMap(grads, scopes[t], ctx.env))
 
-        def grad_of(var: str) -> Any:
+        def grad_of(var: str, grads: dict = grads) -> Any:
+            """The gradient the step's backward left for source ``var`` (None: nothing reached it)."""
             gname = source_grad.get(var) or ""
             return _grad_value(grads[gname], var) if gname in grads else None
         for k, name in enumerate(ctx.attr("step_vars")):
