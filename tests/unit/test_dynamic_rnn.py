@@ -414,3 +414,33 @@ def test_a_test_program_keeps_no_step_scopes():
     test_out, = exe.run(test_program, feed=feed, fetch_list=[out], scope=test_scope)
     assert test_scope.find_var(name) is None
     np.testing.assert_array_equal(test_out, train_out)
+
+
+def test_a_step_without_a_backward_runs_forward_and_says_so_when_trained():
+    """IfElse has no backward: a step using one still runs forward (inference)."""
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = layers.data("x", shape=[D], dtype="float64", lod_level=1)
+        drnn = layers.DynamicRNN()
+        with drnn.block():
+            x_t = drnn.step_input(x)
+            h = drnn.memory(shape=[D], dtype="float64")
+            pre = layers.fc([x_t, h], D)
+            ie = layers.IfElse(layers.fill_constant_batch_size_like(pre, [-1, 1], "bool", True))
+            with ie.true_block():
+                ie.output(layers.tanh(ie.input(pre)))
+            with ie.false_block():
+                ie.output(ie.input(pre))
+            new_h, = ie()
+            drnn.update_memory(h, new_h)
+            drnn.output(new_h)
+        out = drnn()
+        test_program = main.clone(for_test=True)
+        fk.optimizer.SGD(0.1).minimize(layers.mean(out))
+    exe, scope = fk.Executor(), fk.Scope()
+    exe.run(startup, scope=scope)
+    feed = {"x": fk.LoDTensor(_inputs(LENGTHS), _lod(LENGTHS))}
+    value, = exe.run(test_program, feed=feed, fetch_list=[out], scope=scope)
+    assert value.shape == (sum(LENGTHS), D) and np.abs(value).max() < 1  # the tanh branch ran
+    with pytest.raises(InvalidArgumentError, match=r"step has no backward: op '\w+' has no gradient"):
+        exe.run(main, feed=feed, fetch_list=[out], scope=scope)

@@ -186,7 +186,11 @@ class DynamicRNN:
         seeds = list(dict.fromkeys([o.name for o in self._outputs] + [m["update"].name for m in self._memories]))
         sources = ([s.name for s, _ in self._step_inputs] + [s.name for s, _ in self._statics]
                    + [m["var"].name for m in self._memories] + outer)
-        grad_block, seed_grads, source_grads = build_step_backward(step, seeds, sources)
+        try:
+            grad_block, seed_grads, source_grads = build_step_backward(step, seeds, sources)
+            grad_error = ""
+        except InvalidArgumentError as e:  # e.g. an op with no gradient: fine for inference, said if trained
+            grad_block, seed_grads, source_grads, grad_error = step, {s: "" for s in seeds}, {}, str(e)
         index = iter(range(len(inits)))
         attrs = {
             "sub_block": step, "grad_block": grad_block,
@@ -200,6 +204,7 @@ class DynamicRNN:
             "output_vars": [o.name for o in self._outputs],
             "seed_vars": seeds, "seed_grads": [seed_grads[s] for s in seeds],
             "source_vars": list(source_grads), "source_grads": list(source_grads.values()),
+            "grad_error": grad_error,
         }
         parent = program.current_block()
         self._results = [parent.create_var(name=unique_name.generate(f"{self._name}.out"), dtype=o.dtype,

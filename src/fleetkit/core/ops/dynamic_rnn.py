@@ -28,7 +28,7 @@ from .lod_rank import LoDRankTable, batch_size_at, check_rows_match, pad_rows, s
 
 DEFAULT_ATTRS = {"step_vars": [], "static_vars": [], "memory_vars": [], "memory_init": [], "memory_shapes": [],
                  "memory_values": [], "memory_dtypes": [], "update_vars": [], "output_vars": [],
-                 "seed_vars": [], "seed_grads": [], "source_vars": [], "source_grads": [],
+                 "seed_vars": [], "seed_grads": [], "source_vars": [], "source_grads": [], "grad_error": "",
                  # set by clone(for_test) / save_inference_model: no backward, so no step scopes kept
                  "is_test": False}
 
@@ -161,6 +161,8 @@ def _seeds(ctx: KernelContext, scope: ChainMap, rows: Any, d_outs: list, d_next:
 
 @register_grad("dynamic_rnn")
 def dynamic_rnn_grad(ctx: KernelContext) -> None:
+    if ctx.attr("grad_error"):
+        raise InvalidArgumentError(f"dynamic_rnn: the step has no backward: {ctx.attr('grad_error')}")
     table, grad_block = _table(ctx), ctx.attr("grad_block")
     xp = ctx.xp
     xs = _step_inputs(ctx, table)
