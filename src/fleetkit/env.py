@@ -86,13 +86,29 @@ def collective_timeout_s(env: Mapping[str, str] | None = None) -> float | None:
     raw = _source(env).get(FLEETKIT_COLLECTIVE_TIMEOUT)
     if raw is None or raw == "":
         return None
+    return _positive_seconds(FLEETKIT_COLLECTIVE_TIMEOUT, raw)
+
+
+def _positive_seconds(name: str, raw: str) -> float:
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise ConfigError(f"{FLEETKIT_COLLECTIVE_TIMEOUT}={raw!r} is not a positive number of seconds")
+        raise ConfigError(f"{name}={raw!r} is not a positive number of seconds")
     return value
+
+
+FLEETKIT_SHUFFLE_TIMEOUT = "FLEETKIT_SHUFFLE_TIMEOUT"
+
+
+def shuffle_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """``FLEETKIT_SHUFFLE_TIMEOUT``: seconds a trainer waits for its peers in a dataset's
+    global_shuffle and size queries (300 when unset or empty)."""
+    raw = _source(env).get(FLEETKIT_SHUFFLE_TIMEOUT, "").strip()
+    if not raw:
+        return 300.0
+    return _positive_seconds(FLEETKIT_SHUFFLE_TIMEOUT, raw)
 
 
 def ps_notify_dirs(env: Mapping[str, str] | None = None) -> tuple[str, ...]:

@@ -353,3 +353,39 @@ def test_ctrl_c_says_what_it_stopped(tmp_path):
     assert "interrupted (Ctrl-C); stopped " in err and all(f"(pid {p})" in err for p in pids), err
     assert "stopped by the launcher" in err  # the summary
     assert not any(_running(p) for p in pids)
+
+
+STUBBORN_PSERVER_SCRIPT = """
+    import os, signal, socket, time
+    if os.environ["TRAINING_ROLE"] == "PSERVER":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # neither exits on COMPLETE nor on SIGTERM
+        host, port = os.environ["PADDLE_CURRENT_ENDPOINT"].rsplit(":", 1)
+        with socket.create_server((host, int(port))):
+            time.sleep(120)
+"""
+
+
+def test_server_grace_and_kill_grace_are_options(tmp_path):
+    """A pserver that outlives its workers is stopped after --server_grace, and one that ignores
+    SIGTERM is killed --kill_grace later (defaults 30 s and 5 s)."""
+    t0 = time.monotonic()
+    res = _launch(["--server_num", "1", "--worker_num", "1", "--timeout", "60", "--server_grace", "0.5",
+                   "--kill_grace", "0.5", _script(tmp_path, STUBBORN_PSERVER_SCRIPT)], timeout=90)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert took < 20, (took, res.stderr)
+    bad = _launch(["--worker_num", "1", "--kill_grace", "-1", _script(tmp_path, STUBBORN_PSERVER_SCRIPT)])
+    assert bad.returncode != 0 and "--kill_grace -1 must be a number of seconds >= 0" in bad.stderr, bad.stderr
+
+
+@pytest.mark.parametrize("entry", ["fleetrun", "python -m fleetkit.launch"])
+def test_the_other_entry_points_launch_the_same_job(tmp_path, entry):
+    exe = os.path.join(os.path.dirname(sys.executable), "fleetrun")
+    cmd = [exe] if entry == "fleetrun" else [sys.executable, "-m", "fleetkit.launch"]
+    if entry == "fleetrun" and not os.path.exists(exe):
+        pytest.fail(f"the fleetrun console script is not installed next to {sys.executable}")
+    res = subprocess.run(cmd + ["--worker_num", "2", "--timeout", "100", _script(tmp_path, COLLECTIVE_SCRIPT)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "[worker.1] rank 1 of 2 sum 3" in res.stdout
+    assert "fleetkit launch: collective job, 2 trainers" in res.stderr

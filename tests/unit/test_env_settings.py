@@ -72,3 +72,12 @@ def test_collective_role_checks_the_trainer_count():
                          is_collective=True).trainers_num == 2
     with pytest.raises(ConfigError, match="PADDLE_TRAINERS_NUM='3' but PADDLE_TRAINER_ENDPOINTS has 2"):
         env.load_role({env.PADDLE_TRAINER_ENDPOINTS: eps, env.PADDLE_TRAINERS_NUM: "3"}, is_collective=True)
+
+
+def test_shuffle_timeout_default_value_and_bad_values():
+    assert env.shuffle_timeout_s({}) == 300.0
+    assert env.shuffle_timeout_s({"FLEETKIT_SHUFFLE_TIMEOUT": ""}) == 300.0
+    assert env.shuffle_timeout_s({"FLEETKIT_SHUFFLE_TIMEOUT": "42.5"}) == 42.5
+    for bad in ("0", "-3", "soon"):
+        with pytest.raises(ConfigError, match=rf"FLEETKIT_SHUFFLE_TIMEOUT='{bad}' is not a positive number"):
+            env.shuffle_timeout_s({"FLEETKIT_SHUFFLE_TIMEOUT": bad})

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..env import shuffle_timeout_s
 from ..errors import InvalidArgumentError
 from .fs import FsConfig
 from .instances import InstanceStore
@@ -29,9 +30,6 @@ from .shuffle import DEFAULT_SEND_BATCH, ShuffleStats, global_shuffle, shuffle_r
 __all__ = ["DatasetBase", "DatasetFactory", "InMemoryDataset", "QueueDataset"]
 
 log = logging.getLogger(__name__)
-
-#: seconds a trainer waits for its peers in global_shuffle and size queries
-SHUFFLE_TIMEOUT_S = 300.0
 
 
 class DatasetFactory:
@@ -358,4 +356,4 @@ def _exchange_backend(fleet: Any, what: str) -> Any:
     if make is None:
         raise InvalidArgumentError(f"{what}: {type(fleet).__name__} is not a fleet (pass fleetkit.fleet.fleet, "
                                    f"initialized with fleet.init(role_maker))")
-    return make(SHUFFLE_TIMEOUT_S)
+    return make(shuffle_timeout_s())

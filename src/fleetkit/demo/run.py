@@ -30,7 +30,7 @@ from .ctr_data import CTRData, write_click_log
 __all__ = ["add_demo_parser", "run_demo"]
 
 TRAIN_PARTS, TEST_SEED = 4, 999_999
-#: seconds the whole launched job may take before it is stopped
+#: seconds the whole launched job may take before it is stopped (``--timeout``)
 JOB_TIMEOUT_S = 600.0
 
 
@@ -110,7 +110,7 @@ def upload(data_dir: str, url: str, endpoint: str | None) -> str:
 
 def run_demo(out: str, mode: str = "ps", dgc: bool = False, epochs: int = 3, train_examples: int = 96_000,
              test_examples: int = 8_000, progress_period: float = 5.0, data_url: str | None = None,
-             s3_endpoint: str | None = None) -> int:
+             s3_endpoint: str | None = None, timeout: float = JOB_TIMEOUT_S) -> int:
     """Run the whole demo into ``out``; returns the exit code (0: job and inference succeeded).
 
     ``data_url`` (``s3://bucket/prefix``): the training parts are uploaded there and the
@@ -132,7 +132,7 @@ def run_demo(out: str, mode: str = "ps", dgc: bool = False, epochs: int = 3, tra
         script += ["--s3_endpoint", s3_endpoint] if s3_endpoint else []
         print(f"fleetkit demo: training parts uploaded to {script[script.index('--train_url') + 1]}", flush=True)
     spec = JobSpec(script=script, server_num=2 if mode == "ps" else 0, worker_num=2, collective=mode != "ps",
-                   log_dir=os.path.join(out, "logs"), timeout=JOB_TIMEOUT_S)
+                   log_dir=os.path.join(out, "logs"), timeout=timeout)
     code = run_job(spec, progress_period=progress_period, metrics_file=metrics)
     if code != 0:
         print(f"fleetkit demo: the job failed (exit code {code}); logs in {spec.log_dir}", file=sys.stderr)
@@ -182,6 +182,8 @@ def add_demo_parser(sub: Any) -> None:
                    help="upload the training parts to URL (s3://bucket/prefix) and have the trainers read them "
                         "from there (credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; pip install -e '.[s3]')")
     p.add_argument("--s3_endpoint", default=None, help="S3 endpoint URL for --data (SeaweedFS, MinIO, ...)")
+    p.add_argument("--timeout", type=float, default=JOB_TIMEOUT_S,
+                   help=f"stop the job after this many seconds (default {JOB_TIMEOUT_S:g})")
     p.set_defaults(func=lambda a: run_demo(a.out, "collective" if a.dgc else a.mode, a.dgc, a.epochs,
                                            a.train_examples, a.test_examples, a.progress_period, a.data,
-                                           a.s3_endpoint))
+                                           a.s3_endpoint, a.timeout))

@@ -43,11 +43,6 @@ from .launch_procs import Proc, probe_ready, start_proc, stop_procs
 
 __all__ = ["RESTARTS_ENV", "JobSpec", "add_launch_parser", "free_ports", "main", "run_job"]
 
-#: seconds pservers get to exit on their own after the last worker finished
-SERVER_GRACE_S = 30.0
-#: seconds the launcher waits, after a failure that only reports another's
-#: (PeerFailedError ...), for the failure that caused it
-CAUSE_WAIT_S = 5.0
 #: first "waiting for pservers" line after this many seconds, then every WAIT_REPEAT_S
 WAIT_FIRST_S, WAIT_REPEAT_S = 3.0, 10.0
 POLL_S = 0.05
@@ -133,7 +128,7 @@ class _Job:
             for plan in self.plans:
                 self.procs.append(self._start_one(plan))
         except BaseException:
-            stop_procs(self.procs)  # a later start failed (bad script): leave nothing running
+            stop_procs(self.procs, self.spec.kill_grace)  # a later start failed (bad script): leave nothing running
             raise
         source = "from FLEETKIT_AUTH_TOKEN" if self.user_token else "generated for this job"
         _say(report.banner(self._kind(), [p.outcome for p in self.procs], source))
@@ -166,7 +161,7 @@ class _Job:
 
     def _stop_all(self) -> str:
         live = [p for p in self.procs if p.running()]
-        stop_procs(live)
+        stop_procs(live, self.spec.kill_grace)
         for p in live:
             p.outcome.stopped = True
             p.outcome.ended = p.outcome.ended or time.monotonic()
@@ -198,7 +193,7 @@ class _Job:
             if workers_done_at is not None:
                 if not any(p.running() for p in self.procs):
                     return 0
-                if time.monotonic() - workers_done_at > SERVER_GRACE_S:
+                if time.monotonic() - workers_done_at > self.spec.server_grace:
                     self._stop_all()  # pservers that do not exit on COMPLETE are stopped, not waited on
                     return 0
             if self.spec.timeout and time.monotonic() - self.t0 > self.spec.timeout:
@@ -235,7 +230,7 @@ class _Job:
         """Find the cause (waiting a little when the first failure only reports another's), stop
         the rest, say who failed and why."""
         first.join_reader()
-        deadline = time.monotonic() + CAUSE_WAIT_S
+        deadline = time.monotonic() + self.spec.cause_wait
         while first.outcome.is_consequence and time.monotonic() < deadline:
             failed = [p for p in self.procs if p.outcome.failed]
             for p in failed:

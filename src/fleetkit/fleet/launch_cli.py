@@ -70,6 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="each process's full output to LOG_DIR/<role>.<i>.log; worker 0 still shown here")
     r.add_argument("--timeout", type=float, default=_env("timeout", None, float),
                    help="stop the job after this many seconds (default: no limit)")
+    r.add_argument("--server_grace", type=float, default=_env("server_grace", 30.0, float),
+                   help="seconds pservers get to exit after the last worker finished, then stopped (default 30)")
+    r.add_argument("--kill_grace", type=float, default=_env("kill_grace", 5.0, float),
+                   help="seconds from SIGTERM to SIGKILL when the launcher stops processes (default 5)")
+    r.add_argument("--cause_wait", type=float, default=_env("cause_wait", 5.0, float),
+                   help="seconds to wait, after a process only reported a peer's failure, for that "
+                        "failure itself (default 5)")
     r.add_argument("--max_restarts", type=int, default=_env("max_restarts", 0, int),
                    help="restart a pserver (or an async trainer) that dies, up to N times each")
     r.add_argument("--progress_period", type=float, default=_env("progress_period", 10.0, float),
@@ -93,7 +100,16 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
                    collective=args.collective or (args.server_num == 0 and not args.servers),
                    ip=args.node_ip, ips=list(args.ips), servers=list(args.servers), workers=list(args.workers),
                    start_port=args.start_port, selected_gpus=list(args.selected_gpus), backend=args.backend,
-                   log_dir=args.log_dir, timeout=args.timeout, max_restarts=args.max_restarts)
+                   log_dir=args.log_dir, timeout=args.timeout, max_restarts=args.max_restarts,
+                   server_grace=_non_negative("server_grace", args.server_grace),
+                   kill_grace=_non_negative("kill_grace", args.kill_grace),
+                   cause_wait=_non_negative("cause_wait", args.cause_wait))
+
+
+def _non_negative(option: str, seconds: float) -> float:
+    if not seconds >= 0:
+        raise SystemExit(f"fleetkit launch: --{option} {seconds:g} must be a number of seconds >= 0")
+    return float(seconds)
 
 
 def describe_config(spec: JobSpec, servers: list[str], workers: list[str], local: list[ProcPlan]) -> str:

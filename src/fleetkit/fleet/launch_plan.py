@@ -43,6 +43,9 @@ class JobSpec:
     log_dir: str | None = None
     timeout: float | None = None         # whole-job limit in seconds
     max_restarts: int = 0
+    server_grace: float = 30.0           # s pservers get to exit after the last worker finished
+    kill_grace: float = 5.0              # s from SIGTERM to SIGKILL when stopping processes
+    cause_wait: float = 5.0              # s to wait for the cause after a "peer failed" exit
 
 
 @dataclass(frozen=True)

@@ -114,12 +114,12 @@ def _signal_group(p: Proc, sig: int) -> None:
         pass
 
 
-def stop_procs(procs: Sequence[Proc]) -> None:
-    """SIGTERM every live process group, then SIGKILL what is left after the grace."""
+def stop_procs(procs: Sequence[Proc], grace_s: float = KILL_GRACE_S) -> None:
+    """SIGTERM every live process group, then SIGKILL what is left after ``grace_s``."""
     live = [p for p in procs if p.running()]
     for p in live:
         _signal_group(p, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
+    deadline = time.monotonic() + grace_s
     for p in live:
         try:
             p.popen.wait(max(0.0, deadline - time.monotonic()))
