@@ -216,8 +216,9 @@ class DynamicRNN:
                           "StaticInputs": [x for _, x in self._statics], "InitMemories": inits, "X": outer},
                          {"Out": self._results, "StepScopes": [scopes]}, attrs)
 
-    def __call__(self) -> Variable | list[Variable]:
-        """The output LoD tensor(s), sequences in the step inputs' original order."""
+    def __call__(self, *args: Any, **kwargs: Any) -> Variable | list[Variable]:
+        """The output LoD tensor(s), sequences in the step inputs' original order (fluid's
+        signature: arguments are accepted and ignored)."""
         if self._status != _AFTER or not self._results:
             raise InvalidArgumentError("DynamicRNN(): the outputs exist after the 'with drnn.block():' body")
         return self._results[0] if len(self._results) == 1 else list(self._results)
