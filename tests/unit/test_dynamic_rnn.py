@@ -444,3 +444,15 @@ def test_a_step_without_a_backward_runs_forward_and_says_so_when_trained():
     assert value.shape == (sum(LENGTHS), D) and np.abs(value).max() < 1  # the tanh branch ran
     with pytest.raises(InvalidArgumentError, match=r"step has no backward: op '\w+' has no gradient"):
         exe.run(main, feed=feed, fetch_list=[out], scope=scope)
+
+
+def test_a_step_writing_an_outer_variable_is_refused():
+    with fk.program_guard(fk.Program(), fk.Program()):
+        x = layers.data("x", shape=[D], dtype="float32", lod_level=1)
+        total = layers.fill_constant([1], "float32", 0.0)
+        drnn = layers.DynamicRNN()
+        with pytest.raises(InvalidArgumentError, match=f"writes '{total.name}', a variable of the enclosing block"):
+            with drnn.block():
+                x_t = drnn.step_input(x)
+                layers.assign(layers.reduce_sum(x_t), output=total)
+                drnn.output(x_t)

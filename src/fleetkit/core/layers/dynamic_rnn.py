@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 from ...errors import InvalidArgumentError
 from .. import unique_name
-from ..framework import Block, Variable, convert_dtype, default_main_program
+from ..framework import EMPTY_VAR, Block, Variable, convert_dtype, default_main_program
 from ..step_backward import build_step_backward
 from .lod_rank import lod_rank_table, reorder_lod_tensor_by_rank
 
@@ -168,7 +168,7 @@ class DynamicRNN:
                 if n not in step.vars and n not in reads and step._find_var_recursive(n) is not None:
                     reads.append(n)
             for n in op.output_arg_names:
-                if n not in step.vars:
+                if n not in step.vars and n != EMPTY_VAR:
                     raise InvalidArgumentError(
                         f"DynamicRNN: op '{op.type}' in the step writes '{n}', a variable of the enclosing "
                         f"block; a step's values stay in the step: hand them out with drnn.output(...)")
