@@ -2,12 +2,17 @@
 worker processes share the parameters, and thread=1 equals a plain feed loop."""
 from __future__ import annotations
 
+import multiprocessing as mp
+import sys
+
 import numpy as np
 import pytest
 
 import fleetkit as fk
 from fleetkit import layers
 from fleetkit.core import trainer
+from fleetkit.core.framework import ROLE_OPTIMIZE
+from fleetkit.core.scope import LoDTensor
 from fleetkit.errors import OpError
 from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
 from fleetkit.demo.ctr_model import build_per_slot
@@ -169,3 +174,143 @@ def test_skipped_lines_counts_every_workers_bad_lines(files, tmp_path, monkeypat
     assert stats.workers == ("processes" if workers == "auto" else "threads")
     assert ds.skipped_lines() == 8
     assert stats.examples == FILES * LINES
+
+
+# ---- Hogwild under load: a worker descheduled in the middle of its update (issue 15) ----
+class _MidUpdateLockstep:
+    """Worker 1 stops whenever one of its update ops has written part of its outputs and
+    not finished (a worker descheduled mid-update); worker 0 then trains one whole batch
+    before worker 1 goes on.  Runs in worker 1's first batch, ``limit`` times at most;
+    semaphores of the fork context work for worker threads and worker processes alike."""
+
+    def __init__(self, limit: int = 40):
+        ctx = mp.get_context("fork")
+        self.go, self.done, self.active = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Value("i", 0)
+        self.pauses, self.limit, self.made = ctx.Value("i", 0), limit, 0
+        self.worker0_waited = False
+
+    def arm(self, monkeypatch):
+        """Hook the next run's two prepared programs (trainer._prepare: worker 0's, then worker 1's)."""
+        self.made, self.active.value = 0, 1
+        prepare = trainer._prepare
+
+        def hooked(*args, **kw):
+            prep = prepare(*args, **kw)
+            self.made += 1
+            (self._hook_worker0 if self.made == 1 else self._hook_worker1)(prep.steps)
+            return prep
+        monkeypatch.setattr(trainer, "_prepare", hooked)
+
+    def _wait(self, sem):
+        assert sem.acquire(timeout=30), "lockstep: the other worker never came"
+
+    def _hook_worker0(self, steps):
+        (first, c0), (last, c1) = steps[0], steps[-1]
+
+        def start(ctx):
+            if self.active.value:
+                self._wait(self.go)
+                self.worker0_waited = True
+            first(ctx)
+
+        def end(ctx):
+            last(ctx)
+            if self.worker0_waited:
+                self.worker0_waited = False
+                self.done.release()
+        steps[0], steps[-1] = (start, c0), (end, c1)
+
+    def _pause(self):
+        self.go.release()
+        self._wait(self.done)
+        self.pauses.value += 1
+        if self.pauses.value >= self.limit:
+            self._stop()
+
+    def _stop(self):
+        if self.active.value:
+            self.active.value = 0
+            self.go.release()  # worker 0 may be waiting for its next batch
+
+    def _hook_worker1(self, steps):
+        for i, (kernel, ctx) in enumerate(steps):
+            if ctx.op.attrs.get("op_role") == ROLE_OPTIMIZE:
+                steps[i] = (self._traced(kernel), ctx)
+        last, c_last = steps[-1]
+
+        def end(ctx):
+            last(ctx)
+            self._stop()
+        steps[-1] = (end, c_last)
+
+    def _traced(self, kernel):
+        def run(ctx):
+            if not self.active.value:
+                return kernel(ctx)
+            names = sorted({n for ns in ctx.outs.values() for n in ns})
+            before = {n: np.array(_raw(ctx.env[n])) for n in names}
+
+            def line(frame, event, arg):
+                if (event == "line" and self.active.value
+                        and any(not np.array_equal(_raw(ctx.env[n]), before[n]) for n in names)):
+                    self._pause()
+                return line
+            sys.settrace(lambda frame, event, arg: line)
+            try:
+                kernel(ctx)
+            finally:
+                sys.settrace(None)
+        return run
+
+
+def _raw(v):
+    return v.values if isinstance(v, LoDTensor) else v
+
+
+def _held_out_auc(exe, main, scope, ds, stats, test_file):
+    _zero(scope, stats)
+    exe.infer_from_dataset(main.clone(for_test=True), _dataset(test_file, ds), scope=scope, thread=1)
+    return _stat_auc(scope, stats)
+
+
+@pytest.mark.parametrize("workers", ["auto", "threads"])
+def test_worker_descheduled_mid_update_keeps_thread1_auc(files, test_file, monkeypatch, workers):
+    """A worker whose Adam update is half-applied (m1 advanced, m2 not yet) when the other
+    steps made that one divide by m2 of about 0: weights of 1e3, AUC 0.62-0.76 (issue 15)."""
+    monkeypatch.setattr(trainer, "WORKERS", workers)
+    aucs, lockstep = {}, _MidUpdateLockstep()
+    for thread in (1, 2):
+        exe, main, scope, ds, _, _, stats = _job(files)
+        for epoch in range(EPOCHS):
+            with monkeypatch.context() as m:
+                if thread == 2 and epoch == 0:
+                    lockstep.arm(m)
+                run = exe.train_from_dataset(main, ds, scope=scope, thread=thread)
+            assert run.batches == FILES * LINES // BATCH
+        biggest = max(float(np.abs(scope.numpy(n)).max()) for n in ("emb_0", "emb_1", "fc_0.w_0", "fc_1.w_0"))
+        assert biggest < 10, f"thread={thread}: a weight reached {biggest:.3g}"
+        aucs[thread] = _held_out_auc(exe, main, scope, ds, stats, test_file)
+    assert lockstep.pauses.value >= 10  # worker 0 trained inside worker 1's updates
+    print(f"held-out AUC thread=1 {aucs[1]:.4f}, thread=2 (worker 1 paused mid-update) {aucs[2]:.4f}")
+    assert abs(aucs[2] - aucs[1]) <= 0.005
+
+
+@pytest.mark.parametrize("workers", ["auto", "threads"])
+def test_step_counters_advance_once_per_batch_with_two_workers(files, monkeypatch, workers):
+    """The learning-rate schedule's step counter and Adam's beta powers count every batch once."""
+    monkeypatch.setattr(trainer, "WORKERS", workers)
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup), fk.unique_name.guard():
+        lr = layers.exponential_decay(0.01, decay_steps=50, decay_rate=0.9)
+        model = build_per_slot(SPEC, emb_dim=4, hidden=8, opt=fk.optimizer.Adam(lr))
+    exe, scope = fk.Executor(fk.CPUPlace()), fk.Scope()
+    exe.run(startup, scope=scope)
+    ds = _dataset(files, type("Like", (), {"_use_vars": model["use_vars"]}))
+    counter, pow_name = "@LR_DECAY_COUNTER@", "fc_0.w_0_beta1_pow_acc_0"
+    start, pow_start = float(scope.numpy(counter)[0]), float(scope.numpy(pow_name)[0])
+    run = exe.train_from_dataset(main, ds, scope=scope, thread=2)
+    assert run.workers == ("processes" if workers == "auto" else "threads")
+    assert run.batches == FILES * LINES // BATCH
+    assert float(scope.numpy(counter)[0]) - start == run.batches
+    advanced = np.log(float(scope.numpy(pow_name)[0]) / pow_start) / np.log(0.9)
+    assert abs(advanced - run.batches) < 0.01 * run.batches, f"beta1 pow advanced {advanced:.1f} times"

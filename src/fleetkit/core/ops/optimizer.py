@@ -18,6 +18,17 @@ Adam and Adamax also advance their ``Beta1Pow``/``Beta2Pow`` accumulators
 (``*= beta``) inside the op, after the update, when ``Beta1PowOut`` /
 ``Beta2PowOut`` are given: the whole update of one parameter is one op, which
 keeps transpilers simple (fluid 1.4 used separate ``scale`` ops instead).
+
+Hogwild: ``train_from_dataset(thread=N)``'s workers run these kernels on the same
+arrays at once, without locks.  So every update is a read-modify-write of the
+shared arrays (in-place ufuncs; rows through ``a[idx] += delta``), never a copy
+written back, which would undo what another worker wrote meanwhile.  And a rule
+whose step divides by an accumulator (Adam's m1 / sqrt(m2), Adamax's m / inf)
+writes the divisor before the numerator and reads the numerator before the
+divisor: a worker that sees another's numerator contribution also sees its
+divisor contribution.  The other way round it can read a half-applied update
+(m1 advanced, m2 not yet) and, where m2 is still about 0 (a row seen for the
+first time), step by m1 / eps: 1e5 times too far (issue 15's AUC drop under load).
 """
 from __future__ import annotations
 
@@ -94,11 +105,12 @@ def _adam(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> Non
     if _blockable(xp, p, g, m1, m2):
         _adam_blocks(a, lr_t, p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1))
         return
+    m2 *= b2  # the divisor first, the numerator read first (Hogwild: module docstring)
+    m2 += (1 - b2) * (g * g)
     m1 *= b1
     m1 += (1 - b1) * g
-    m2 *= b2
-    m2 += (1 - b2) * (g * g)
-    p -= lr_t * (m1 / (xp.sqrt(m2) + a["epsilon"]))
+    n1 = m1.copy()
+    p -= lr_t * (n1 / (xp.sqrt(m2) + a["epsilon"]))
 
 
 def _blockable(xp: Any, p: Any, *others: Any) -> bool:
@@ -117,22 +129,24 @@ def _adam_blocks(a: dict, lr_t: Any, p: np.ndarray, g: np.ndarray | None, m1: np
     instead of about ten passes over a table that does not fit the cache.  ``g`` None is a
     zero gradient (the rows a sparse gradient does not touch)."""
     b1, b2, eps, lr_t = a["beta1"], a["beta2"], a["epsilon"], p.dtype.type(lr_t)
-    t = np.empty(min(_BLOCK, p.size), p.dtype)
+    t = np.empty((2, min(_BLOCK, p.size)), p.dtype)
     for s in range(0, p.size, _BLOCK):
         e = min(s + _BLOCK, p.size)
-        w, c1, c2 = t[:e - s], m1[s:e], m2[s:e]
-        c1 *= b1
-        c2 *= b2
-        if g is not None:
-            gc = g[s:e]
-            np.multiply(gc, 1 - b1, out=w)
-            c1 += w
+        w, n1, c1, c2 = t[0, :e - s], t[1, :e - s], m1[s:e], m2[s:e]
+        gc = None if g is None else g[s:e]
+        c2 *= b2  # the divisor first, the numerator read first (Hogwild: module docstring)
+        if gc is not None:
             np.multiply(gc, gc, out=w)
             w *= 1 - b2
             c2 += w
+        c1 *= b1
+        if gc is not None:
+            np.multiply(gc, 1 - b1, out=w)
+            c1 += w
+        n1[...] = c1
         np.sqrt(c2, out=w)
         w += eps
-        np.divide(c1, w, out=w)
+        np.divide(n1, w, out=w)
         w *= lr_t
         p[s:e] -= w
 
@@ -141,18 +155,21 @@ def _adam_sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: di
     """Non-lazy Adam with a merged sparse gradient, without a dense zero-filled gradient:
     every row takes the zero-gradient step (blocked), then the touched rows add their
     gradient's part and swap the zero-gradient parameter step for the real one.  The
-    touched rows are read and written back right away, so concurrent Hogwild workers
-    lose no updates to a long read-modify-write window."""
+    touched rows take their changes as ``a[idx] += delta`` (the rows are merged, so
+    unique), which keeps what concurrent Hogwild workers wrote to them meanwhile."""
     m1, m2, b1, b2, eps = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"], a["epsilon"]
     lr_t = lr * np.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
     _adam_blocks(a, lr_t, p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
     idx, gv = g.rows, g.values
-    c1, c2, cp = m1[idx], m2[idx], p[idx]
+    c1, c2 = m1[idx], m2[idx]  # copies, the numerator first (Hogwild: module docstring)
     zero_step = lr_t * (c1 / (np.sqrt(c2) + eps))  # what the pass above took from these rows
-    c1 += (1 - b1) * gv
-    c2 += (1 - b2) * (gv * gv)
-    cp += zero_step - lr_t * (c1 / (np.sqrt(c2) + eps))
-    m1[idx], m2[idx], p[idx] = c1, c2, cp
+    d1, d2 = (1 - b1) * gv, (1 - b2) * (gv * gv)
+    c1 += d1
+    c2 += d2
+    step = zero_step - lr_t * (c1 / (np.sqrt(c2) + eps))
+    m2[idx] += d2
+    m1[idx] += d1
+    p[idx] += step
 
 
 def _lars_momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
@@ -196,9 +213,11 @@ def _rmsprop(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> 
 
 def _adamax(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
     m, inf, b1 = acc["Moment"], acc["InfNorm"], a["beta1"]
+    inf *= a["beta2"]  # the divisor first, in place; m is read before inf (Hogwild: module docstring)
+    inf += a["epsilon"]
+    xp.maximum(inf, xp.abs(g), out=inf)
     m *= b1
     m += (1 - b1) * g
-    xp.maximum(a["beta2"] * inf + a["epsilon"], xp.abs(g), out=inf)
     p -= (lr / (1 - sc["Beta1Pow"])) * m / inf
 
 
@@ -285,12 +304,7 @@ def _update_kernel(rule: _Rule) -> Callable[[KernelContext], None]:
         if g.__class__ is SelectedRows:
             g = g.merged()
             if rule.sparse(attrs) == "rows":
-                idx = _rows_index(xp, g.rows)
-                p_rows, acc_rows = p[idx], {s: v[idx] for s, v in acc.items()}
-                rule.fn(xp, attrs, lr, p_rows, g.values, acc_rows, sc)
-                p[idx] = p_rows
-                for s, v in acc.items():
-                    v[idx] = acc_rows[s]
+                _update_rows(xp, rule, attrs, lr, p, g, acc, sc)
                 g = None
             elif rule.fn is _adam and _blockable(xp, p, acc["Moment1"], acc["Moment2"]):
                 _adam_sparse_dense(attrs, lr, p, g, acc, sc)
@@ -303,6 +317,20 @@ def _update_kernel(rule: _Rule) -> Callable[[KernelContext], None]:
             pw = _inplace(ctx, s, s + "Out")
             pw *= attrs[beta]
     return kernel
+
+
+def _update_rows(xp: Any, rule: _Rule, attrs: dict, lr: Any, p: Any, g: SelectedRows, acc: dict,
+                 sc: dict) -> None:
+    """The rule on copies of the merged (so unique) rows of ``g``; each array then takes
+    its rows' change as ``a[idx] += delta``, accumulators in reverse slot order (the
+    divisors come last in ``accs``) and the parameter last: Hogwild, module docstring."""
+    idx = _rows_index(xp, g.rows)
+    rows = {s: v[idx] for s, v in acc.items()}
+    rows["Param"] = p[idx]
+    before = {s: r.copy() for s, r in rows.items()}
+    rule.fn(xp, attrs, lr, rows["Param"], g.values, {s: rows[s] for s in acc}, sc)
+    for s in [*reversed(list(acc)), "Param"]:
+        (p if s == "Param" else acc[s])[idx] += rows[s] - before[s]
 
 
 def _register_update(type: str, rule: _Rule, attrs: dict) -> None:
@@ -345,9 +373,20 @@ def _increment_infer(ctx: ShapeContext) -> None:
 
 @register_op("increment", _increment_infer, attrs={"step": 1.0})
 def increment(ctx: KernelContext) -> None:
-    """Out = X + step (a step counter; X and Out are usually the same variable)."""
-    x = ctx.x("X")
-    ctx.out("Out", (x + ctx.attrs["step"]).astype(x.dtype, copy=False))
+    """Out = X + step (a step counter; X and Out are usually the same variable).
+
+    A persistable counter (a learning-rate schedule's step) advances in place, like the
+    update ops' accumulators: Hogwild workers share it and each counts its own steps (a
+    new array published after the step would drop the increments made meanwhile).  A
+    temporary (a while loop's index) gets a new array: the loop's saved steps may hold
+    the old one."""
+    x, step = ctx.x("X"), ctx.attrs["step"]
+    if ctx.same_var("X", "Out") and _writable(x) and (x.dtype.kind == "f" or float(step).is_integer()):
+        var = ctx.op.block._find_var_recursive(ctx._in0["X"]) if getattr(ctx.op, "block", None) else None
+        if var is not None and var.persistable:
+            x += x.dtype.type(step)
+            return
+    ctx.out("Out", (x + step).astype(x.dtype, copy=False))
 
 
 # ---------------------------------------------------- regularization, clipping
