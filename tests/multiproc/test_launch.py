@@ -389,3 +389,30 @@ def test_the_other_entry_points_launch_the_same_job(tmp_path, entry):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "[worker.1] rank 1 of 2 sum 3" in res.stdout
     assert "fleetkit launch: collective job, 2 trainers" in res.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_sigkill_of_the_launcher_leaves_no_grandchild(tmp_path):
+    """What a child started (in its process group) goes too: the launcher's watchdog kills
+    the groups once the launcher is gone."""
+    marker = tmp_path / "pid"
+    script = _script(tmp_path, f"""
+        import os, subprocess, sys, time
+        helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        with open({str(marker)!r} + os.environ["PADDLE_TRAINER_ID"], "w") as f:
+            f.write(str(helper.pid))
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", script], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    helpers = _wait_pids(tmp_path, 2)
+    assert all(_running(p) for p in helpers)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in helpers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [p for p in helpers if _running(p)]
+    for p in left:
+        os.kill(p, 9)
+    assert not left, f"grandchildren {left} outlived the SIGKILLed launcher"

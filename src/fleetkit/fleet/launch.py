@@ -20,7 +20,8 @@ that fails makes it stop every other one and exit with that process's code,
 naming it, its log file and the end of its output; a peer that only saw that
 failure is named as such.  Pservers are stopped once every worker finished.
 Nothing is left running, whatever happens: Ctrl-C, SIGTERM, and SIGKILL of the
-launcher too (the kernel kills the children: PR_SET_PDEATHSIG).
+launcher too (the kernel kills the children: PR_SET_PDEATHSIG; the watchdog of
+``launch_watchdog.py`` kills what they started in their process groups).
 
 Secure by default: every process gets the same random ``FLEETKIT_AUTH_TOKEN``
 for the job (unless the user set one), so pservers refuse anyone else.
@@ -39,7 +40,7 @@ from typing import Any, Sequence
 from .. import env as envmod
 from . import launch_cli, launch_report as report
 from .launch_plan import JobSpec, ProcPlan, child_env, free_ports, plan_job
-from .launch_procs import Proc, probe_ready, start_proc, stop_procs
+from .launch_procs import Proc, Watchdog, probe_ready, start_proc, stop_procs
 
 __all__ = ["RESTARTS_ENV", "JobSpec", "add_launch_parser", "free_ports", "main", "run_job"]
 
@@ -101,6 +102,7 @@ class _Job:
         self.token = envmod.auth_token() or secrets.token_hex(16)
         self.progress = report.Progress(progress_period, metrics_file, _say)
         self.procs: list[Proc] = []
+        self.watchdog: Watchdog | None = None
         self.t0 = time.monotonic()
 
     # ------------------------------------------------------------------ start
@@ -115,7 +117,7 @@ class _Job:
         streamed = self.spec.log_dir is None or plan.name == self._console_worker()
         log = os.path.join(self.spec.log_dir, f"{plan.name}.log") if self.spec.log_dir else None
         return start_proc(self.spec.script, plan, child_env(plan, len(self.plans), self.token), log,
-                          streamed, self.progress.feed)
+                          streamed, self.progress.feed, watchdog=self.watchdog)
 
     def _console_worker(self) -> str | None:
         names = [p.name for p in self.plans if not p.is_server]
@@ -140,6 +142,7 @@ class _Job:
             # inside the try: a Ctrl-C that lands while the processes are being started (or
             # the banner printed) still stops the ones already running, instead of leaving
             # them to outlive an interpreter that waits on their output readers
+            self.watchdog = Watchdog()
             self.start()
             code = self._loop()
         except KeyboardInterrupt:
@@ -151,6 +154,8 @@ class _Job:
         finally:
             if any(p.running() for p in self.procs):
                 self._stop_all()
+            if self.watchdog is not None:
+                self.watchdog.close()
             for p in self.procs:
                 p.join_reader()
             self.progress.tick(force=True)
@@ -217,7 +222,7 @@ class _Job:
         env = {**child_env(p.plan, len(self.plans), self.token), RESTARTS_ENV: str(n)}
         fresh = start_proc(self.spec.script, p.plan, env, log,
                            self.spec.log_dir is None or p.name == self._console_worker(), self.progress.feed,
-                           restarts=n)
+                           restarts=n, watchdog=self.watchdog)
         self.procs[self.procs.index(p)] = fresh
         _say(f"fleetkit launch: {p.name} restarted as pid {fresh.pid}")
         return True

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from .launch_plan import ProcPlan
 from .launch_report import Outcome, parse_metrics
 
-__all__ = ["KILL_GRACE_S", "Proc", "probe_ready", "start_proc", "stop_procs"]
+__all__ = ["KILL_GRACE_S", "Proc", "Watchdog", "probe_ready", "start_proc", "stop_procs"]
 
 #: seconds between SIGTERM and SIGKILL when the job is stopped
 KILL_GRACE_S = 5.0
@@ -39,12 +39,53 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+class Watchdog:
+    """The launcher's side of ``fleetkit.fleet.launch_watchdog`` (run as a plain script, so
+    that it starts without importing fleetkit): which children's process groups to kill
+    should the launcher die without stopping them (see that module)."""
+
+    def __init__(self) -> None:
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launch_watchdog.py")
+        self._popen = subprocess.Popen([sys.executable, "-I", script], stdin=subprocess.PIPE,
+                                       stdout=subprocess.DEVNULL, start_new_session=True)
+        self._lock = threading.Lock()
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            try:
+                self._popen.stdin.write(line.encode() + b"\n")   # type: ignore[union-attr]
+                self._popen.stdin.flush()                         # type: ignore[union-attr]
+            except (BrokenPipeError, ValueError):
+                pass   # the watchdog is gone (or closed): the kernel's PDEATHSIG still applies
+
+    def guard(self, pgid: int) -> None:
+        self._say(f"+{pgid}")
+
+    def forget(self, pgid: int) -> None:
+        self._say(f"-{pgid}")
+
+    def close(self) -> None:
+        """The launcher stopped its children itself: the watchdog exits killing nothing."""
+        self._say("bye")
+        with self._lock:
+            self._popen.stdin.close()                             # type: ignore[union-attr]
+        try:
+            self._popen.wait(5)
+        except subprocess.TimeoutExpired:
+            self._popen.kill()
+            self._popen.wait()
+
+
 class Proc:
     """One running child: its Popen, what the launcher knows of it, its output pump."""
 
-    def __init__(self, plan: ProcPlan, popen: subprocess.Popen, outcome: Outcome) -> None:
+    def __init__(self, plan: ProcPlan, popen: subprocess.Popen, outcome: Outcome,
+                 watchdog: Watchdog | None = None) -> None:
         self.plan, self.popen, self.outcome = plan, popen, outcome
         self.reader: threading.Thread | None = None
+        self._watchdog = watchdog
+        if watchdog is not None:
+            watchdog.guard(popen.pid)   # the child leads its own session: pgid == pid
 
     name = property(lambda self: self.plan.name)
     pid = property(lambda self: self.popen.pid)
@@ -54,6 +95,8 @@ class Proc:
         code = self.popen.poll()
         if code is not None and self.outcome.code is None:
             self.outcome.code, self.outcome.ended = code, time.monotonic()
+            if self._watchdog is not None:
+                self._watchdog.forget(self.popen.pid)   # reaped: its pid may be reused
         return code
 
     def running(self) -> bool:
@@ -89,7 +132,8 @@ def _pump(proc: Proc, log: Any, streamed: bool, on_metrics: Callable[[str, dict]
 
 
 def start_proc(script: Sequence[str], plan: ProcPlan, env: dict[str, str], log_path: str | None,
-               streamed: bool, on_metrics: Callable[[str, dict], None], restarts: int = 0) -> Proc:
+               streamed: bool, on_metrics: Callable[[str, dict], None], restarts: int = 0,
+               watchdog: Watchdog | None = None) -> Proc:
     """Start one child (its output to ``log_path`` and, if ``streamed``, our stdout)."""
     log = open(log_path, "a" if restarts else "w") if log_path else None
     try:
@@ -100,7 +144,8 @@ def start_proc(script: Sequence[str], plan: ProcPlan, env: dict[str, str], log_p
             log.close()
         raise
     role = "PSERVER" if plan.is_server else "TRAINER"
-    proc = Proc(plan, popen, Outcome(plan.name, role, plan.endpoint, popen.pid, log_path, restarts=restarts))
+    proc = Proc(plan, popen, Outcome(plan.name, role, plan.endpoint, popen.pid, log_path, restarts=restarts),
+                watchdog)
     proc.reader = threading.Thread(target=_pump, args=(proc, log, streamed, on_metrics), daemon=True,
                                    name=f"fk-launch-{plan.name}")
     proc.reader.start()
