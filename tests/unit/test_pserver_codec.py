@@ -210,3 +210,29 @@ def test_per_trainer_and_per_server_limits_and_stale_transfers():
     for e in (c[0], c[0], c[1], c[2], c[3]):
         whole = asm.add(e) or whole
     assert np.array_equal(codec.decode(whole), np.ones(1 << 10, np.float32)) and asm.held == 0
+
+
+@pytest.mark.parametrize("value", [np.arange(64, dtype=np.float32).reshape(64, 1), np.zeros((0, 3), np.int64),
+                                   np.ones(()), np.arange(6, dtype=np.int8).reshape(2, 3)])
+def test_dense_parts_are_what_encode_writes(value):
+    env = codec.encode("w", value)[0]
+    for _ in range(2):   # the second time from the header cache
+        head, data = codec.dense_parts("w", value)
+        assert head == env.header.SerializeToString() and bytes(data) == bytes(env.data)
+    assert codec.dense_parts("w", np.full_like(value, 7))[0] == head   # same name, dtype, shape: same header
+
+
+def test_dense_parts_leave_other_values_to_encode():
+    for value in (np.ones((3, 4))[:, :2], np.ones(3, ">f4"), np.float64(1.0), LoDTensor(np.ones((2, 1)), [[0, 2]]),
+                  SelectedRows(np.array([1]), np.ones((1, 2)), 4), np.array(["a"])):
+        assert codec.dense_parts("w", value) is None
+
+
+def test_header_from_bytes_refuses_a_payload_and_junk():
+    env = codec.encode("w", np.ones(3, np.float32), trainer_id=2, seq=9)[0]
+    h = codec.header_from_bytes(memoryview(env.header.SerializeToString()))
+    assert (h.varname, h.trainer_id, h.seq, list(h.dims)) == ("w", 2, 9, [3])
+    with pytest.raises(codec.PayloadError, match="payload inside the bulk frame's header"):
+        codec.header_from_bytes(codec.to_bytes(env))
+    with pytest.raises(codec.PayloadError, match="malformed message header"):
+        codec.header_from_bytes(b"\x0a\xff\xff\xff\x0f")

@@ -112,3 +112,37 @@ def test_lost_for_counts_from_the_loss():
     assert alive.lost_for(30.0) == set() and alive.lost_for(15.0) == {1}
     alive.beat(1)                            # it came back
     assert alive.lost_for(0.0) == set()
+
+
+def test_grpc_reply_trailer_follows_every_update_and_restart():
+    """The trailer is formatted again only when (incarnation, updates, resumed) changed,
+    and then always: a client reads the update count from it."""
+    from fleetkit.pserver.handler import ServerHandler
+    from fleetkit.pserver.liveness import parse_incarnation
+    from fleetkit.pserver.server import ParameterServer, ServerOptions
+
+    class Handler(ServerHandler):
+        def apply(self, grads):
+            pass
+
+        def get(self, name):
+            return np.zeros(1)
+
+        def state(self):
+            return {}
+
+        def load_state(self, state):
+            pass
+
+    server = ParameterServer("127.0.0.1:0", Handler(), 1, sync_mode=False, options=ServerOptions(bulk=False))
+
+    def trailer():
+        ((key, value),) = server._incarnation_metadata()
+        return parse_incarnation(value)
+    first = trailer()
+    assert first == server.incarnation.info() and trailer() == first
+    assert server._incarnation_metadata() is server._incarnation_metadata()   # nothing changed: reused
+    server._apply({"w@GRAD": np.ones(1)}, 0)
+    assert trailer() == (first[0], first[1] + 1, first[2])
+    server.incarnation.resumed = RESEEDED
+    assert trailer()[2] == RESEEDED

@@ -29,9 +29,16 @@ Nothing is allocated for what an unauthenticated peer declares: the token is che
 before the frame's header is read, a refused one closes the connection, and new
 connections have ``auth_timeout`` seconds (at most ``max_unauthenticated`` at a time)
 to show it (bounds: docs/security.md).  A connection
-carries one call at a time; clients keep a few idle ones per endpoint.  Payloads are
-received with ``recv_into`` straight into a fresh ``np.empty`` buffer and sent with
-``sendmsg`` of memoryviews (header and payload never concatenated).
+carries one call at a time; clients keep a few idle ones per endpoint.
+
+Per-message cost: the server reads each connection through a fixed buffer
+(``netio.BufferedReader``), so a small frame that arrived whole costs one ``recv`` and one
+copy into memory of its own, and it answers with one write that cannot wait; its sockets
+stay in blocking mode between frames (no timeout: ``stop`` shuts them down), since
+CPython polls before every call on a socket with a timeout.  Deadlines apply only to a
+frame that arrives in pieces.  Large payloads are received with ``recv_into`` straight
+into a fresh ``np.empty`` buffer and sent with ``sendmsg`` of memoryviews (header and
+payload never concatenated).
 """
 from __future__ import annotations
 
@@ -45,9 +52,9 @@ from typing import Any, Callable, Protocol, Sequence
 import grpc
 import numpy as np
 
-from ..netio import recv_exactly
+from ..netio import BufferedReader, recv_exactly, set_blocking
 from . import codec, rpc
-from .bulk_reply import Reply, Scratch
+from .bulk_reply import Reply, Scratch, advance
 
 __all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host"]
 log = logging.getLogger(__name__)
@@ -112,24 +119,40 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
     recv_exactly(sock, view.cast("B"), None if deadline is None else _Until(deadline))
 
 
-def _recv_growing(sock: socket.socket, n: int, deadline: float | None) -> bytes:
-    """``n`` bytes from ``sock``, read in steps so that memory follows what arrives."""
-    if n <= _HEADER_STEP:
-        buf = bytearray(n)
-        _recv_into(sock, memoryview(buf), deadline)
-        return bytes(buf)
+def _read_growing(reader: BufferedReader, n: int, deadline: _Until) -> bytes:
+    """``n`` bytes from ``reader``, read in steps so that memory follows what arrives."""
+    if n <= reader.size:
+        return bytes(reader.take(n, deadline))
     parts = []
     while n > 0:
         part = bytearray(min(n, _HEADER_STEP))
-        _recv_into(sock, memoryview(part), deadline)
+        reader.read_into(memoryview(part), deadline)
         parts.append(part)
         n -= len(part)
     return b"".join(parts)
 
 
 def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | None) -> None:
-    """Send bytes-like ``parts`` in order with gathered writes (no concatenation)."""
+    """Send bytes-like ``parts`` in order with gathered writes (no concatenation).  A socket
+    in blocking mode (the server's) first gets one write that cannot wait: a small reply
+    then costs one system call, without a poll or a change of the socket's timeout."""
+    blocking = sock.gettimeout() is None
+    if blocking and len(parts) == 1:   # one buffer (a small reply): no list of views
+        try:
+            sent = sock.send(parts[0], socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        view = memoryview(parts[0]).cast("B")
+        if sent >= view.nbytes:
+            return
+        parts, blocking = [view[sent:]], False
     views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
+    if views and blocking:
+        try:
+            sent = sock.sendmsg(views[:512], (), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        views = advance(views, sent)
     while views:
         if deadline is not None:
             left = deadline - time.monotonic()
@@ -158,7 +181,7 @@ class BulkTarget(Protocol):
         """None if the token is accepted, else the error status (code, details, missing)."""
 
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
-                  reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
+                  reply: Callable[[str, Any], Any]) -> tuple[int, str, str, Any]:
         """(status, details, missing, reply: an envelope, ``reply``'s result, or None)."""
 
     def incarnation_info(self) -> tuple[int, int, int]:
@@ -234,10 +257,13 @@ class BulkServer:
             threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fk-bulk-conn").start()
 
     def _serve(self, conn: socket.socket) -> None:
+        # per connection, made once: the read buffer, the reply and its scratch buffer
         scratch = Scratch()
+        reader = BufferedReader(conn)
+        reply = Reply(conn, scratch, self.reply_bytes, self._reply_fixed)
         state = {"authenticated": False}
         try:
-            while not self._stop.is_set() and self._serve_one(conn, scratch, state):
+            while not self._stop.is_set() and self._serve_one(reader, reply, state):
                 scratch.trim()
         except (OSError, ConnectionError) as e:
             # peer went away (mid-frame too), or a read stalled past io_timeout: drop it
@@ -251,40 +277,37 @@ class BulkServer:
                     self._unauthenticated -= 1
             _linger_close(conn)
 
+    def _reply_fixed(self, hlen: int, rlen: int, dlen: int) -> bytes:
+        """The fixed part of a value reply (status 0), with the pserver's incarnation."""
+        return _REPLY.pack(REPLY_MAGIC, 0, 0, 0, hlen, rlen, dlen, *self.target.incarnation_info())
+
     def _authenticated(self, state: dict) -> None:
         if not state["authenticated"]:
             state["authenticated"] = True
             with self._lock:
                 self._unauthenticated -= 1
 
-    def _wait_frame(self, conn: socket.socket, view: memoryview, limit: float | None = None) -> bool:
-        """Read a frame's fixed part (within ``limit`` seconds if given); False at a clean
-        EOF, a stop between frames, or past ``limit``."""
-        conn.settimeout(1.0)
-        give_up = None if limit is None else time.monotonic() + limit
-        while True:
-            if give_up is not None and time.monotonic() > give_up:
-                return False
-            try:
-                k = conn.recv_into(view, view.nbytes)
-            except socket.timeout:
-                if self._stop.is_set():
-                    return False
-                continue   # idle connection, waiting for the client's next call
-            if not k:
-                return False
-            if k < view.nbytes:   # a frame has started: the rest is due within io_timeout
-                rest_due = time.monotonic() + self.io_timeout
-                _recv_into(conn, view[k:], rest_due if give_up is None else min(give_up, rest_due))
-            return True
-
-    def _serve_one(self, conn: socket.socket, scratch: Scratch, state: dict) -> bool:
-        fixed = bytearray(_FRAME.size)
-        first = not state["authenticated"]
-        if not self._wait_frame(conn, memoryview(fixed), self.auth_timeout if first else None):
+    @staticmethod
+    def _wait_frame(reader: BufferedReader, until: _Until | None) -> bool:
+        """Wait for the next frame's first bytes: between frames in blocking mode, without
+        a timeout (``stop`` shuts the connection down, which ends the wait), a new
+        connection's first frame until ``until``.  False at EOF or past ``until``."""
+        try:
+            return reader.wait(until)
+        except socket.timeout:
             return False
-        deadline = time.monotonic() + self.io_timeout     # the rest of the frame
-        magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(fixed)
+
+    def _serve_one(self, reader: BufferedReader, reply: Reply, state: dict) -> bool:
+        """Read one frame and answer it; False when the connection is to be closed.  A small
+        frame that arrived whole is taken from the reader's buffer after one read."""
+        conn = reader.sock
+        first = not state["authenticated"]
+        auth_until = _Until(time.monotonic() + self.auth_timeout) if first else None
+        if not self._wait_frame(reader, auth_until):
+            return False
+        deadline = _Until(time.monotonic() + self.io_timeout)     # the rest of the frame
+        token_due = _Until(min(deadline.at, auth_until.at)) if auth_until is not None else deadline
+        magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.take(_FRAME.size, token_due))
         method = METHOD_NAME.get(mcode)
         if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER or tlen > MAX_TOKEN:
             why = (f"malformed bulk frame (magic {bytes(magic)!r}, method {mcode}, header {hlen} bytes)")
@@ -295,37 +318,38 @@ class BulkServer:
                    f"pserver's limit of {self.max_payload}")
             self._reply_error(conn, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why, "", closing=True)
             return False
-        token = bytearray(tlen)
-        _recv_into(conn, memoryview(token), min(deadline, time.monotonic() + self.auth_timeout)
-                   if first else deadline)
-        refused = self.target.bulk_auth(method, bytes(token) if tlen else None)
+        token = bytes(reader.take(tlen, token_due)) if tlen else None
+        refused = self.target.bulk_auth(method, token)
         if refused is not None:   # nothing more is read from a peer without the token
             self._reply_error(conn, *refused, closing=True)
             return False
         self._authenticated(state)
-        header = _recv_growing(conn, hlen, deadline)
-        buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
-        _recv_into(conn, memoryview(buf), deadline)
-        rows, data = buf[:rlen], buf[rlen:]
-        started = Reply(conn, scratch, self.reply_bytes, lambda h, r, d: _REPLY.pack(
-            REPLY_MAGIC, 0, 0, 0, h, r, d, *self.target.incarnation_info()))
-        code, details, missing, reply = self.target.bulk_call(
-            method, header, memoryview(rows) if rlen else b"",
-            memoryview(data) if dlen else b"", started)
+        if reader.buffered >= hlen + rlen + dlen:   # arrived whole: one copy, no wait
+            frame = memoryview(reader.take_copy(hlen + rlen + dlen))   # the value's own memory
+            header, payload = frame[:hlen], frame[hlen:]
+        else:
+            header = _read_growing(reader, hlen, deadline)
+            buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
+            reader.read_into(memoryview(buf), deadline)
+            payload = memoryview(buf)
+        set_blocking(conn)   # the reply's first write must not wait (it may run under the handler lock)
+        reply.reset()
+        code, details, missing, out = self.target.bulk_call(
+            method, header, payload[:rlen] if rlen else b"", payload[rlen:] if dlen else b"", reply)
         self.frames += 1
-        if reply is started:
-            _send_parts(conn, started.rest or [], self._send_deadline())
-        elif started.rest is not None:
+        if out is reply:
+            if reply.rest:
+                _send_parts(conn, reply.rest, self._send_deadline())
+        elif reply.rest is not None:
             return False   # a started reply was not sent: the stream is out of step, hang up
         elif code:
             self._reply_error(conn, code, details, missing)
-        elif reply is None:
+        elif out is None:
             _send_parts(conn, [_REPLY.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0, *self.target.incarnation_info())],
                         self._send_deadline())
         else:
-            head, r, d = _payload_parts(reply)
-            fixed_out = _REPLY.pack(REPLY_MAGIC, 0, 0, 0, len(head), memoryview(r).nbytes, memoryview(d).nbytes,
-                                    *self.target.incarnation_info())
+            head, r, d = _payload_parts(out)
+            fixed_out = self._reply_fixed(len(head), memoryview(r).nbytes, memoryview(d).nbytes)
             _send_parts(conn, [fixed_out, head, r, d], self._send_deadline())
         return True
 

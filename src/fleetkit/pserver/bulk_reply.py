@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import socket
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from ..netio import set_blocking
 from . import codec
 
-__all__ = ["Reply", "Scratch"]
+__all__ = ["Reply", "Scratch", "UNCHUNKED", "advance"]
+
+#: max_bytes of a value encoded for the bulk channel, which sends every value whole
+UNCHUNKED = 1 << 62
 
 
 class Scratch:
@@ -29,7 +33,7 @@ class Scratch:
             self.buf = None
 
 
-def _advance(views: list[memoryview], n: int) -> list[memoryview]:
+def advance(views: list[memoryview], n: int) -> list[memoryview]:
     """``views`` without their first ``n`` bytes."""
     out = list(views)
     while n and out:
@@ -45,7 +49,8 @@ class Reply:
     half-done then).  The socket takes what it can without waiting, so the kernel's copy
     is the snapshot and no copy of ours is needed; what it cannot take yet is copied
     into the connection's scratch buffer and sent after the lock is released (a slow
-    client never holds the lock)."""
+    client never holds the lock).  A small value is copied whole instead, and sent after
+    the lock.  One per connection, ``reset`` before each frame."""
 
     def __init__(self, conn: socket.socket, scratch: Scratch, stats: dict[str, int],
                  fixed: Callable[[int, int, int], bytes]) -> None:
@@ -53,23 +58,37 @@ class Reply:
         self.conn, self.scratch, self.stats, self.fixed = conn, scratch, stats, fixed
         self.rest: list[memoryview] | None = None   # None: not started
 
-    def __call__(self, envs: list[codec.Envelope]) -> Reply:
-        # chunks are consecutive slices of the (rows bytes, tensor bytes) stream: join them
-        rows = [v for v in (memoryview(e.rows).cast("B") for e in envs) if v.nbytes]
-        data = [v for v in (memoryview(e.data).cast("B") for e in envs) if v.nbytes]
-        header = type(envs[0].header)()
-        header.CopyFrom(envs[0].header)
-        for f in ("chunk_index", "chunk_count", "transfer_id"):
-            header.ClearField(f)
-        head = header.SerializeToString()
-        fixed = self.fixed(len(head), sum(v.nbytes for v in rows), sum(v.nbytes for v in data))
-        views = [memoryview(fixed), memoryview(head), *rows, *data]
-        self.conn.setblocking(False)
+    #: values of at most this many bytes are copied and sent after the lock, not under it
+    COPY_BELOW = 16 << 10
+
+    def reset(self) -> None:
+        """A new frame: nothing of its reply is started."""
+        self.rest = None
+
+    def __call__(self, name: str, value: Any) -> Reply:
+        parts = codec.dense_parts(name, value)   # a plain array: its header is cached
+        if parts is not None:
+            head, rows, data = parts[0], memoryview(b""), parts[1]
+        else:   # one envelope, whatever the size: the bulk channel does not chunk
+            env = codec.encode(name, value, max_bytes=UNCHUNKED)[0]
+            head = env.header.SerializeToString()
+            rows, data = memoryview(env.rows).cast("B"), memoryview(env.data).cast("B")
+        fixed = self.fixed(len(head), rows.nbytes, data.nbytes)
+        if rows.nbytes + data.nbytes <= self.COPY_BELOW:
+            # a small value: one copy is cheaper than a system call under the lock (which
+            # other connections' calls would queue behind); sent once the lock is released
+            self.rest = [memoryview(b"".join((fixed, head, rows, data)))]
+            self.stats["copied"] += self.rest[0].nbytes
+            return self
+        views = [v for v in (memoryview(fixed), memoryview(head), rows, data) if v.nbytes]
+        # a write that cannot wait, on a socket the server keeps in blocking mode (no timeout):
+        # a socket with a timeout would poll and wait for room instead (netio.set_blocking)
+        set_blocking(self.conn)
         try:
-            sent = self.conn.sendmsg(views[:512])
+            sent = self.conn.sendmsg(views[:512], (), socket.MSG_DONTWAIT)
         except BlockingIOError:
             sent = 0
-        rest = _advance(views, sent)
+        rest = advance(views, sent)
         n = sum(v.nbytes for v in rest)
         self.rest = []
         if n:

@@ -127,6 +127,8 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         self._ckpt_thread: threading.Thread | None = None
         self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
                                  self._apply, endpoint) if self.sync_mode else None
+        self._method_table = self._methods()     # once: both transports dispatch through it
+        self._trailer: tuple[Any, tuple] = (None, ())   # (incarnation info, its gRPC trailing metadata)
 
     # --------------------------------------------------------------- lifecycle
     def start(self) -> int:
@@ -205,7 +207,7 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
     # ----------------------------------------------------------------- plumbing
     def _generic_handler(self) -> grpc.GenericRpcHandler:
         handlers = {}
-        for name, fn in self._methods().items():
+        for name, fn in self._method_table.items():
             void = name in rpc.VOID_METHODS
             handlers[name] = grpc.unary_unary_rpc_method_handler(
                 self._wrap(name, fn), request_deserializer=_lenient_deserialize,
@@ -239,15 +241,25 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
                 self._check_trainer(request)
                 self.alive.beat(request.header.trainer_id)
                 out = fn(request)
-                context.set_trailing_metadata(self.incarnation.metadata())
+                context.set_trailing_metadata(self._incarnation_metadata())
                 return out
             except Exception as e:  # noqa: BLE001 - every failure becomes a status
                 code, details, md = self._status_for(e, method, request)
             # errors carry the incarnation too: a restarted pserver's refusal (e.g. of a
             # trainer lost to it) must not hide that it restarted
-            context.set_trailing_metadata(tuple(md) + self.incarnation.metadata())
+            context.set_trailing_metadata(tuple(md) + self._incarnation_metadata())
             context.abort(code, details)
         return handle
+
+    def _incarnation_metadata(self) -> tuple:
+        """The reply trailer naming this pserver's incarnation, formatted again only when
+        (incarnation, updates, resumed) changed since the last reply."""
+        info = self.incarnation.info()
+        cached_info, md = self._trailer
+        if info != cached_info:
+            md = self.incarnation.metadata()
+            self._trailer = (info, md)   # one tuple: threads see the old pair or the new one
+        return md
 
     def _status_for(self, e: Exception, method: str, request: Any) -> tuple[grpc.StatusCode, str, tuple]:
         name = request.name if isinstance(request, codec.Envelope) else "?"
@@ -301,20 +313,18 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         return self.incarnation.info()
 
     def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
-                  reply: Callable[[list[codec.Envelope]], Any]) -> tuple[int, str, str, Any]:
+                  reply: Callable[[str, Any], Any]) -> tuple[int, str, str, Any]:
         """Serve one bulk frame with the gRPC path's methods: (status, details, missing
         trainers, reply: an envelope, what ``reply`` returned, or None for void)."""
         request: Any = None
         try:
-            request = _lenient_deserialize(header)
-            if isinstance(request, Exception):
-                raise request
-            if memoryview(request.rows).nbytes or memoryview(request.data).nbytes:
-                raise InvalidArgumentError("malformed request: payload inside the bulk frame's header")
-            request.rows, request.data = rows, data
+            try:
+                request = codec.Envelope(codec.header_from_bytes(header), rows, data)
+            except codec.PayloadError as e:
+                raise InvalidArgumentError(f"malformed request: {e}") from None
             self._check_trainer(request)
             self.alive.beat(request.header.trainer_id)
-            fn = self._methods()[method]
+            fn = self._method_table[method]
             if method in rpc.VOID_METHODS:
                 fn(request)
                 return 0, "", "", None

@@ -119,12 +119,13 @@ class ServiceMixin:
                 raise
         return None
 
-    def _respond(self, request: codec.Envelope, make: Callable[[], list[codec.Envelope]],
-                 reply: Callable[[list[codec.Envelope]], Any] | None = None) -> Any:
-        """Serialize a value response.  A chunked one is cached under a fresh transfer id
-        (carried by every chunk) and served chunk by chunk to requests echoing that id.
-        On the bulk channel ``reply`` takes the value's envelopes while the handler lock is
-        held (so it sees no update half-done) and returns what the bulk server sends."""
+    def _respond(self, request: codec.Envelope, fetch: Callable[[], tuple[str, Any]],
+                 reply: Callable[[str, Any], Any] | None = None) -> Any:
+        """Serialize a value response (``fetch`` returns its name and value).  A chunked one
+        is cached under a fresh transfer id (carried by every chunk) and served chunk by
+        chunk to requests echoing that id.  On the bulk channel ``reply`` takes the name and
+        value while the handler lock is held (so it sees no update half-done) and returns
+        what the bulk server sends."""
         h = request.header
         if h.chunk_index > 0:
             with self._asm_lock:
@@ -137,9 +138,10 @@ class ServiceMixin:
                     del self._big[h.transfer_id]
                 return blob
         with self._hlock:   # serialize under the lock: no torn reads of a param being updated
-            envs = make()
+            name, value = fetch()
             if reply is not None:
-                return reply(envs)
+                return reply(name, value)
+            envs = self._encode(name, value)
             if len(envs) > 1:
                 with self._asm_lock:
                     self._next_transfer += 1
@@ -161,8 +163,7 @@ class ServiceMixin:
             self.rounds.wait_applied(h.trainer_id)
         if h.varname == rpc.FETCH_BARRIER:
             return codec.to_bytes(codec.control(rpc.FETCH_BARRIER, h.trainer_id))
-        return self._respond(env, lambda: self._encode(h.varname, self._handler_get(h.trainer_id, h.varname)),
-                             reply)
+        return self._respond(env, lambda: (h.varname, self._handler_get(h.trainer_id, h.varname)), reply)
 
     def _get_no_barrier(self, env: codec.Envelope, reply: Callable | None = None) -> Any:
         h = env.header
@@ -175,7 +176,7 @@ class ServiceMixin:
         if name == rpc.INCARNATION:
             info = np.array(self.incarnation.info(), dtype=np.int64)
             return codec.to_bytes(codec.encode(name, info)[0])
-        return self._respond(env, lambda: self._encode(name, self._handler_get(h.trainer_id, name)), reply)
+        return self._respond(env, lambda: (name, self._handler_get(h.trainer_id, name)), reply)
 
     def _handler_get(self, trainer_id: int, name: str) -> Any:
         if self.rounds is None:  # async: the handler may track who pulled what (DC-ASGD)
@@ -186,12 +187,12 @@ class ServiceMixin:
         h = env.header
         table = h.table_name or h.varname
         if h.chunk_index > 0:
-            return self._respond(env, lambda: [])
+            return self._respond(env, lambda: ("", None))   # a later chunk: served from the cache
         ids = codec.decode(env)
         if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu":
             raise InvalidArgumentError(f"prefetch of table '{table}' needs an integer id tensor")
         out = h.out_varname or table
-        return self._respond(env, lambda: self._encode(out, self.handler.prefetch(table, ids)), reply)
+        return self._respond(env, lambda: (out, self.handler.prefetch(table, ids)), reply)
 
     def _encode(self, name: str, value: Any) -> list[codec.Envelope]:
         return codec.encode(name, value, max_bytes=self.options.max_message_bytes)
