@@ -3,8 +3,10 @@
     python benchmarks/pserver.py [--iters 30] [--json out.json] [--grpc-only] [--apply numpy]
                                  [--small-msgs 2000] [--small-only]
 
-* small messages: CPU microseconds of the pserver process per 4-float SendVariable or
-  GetVariableNoBarrier over gRPC, 1/2/4/8 trainers at once (from /proc/PID/stat)
+* small messages: CPU microseconds of the pserver process per 64x1 float32 SendVariable or
+  GetVariableNoBarrier, 1/2/4/8 trainers at once (from /proc/PID/stat), on the bulk channel
+  and on gRPC, beside a no-op Python gRPC servicer and a Python socket echo measured the
+  same way (the floors; ``_pserver_small.py``)
 * push+pull: each trainer, per iteration, sends one 4 MiB float32 gradient block to
   every pserver (SendVariable, async mode: the pserver applies SGD to its block on
   arrival, in place with one BLAS axpy; ``--apply numpy``: numpy with a temporary) and
@@ -43,6 +45,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+import _pserver_small  # benchmarks/: the small-message figure
 
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "268435456",
              "MALLOC_TRIM_THRESHOLD_": "1073741824"}
@@ -225,7 +229,7 @@ def _serve(conn: Any, n_trainers: int, apply_kind: str = "axpy") -> None:
         def __init__(self) -> None:
             self.p = {f"w.block{i}": np.zeros(BLOCK // 4, np.float32) for i in range(n_trainers)}
             self.table = SparseTable("emb", 16)
-            self.p["small"] = np.zeros(4, np.float32)   # small_message_cpu_us's variable
+            self.p["small"] = np.zeros(_pserver_small.SHAPE, np.float32)   # the small-message figure's
 
         def apply(self, grads: dict) -> None:
             for name, g in grads.items():
@@ -304,52 +308,6 @@ def pserver_mb_s(n_trainers: int, n_pservers: int, iters: int, apply_kind: str =
     return n_trainers * n_pservers * 2 * BLOCK * iters / max(t for _, t, _ in got) / MB, path
 
 
-def _small_trainer(rank: int, endpoint: str, msgs: int, start: Any, done: Any, out: Any) -> None:
-    from fleetkit.pserver.client import RPCClient
-
-    c = RPCClient(rank)
-    g = np.ones(4, np.float32)
-    for _ in range(20):   # warm-up: channels, heartbeat stream, first-call caches
-        c.send_vars([(endpoint, "small@GRAD", g)])
-    start.wait()
-    for _ in range(msgs // 2):   # one message each: a 4-float send, a 4-float get
-        c.send_vars([(endpoint, "small@GRAD", g)])
-        c.get_vars([(endpoint, "small")], barrier=False)
-    out.put(rank)
-    done.wait()   # COMPLETE only after the server's CPU time is read
-    c.send_complete([endpoint])
-    c.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def small_message_cpu_us(n_trainers: int, msgs: int) -> float:
-    """CPU microseconds the pserver process spends per small gRPC message (4-float
-    SendVariable / GetVariableNoBarrier), ``msgs`` messages per trainer, all trainers at
-    once.  CPU time, not wall time: independent of the machine's other load."""
-    ctx = mp.get_context("spawn")
-    procs, eps = _start_servers(1, n_trainers)
-    start, done, out = ctx.Barrier(n_trainers + 1), ctx.Barrier(n_trainers + 1), ctx.Queue()
-    trainers = [ctx.Process(target=_small_trainer, args=(r, eps[0], msgs, start, done, out))
-                for r in range(n_trainers)]
-    for t in trainers:
-        t.start()
-    start.wait(120)
-    cpu0 = _cpu_seconds(procs[0].pid)
-    for _ in trainers:
-        out.get(timeout=600)
-    cpu1 = _cpu_seconds(procs[0].pid)
-    done.wait(60)
-    for p in trainers + procs:
-        p.join(60)
-    return (cpu1 - cpu0) / (n_trainers * (msgs // 2) * 2) * 1e6
-
-
 def prefetch_rows_s(batches: int, batch: int = 10_000) -> tuple[float, float]:
     """(first-touch rows/s, warm rows/s) of 16-float rows from one pserver."""
     from fleetkit.pserver.client import RPCClient
@@ -393,11 +351,8 @@ def main() -> None:
 
     small = {}
     if args.small_msgs > 0:
-        print(f"{'trainers':>8} {'pserver CPU us/message':>23}  (4-float send/get over gRPC, "
-              f"{args.small_msgs} per trainer; CPU time of the pserver process)")
-        for n_t in (1, 2, 4, 8):
-            small[n_t] = small_message_cpu_us(n_t, args.small_msgs)
-            print(f"{n_t:>8} {small[n_t]:>23.1f}", flush=True)
+        small = _pserver_small.small_message_table(_start_servers, args.small_msgs,
+                                                   bulk=not args.grpc_only)
     if args.small_only:
         return
     raw = raw_socket_mb_s(args.iters)
