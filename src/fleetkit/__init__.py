@@ -25,6 +25,11 @@ __version__ = "0.1.0"
 # ``import fleetkit.layers`` (and friends) work like the fluid submodules they mirror
 for _name in ("clip", "initializer", "io", "layers", "regularizer", "unique_name"):
     _sys.modules[f"{__name__}.{_name}"] = globals()[_name]
+# and ``import fleetkit.layers.nn as nn`` (fluid's layer submodules, core/layers/fluid_modules.py)
+from .core.layers.fluid_modules import fluid_submodules as _fluid_submodules  # noqa: E402
+
+for _name, _module in _fluid_submodules(layers).items():
+    _sys.modules[f"{__name__}.layers.{_name}"] = _module
 
 __all__ = list(_core_all) + ["FleetkitError", "__version__"]
 

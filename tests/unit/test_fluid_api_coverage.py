@@ -169,3 +169,23 @@ def test_surface_takes_fluid_14_arguments(name):
               if p.name != "self" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     want = SIGNATURES[name].split()
     assert params[:len(want)] == want, f"{name}: fleetkit takes {params}, fluid 1.4 {want}"
+
+
+def test_layer_submodules_import_by_path_and_answer_every_layer():
+    """``import paddle.fluid.layers.nn as nn`` (PaddleRec ssr/tagspace) and friends."""
+    import importlib
+
+    from fleetkit.core.layers.fluid_modules import FLUID_SUBMODULES
+    import fleetkit.layers.nn as nn
+    from fleetkit.layers.tensor import concat
+    import fleetkit.layers.ops as ops
+    fluid = fleetkit
+    assert concat is fluid.layers.concat and ops.sigmoid is fluid.layers.sigmoid
+    assert nn.sequence_conv is fluid.layers.sequence_conv   # kept in another fleetkit module
+    for name in FLUID_SUBMODULES:
+        mod = importlib.import_module(f"fleetkit.layers.{name}")
+        assert mod.fc is fluid.layers.fc and mod.data is fluid.layers.data, name
+    with pytest.raises(AttributeError, match=r"fleetkit.layers.multiclass_nms \(fluid 1.4\) is not supported"):
+        getattr(importlib.import_module("fleetkit.layers.detection"), "multiclass_nms")
+    with pytest.raises(AttributeError):
+        getattr(nn, "no_such_layer")

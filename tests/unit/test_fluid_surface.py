@@ -316,3 +316,19 @@ def test_bilinear_initializer_upsamples_like_bilinear_interpolation():
             np.testing.assert_allclose(k[i, j], np.outer(tri, tri), rtol=1e-6)
     with pytest.raises(InvalidArgumentError, match="square"):
         fluid.layers.create_parameter([2, 2, 3, 4], "float32", default_initializer=fluid.initializer.Bilinear())
+
+
+def test_fetched_tensor_element_accessors_as_fluid_scripts_use_them():
+    """``para[1]._get_float_element(0)`` reads a fetched metric in 1.4's model zoo (gru4rec infer)."""
+    x = fluid.layers.data("x", [3])
+    total = fluid.layers.reduce_sum(x)
+    exe = fluid.Executor()
+    (t,) = exe.run(feed={"x": np.arange(6, dtype="float32").reshape(2, 3)}, fetch_list=[total],
+                   return_numpy=False)
+    assert t._get_float_element(0) == 15.0 and t._get_double_element(0) == 15.0
+    m = fluid.LoDTensor()
+    m.set(np.zeros((2, 2), "float32"), fluid.CPUPlace())
+    m._set_float_element(3, 2.5)
+    assert m._get_float_element(3) == 2.5 and np.asarray(m)[1, 1] == 2.5
+    with pytest.raises(InvalidArgumentError, match=r"element 4 is out of range: the tensor has 4 elements"):
+        m._get_float_element(4)

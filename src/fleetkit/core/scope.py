@@ -65,6 +65,24 @@ class LoDTensor:
     def has_valid_recursive_sequence_lengths(self) -> bool:
         return check_lod(self._lod, len(self.values)) is None
 
+    # fluid 1.4's element accessors (flat index), which its model-zoo scripts use to read
+    # a fetched metric: ``acc = fetched[1]._get_float_element(0)``
+    def _get_float_element(self, index: int) -> float:
+        return float(self.values[self._element(index)])
+
+    def _set_float_element(self, index: int, value: float) -> None:
+        self.values[self._element(index)] = value
+
+    _get_double_element = _get_float_element
+    _set_double_element = _set_float_element
+
+    def _element(self, index: int) -> tuple[int, ...]:
+        size = int(np.prod(self.values.shape)) if self.values is not None else 0
+        if not -size <= int(index) < size:
+            raise InvalidArgumentError(f"LoDTensor element {index} is out of range: the tensor has {size} "
+                                       f"elements (shape {None if self.values is None else list(self.values.shape)})")
+        return tuple(int(i) for i in np.unravel_index(int(index) % size, self.values.shape))
+
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         a = to_numpy(self.values)
         return a.astype(dtype) if dtype is not None else a
