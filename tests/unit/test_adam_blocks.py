@@ -14,7 +14,8 @@ ATTRS = {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8, "lazy_mode": False}
 def _state(rng, shape):
     p = rng.normal(size=shape).astype(np.float32)
     m1 = rng.normal(size=shape).astype(np.float32) * 0.1
-    m2 = np.abs(rng.normal(size=shape)).astype(np.float32) * 0.01
+    # |m1| <= sqrt(m2), as for moments grown from zero (the rule clips m1 / sqrt(m2) beyond that)
+    m2 = np.abs(rng.normal(size=shape)).astype(np.float32) * 0.01 + m1 * m1
     return p, m1, m2
 
 

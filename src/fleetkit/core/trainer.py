@@ -2,10 +2,13 @@
 
 Each of ``thread`` workers runs the whole program on its own batches, with its
 own prepared ops and its own values of the non-persistable variables, while
-the persistable ones (parameters, optimizer state) are shared: update ops
-change shared arrays in place, so every worker sees every other worker's
-updates without locks (Hogwild), and a persistable that an op *replaces*
-(a step counter) is published back after the step for the others.
+the persistable ones (parameters, optimizer state, step counters) are shared:
+update ops and counters change the shared arrays in place, so every worker sees
+every other worker's updates without locks (Hogwild; ``ops/optimizer.py`` says
+how its kernels keep a half-applied update from misleading another worker).  A
+persistable that an op *replaces* (a learning rate computed from the step) is
+published back whole after the step for the others: right for a value derived
+each step, wrong for anything that accumulates, which must be updated in place.
 
 Two kinds of workers run the same loop (``_Run._loop``):
 

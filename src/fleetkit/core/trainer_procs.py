@@ -3,9 +3,10 @@
 Python threads share one interpreter lock, so N training threads use about one
 core.  Here the parent moves every persistable array (parameters, optimizer
 state, step counters) into one shared-memory block and forks N workers: an
-update op changes the shared arrays in place and every worker sees it at once
-(Hogwild, as fluid's threads), and a persistable an op *replaces* is copied
-into its shared array after the step.  The prepared programs and the feed
+update op or a step counter changes the shared arrays in place and every worker
+sees it at once (Hogwild, as fluid's threads), and a persistable an op
+*replaces* (a value derived each step) is copied into its shared array after
+the step.  The prepared programs and the feed
 iterators are built before the fork, so each child inherits its own; the
 dataset's in-memory instances are shared copy-on-write and never copied.
 

@@ -29,6 +29,11 @@ divisor: a worker that sees another's numerator contribution also sees its
 divisor contribution.  The other way round it can read a half-applied update
 (m1 advanced, m2 not yet) and, where m2 is still about 0 (a row seen for the
 first time), step by m1 / eps: 1e5 times too far (issue 15's AUC drop under load).
+That ordering holds between statements (a worker descheduled mid-update); two cores
+running ``m2 *= b2`` and ``m2 += ...`` on one element at the same instant can still
+lose one of the writes, so Adam also clips m1 / sqrt(m2) to the bound that every
+state a serial Adam reaches from zero moments satisfies (``_adam_ratio_bound``):
+never reached in serial training, it caps what such a race can do at one normal step.
 """
 from __future__ import annotations
 
@@ -99,6 +104,21 @@ def _momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) ->
 _BLOCK = 1 << 15
 
 
+def _adam_ratio_bound(b1: float, b2: float) -> float:
+    """The largest |m1| / sqrt(m2) of Adam moments grown from zero: by Cauchy-Schwarz over the
+    gradients' weights, (1 - b1) / sqrt((1 - b2) * (1 - b1^2 / b2)); unbounded when b1^2 >= b2.
+    With 1% to spare for float rounding and Hogwild's reordered decays."""
+    if b1 * b1 >= b2:
+        return float("inf")
+    return 1.01 * (1 - b1) / float(np.sqrt((1 - b2) * (1 - b1 * b1 / b2)))
+
+
+def _clip_ratio(xp: Any, a: dict, r: Any) -> Any:
+    """``r`` (m1 / (sqrt(m2) + eps)) clipped in place to the bound (module docstring)."""
+    k = _adam_ratio_bound(a["beta1"], a["beta2"])
+    return r if k == float("inf") else xp.clip(r, -k, k, out=r)
+
+
 def _adam(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
     m1, m2, b1, b2 = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"]
     lr_t = lr * xp.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
@@ -110,7 +130,7 @@ def _adam(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> Non
     m1 *= b1
     m1 += (1 - b1) * g
     n1 = m1.copy()
-    p -= lr_t * (n1 / (xp.sqrt(m2) + a["epsilon"]))
+    p -= lr_t * _clip_ratio(xp, a, n1 / (xp.sqrt(m2) + a["epsilon"]))
 
 
 def _blockable(xp: Any, p: Any, *others: Any) -> bool:
@@ -146,7 +166,7 @@ def _adam_blocks(a: dict, lr_t: Any, p: np.ndarray, g: np.ndarray | None, m1: np
         n1[...] = c1
         np.sqrt(c2, out=w)
         w += eps
-        np.divide(n1, w, out=w)
+        _clip_ratio(np, a, np.divide(n1, w, out=w))
         w *= lr_t
         p[s:e] -= w
 
@@ -162,11 +182,11 @@ def _adam_sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: di
     _adam_blocks(a, lr_t, p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
     idx, gv = g.rows, g.values
     c1, c2 = m1[idx], m2[idx]  # copies, the numerator first (Hogwild: module docstring)
-    zero_step = lr_t * (c1 / (np.sqrt(c2) + eps))  # what the pass above took from these rows
+    zero_step = lr_t * _clip_ratio(np, a, c1 / (np.sqrt(c2) + eps))  # what the pass above took from these rows
     d1, d2 = (1 - b1) * gv, (1 - b2) * (gv * gv)
     c1 += d1
     c2 += d2
-    step = zero_step - lr_t * (c1 / (np.sqrt(c2) + eps))
+    step = zero_step - lr_t * _clip_ratio(np, a, c1 / (np.sqrt(c2) + eps))
     m2[idx] += d2
     m1[idx] += d1
     p[idx] += step
