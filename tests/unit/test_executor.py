@@ -182,3 +182,31 @@ def test_check_grad_on_gpu_demanded_without_one_says_why():
     check_grad("tanh", {"X": x}, gpu=False)
     with pytest.raises(GPUUnavailableError, match="CUDAPlace needs cupy"):
         check_grad("tanh", {"X": x}, gpu=True)
+
+
+def test_placeholder_shapes_of_fluid_14_scripts_are_fed_as_given(caplog):
+    """fluid 1.4 did not check feeds: the PTB language model declares x [-1, 1, 1] and feeds
+    [batch, steps, 1], its initial state [1] fed [layers, batch, hidden], and its label y
+    as float32 fed with int64 class ids."""
+    x = layers.data("x", shape=[-1, 1, 1], dtype="int64")
+    h0 = layers.data("h0", shape=[1], dtype="float32")
+    y = layers.data("y", shape=[-1, 1], dtype="float32")
+    emb = layers.reshape(layers.embedding(layers.reshape(x, [-1, 1]), size=[10, 4]), [-1, 4])
+    state = layers.reduce_sum(h0)
+    logits = layers.elementwise_add(layers.fc(emb, 10), state)
+    loss = layers.mean(layers.softmax_with_cross_entropy(logits, y))
+    exe = fk.Executor()
+    exe.run(fk.default_startup_program())
+    feed = {"x": np.arange(6, dtype="int64").reshape(2, 3, 1), "h0": np.zeros((2, 2, 4), "float32"),
+            "y": np.arange(6, dtype="int64").reshape(6, 1)}
+    with caplog.at_level("WARNING"):
+        first = exe.run(feed=feed, fetch_list=[loss])[0]
+        exe.run(feed=feed, fetch_list=[loss])
+    said = [r.getMessage() for r in caplog.records]
+    assert any("'x' is declared with shape [-1, 1, 1] and fed [2, 3, 1]" in m for m in said), said
+    assert any("'h0' is declared with shape [-1, 1] and fed [2, 2, 4]" in m for m in said), said
+    assert len(said) == 2                                  # once per variable, not every step
+    assert np.isclose(float(first[0]), np.log(10), atol=0.5)
+    bad = dict(feed, y=np.full((6, 1), 0.5, "float32"))   # not class ids
+    with pytest.raises(fk.FleetkitError, match=r"hard label 'y' must hold class ids"):
+        exe.run(feed=bad, fetch_list=[loss])

@@ -103,9 +103,14 @@ def test_cross_entropy_label_shape_mismatch_names_shapes():
     lab3 = layers.data("lab3", [2, 1], dtype="int64")
     with pytest.raises(ShapeError, match="rank"):
         layers.cross_entropy(p, lab3)
-    flt = layers.data("flt", [1])
-    with pytest.raises(ShapeError, match="int64"):
-        layers.cross_entropy(p, flt)
+    flt = layers.data("flt", [1])      # a float label builds (fluid 1.4 checks the fed value) ...
+    out = layers.cross_entropy(p, flt)
+    exe = fk.Executor()
+    probs = np.full((2, 4), 0.25, "float32")
+    got = exe.run(feed={"p": probs, "flt": np.array([[1.0], [3.0]], "float32")}, fetch_list=[out])[0]
+    np.testing.assert_allclose(got, np.log(4) * np.ones((2, 1)), rtol=1e-6)
+    with pytest.raises(fk.FleetkitError, match=r"hard label 'flt' must hold class ids"):   # ... not 0.5
+        exe.run(feed={"p": probs, "flt": np.array([[1.0], [0.5]], "float32")}, fetch_list=[out])
 
 
 def test_cross_entropy_runtime_batch_mismatch_and_bad_class():

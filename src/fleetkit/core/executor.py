@@ -6,6 +6,7 @@ training loop pays only the kernel calls on each step.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from .fusion import fuse_steps
 from .memory import eager_deletion_on
 from .prepared import PreparedProgram, bind, fetch_value, gc_plan, reseed, run_steps
 from .scope import LoDTensor, Scope, check_lod, global_scope, lengths_to_offsets
+
+log = logging.getLogger(__name__)
 
 
 #: set by ``fleetkit.profiler`` while profiling (``set_op_timer``): ``timer(prepared, run_steps)``
@@ -117,7 +120,7 @@ class Executor:
                     if var is None:
                         raise NotFoundError(f"feed: variable '{name}' is not in the program")
                     feed_vars[key] = var
-                env[var.name] = convert_feed(var, value, self.place)
+                env[var.name] = convert_feed(var, value, self.place, loose_shape=True)
         bind(prepared, env)
         reseed(prepared)
         if _op_timer is not None:
@@ -159,12 +162,18 @@ def _fetch_name(block: Any, f: Any, known: set[str] | None = None) -> str:
     return name
 
 
-def convert_feed(var: Variable, value: Any, place: Place) -> Any:
-    """Check one fed value against its variable and convert it for ``place``."""
+def convert_feed(var: Variable, value: Any, place: Place, loose_shape: bool = False) -> Any:
+    """Check one fed value against its variable and convert it for ``place``.
+
+    ``loose_shape`` (a feed dict given to ``Executor.run``): fluid 1.4 did not check feeds,
+    and its scripts declare placeholder shapes (``shape=[-1, 1, 1]`` fed ``[batch, steps, 1]``,
+    ``shape=[1]`` for an initial state fed ``[layers, batch, hidden]``).  Such a value is used
+    as fed, with a warning; one of the declared rank that differs in a declared size above 1
+    is still refused.  Readers and datasets stay strict."""
     if value.__class__ is np.ndarray and not var.lod_level and place.__class__ is CPUPlace:
         # the common case, a host batch for a dense var on the host: same checks, fewer calls
         arr = value if value.dtype == _dtype(var.dtype) else _check_dtype(var, value)
-        _check_shape(var, arr)
+        _check_shape(var, arr, loose_shape)
         return arr
     lod = None
     if isinstance(value, LoDTensor):
@@ -177,7 +186,7 @@ def convert_feed(var: Variable, value: Any, place: Place) -> Any:
         arr = value
     arr = arr if hasattr(arr, "__array_interface__") or hasattr(arr, "__cuda_array_interface__") else np.asarray(arr)
     arr = _check_dtype(var, arr)
-    _check_shape(var, arr)
+    _check_shape(var, arr, loose_shape)
     if var.lod_level > 0 and not lod:
         raise InvalidArgumentError(
             f"feed: variable '{var.name}' has lod_level {var.lod_level}: feed a LoDTensor "
@@ -202,6 +211,17 @@ def _dtype(name: Any) -> np.dtype:
     return d
 
 
+_LOOSE_SHAPES_SAID: set[tuple[str, tuple[int, ...]]] = set()
+
+
+def _warn_loose_shape(var: Variable, got: tuple[int, ...]) -> None:
+    key = (var.name, tuple(var.shape))
+    if key not in _LOOSE_SHAPES_SAID:     # once per variable: a training loop feeds it every step
+        _LOOSE_SHAPES_SAID.add(key)
+        log.warning("feed: variable '%s' is declared with shape %s and fed %s; using the fed shape, as fluid "
+                    "1.4 did (later fluid versions refuse this)", var.name, list(var.shape), list(got))
+
+
 def _check_dtype(var: Variable, arr: Any) -> Any:
     want = _dtype(var.dtype)
     if arr.dtype == want:
@@ -212,7 +232,7 @@ def _check_dtype(var: Variable, arr: Any) -> Any:
     return arr.astype(want)
 
 
-def _check_shape(var: Variable, arr: Any) -> None:
+def _check_shape(var: Variable, arr: Any, loose: bool = False) -> None:
     want = var.shape
     if not want or not var.is_data:
         return
@@ -223,5 +243,9 @@ def _check_shape(var: Variable, arr: Any) -> None:
                 break
         else:
             return
+    # loose: a 1 or a rank written as a placeholder; a declared size > 1 that differs is a mistake
+    if loose and not (len(got) == len(want) and any(w > 1 and w != g for w, g in zip(want, got))):
+        _warn_loose_shape(var, got)
+        return
     raise ShapeError(f"feed: variable '{var.name}' expects shape {list(want)} (-1 = any), "
                      f"got {list(got)}")

@@ -79,10 +79,14 @@ def _hard_labels(ctx: KernelContext, label: Any, rows: int, classes: int, ignore
     value instead of failing inside fancy indexing.
     """
     xp = ctx.xp
+    if label.dtype.kind == "f" and bool((label == xp.floor(label)).all()):
+        # a label variable declared float32 and fed class ids (fluid 1.4 scripts do this; the
+        # feed casts to the declared dtype): whole numbers are class ids
+        label = label.astype(np.int64)
     if label.dtype.kind not in "iu":
         raise InvalidArgumentError(
-            f"op '{ctx.op.type}': hard label '{_label_name(ctx, 'Label')}' must be an integer tensor, got "
-            f"{label.dtype} (pass soft_label=True for probability labels)")
+            f"op '{ctx.op.type}': hard label '{_label_name(ctx, 'Label')}' must hold class ids (integers), got "
+            f"{label.dtype} values that are not whole numbers (pass soft_label=True for probability labels)")
     if label.size != rows:
         raise ShapeError(
             f"op '{ctx.op.type}': label '{_label_name(ctx, 'Label')}' of shape {list(label.shape)} does not "
@@ -128,9 +132,9 @@ def _ce_label_infer(ctx: ShapeContext, x_slot: str, out_slots: tuple[str, ...]) 
     if ls[-1] > 0 and want_last > 0 and ls[-1] != want_last:
         raise ctx.fail(f"Label shape {list(ls)}: last dim must be {want_last} for soft_label={soft} "
                        f"({x_slot} shape {list(xs)})")
-    ldt = ctx.dtype("Label")
-    if not soft and np.dtype(ldt).kind not in "iu":
-        raise ctx.fail(f"hard labels must be int64 (got {ldt}); pass soft_label=True for probability labels")
+    # a hard label declared float is not refused here: fluid 1.4 checks the fed value, and its
+    # scripts declare one as float32 and feed int64 (models' lstm language model); the kernel
+    # refuses a non-integer label, naming it
     x = ctx.var(x_slot)
     for slot in out_slots:
         ctx.set(slot, tuple(xs[:-1]) + (1,), x.dtype, x.lod_level)
