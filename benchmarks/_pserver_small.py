@@ -46,6 +46,10 @@ def _per_message(server_pid: int, n_trainers: int, calls: int, target: Callable,
     done.wait(60)   # the trainers end (COMPLETE, close) only after the server's CPU is read
     for p in procs:
         p.join(60)
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{target.__name__}: {len(failed)} of {n_trainers} trainer processes failed "
+                           f"(exit codes {failed}); the figure would not mean what it says")
     return (cpu1 - cpu0) / (n_trainers * calls) * 1e6
 
 

@@ -169,8 +169,7 @@ def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | Non
 
 
 def _payload_parts(env: codec.Envelope) -> tuple[bytes, Any, Any]:
-    header = env.header.SerializeToString()
-    return header, env.rows, env.data
+    return env.header.SerializeToString(), env.rows, env.data
 
 
 # ------------------------------------------------------------------ server
@@ -324,9 +323,9 @@ class BulkServer:
             self._reply_error(conn, *refused, closing=True)
             return False
         self._authenticated(state)
-        if reader.buffered >= hlen + rlen + dlen:   # arrived whole: one copy, no wait
-            frame = memoryview(reader.take_copy(hlen + rlen + dlen))   # the value's own memory
-            header, payload = frame[:hlen], frame[hlen:]
+        if reader.buffered >= hlen + rlen + dlen:   # arrived whole: no wait
+            header = bytes(reader.take(hlen))
+            payload = memoryview(reader.take_copy(rlen + dlen))   # its own memory, aligned (a fresh allocation)
         else:
             header = _read_growing(reader, hlen, deadline)
             buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
