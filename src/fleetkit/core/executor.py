@@ -166,10 +166,11 @@ def convert_feed(var: Variable, value: Any, place: Place, loose_shape: bool = Fa
     """Check one fed value against its variable and convert it for ``place``.
 
     ``loose_shape`` (a feed dict given to ``Executor.run``): fluid 1.4 did not check feeds,
-    and its scripts declare placeholder shapes (``shape=[-1, 1, 1]`` fed ``[batch, steps, 1]``,
-    ``shape=[1]`` for an initial state fed ``[layers, batch, hidden]``).  Such a value is used
-    as fed, with a warning; one of the declared rank that differs in a declared size above 1
-    is still refused.  Readers and datasets stay strict."""
+    and its scripts declare placeholder shapes (``shape=[-1, 1, 1]`` fed ``[batch, steps, 1]``;
+    ``shape=[1]`` for an initial state fed ``[layers, batch, hidden]``; the transformer's
+    ``[batch, max_length, 1]`` fed ``[batch, this batch's length, 1]``).  Such a value is
+    used as fed, with one warning per variable naming both shapes; an op it does not fit
+    then fails naming its inputs' shapes.  Readers and datasets stay strict."""
     if value.__class__ is np.ndarray and not var.lod_level and place.__class__ is CPUPlace:
         # the common case, a host batch for a dense var on the host: same checks, fewer calls
         arr = value if value.dtype == _dtype(var.dtype) else _check_dtype(var, value)
@@ -187,7 +188,10 @@ def convert_feed(var: Variable, value: Any, place: Place, loose_shape: bool = Fa
     arr = arr if hasattr(arr, "__array_interface__") or hasattr(arr, "__cuda_array_interface__") else np.asarray(arr)
     arr = _check_dtype(var, arr)
     _check_shape(var, arr, loose_shape)
-    if var.lod_level > 0 and not lod:
+    if var.lod_level > 0 and not lod and loose_shape:
+        _warn_loose(var, "is declared with lod_level %d and fed a plain array; using it without sequences "
+                    "(no LoD)", var.lod_level)   # fluid 1.4's transformer feeds padded batches so
+    elif var.lod_level > 0 and not lod:
         raise InvalidArgumentError(
             f"feed: variable '{var.name}' has lod_level {var.lod_level}: feed a LoDTensor "
             f"(fleetkit.create_lod_tensor) or a (values, sequence_lengths) tuple")
@@ -211,15 +215,16 @@ def _dtype(name: Any) -> np.dtype:
     return d
 
 
-_LOOSE_SHAPES_SAID: set[tuple[str, tuple[int, ...]]] = set()
+def _warn_loose(var: Variable, what: str, *args: Any) -> None:
+    said = var.__dict__.setdefault("_loose_feeds_said", set())   # on the variable: it goes with its program
+    if what not in said:                  # once per variable: a training loop feeds it every step
+        said.add(what)
+        log.warning("feed: variable '%s' " + what + ", as fluid 1.4 did (later fluid versions refuse this)",
+                    var.name, *args)
 
 
 def _warn_loose_shape(var: Variable, got: tuple[int, ...]) -> None:
-    key = (var.name, tuple(var.shape))
-    if key not in _LOOSE_SHAPES_SAID:     # once per variable: a training loop feeds it every step
-        _LOOSE_SHAPES_SAID.add(key)
-        log.warning("feed: variable '%s' is declared with shape %s and fed %s; using the fed shape, as fluid "
-                    "1.4 did (later fluid versions refuse this)", var.name, list(var.shape), list(got))
+    _warn_loose(var, "is declared with shape %s and fed %s; using the fed shape", list(var.shape), list(got))
 
 
 def _check_dtype(var: Variable, arr: Any) -> Any:
@@ -243,8 +248,7 @@ def _check_shape(var: Variable, arr: Any, loose: bool = False) -> None:
                 break
         else:
             return
-    # loose: a 1 or a rank written as a placeholder; a declared size > 1 that differs is a mistake
-    if loose and not (len(got) == len(want) and any(w > 1 and w != g for w, g in zip(want, got))):
+    if loose:
         _warn_loose_shape(var, got)
         return
     raise ShapeError(f"feed: variable '{var.name}' expects shape {list(want)} (-1 = any), "
