@@ -37,26 +37,45 @@ class PreparedProgram:
         self.feed_vars: dict[str, Variable] = {}
         self.fetch_names: set[str] = set()
         self.steps: list[tuple[Any, KernelContext]] = []
-        #: random ops with their own nonzero ``seed``: as in fluid, every run draws the same
-        #: numbers, so their generator restarts from the seed before each run
-        self.reseed: list[tuple[KernelContext, int]] = []
+        #: generators restored to their seeded state before each run, so those ops draw the same
+        #: numbers every run (``_repeats_every_run`` says which); with the state, not the seed,
+        #: a restore costs ~3 us and keeps the generator object (sub-block caches key on it)
+        self.reseed: list[tuple[np.random.Generator, dict]] = []
         #: fetch names -> eager-deletion plan (core/memory.py), built on first use
         self.gc_plans: dict[tuple[str, ...], Any] = {}
         xp = place.xp
-        for idx, op in enumerate(program.block(block_idx).ops):
+        block = program.block(block_idx)
+        for idx, op in enumerate(block.ops):
             opdef = get_op_def(op.type)
             rng = _op_rng(program, op, idx) if opdef.random else None
             ctx = KernelContext(op, xp, rng, place)
             self.steps.append((opdef.forward, ctx))
-            if opdef.random and int(op.attrs.get("seed", 0) or 0):
-                self.reseed.append((ctx, int(op.attrs["seed"])))
+            if rng is not None and _repeats_every_run(program, block, op):
+                self.reseed.append((rng, rng.bit_generator.state))
         self.ctxs = [c for _, c in self.steps]
 
 
 def reseed(prepared: PreparedProgram) -> None:
-    """Restart the generator of each random op with its own seed (fluid: same numbers every run)."""
-    for ctx, seed in prepared.reseed:
-        ctx.rng = np.random.default_rng(seed)
+    """Put back the seeded state of each generator that repeats every run (fluid: same numbers)."""
+    for rng, state in prepared.reseed:
+        rng.bit_generator.state = state
+
+
+def _repeats_every_run(program: Program, block: Any, op: Any) -> bool:
+    """Whether a random op draws the same numbers on every run, as in fluid 1.4.
+
+    An op with its own nonzero ``seed`` does.  In a program with ``random_seed`` set, so does
+    one that only writes persistable variables: fluid's initializers copy the program's seed
+    into their op, so running a seeded startup program again gives the same parameters.  Other
+    random ops of a seeded program (dropout, sampling: fluid leaves their seed at 0) go on
+    drawing from their seeded stream, fresh numbers each step, the same sequence each process.
+    """
+    if int(op.attrs.get("seed", 0) or 0):
+        return True
+    if not program.random_seed:
+        return False
+    outs = [block._find_var_recursive(n) for n in op.output_arg_names]
+    return bool(outs) and all(v is not None and v.persistable for v in outs)
 
 
 def _op_rng(program: Program, op: Any, idx: int) -> np.random.Generator:
