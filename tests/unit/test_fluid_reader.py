@@ -31,8 +31,9 @@ def test_data_feeder_dense_int64_and_lod():
     assert np.asarray(fed["words"]).shape == (4, 1)
     with pytest.raises(InvalidArgumentError, match="sample #1 has 2 entries"):
         feeder.feed([([1, 2, 3, 4], 2, [5]), ([1, 2, 3, 4], 2)])
-    with pytest.raises(InvalidArgumentError, match="'x' expects shape"):
-        feeder.feed([([1, 2, 3], 2, [5])])
+    with pytest.raises(InvalidArgumentError, match="'x' expects shape"):   # no reshape gives [-1, 4]
+        feeder.feed([(1, 2, [5])])
+    assert feeder.feed([([1, 2, 3], 2, [5])])["x"].shape == (1, 3)   # same rank: kept, as fluid 1.4
     with pytest.raises(InvalidArgumentError, match="lod_level 1"):
         feeder.feed([([1, 2, 3, 4], 2, 5)])
     par = list(feeder.feed_parallel([[([1, 2, 3, 4], 1, [1])]]))

@@ -1,8 +1,8 @@
 """``fluid.DataFeeder``: turn a minibatch of samples into the feed dict of ``Executor.run``.
 
 A sample is a tuple with one entry per feed variable, in ``feed_list`` order.  For a
-variable with ``lod_level`` 0 the entries of a batch are stacked and reshaped to the
-variable's shape (its -1 dim becomes the batch size); for ``lod_level`` N each entry is
+variable with ``lod_level`` 0 the entries of a batch are stacked and, if that gives
+another rank, reshaped to the variable's shape (its -1 dim becomes the batch size); for ``lod_level`` N each entry is
 an N-deep nesting of sequences, flattened into one array with an N-level LoD::
 
     feeder = fk.DataFeeder(feed_list=[image, label], place=fk.CPUPlace())
@@ -61,13 +61,16 @@ class _SlotConverter:
         except (ValueError, TypeError) as e:
             raise InvalidArgumentError(f"DataFeeder: variable '{self.var.name}' ({self.var.dtype}): the batch's "
                                        f"entries do not form one array: {e}") from None
+        # as fluid 1.4: reshaped to the declared shape only when the ranks differ (entries of
+        # [steps, 1] for a [-1, max_len, 1] variable stay [batch, steps, 1]: DIN pads each batch
+        # to its own length); Executor.run says when a fed shape differs from the declaration
         if self.lod_level:
             rows = [-1] + self.shape[1:] if self.shape else None
-            if rows and all(d >= 0 for d in rows[1:]):
+            if rows and all(d >= 0 for d in rows[1:]) and arr.ndim != len(rows):
                 arr = self._reshape(arr, rows)
             lod = [lengths_to_offsets(lv) for lv in self.lengths]
             return LoDTensor(arr, lod)
-        if self.shape:
+        if self.shape and arr.ndim != len(self.shape):
             arr = self._reshape(arr, self.shape)
         return arr
 
