@@ -224,6 +224,23 @@ def test_global_pool2d_forward_and_grad(pool_type):
     check_grad("pool2d", {"X": x}, attrs)
 
 
+@pytest.mark.parametrize("pool_type,exclusive", [("max", True), ("avg", True), ("avg", False)])
+def test_pool2d_window_larger_than_its_input_gives_one_output_as_fluid(pool_type, exclusive):
+    """GoogLeNet at 224x224: a 7x7 stride-7 average pool over a 6x6 map.  fluid sizes the
+    output with C integer division ((6 - 7) / 7 + 1 = 1) and pools the cells that exist."""
+    x = _distinct((2, 3, 6, 6))
+    attrs = {"pooling_type": pool_type, "ksize": [7, 7], "strides": [7, 7], "paddings": [0, 0], "exclusive": exclusive}
+    got = _run_op("pool2d", {"X": x}, attrs=attrs)["Out"]
+    if pool_type == "max":
+        want = x.max(axis=(2, 3), keepdims=True)
+    else:
+        want = x.sum(axis=(2, 3), keepdims=True) / (36 if exclusive else 49)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    check_grad("pool2d", {"X": x}, attrs)
+    with pytest.raises(ShapeError, match="does not fit"):   # 2 cells short with stride 1: no output
+        layers.pool2d(layers.data("small", [3, 5, 5]), 7, pool_stride=1)
+
+
 @pytest.mark.parametrize("pool_type", ["max", "avg"])
 def test_pool2d_ceil_mode_window_wholly_in_padding(pool_type):
     """Width 5, kernel 2, stride 2, padding 1, ceil: the 4th window starts past the input."""

@@ -26,12 +26,19 @@ def _pair(v: Any) -> tuple[int, int]:
     return (v[0], v[0]) if len(v) == 1 else (v[0], v[1])
 
 
-def _out_size(size: int, k: int, pad: int, stride: int, dilation: int = 1, ceil: bool = False) -> int:
-    """Output length along one axis; -1 stays unknown, 0 means the window does not fit."""
+def _out_size(size: int, k: int, pad: int, stride: int, dilation: int = 1, ceil: bool = False,
+              truncate: bool = False) -> int:
+    """Output length along one axis; -1 stays unknown, 0 means the window does not fit.
+
+    ``truncate`` (pooling): fluid computes the length with C integer division, which rounds
+    a window larger than its (padded) input toward zero, giving one output over the cells
+    that exist; GoogLeNet's 7x7 average pool over a 6x6 map at 224x224 relies on it."""
     if size < 0:
         return -1
-    num = size + 2 * pad - (dilation * (k - 1) + 1)
-    return max((num + (stride - 1 if ceil else 0)) // stride + 1, 0)
+    num = size + 2 * pad - (dilation * (k - 1) + 1) + (stride - 1 if ceil else 0)
+    if truncate and num < 0:
+        return max(int(num / stride) + 1, 0)
+    return max(num // stride + 1, 0)
 
 
 class _Geo(NamedTuple):
@@ -188,7 +195,7 @@ def _pool_geo(x_shape: tuple, attrs: dict) -> _Geo:
     ph, pw = _pair(attrs["paddings"])
     ceil = bool(attrs["ceil_mode"])
     return _Geo(kh, kw, sh, sw, ph, pw, 1, 1,
-                _out_size(h, kh, ph, sh, 1, ceil), _out_size(w, kw, pw, sw, 1, ceil))
+                _out_size(h, kh, ph, sh, 1, ceil, truncate=True), _out_size(w, kw, pw, sw, 1, ceil, truncate=True))
 
 
 def _pool2d_infer(ctx: ShapeContext) -> None:
