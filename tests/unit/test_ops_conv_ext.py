@@ -27,10 +27,10 @@ def _op(op, ins, attrs, out="Out"):
     return fk.Executor().run(prog, feed={k.lower(): v for k, v in ins.items()}, fetch_list=["o"])[0]
 
 
-def ref_conv_t(x, w, s, p, d, groups):
+def ref_conv_t(x, w, s, p, d, groups, extra=0):
     n, c, h, wd = x.shape
     _, mg, kh, kw = w.shape
-    oh, ow = (h - 1) * s - 2 * p + d * (kh - 1) + 1, (wd - 1) * s - 2 * p + d * (kw - 1) + 1
+    oh, ow = (h - 1) * s - 2 * p + d * (kh - 1) + 1 + extra, (wd - 1) * s - 2 * p + d * (kw - 1) + 1 + extra
     out = np.zeros((n, mg * groups, oh + 2 * p, ow + 2 * p))
     cg = c // groups
     for b, ci, y, z, i, j in np.ndindex(n, c, h, wd, kh, kw):
@@ -46,6 +46,23 @@ def test_conv2d_transpose(s, p, d, groups):
     got = _op("conv2d_transpose", {"Input": x, "Filter": w}, attrs, out="Output")
     np.testing.assert_allclose(got, ref_conv_t(x, w, s, p, d, groups), rtol=1e-10, atol=1e-12)
     check_grad("conv2d_transpose", {"Input": x, "Filter": w}, attrs, outputs=("Output",))
+
+
+def test_conv2d_transpose_output_size_one_more_than_computed():
+    """The book's DCGAN: 7x7 -> 14x14 with filter 5, stride 2, padding 2 (computed: 13x13)."""
+    x, w = RNG.normal(size=(2, 3, 7, 7)), RNG.normal(size=(3, 2, 5, 5))
+    attrs = {"strides": [2, 2], "paddings": [2, 2], "dilations": [1, 1], "groups": 1, "output_size": [14, 14]}
+    got = _op("conv2d_transpose", {"Input": x, "Filter": w}, attrs, out="Output")
+    assert got.shape == (2, 2, 14, 14)
+    np.testing.assert_allclose(got, ref_conv_t(x, w, 2, 2, 1, 1, extra=1), rtol=1e-10, atol=1e-12)
+    check_grad("conv2d_transpose", {"Input": x[:1, :, :4, :4], "Filter": w},
+               dict(attrs, output_size=[8, 8]), outputs=("Output",))
+    y = layers.conv2d_transpose(layers.data("img", [3, 7, 7]), 2, output_size=[14, 14], filter_size=5,
+                                stride=2, padding=2)
+    assert y.shape == (-1, 2, 14, 14)
+    with pytest.raises(fk.FleetkitError, match=r"output_size \[15, 15\]: H 15 must be in \[13, 15\)"):
+        layers.conv2d_transpose(layers.data("img2", [3, 7, 7]), 2, output_size=[15, 15], filter_size=5,
+                                stride=2, padding=2)
 
 
 def test_conv2d_transpose_is_the_adjoint_of_conv2d():

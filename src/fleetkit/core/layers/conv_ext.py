@@ -43,13 +43,10 @@ def conv2d_transpose(input: Variable, num_filters: int, output_size: Any = None,
     helper = LayerHelper("conv2d_transpose", param_attr=param_attr, bias_attr=bias_attr, act=act, name=name)
     w = helper.create_parameter(param_attr, [c, int(num_filters) // groups] + fsize, input.dtype)
     pre_bias = helper.create_variable_for_type_inference(input.dtype)
+    out_size = [] if output_size is None else _to_pair(output_size, "conv2d_transpose", "output_size")
     helper.append_op("conv2d_transpose", {"Input": [input], "Filter": [w]}, {"Output": [pre_bias]},
                      {"strides": stride_, "paddings": pad, "dilations": dil, "groups": groups,
-                      "use_cudnn": bool(use_cudnn)})
-    if output_size is not None and filter_size is not None and list(pre_bias.shape[2:]) != \
-            _to_pair(output_size, "conv2d_transpose", "output_size") and min(pre_bias.shape[2:]) > 0:
-        raise InvalidArgumentError(f"conv2d_transpose: output_size {output_size} differs from the computed "
-                                   f"{list(pre_bias.shape[2:])}")
+                      "use_cudnn": bool(use_cudnn), "output_size": out_size})
     return helper.append_activation(helper.append_bias_op(pre_bias, dim_start=1))
 
 

@@ -27,6 +27,15 @@ def _transpose_geo(x_shape: tuple, w_shape: tuple, attrs: dict) -> tuple[_Geo, i
     h, w = x_shape[2], x_shape[3]
     oh = (h - 1) * sh - 2 * ph + dh * (kh - 1) + 1 if h > 0 else -1
     ow = (w - 1) * sw - 2 * pw + dw * (kw - 1) + 1 if w > 0 else -1
+    if attrs.get("output_size"):
+        # a stride s leaves s output sizes that the same input gives; output_size picks one
+        # (the extra rows and columns are real outputs: the padding cropped at the end shrinks)
+        want = _pair(attrs["output_size"])
+        for size, req, stride, axis in ((oh, want[0], sh, "H"), (ow, want[1], sw, "W")):
+            if size >= 0 and not size <= req < size + stride:
+                raise ValueError(f"output_size {list(want)}: {axis} {req} must be in [{size}, {size + stride}) "
+                                 f"(the computed size plus less than one stride)")
+        oh, ow = (want[0] if oh >= 0 else -1), (want[1] if ow >= 0 else -1)
     return _Geo(kh, kw, sh, sw, ph, pw, dh, dw, h, w), oh, ow
 
 
@@ -38,7 +47,10 @@ def _conv_t_infer(ctx: ShapeContext) -> None:
     if xs[1] > 0 and (xs[1] != fs[0] or xs[1] % groups):
         raise ctx.fail(f"Filter dim 0 ({fs[0]}) must equal the input channels ({xs[1]}), a multiple of groups")
     _check_window_attrs(ctx, ("strides", "paddings", "dilations"))
-    _, oh, ow = _transpose_geo(xs, fs, ctx.op.attrs)
+    try:
+        _, oh, ow = _transpose_geo(xs, fs, ctx.op.attrs)
+    except ValueError as e:
+        raise ctx.fail(str(e)) from None
     if 0 <= min(oh, ow) < 1 and min(oh, ow) != -1:
         raise ctx.fail("the output would be empty")
     ctx.set("Output", (xs[0], fs[1] * groups, oh, ow), ctx.dtype("Input"))
@@ -57,7 +69,8 @@ def conv2d_transpose(ctx: KernelContext) -> None:
     x4 = x.reshape(n, groups, c // groups, g.oh * g.ow)
     cols = w.reshape(groups, c // groups, -1).swapaxes(-1, -2) @ x4  # [N, groups, M/groups*kh*kw, H*W]
     cols = cols.reshape(n, m, g.kh, g.kw, g.oh, g.ow)
-    out = xp.zeros((n, m, oh + 2 * g.ph, ow + 2 * g.pw), dtype=x.dtype)
+    full_h, full_w = (g.oh - 1) * g.sh + g.dh * (g.kh - 1) + 1, (g.ow - 1) * g.sw + g.dw * (g.kw - 1) + 1
+    out = xp.zeros((n, m, max(oh + 2 * g.ph, full_h), max(ow + 2 * g.pw, full_w)), dtype=x.dtype)
     for i in range(g.kh):
         for j in range(g.kw):
             out[_offset_slices(g, i, j)] += cols[:, :, i, j]
