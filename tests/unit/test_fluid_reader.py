@@ -1,4 +1,6 @@
 """DataFeeder, py_reader / PyReader / EOFException and the reader decorators, as 1.4 scripts use them."""
+import time
+
 import numpy as np
 import pytest
 
@@ -222,3 +224,24 @@ def test_create_py_reader_by_data_reads_into_the_data_vars():
     assert (xs, ys) == (x, y) and again[0].name != "x" and again[0].shape == x.shape
     with pytest.raises(InvalidArgumentError, match="Variables"):
         fluid.layers.create_py_reader_by_data(2, ["x"])
+
+
+def test_fluid_tensor_and_the_reader_queue_size_as_fluid_14_scripts_use_them():
+    """PaddleRec word2vec (1.4) builds feeds with fluid.Tensor and logs py_reader.queue.size()."""
+    t = fluid.Tensor()
+    t.set(np.arange(6, dtype="int64").reshape(3, 2), fluid.CPUPlace())
+    assert isinstance(t, fluid.LoDTensor) and fluid.core.Tensor is fluid.LoDTensor and t.shape() == [3, 2]
+    main = fluid.Program()
+    with fluid.program_guard(main, fluid.Program()):
+        r = fluid.layers.py_reader(capacity=4, shapes=[(-1, 2)], dtypes=["int64"])
+        x = fluid.layers.read_file(r)
+    r.decorate_tensor_provider(lambda: iter([[t], [t], [t]]))
+    assert r.queue.size() == 0
+    r.start()
+    deadline = time.monotonic() + 10
+    while r.queue.size() < 3 and time.monotonic() < deadline:   # the filler thread has queued all three
+        time.sleep(0.01)
+    assert r.queue.size() == 3
+    fluid.Executor().run(main, fetch_list=[x], scope=fluid.Scope())
+    assert r.queue.size() == 2
+    r.reset()

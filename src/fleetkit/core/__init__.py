@@ -10,9 +10,11 @@ from .scope import LoDTensor, Scope, SelectedRows, create_lod_tensor, global_sco
 from .data_feeder import DataFeeder
 from .pyreader import EOFException
 
+Tensor = LoDTensor  # fluid 1.4's fluid.Tensor is its LoDTensor (PaddleRec word2vec builds feeds with it)
+
 __all__ = [
     "Block", "CPUPlace", "CUDAPlace", "DataFeeder", "EOFException", "Executor", "LoDTensor", "Operator", "ParamAttr", "Parameter",
-    "Program", "Scope", "SelectedRows", "Variable", "WeightNormParamAttr", "append_backward", "clip",
+    "Program", "Scope", "SelectedRows", "Tensor", "Variable", "WeightNormParamAttr", "append_backward", "clip",
     "create_lod_tensor", "default_main_program", "default_startup_program", "get_array_module",
     "global_scope", "gpu_count", "gradients", "initializer", "io", "is_compiled_with_cuda", "layers",
     "optimizer", "program_guard", "regularizer", "scope_guard", "unique_name",

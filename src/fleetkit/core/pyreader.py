@@ -75,6 +75,13 @@ class _Queue:
         self._thread: threading.Thread | None = None
         self._exhausted = False
 
+    def size(self) -> int:
+        """Batches waiting (fluid 1.4's ``py_reader.queue.size()``, which scripts log).  A filler
+        that has finished left one end-of-pass (or failure) marker last in the queue: not a batch."""
+        n = self._q.qsize()
+        done = self._thread is not None and not self._thread.is_alive()
+        return max(n - 1, 0) if done else n
+
     # -- sources: each yields one list of values per batch, in slot order
     def set_sample_lists(self, reader: Callable[[], Iterable[Any]]) -> None:
         convert = BatchConverter(self.slots)
