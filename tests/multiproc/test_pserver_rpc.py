@@ -354,9 +354,9 @@ def test_dead_http_proxy_in_the_environment_is_not_used(servers):
 
 
 def test_waiting_for_pservers_says_where_it_is(servers, monkeypatch, caplog):
-    from fleetkit.pserver import channels
-    monkeypatch.setattr(channels, "NOTE_AFTER_S", 0.3)
-    monkeypatch.setattr(channels, "NOTE_EVERY_S", 0.5)
+    from fleetkit import waits
+    monkeypatch.setattr(waits, "NOTE_AFTER_S", 0.3)
+    monkeypatch.setattr(waits, "NOTE_EVERY_S", 0.5)
     down = f"127.0.0.1:{_free_port()}"
     up = servers().endpoint
     with caplog.at_level("WARNING", "fleetkit.pserver.channels"), pytest.raises(ServerNotReadyError):

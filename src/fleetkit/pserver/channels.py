@@ -8,14 +8,12 @@ from typing import Any, Sequence
 import grpc
 
 from ..errors import ServerNotReadyError
+from ..waits import WaitNote
 from . import rpc
 
 __all__ = ["make_channel", "wait_server_ready"]
 log = logging.getLogger(__name__)
 
-#: a wait for pservers says where it is after this many seconds, then every NOTE_EVERY_S
-NOTE_AFTER_S = 5.0
-NOTE_EVERY_S = 15.0
 
 
 def make_channel(endpoint: str, options: Any) -> grpc.Channel:
@@ -37,8 +35,7 @@ def wait_server_ready(endpoints: Sequence[str], timeout: float = 120.0,
     if options is None:
         from .client import ClientOptions  # noqa: PLC0415 - client imports this module
         options = ClientOptions()
-    start = time.monotonic()
-    deadline, note_at = start + timeout, start + NOTE_AFTER_S
+    deadline, note = time.monotonic() + timeout, WaitNote(log)   # a trainer started by hand is not silent
     channels = {ep: make_channel(ep, options) for ep in dict.fromkeys(endpoints)}
     pending = {ep: grpc.channel_ready_future(ch) for ep, ch in channels.items()}
     try:
@@ -49,11 +46,10 @@ def wait_server_ready(endpoints: Sequence[str], timeout: float = 120.0,
                     del pending[ep]
                 except grpc.FutureTimeoutError:
                     pass
-            if pending and time.monotonic() >= note_at:  # a trainer started by hand is not silent
-                log.warning("waiting for pservers: %d of %d ready (waiting for %s; %.0f s of %.0f s left)",
-                            len(channels) - len(pending), len(channels), ", ".join(pending),
-                            max(0.0, deadline - time.monotonic()), timeout)
-                note_at += NOTE_EVERY_S
+            if pending:
+                note.say("waiting for pservers: %d of %d ready (waiting for %s; %.0f s of %.0f s left)",
+                         len(channels) - len(pending), len(channels), ", ".join(pending),
+                         max(0.0, deadline - time.monotonic()), timeout)
     finally:
         for fut in pending.values():
             fut.cancel()
