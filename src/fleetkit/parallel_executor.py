@@ -6,15 +6,17 @@
 It runs ``main_program`` with the whole batch on ``CUDAPlace(0)`` (``use_cuda``) or the
 CPU, like ``CompiledProgram(main).with_data_parallel(...)``; see ``core/compiler.py``
 for why that computes the same update as fluid's split-over-devices run.  Training on
-several processes is fleet's collective mode; ``num_trainers`` > 1 is refused rather
-than silently training alone.
+several processes is fleet's collective mode, or a program DistributeTranspiler
+rewrote in nccl2 mode (then ``num_trainers`` / ``trainer_id`` must match the
+transpile); ``num_trainers`` > 1 for any other program is refused rather than
+silently training alone.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from .core.backend import CPUPlace, CUDAPlace
-from .core.compiler import BuildStrategy, ExecutionStrategy
+from .core.compiler import BuildStrategy, ExecutionStrategy, check_num_trainers
 from .core.executor import Executor
 from .core.framework import Program, default_main_program
 from .core.scope import Scope, global_scope
@@ -30,10 +32,6 @@ class ParallelExecutor:
                  share_vars_from: "ParallelExecutor | None" = None, exec_strategy: ExecutionStrategy | None = None,
                  build_strategy: BuildStrategy | None = None, num_trainers: int = 1, trainer_id: int = 0,
                  scope: Scope | None = None) -> None:
-        if int(num_trainers) > 1:
-            raise InvalidArgumentError(
-                f"ParallelExecutor: num_trainers={num_trainers}; training on several processes is fleet's "
-                "collective mode (fleet.init(role_maker.PaddleCloudRoleMaker(is_collective=True)))")
         if share_vars_from is not None and not isinstance(share_vars_from, ParallelExecutor):
             raise InvalidArgumentError(f"ParallelExecutor: share_vars_from must be a ParallelExecutor, got "
                                        f"{type(share_vars_from).__name__}")
@@ -41,6 +39,7 @@ class ParallelExecutor:
         if not isinstance(self._program, Program):
             raise InvalidArgumentError(f"ParallelExecutor: main_program must be a Program, got "
                                        f"{type(self._program).__name__}")
+        check_num_trainers(self._program, num_trainers, trainer_id, "ParallelExecutor: ")
         self._place = CUDAPlace(0) if use_cuda else CPUPlace()
         self._exe = Executor(self._place)
         self._scope = share_vars_from._scope if share_vars_from is not None else (scope or global_scope())

@@ -9,9 +9,9 @@ on the executor's place with the whole batch.  For a loss that is a mean over
 the batch this computes the same update as fluid's split-over-devices run
 (CoeffNumDevice scaling then summed gradients); batch_norm statistics are over
 the whole batch.  Training across processes is fleet's collective mode
-(``fleet.init(PaddleCloudRoleMaker(is_collective=True))``), which rewrites the
-program itself; asking this class for more than one trainer is an error rather
-than a silent single-process run.
+(``fleet.init(PaddleCloudRoleMaker(is_collective=True))``) or DistributeTranspiler's
+nccl2 mode, which rewrite the program itself; asking this class for more than one
+trainer for any other program is an error rather than a silent single-process run.
 """
 from __future__ import annotations
 
@@ -21,7 +21,26 @@ from typing import Any
 from ..errors import InvalidArgumentError
 from .framework import Program
 
-__all__ = ["BuildStrategy", "CompiledProgram", "ExecutionStrategy"]
+__all__ = ["BuildStrategy", "CompiledProgram", "ExecutionStrategy", "check_num_trainers"]
+
+
+def check_num_trainers(program: Program, num_trainers: int, trainer_id: int, who: str) -> None:
+    """Refuse ``num_trainers`` > 1 unless ``program`` all-reduces over that many trainers itself
+    (``DistributeTranspiler`` in nccl2 mode marks it); then this process runs it on its place."""
+    n = int(num_trainers or 1)
+    if n <= 1:
+        return
+    meta = program.meta
+    if not meta.nccl2_trainers:
+        raise InvalidArgumentError(
+            f"{who}num_trainers={n}, but the program was not transpiled for several trainers: run "
+            f"DistributeTranspiler with config.mode = 'nccl2' (transpile(trainer_id, trainers='ip:port,...', "
+            f"current_endpoint=..., program=main, startup_program=startup)) first, or use fleet's collective "
+            f"mode (fleet.init(role_maker.PaddleCloudRoleMaker(is_collective=True)))")
+    if (meta.nccl2_trainers, meta.nccl2_trainer_id) != (n, int(trainer_id)):
+        raise InvalidArgumentError(
+            f"{who}num_trainers={n}, trainer_id={trainer_id}, but the program was transpiled in nccl2 mode "
+            f"for trainer {meta.nccl2_trainer_id} of {meta.nccl2_trainers}")
 
 
 class BuildStrategy:
@@ -84,12 +103,10 @@ class CompiledProgram:
                            exec_strategy: ExecutionStrategy | None = None, share_vars_from: Any = None,
                            places: Sequence[Any] | None = None) -> CompiledProgram:
         """Mark the program data parallel (see the module docstring); returns self."""
-        if build_strategy is not None and int(getattr(build_strategy, "num_trainers", 1) or 1) > 1:
-            raise InvalidArgumentError(
-                f"CompiledProgram.with_data_parallel: build_strategy.num_trainers="
-                f"{build_strategy.num_trainers}; multi-trainer all-reduce is fleet's collective mode "
-                "(fleet.init(role_maker.PaddleCloudRoleMaker(is_collective=True)); "
-                "fleet.distributed_optimizer(opt, strategy).minimize(loss))")
+        if build_strategy is not None:
+            check_num_trainers(self._program, getattr(build_strategy, "num_trainers", 1),
+                               getattr(build_strategy, "trainer_id", 0),
+                               "CompiledProgram.with_data_parallel: build_strategy.")
         self._is_data_parallel = True
         self._loss_name = loss_name
         self._build_strategy = build_strategy or self._build_strategy

@@ -23,6 +23,12 @@ class ProgramMeta:
     eager_delete: bool = False
     #: ... except these variables
     eager_delete_skip: tuple[str, ...] = ()
+    #: ``DistributeTranspiler`` in nccl2 mode (``fleet/transpiler_nccl2.py``): the gradients are
+    #: all-reduced over this many trainers (0: not transpiled); ParallelExecutor and
+    #: ``CompiledProgram.with_data_parallel`` accept ``num_trainers`` > 1 only when it matches
+    nccl2_trainers: int = 0
+    #: ... and this process is that trainer
+    nccl2_trainer_id: int = 0
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """(field, value) for each field not at its default: what a saved program stores."""

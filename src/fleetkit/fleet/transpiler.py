@@ -37,6 +37,7 @@ from ..pserver.api import (MIN_BLOCK_SIZE, HashName, ParamPlan, PSDispatcher, PS
                            VarBlock, build_pserver_program, build_pserver_startup, make_plan, slice_variable,
                            stable_hash)
 from . import checkpoint_notify as _notify_op  # noqa: F401  (registers checkpoint_notify: trainer-side save)
+from .transpiler_nccl2 import NCCL2_MODES, transpile_nccl2
 
 __all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "PSDispatcher", "ParamPlan",
            "RoundRobin", "TablePlan", "VarBlock", "slice_variable", "stable_hash"]
@@ -76,9 +77,9 @@ class DistributeTranspilerConfig:
         if not (isinstance(sm, type) and issubclass(sm, PSDispatcher)):
             raise InvalidArgumentError(f"DistributeTranspilerConfig: split_method must be RoundRobin or HashName, "
                                        f"got {self.split_method!r}")
-        if self.mode != "pserver":
-            raise InvalidArgumentError(f"DistributeTranspilerConfig: mode {self.mode!r} is not supported by the "
-                                       f"parameter-server transpiler (collective jobs use fleet's collective mode)")
+        if self.mode != "pserver" and self.mode not in NCCL2_MODES:
+            raise InvalidArgumentError(f"DistributeTranspilerConfig: mode {self.mode!r} is not one of fluid 1.4's "
+                                       f"'pserver', 'nccl2' (fleet's collective mode is the other collective way)")
 
 
 # ------------------------------------------------------------------ transpiler
@@ -106,8 +107,20 @@ class DistributeTranspiler:
     def transpile(self, trainer_id: int, program: Program | None = None,
                   pservers: str | Sequence[str] = "127.0.0.1:6174", trainers: int = 1, sync_mode: bool = True,
                   startup_program: Program | None = None, current_endpoint: str = "127.0.0.1:6174") -> None:
-        """Plan the placement of every parameter; programs are built by the get_* calls."""
+        """Plan the placement of every parameter; programs are built by the get_* calls.
+
+        In nccl2 mode ``trainers`` is the trainers' endpoints and ``program`` / ``startup_program``
+        are rewritten in place for all-reduce training (``transpiler_nccl2``); ``pservers`` is unused.
+        """
         self.config._validate()
+        if self.config.mode in NCCL2_MODES:
+            self.origin_program = default_main_program() if program is None else program
+            startup = default_startup_program() if startup_program is None else startup_program
+            self.trainer_id = trainer_id
+            self.trainer_endpoints = transpile_nccl2(trainer_id, trainers, current_endpoint,
+                                                     self.origin_program, startup)
+            self.trainer_num = len(self.trainer_endpoints)
+            return
         if isinstance(trainers, bool) or not isinstance(trainers, int) or trainers < 1:
             raise InvalidArgumentError(f"transpile: trainers must be an int >= 1 in pserver mode, got {trainers!r}")
         if not isinstance(trainer_id, int) or not 0 <= trainer_id < trainers:
@@ -150,6 +163,9 @@ class DistributeTranspiler:
         return self.plan.lr_ops
 
     def _check(self) -> None:
+        if self.config.mode in NCCL2_MODES:
+            raise InvalidArgumentError("DistributeTranspiler: in nccl2 mode transpile() rewrites the main and "
+                                       "startup programs in place; run those (there are no get_* programs)")
         if not self._done:
             raise InvalidArgumentError("DistributeTranspiler: call transpile() first")
 
