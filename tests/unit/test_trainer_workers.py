@@ -2,6 +2,7 @@
 worker processes share the parameters, and thread=1 equals a plain feed loop."""
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import sys
 
@@ -12,6 +13,7 @@ import fleetkit as fk
 from fleetkit import layers
 from fleetkit.core import trainer
 from fleetkit.core.framework import ROLE_OPTIMIZE
+from fleetkit.core.ops import shared_scalars
 from fleetkit.core.scope import LoDTensor
 from fleetkit.errors import OpError
 from fleetkit.demo.ctr_data import CTRConfig, UniformCTRData
@@ -187,7 +189,7 @@ class _MidUpdateLockstep:
         ctx = mp.get_context("fork")
         self.go, self.done, self.active = ctx.Semaphore(0), ctx.Semaphore(0), ctx.Value("i", 0)
         self.pauses, self.limit, self.made = ctx.Value("i", 0), limit, 0
-        self.worker0_waited = False
+        self.worker0_waited = self.in_scalar_lock = False
 
     def arm(self, monkeypatch):
         """Hook the next run's two prepared programs (trainer._prepare: worker 0's, then worker 1's)."""
@@ -200,6 +202,17 @@ class _MidUpdateLockstep:
             (self._hook_worker0 if self.made == 1 else self._hook_worker1)(prep.steps)
             return prep
         monkeypatch.setattr(trainer, "_prepare", hooked)
+        held = shared_scalars.held
+
+        @contextlib.contextmanager
+        def marked():  # no pause while holding the lock worker 0 needs for its beta powers
+            with held():
+                self.in_scalar_lock = True
+                try:
+                    yield
+                finally:
+                    self.in_scalar_lock = False
+        monkeypatch.setattr(shared_scalars, "held", marked)
 
     def _wait(self, sem):
         assert sem.acquire(timeout=30), "lockstep: the other worker never came"
@@ -251,7 +264,7 @@ class _MidUpdateLockstep:
             before = {n: np.array(_raw(ctx.env[n])) for n in names}
 
             def line(frame, event, arg):
-                if (event == "line" and self.active.value
+                if (event == "line" and self.active.value and not self.in_scalar_lock
                         and any(not np.array_equal(_raw(ctx.env[n]), before[n]) for n in names)):
                     self._pause()
                 return line
@@ -313,4 +326,4 @@ def test_step_counters_advance_once_per_batch_with_two_workers(files, monkeypatc
     assert run.batches == FILES * LINES // BATCH
     assert float(scope.numpy(counter)[0]) - start == run.batches
     advanced = np.log(float(scope.numpy(pow_name)[0]) / pow_start) / np.log(0.9)
-    assert abs(advanced - run.batches) < 0.01 * run.batches, f"beta1 pow advanced {advanced:.1f} times"
+    assert abs(advanced - run.batches) < 0.5, f"beta1 pow advanced {advanced:.2f} times"

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import FleetkitError, InvalidArgumentError
 from .backend import CPUPlace
+from .ops import shared_scalars
 from .registry import get_op_def
 from .scope import LoDTensor
 
@@ -83,14 +84,8 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True, dataset: Any 
     ctx = mp.get_context("fork")
     procs, conns = [], []
     try:
-        for tid, (feed_iter, prep) in enumerate(zip(feeds, preps)):
-            recv, send = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_child, args=(runner, tid, n, feed_iter, prep, send, os.getpid(), dataset),
-                               name=f"hogwild-{tid}", daemon=True)
-            proc.start()
-            send.close()  # the child holds the only write end: EOF means it is gone
-            procs.append(proc)
-            conns.append(recv)
+        with shared_scalars.use(ctx.Lock()):  # the workers fork with it (beta powers, step counters)
+            _start(ctx, runner, feeds, preps, dataset, procs, conns)
         results = _collect(runner, procs, conns)
     finally:
         runner.stop[0] = 1
@@ -99,6 +94,18 @@ def run(runner: Any, feeds: list, preps: list, share: bool = True, dataset: Any 
         if r is not None and r.get("skipped") is not None:
             dataset.add_skip_counts(r["skipped"][0] - base[0], r["skipped"][1])
     return runner.finish(results, "processes")
+
+
+def _start(ctx: Any, runner: Any, feeds: list, preps: list, dataset: Any, procs: list, conns: list) -> None:
+    """Fork one worker per feed, each reporting on its own pipe (``procs``, ``conns`` filled in)."""
+    for tid, (feed_iter, prep) in enumerate(zip(feeds, preps)):
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(runner, tid, len(feeds), feed_iter, prep, send, os.getpid(), dataset),
+                           name=f"hogwild-{tid}", daemon=True)
+        proc.start()
+        send.close()  # the child holds the only write end: EOF means it is gone
+        procs.append(proc)
+        conns.append(recv)
 
 
 #: the shared blocks made here (arrays in them need no copy on the next run)

@@ -45,6 +45,7 @@ import numpy as np
 from ..framework import EMPTY_VAR
 from ..registry import KernelContext, ShapeContext, register_op
 from ..scope import LoDTensor, SelectedRows
+from . import shared_scalars
 
 
 # ------------------------------------------------------------------ helpers
@@ -335,7 +336,8 @@ def _update_kernel(rule: _Rule) -> Callable[[KernelContext], None]:
             rule.fn(xp, attrs, lr, p, g, acc, sc)
         for s, beta in rule.pows:  # after the update: the rule read the old powers
             pw = _inplace(ctx, s, s + "Out")
-            pw *= attrs[beta]
+            with shared_scalars.held():
+                pw *= attrs[beta]
     return kernel
 
 
@@ -404,7 +406,8 @@ def increment(ctx: KernelContext) -> None:
     if ctx.same_var("X", "Out") and _writable(x) and (x.dtype.kind == "f" or float(step).is_integer()):
         var = ctx.op.block._find_var_recursive(ctx._in0["X"]) if getattr(ctx.op, "block", None) else None
         if var is not None and var.persistable:
-            x += x.dtype.type(step)
+            with shared_scalars.held():
+                x += x.dtype.type(step)
             return
     ctx.out("Out", (x + step).astype(x.dtype, copy=False))
 
