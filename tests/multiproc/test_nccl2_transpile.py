@@ -119,8 +119,9 @@ def _build_init(opt_name: str):
     return np.array(scope.numpy("fc_0.w_0"))
 
 
-# A script written the fluid 1.4 way (models v1.4 image_classification/dist_train), with only
-# the import changed; "single" trains alone on whole batches, for the oracle.
+# A script written the fluid 1.4 way (models v1.4 image_classification/dist_train, whose
+# nccl2_prepare transpiles only the startup program and gives ParallelExecutor its own train
+# program), with only the import changed; "single" trains alone on whole batches, for the oracle.
 SCRIPT = """
     import os, sys
     import numpy as np
@@ -148,11 +149,13 @@ SCRIPT = """
         t = fluid.DistributeTranspiler(config=config)
         t.transpile(trainer_id, trainers=os.getenv("PADDLE_TRAINER_ENDPOINTS"),
                     current_endpoint=os.getenv("PADDLE_CURRENT_ENDPOINT"),
-                    startup_program=startup, program=main)
+                    startup_program=startup)
         part = slice(trainer_id * 4, (trainer_id + 1) * 4)
     exe = fluid.Executor(fluid.CPUPlace())
     exe.run(startup)
-    pe = fluid.ParallelExecutor(False, loss_name=loss.name, main_program=main,
+    build_strategy = fluid.BuildStrategy()
+    build_strategy.num_trainers, build_strategy.trainer_id = num_trainers, trainer_id
+    pe = fluid.ParallelExecutor(False, loss.name, main_program=main, build_strategy=build_strategy,
                                 num_trainers=num_trainers, trainer_id=trainer_id)
     for step in range(5):
         loss_value, = pe.run(fetch_list=[loss.name], feed={"x": xs[step][part], "y": ys[step][part]})

@@ -7,6 +7,7 @@ import pytest
 import fleetkit as fk
 from fleetkit import layers
 from fleetkit.collective import groups
+from fleetkit.core import compiler
 from fleetkit.errors import InvalidArgumentError
 
 EPS = "127.0.0.1:6170,127.0.0.1:6171"
@@ -16,6 +17,7 @@ EPS = "127.0.0.1:6170,127.0.0.1:6171"
 def _no_group_factory_left():
     yield
     groups.set_group_factory(None, 0)  # transpile registers one for ring 0 in this process
+    compiler._pending_rewrite = None  # ... and, without a main program to rewrite, a rewrite
 
 
 def _minimized(regularize: bool = False):
@@ -94,12 +96,33 @@ def test_collective_mode_is_fluid_15s_and_refused():
             0, trainers=EPS, current_endpoint="127.0.0.1:6170")
 
 
-def test_a_program_without_optimizer_or_transpiled_twice_is_refused():
-    main, startup = fk.Program(), fk.Program()
-    with fk.program_guard(main, startup):
-        layers.mean(layers.fc(layers.data("x", [4]), 1))
-    with pytest.raises(InvalidArgumentError, match=r"call optimizer.minimize\(loss\) before transpile"):
-        _transpile(main, startup)
+def test_without_a_main_program_parallel_executor_rewrites_its_program():
+    """models v1.4 dist_train: transpile(startup_program=...) only, then ParallelExecutor
+    (or CompiledProgram) gets the train program."""
+    main, startup, loss = _minimized()
+    empty = fk.Program()
+    _transpile(empty, startup)
+    assert empty.global_block().ops == [] and not empty.meta.nccl2_trainers
+    broadcast = sorted(op.inputs["X"][0] for op in startup.global_block().ops if op.type == "c_broadcast")
+    initialized = {n for op in startup.global_block().ops if op.type != "c_broadcast" for n in op.output_arg_names}
+    assert broadcast == sorted(initialized)  # parameters, accumulators, learning rate
+    assert "c_allreduce_sum" not in [op.type for op in main.global_block().ops]
+    with pytest.raises(InvalidArgumentError, match="num_trainers=3, but the program was not transpiled"):
+        fk.ParallelExecutor(False, loss.name, main, num_trainers=3, trainer_id=1)
+    fk.ParallelExecutor(False, loss.name, main, num_trainers=2, trainer_id=1)
+    reduced = sorted(n for op in main.global_block().ops if op.type == "c_allreduce_sum" for n in op.inputs["X"])
+    assert reduced == sorted(p.name + "@GRAD" for p in main.all_parameters())
+    assert (main.meta.nccl2_trainers, main.meta.nccl2_trainer_id) == (2, 1)
+    assert sorted(op.inputs["X"][0] for op in startup.global_block().ops if op.type == "c_broadcast") == broadcast
+    test_program = main.clone(for_test=True)
+    test_program.meta.nccl2_trainers = 0
+    bs = fk.BuildStrategy()
+    bs.num_trainers, bs.trainer_id = 2, 1
+    fk.CompiledProgram(test_program).with_data_parallel(build_strategy=bs)  # nothing to all-reduce: only marked
+    assert test_program.meta.nccl2_trainers == 2
+
+
+def test_a_program_transpiled_twice_is_refused():
     main, startup, _ = _minimized()
     _transpile(main, startup)
     with pytest.raises(InvalidArgumentError, match="already transpiled in nccl2 mode"):

@@ -15,22 +15,37 @@ trainer for any other program is an error rather than a silent single-process ru
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import InvalidArgumentError
 from .framework import Program
 
-__all__ = ["BuildStrategy", "CompiledProgram", "ExecutionStrategy", "check_num_trainers"]
+__all__ = ["BuildStrategy", "CompiledProgram", "ExecutionStrategy", "check_num_trainers",
+           "register_trainers_rewrite"]
+
+
+# (num_trainers, trainer_id, rewrite) of the last nccl2 transpile that had no main program
+# to rewrite: fleet registers it (core does not import fleet), check_num_trainers applies it
+_pending_rewrite: tuple[int, int, Callable[[Program], None]] | None = None
+
+
+def register_trainers_rewrite(num_trainers: int, trainer_id: int, rewrite: Callable[[Program], None]) -> None:
+    """Have ``check_num_trainers`` all-reduce an unmarked program with ``rewrite(program)``."""
+    global _pending_rewrite
+    _pending_rewrite = (int(num_trainers), int(trainer_id), rewrite)
 
 
 def check_num_trainers(program: Program, num_trainers: int, trainer_id: int, who: str) -> None:
     """Refuse ``num_trainers`` > 1 unless ``program`` all-reduces over that many trainers itself
-    (``DistributeTranspiler`` in nccl2 mode marks it); then this process runs it on its place."""
+    (``DistributeTranspiler`` in nccl2 mode marks it, or registered a rewrite for it);
+    then this process runs it on its place."""
     n = int(num_trainers or 1)
     if n <= 1:
         return
     meta = program.meta
+    if not meta.nccl2_trainers and _pending_rewrite is not None and _pending_rewrite[:2] == (n, int(trainer_id)):
+        _pending_rewrite[2](program)
     if not meta.nccl2_trainers:
         raise InvalidArgumentError(
             f"{who}num_trainers={n}, but the program was not transpiled for several trainers: run "

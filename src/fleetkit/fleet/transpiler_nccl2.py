@@ -13,7 +13,10 @@ so the program itself is rewritten, by the same rewrite fleet's collective mode
 uses (``collective.data_parallel.data_parallel_rewrite``): the loss gradient is
 scaled by 1/trainers, every trainable parameter's gradient is all-reduced before
 the optimizer ops, and the startup program broadcasts the parameters from
-trainer 0.  The program was already minimized, so the (parameter, gradient)
+trainer 0.  When the main program given (or the default one) has no optimizer ops,
+as in models v1.4's dist_train, which passes only ``startup_program``, every variable
+the startup initializes is broadcast and ParallelExecutor / CompiledProgram rewrite
+the program they are given.  The program was already minimized, so the (parameter, gradient)
 pairs are read back from it: each parameter an optimizer op updates, with its
 ``<param>@GRAD`` (the raw gradient, before regularization or clipping read it).
 
@@ -29,12 +32,13 @@ from collections.abc import Sequence
 
 from ..collective import groups
 from ..collective.api import Backend, get_backend
-from ..collective.data_parallel import data_parallel_rewrite
+from ..collective.data_parallel import broadcast_parameters, data_parallel_rewrite
+from ..core.compiler import register_trainers_rewrite
 from ..core.framework import ROLE_LOSS, ROLE_OPTIMIZE, Parameter, Program, Variable, grad_var_name
 from ..env import FLEETKIT_COLLECTIVE_BACKEND, collective_timeout_s
 from ..errors import InvalidArgumentError
 
-__all__ = ["NCCL2_MODES", "parse_trainer_endpoints", "transpile_nccl2"]
+__all__ = ["NCCL2_MODES", "parse_trainer_endpoints", "rewrite_main_program", "transpile_nccl2"]
 
 #: the modes fluid 1.4 had for the collective transpiler ("collective" came with 1.5)
 NCCL2_MODES = ("nccl2",)
@@ -80,15 +84,37 @@ def transpile_nccl2(trainer_id: int, trainers: str | Sequence[str], current_endp
             f"current_endpoint is {current_endpoint!r} (trainers[{eps.index(current_endpoint)}])")
     if program.meta.nccl2_trainers:
         raise InvalidArgumentError("transpile: this program was already transpiled in nccl2 mode")
-    loss = _find_loss(program)
-    params_grads = _params_grads(program)
-    data_parallel_rewrite(loss, params_grads, len(eps), startup_program=startup_program, ring_id=_RING,
-                          broadcast_params=True)
-    program.meta.nccl2_trainers = len(eps)
-    program.meta.nccl2_trainer_id = trainer_id
     if len(eps) > 1:
         groups.set_group_factory(lambda: _make_group(eps, trainer_id), _RING)
+    if _params_grads(program):
+        rewrite_main_program(program, len(eps), trainer_id, startup_program)
+    else:
+        # models v1.4 dist_train passes only startup_program (the default main program is
+        # empty) and hands its own train program to ParallelExecutor, which did the
+        # all-reduce in fluid: every variable the startup initializes is broadcast now,
+        # the program is rewritten when ParallelExecutor / CompiledProgram is built
+        if len(eps) > 1:
+            broadcast_parameters(startup_program, _initialized(startup_program), _RING)
+        register_trainers_rewrite(len(eps), trainer_id,
+                                  lambda prog: rewrite_main_program(prog, len(eps), trainer_id, None))
     return eps
+
+
+def rewrite_main_program(program: Program, nranks: int, trainer_id: int, startup_program: Program | None) -> None:
+    """All-reduce ``program``'s gradients over ``nranks`` (broadcast from ``startup_program``
+    when given) and mark it; a program without optimizer ops (a test program) is only marked."""
+    params_grads = _params_grads(program)
+    if params_grads:
+        data_parallel_rewrite(_find_loss(program), params_grads, nranks, startup_program=startup_program,
+                              ring_id=_RING, broadcast_params=startup_program is not None)
+    program.meta.nccl2_trainers = nranks
+    program.meta.nccl2_trainer_id = trainer_id
+
+
+def _initialized(startup_program: Program) -> list[str]:
+    block = startup_program.global_block()
+    return [n for op in block.ops for n in op.output_arg_names
+            if block._find_var_recursive(n) is not None and block._find_var_recursive(n).persistable]
 
 
 def _find_loss(program: Program) -> Variable:
@@ -117,9 +143,6 @@ def _params_grads(program: Program) -> list[tuple[Parameter, Variable]]:
                 continue  # e.g. weight_decay and the update both read it
             seen.add(name)
             pairs.append((block.var(name), block.var(grad)))
-    if not pairs:
-        raise InvalidArgumentError("transpile: nccl2 mode found no optimizer op updating a parameter: "
-                                   "call optimizer.minimize(loss) before transpile()")
     return pairs
 
 
