@@ -23,6 +23,7 @@ from .control_flow import *  # noqa: F401,F403
 from .static_rnn import *  # noqa: F401,F403
 from .lod_rank import *  # noqa: F401,F403
 from .dynamic_rnn import *  # noqa: F401,F403
+from .beam_search import *  # noqa: F401,F403
 # the 1.4 reader layers live beside PyReader (one module for the input pipeline)
 from ..pyreader import create_py_reader_by_data, double_buffer, py_reader, read_file  # noqa: F401
 from . import io, nn, tensor, conv, loss, metric_op, sequence, learning_rate_scheduler  # noqa: F401

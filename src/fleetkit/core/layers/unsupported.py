@@ -5,7 +5,6 @@
 
 _DATA_NORM = ("its statistics are accumulated by pslib's summary update (the op's 'gradients' are batch sums), "
               "which fleetkit's optimizers do not implement")
-_BEAM_SEARCH = "beam-search decoding needs while loops over sub-blocks (see control flow)"
 _DETECTION = ("object detection (boxes, anchors, NMS, region pooling): outside fleetkit's scope, which is "
               "distributed training of CTR, NLP and classification models")
 _READERS = ("the pre-1.4 file-reader ops: feed with layers.py_reader / io.PyReader, DataFeeder or "
@@ -16,7 +15,6 @@ _FORWARD_ONLY = ("not built yet: tensor arrays, While, Switch and IfElse run for
 #: layer name -> why fleetkit does not have it
 REASONS: dict[str, str] = {
     "data_norm": _DATA_NORM,
-    **dict.fromkeys(["beam_search_decode", "beam_search"], _BEAM_SEARCH),
     **dict.fromkeys(["open_files", "shuffle", "batch", "random_data_generator", "Preprocessor"], _READERS),
     **dict.fromkeys(["tensor_array_to_tensor", "is_empty"], _FORWARD_ONLY),
     **dict.fromkeys([
