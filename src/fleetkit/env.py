@@ -180,6 +180,11 @@ FLEETKIT_RESTARTS = "FLEETKIT_RESTARTS"
 FLEETKIT_COLLECTIVE_BACKEND = "FLEETKIT_COLLECTIVE_BACKEND"
 
 
+def collective_backend(env: Mapping[str, str] | None = None) -> str:
+    """``FLEETKIT_COLLECTIVE_BACKEND`` stripped ('' when unset); callers check the name."""
+    return _source(env).get(FLEETKIT_COLLECTIVE_BACKEND, "").strip()
+
+
 def log_level(env: Mapping[str, str] | None = None) -> str:
     """``FLEETKIT_LOG_LEVEL`` stripped and upper-cased ('' when unset); callers check the name."""
     return _source(env).get(FLEETKIT_LOG_LEVEL, "").strip().upper()

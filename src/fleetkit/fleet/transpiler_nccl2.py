@@ -27,7 +27,6 @@ tcp, mpi or nccl), tcp when unset.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from ..collective import groups
@@ -35,7 +34,7 @@ from ..collective.api import Backend, get_backend
 from ..collective.data_parallel import broadcast_parameters, data_parallel_rewrite
 from ..core.compiler import register_trainers_rewrite
 from ..core.framework import ROLE_LOSS, ROLE_OPTIMIZE, Parameter, Program, Variable, grad_var_name
-from ..env import FLEETKIT_COLLECTIVE_BACKEND, collective_timeout_s
+from ..env import FLEETKIT_COLLECTIVE_BACKEND, collective_backend, collective_timeout_s
 from ..errors import InvalidArgumentError
 
 __all__ = ["NCCL2_MODES", "parse_trainer_endpoints", "rewrite_main_program", "transpile_nccl2"]
@@ -147,7 +146,7 @@ def _params_grads(program: Program) -> list[tuple[Parameter, Variable]]:
 
 
 def _make_group(eps: list[str], rank: int) -> Backend:
-    backend = os.environ.get(FLEETKIT_COLLECTIVE_BACKEND, "").strip() or "tcp"
+    backend = collective_backend() or "tcp"
     if backend not in _BACKENDS:
         raise InvalidArgumentError(f"{FLEETKIT_COLLECTIVE_BACKEND}={backend!r}: expected one of "
                                    f"{', '.join(_BACKENDS)}")
