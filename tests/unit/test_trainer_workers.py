@@ -96,7 +96,11 @@ def test_auc_counts_every_example_once_with_two_workers(files, test_file, monkey
         aucs[thread] = _stat_auc(scope, stats)
     print(f"held-out AUC thread=1 {aucs[1]:.4f}, thread=2 {aucs[2]:.4f}")
     assert aucs[1] > 0.7
-    assert abs(aucs[2] - aucs[1]) <= 0.005
+    # Hogwild's update order moves this small model's AUC: over 100 free runs thread=2 - thread=1
+    # ranged -0.0058 .. +0.0022 (serial training in other batch orders: -0.001 .. +0.003), so 0.005
+    # would fail about 1 run in 30; 0.01 still catches a lost or stale update (those cost 0.05-0.2).
+    # Issue 15's 0.005 is measured on the real CTR job by benchmarks/ctr_side_by_side.py.
+    assert abs(aucs[2] - aucs[1]) <= 0.01
 
 
 def test_same_parameters_same_auc_with_one_or_two_workers(files, test_file):
