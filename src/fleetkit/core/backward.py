@@ -70,11 +70,13 @@ class _GradNames:
         self.block = block
         self.expected = expected
         self.parts: dict[str, list[str]] = {}
+        self.made: dict[str, int] = {}  # contributions named so far, per var (names never repeat)
 
     def new(self, var: str, sparse: bool = False) -> str:
         parts = self.parts.setdefault(var, [])
+        made = self.made[var] = self.made.get(var, 0) + 1
         base = grad_var_name(var)
-        name = base if self.expected.get(var, 0) <= 1 else f"{base}@RENAME@{len(parts)}"
+        name = base if self.expected.get(var, 0) <= 1 and made == 1 else f"{base}@RENAME@{made - 1}"
         parts.append(name)
         self._declare(var, name, sparse)
         return name
@@ -96,6 +98,11 @@ class _GradNames:
             self.block.append_op("sum", {"X": parts}, {"Out": [base]}, {"op_role": ROLE_BACKWARD}, infer=False)
             self.parts[var] = [base]
         return base
+
+    def restart(self, var: str) -> None:
+        """An op that reads and writes ``var`` (a loop's carried value) took its gradient: the
+        contributions that follow are for the value before that op, not to be summed with it."""
+        self.parts[var] = []
 
 
 def _needed_inputs(op: Operator, requires: set[str]) -> dict[str, list[str]]:
@@ -178,6 +185,8 @@ def _append_op_grad(block: Block, op: Operator, grads: _GradNames, requires: set
             f"op '{op.type}' has no gradient, but {sorted(n for ns in need.values() for n in ns)} need one; "
             f"mark them stop_gradient or put them in no_grad_set")
     sparse_slots = opdef.sparse_grad(op) if opdef.sparse_grad else set()
+    for n in set(op.output_arg_names) & set(op.input_arg_names):
+        grads.restart(n)
     in_grads = {}
     for s in in_slots:
         names = []

@@ -12,8 +12,10 @@ import contextlib
 from typing import Any, Iterator
 
 from ...errors import InvalidArgumentError
+from .. import unique_name
 from ..framework import Block, Variable, default_main_program
 from ..layer_helper import LayerHelper
+from ..step_backward import body_backward_attrs, version_loop_carried
 from .tensor import fill_constant
 
 __all__ = ["While", "Switch", "IfElse", "create_array", "array_write", "array_read", "array_length"]
@@ -74,17 +76,28 @@ def _outer_names(block: Block) -> tuple[list[str], list[str]]:
 
 @contextlib.contextmanager
 def _sub_block(op_type: str, inputs: dict, attrs: dict | None = None) -> Iterator[Block]:
-    """Build a body in a new sub-block, then append the ``op_type`` op that runs it to the parent."""
+    """Build a body in a new sub-block, then append the ``op_type`` op that runs it to the parent.
+
+    The body's writes to outer tensors are versioned (step_backward.version_loop_carried):
+    a ``while`` body and a ``conditional_block`` body (a loop taken at most once) both keep
+    the values each run began with, so their gradient ops (core/ops/control_flow_grad.py) run
+    the body's gradient block, built here, against what that run saw."""
     program = default_main_program()
     block = program.create_block()
     try:
         yield block
     finally:
         program.rollback()
+    carried, last = version_loop_carried(block)
     reads, writes = _outer_names(block)
     parent = program.current_block()
-    parent.append_op(op_type, {**inputs, "X": reads}, {"Out": writes},
-                     {**(attrs or {}), "sub_block": block}, infer=False)
+    seeds = last + [n for n in writes if n not in carried]  # versioned writes are seeded at their last version
+    grad_attrs = body_backward_attrs(block, seeds, reads)
+    scopes = parent.create_var(name=unique_name.generate(f"{op_type}.step_scopes"), type="step_scopes",
+                               stop_gradient=True)
+    parent.append_op(op_type, {**inputs, "X": reads}, {"Out": writes, "StepScopes": [scopes]},
+                     {"is_test": False, **(attrs or {}), "sub_block": block, "carried_vars": carried,
+                      "carried_last": last, **grad_attrs}, infer=False)
 
 
 class While:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import ChainMap
 from typing import Any
 
 from ...errors import FleetkitError, InvalidArgumentError, OpError
@@ -74,18 +75,62 @@ def _scalar(ctx: KernelContext, slot: str) -> Any:
     return v[0]
 
 
-@register_op("while", attrs={"is_test": False})
+def run_sub_block_in(ctx: KernelContext, block: Block, scope: Any) -> None:
+    """Run ``block`` against ``scope`` (a ChainMap over the running scope: writes stay in its first map)."""
+    outer = ctx.env
+    ctx.env = scope
+    try:
+        run_sub_block(ctx, block)
+    finally:
+        ctx.env = outer
+
+
+def _run_pass(ctx: KernelContext, block: Block, passes: list | None) -> None:
+    """One run of a control-flow body.  Training (``passes`` is a list), it runs in a scope of
+    its own, kept for the backward: the outer variables it writes are then copied out, and
+    the kept scope holds the carried variables as the pass began (what its body read)."""
+    if passes is None:
+        run_sub_block(ctx, block)
+        return
+    env = ctx.env
+    before = {n: env[n] for n in ctx.attr("carried_vars", []) if n in env}
+    local: dict[str, Any] = {}
+    run_sub_block_in(ctx, block, ChainMap(local, env))
+    for n in ctx.outs.get("Out", []):
+        if n in local:
+            env[n] = local[n]
+    local.update(before)
+    passes.append(local)
+
+
+def _passes(ctx: KernelContext) -> list | None:
+    return [] if ctx.wants("StepScopes") and not ctx.attr("is_test") else None
+
+
+def _keep(ctx: KernelContext, passes: list | None) -> None:
+    if passes is not None:
+        ctx.env[ctx.outs["StepScopes"][0]] = passes
+
+
+#: the gradient attributes the layers set (core/step_backward.body_backward_attrs)
+BODY_ATTRS = {"is_test": False, "carried_vars": [], "carried_last": [], "seed_vars": [], "seed_grads": [],
+              "source_vars": [], "source_grads": [], "grad_error": "no gradient block (an op built without one)"}
+
+
+@register_op("while", attrs=BODY_ATTRS, no_grad_inputs=("Condition",), grad_outputs=("Out",))
 def while_op(ctx: KernelContext) -> None:
     """Run ``sub_block`` while the one-element bool ``Condition`` is true (the body updates it)."""
-    block = _sub_block(ctx)
+    block, passes = _sub_block(ctx), _passes(ctx)
     for _ in range(MAX_ITERATIONS):
         if not bool(_scalar(ctx, "Condition")):
+            _keep(ctx, passes)
             return
-        run_sub_block(ctx, block)
+        _run_pass(ctx, block, passes)
     raise OpError(f"while: condition '{ctx.ins['Condition'][0]}' still true after {MAX_ITERATIONS} iterations")
 
 
-@register_op("conditional_block", attrs={"is_scalar_condition": True})
+@register_op("conditional_block", attrs={**BODY_ATTRS, "is_scalar_condition": True}, no_grad_inputs=("Cond",),
+             grad_outputs=("Out",))
 def conditional_block(ctx: KernelContext) -> None:
     """Run ``sub_block`` once: if the one-element bool ``Cond`` is true (Switch's cases), or,
     with ``is_scalar_condition`` False, if every ``Cond`` tensor has rows (IfElse's branches)."""
@@ -93,8 +138,10 @@ def conditional_block(ctx: KernelContext) -> None:
         run = bool(_scalar(ctx, "Cond"))
     else:
         run = all(getattr(v, "size", 0) > 0 for v in ctx.xs("Cond"))
+    passes = _passes(ctx)
     if run:
-        run_sub_block(ctx, _sub_block(ctx))
+        _run_pass(ctx, _sub_block(ctx), passes)
+    _keep(ctx, passes)
 
 
 # ---------------------------------------------------------- IfElse's row split / merge
@@ -112,7 +159,7 @@ def _split_infer(ctx: ShapeContext) -> None:
         ctx.set(slot, (-1,) + tuple(x.shape[1:]), x.dtype, 0)
 
 
-@register_op("split_lod_tensor", _split_infer, attrs={"level": 0})
+@register_op("split_lod_tensor", _split_infer, attrs={"level": 0}, no_grad_inputs=("Mask",))
 def split_lod_tensor(ctx: KernelContext) -> None:
     """OutTrue / OutFalse: the rows of X where Mask is true / false (dense rows; order kept)."""
     x = ctx.x("X")
@@ -126,7 +173,7 @@ def _merge_infer(ctx: ShapeContext) -> None:
     ctx.set("Out", (-1,) + tuple(t.shape[1:]), t.dtype, 0)
 
 
-@register_op("merge_lod_tensor", _merge_infer, attrs={"level": 0})
+@register_op("merge_lod_tensor", _merge_infer, attrs={"level": 0}, no_grad_inputs=("X", "Mask"))
 def merge_lod_tensor(ctx: KernelContext) -> None:
     """Out: InTrue's rows where Mask is true and InFalse's where it is false (undoes the split)."""
     xp = ctx.xp
@@ -204,3 +251,6 @@ def _length_infer(ctx: ShapeContext) -> None:
 def lod_array_length(ctx: KernelContext) -> None:
     """Out = [len(X)] as int64."""
     ctx.out("Out", ctx.xp.asarray([len(_array(ctx, "X", ctx.ins["X"][0]))], dtype="int64"))
+
+
+from . import control_flow_grad  # noqa: E402,F401  (registers the gradients; it imports run_sub_block_in)

@@ -23,7 +23,7 @@ from ...errors import InvalidArgumentError
 from ..framework import EMPTY_VAR, Block
 from ..registry import KernelContext, ShapeContext, is_selected_rows, register_grad, register_op
 from ..scope import LoDTensor
-from .control_flow import run_sub_block
+from .control_flow import run_sub_block_in
 from .lod_rank import LoDRankTable, batch_size_at, check_rows_match, pad_rows, shrink_rows, step_rows
 
 DEFAULT_ATTRS = {"step_vars": [], "static_vars": [], "memory_vars": [], "memory_init": [], "memory_shapes": [],
@@ -43,15 +43,6 @@ def _lod(v: Any) -> list[list[int]] | None:
 
 def _wrap(values: Any, lod: list[list[int]] | None) -> Any:
     return LoDTensor(values, lod) if lod else values
-
-
-def _run_in(ctx: KernelContext, block: Block, scope: ChainMap) -> None:
-    outer = ctx.env
-    ctx.env = scope  # type: ignore[assignment]  (a ChainMap: the step's writes stay in its own map)
-    try:
-        run_sub_block(ctx, block)
-    finally:
-        ctx.env = outer
 
 
 def _table(ctx: KernelContext) -> LoDRankTable:
@@ -110,7 +101,7 @@ def dynamic_rnn(ctx: KernelContext) -> None:
         for name, v in zip(memory_vars, prev):
             local[name] = _wrap(*shrink_rows(_values(v), _lod(v), n))
         scope = ChainMap(local, ctx.env)
-        _run_in(ctx, block, scope)
+        run_sub_block_in(ctx, block, scope)
         for k, name in enumerate(output_vars):
             o = _values(scope[name])
             if o.shape[0] != n:
@@ -181,7 +172,7 @@ def dynamic_rnn_grad(ctx: KernelContext) -> None:
         rows = xp.asarray(step_rows(table, t))
         fwd = ChainMap(scopes[t], ctx.env)
         grads: dict[str, Any] = _seeds(ctx, fwd, rows, d_outs, d_next)
-        _run_in(ctx, grad_block, ChainMap(grads, scopes[t], ctx.env))
+        run_sub_block_in(ctx, grad_block, ChainMap(grads, scopes[t], ctx.env))
 
         def grad_of(var: str, grads: dict = grads) -> Any:
             """The gradient the step's backward left for source ``var`` (None: nothing reached it)."""
