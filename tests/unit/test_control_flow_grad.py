@@ -8,6 +8,7 @@ import fleetkit as fk
 from fleetkit import layers
 from fleetkit.core.framework import Program, program_guard
 from fleetkit.core.layers.control_flow import IfElse, Switch, While
+from fleetkit.core.scope import Scope
 from fleetkit.testing.program_gradcheck import check_program_grad
 
 
@@ -131,3 +132,40 @@ def test_the_gradient_checks_above_cover_the_control_flow_ops():
     from fleetkit.core.registry import get_op_def
     for op in ("while", "conditional_block", "split_lod_tensor", "merge_lod_tensor"):
         assert get_op_def(op).grad is not None, op
+
+
+def test_is_test_clones_keep_no_pass_scopes_and_training_does():
+    main, startup = Program(), Program()
+    with program_guard(main, startup):
+        x, w, acc = _power_loop(3)
+        test_program = main.clone(for_test=True)
+        loss = layers.reduce_sum(acc)
+    scopes_var = next(op.outputs["StepScopes"][0] for op in main.global_block().ops if op.type == "while")
+    exe, feed = fk.Executor(), {"x": np.ones((2, 3))}
+    for program, kept in ((test_program, None), (main, 3)):
+        scope = Scope()
+        exe.run(startup, scope=scope)
+        exe.run(program, feed=feed, fetch_list=[acc], scope=scope)
+        found = scope.find_var(scopes_var)
+        got = None if found is None else scope.get(scopes_var)
+        assert (None if got is None else len(got)) == kept
+    assert loss.block is main.global_block()
+
+
+def test_a_seeded_model_with_an_ifelse_trains():
+    main, startup = Program(), Program()
+    main.random_seed = startup.random_seed = 7
+    with program_guard(main, startup):
+        x = layers.data("x", [3], dtype="float64")
+        y = layers.data("y", [3], dtype="float64")
+        w = layers.create_parameter([3], "float64", name="ie_train_w",
+                                    default_initializer=fk.initializer.Constant(0.1))
+        loss = layers.reduce_mean(layers.square(_ifelse(x, w) - y))
+        fk.optimizer.SGD(0.1).minimize(loss)
+    rng = np.random.default_rng(4)
+    xs = rng.normal(size=(16, 3))
+    ys = np.where(xs[:, :1] > 0, xs * np.array([1.5, -0.5, 2.0]), 2 * np.tanh(xs))
+    exe, scope = fk.Executor(), Scope()
+    exe.run(startup, scope=scope)
+    losses = [float(exe.run(main, feed={"x": xs, "y": ys}, fetch_list=[loss], scope=scope)[0]) for _ in range(60)]
+    assert losses[-1] < 0.2 * losses[0], losses[::10]
