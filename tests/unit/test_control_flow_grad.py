@@ -9,6 +9,7 @@ from fleetkit import layers
 from fleetkit.core.framework import Program, program_guard
 from fleetkit.core.layers.control_flow import IfElse, Switch, While
 from fleetkit.core.scope import Scope
+from fleetkit.errors import InvalidArgumentError
 from fleetkit.testing.program_gradcheck import check_program_grad
 
 
@@ -169,3 +170,24 @@ def test_a_seeded_model_with_an_ifelse_trains():
     exe.run(startup, scope=scope)
     losses = [float(exe.run(main, feed={"x": xs, "y": ys}, fetch_list=[loss], scope=scope)[0]) for _ in range(60)]
     assert losses[-1] < 0.2 * losses[0], losses[::10]
+
+
+def test_a_trained_loop_holding_a_switch_that_updates_its_carried_value_says_it_has_no_backward():
+    main, startup = Program(), Program()
+    with program_guard(main, startup):
+        x = layers.data("x", [3], dtype="float64")
+        i = layers.fill_constant([1], "int64", 0)
+        n = layers.fill_constant([1], "int64", 2)
+        acc = layers.scale(x, 1.0)
+        cond = layers.less_than(i, n)
+        with While(cond).block():
+            with Switch() as switch:
+                with switch.default():
+                    layers.assign(layers.scale(acc, 2.0), acc)
+            layers.increment(i, 1, in_place=True)
+            layers.less_than(i, n, cond=cond)
+        loss = layers.reduce_sum(acc)
+    got, = fk.Executor().run(main, feed={"x": np.ones((1, 3))}, fetch_list=[acc], scope=Scope())
+    np.testing.assert_allclose(got, 4 * np.ones((1, 3)))  # forward still runs
+    with pytest.raises(InvalidArgumentError, match=r"reads and writes .* nested control flow"):
+        check_program_grad(loss, {"x": np.ones((1, 3))}, ["x"])

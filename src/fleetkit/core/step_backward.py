@@ -57,6 +57,10 @@ def body_backward_attrs(body: Block, seeds: Sequence[str], sources: Sequence[str
     seeds = [s for s in seeds if _differentiable(body, s)]
     sources = [s for s in sources if _differentiable(body, s)]
     try:
+        both = sorted(set(seeds) & set(sources))
+        if both:  # left unversioned (a nested body): which value a gradient is for is ambiguous
+            raise InvalidArgumentError(f"the body reads and writes {both} and holds nested control flow; "
+                                       f"its backward is not supported")
         block, seed_grads, source_grads = build_step_backward(body, seeds, sources)
         error = ""
     except InvalidArgumentError as e:
