@@ -9,8 +9,9 @@ _DETECTION = ("object detection (boxes, anchors, NMS, region pooling): outside f
               "distributed training of CTR, NLP and classification models")
 _READERS = ("the pre-1.4 file-reader ops: feed with layers.py_reader / io.PyReader, DataFeeder or "
             "DatasetFactory instead (docs/porting.md)")
-_FORWARD_ONLY = ("not built yet: tensor arrays, While, Switch and IfElse run forward only (no backward through "
-                 "them); write recurrences with DynamicRNN, StaticRNN, dynamic_lstm or dynamic_gru")
+_FORWARD_ONLY = ("not built yet (While, Switch and IfElse train, but tensor arrays carry no gradient); stop a "
+                 "While on a less_than condition, and write recurrences with DynamicRNN, StaticRNN, dynamic_lstm "
+                 "or dynamic_gru")
 
 #: layer name -> why fleetkit does not have it
 REASONS: dict[str, str] = {
