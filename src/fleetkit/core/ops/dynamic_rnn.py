@@ -20,7 +20,7 @@ from collections import ChainMap
 from typing import Any
 
 from ...errors import InvalidArgumentError
-from ..framework import EMPTY_VAR, Block
+from ..framework import EMPTY_VAR
 from ..registry import KernelContext, ShapeContext, is_selected_rows, register_grad, register_op
 from ..scope import LoDTensor
 from .control_flow import run_sub_block_in
