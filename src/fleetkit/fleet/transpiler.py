@@ -37,7 +37,7 @@ from ..pserver.api import (MIN_BLOCK_SIZE, HashName, ParamPlan, PSDispatcher, PS
                            VarBlock, build_pserver_program, build_pserver_startup, make_plan, slice_variable,
                            stable_hash)
 from . import checkpoint_notify as _notify_op  # noqa: F401  (registers checkpoint_notify: trainer-side save)
-from .transpiler_nccl2 import NCCL2_MODES, transpile_nccl2
+from .transpiler_nccl2 import NCCL2_MODES, parse_endpoints, transpile_nccl2
 
 __all__ = ["DistributeTranspiler", "DistributeTranspilerConfig", "HashName", "PSDispatcher", "ParamPlan",
            "RoundRobin", "TablePlan", "VarBlock", "slice_variable", "stable_hash"]
@@ -84,16 +84,7 @@ class DistributeTranspilerConfig:
 
 # ------------------------------------------------------------------ transpiler
 def _parse_endpoints(pservers: str | Sequence[str]) -> list[str]:
-    eps = [e.strip() for e in (pservers.split(",") if isinstance(pservers, str) else pservers) if e.strip()]
-    if not eps:
-        raise InvalidArgumentError(f"transpile: pservers must list 'ip:port' endpoints, got {pservers!r}")
-    for e in eps:
-        host, _, port = e.rpartition(":")
-        if not host or not port.isdigit():
-            raise InvalidArgumentError(f"transpile: pserver endpoint {e!r} is not 'ip:port'")
-    if len(set(eps)) != len(eps):
-        raise InvalidArgumentError(f"transpile: pserver endpoints repeat: {eps}")
-    return eps
+    return parse_endpoints(pservers, "pserver", f"pservers must list 'ip:port' endpoints, got {pservers!r}")
 
 
 class DistributeTranspiler:

@@ -37,7 +37,7 @@ from ..core.framework import ROLE_LOSS, ROLE_OPTIMIZE, Parameter, Program, Varia
 from ..env import FLEETKIT_COLLECTIVE_BACKEND, collective_backend, collective_timeout_s
 from ..errors import InvalidArgumentError
 
-__all__ = ["NCCL2_MODES", "parse_trainer_endpoints", "rewrite_main_program", "transpile_nccl2"]
+__all__ = ["NCCL2_MODES", "parse_endpoints", "parse_trainer_endpoints", "rewrite_main_program", "transpile_nccl2"]
 
 #: the modes fluid 1.4 had for the collective transpiler ("collective" came with 1.5)
 NCCL2_MODES = ("nccl2",)
@@ -51,15 +51,22 @@ def parse_trainer_endpoints(trainers: str | Sequence[str]) -> list[str]:
         raise InvalidArgumentError(
             f"transpile: in nccl2 mode trainers is the trainers' endpoints 'ip:port,ip:port,...' "
             f"(PADDLE_TRAINER_ENDPOINTS), got {trainers!r}")
-    eps = [e.strip() for e in (trainers.split(",") if isinstance(trainers, str) else trainers) if e.strip()]
+    return parse_endpoints(trainers, "trainer", f"nccl2 mode needs trainers='ip:port,...', got {trainers!r}",
+                           f" (trainers={trainers!r})")
+
+
+def parse_endpoints(value: str | Sequence[str], role: str, if_empty: str, context: str = "") -> list[str]:
+    """``"ip:port,ip:port"`` (or a list) -> the endpoints, each 'ip:port' and none twice; the
+    transpiler's pserver list and nccl2's trainer list.  ``if_empty``: the message when none."""
+    eps = [e.strip() for e in (value.split(",") if isinstance(value, str) else value) if e.strip()]
     if not eps:
-        raise InvalidArgumentError(f"transpile: nccl2 mode needs trainers='ip:port,...', got {trainers!r}")
+        raise InvalidArgumentError(f"transpile: {if_empty}")
     for e in eps:
         host, _, port = e.rpartition(":")
         if not host or not port.isdigit():
-            raise InvalidArgumentError(f"transpile: trainer endpoint {e!r} is not 'ip:port' (trainers={trainers!r})")
+            raise InvalidArgumentError(f"transpile: {role} endpoint {e!r} is not 'ip:port'{context}")
     if len(set(eps)) != len(eps):
-        raise InvalidArgumentError(f"transpile: trainer endpoints repeat: {eps}")
+        raise InvalidArgumentError(f"transpile: {role} endpoints repeat: {eps}")
     return eps
 
 

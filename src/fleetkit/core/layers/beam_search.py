@@ -8,14 +8,9 @@ from typing import Any
 from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
+from .tensor import _check_var as _need   # the layers' one Variable check
 
 __all__ = ["beam_search", "beam_search_decode"]
-
-
-def _need(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def beam_search(pre_ids: Variable, pre_scores: Variable, ids: Variable | None, scores: Variable, beam_size: int,

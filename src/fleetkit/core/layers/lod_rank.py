@@ -9,15 +9,10 @@ from typing import Any
 from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
+from .tensor import _check_var as _need   # the layers' one Variable check
 
 __all__ = ["lod_rank_table", "max_sequence_len", "lod_tensor_to_array", "array_to_lod_tensor", "shrink_memory",
            "reorder_lod_tensor_by_rank"]
-
-
-def _need(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def _need_table(layer: str, arg: str, v: Any) -> Variable:
