@@ -4,7 +4,6 @@ a fluid 1.4-style script runs under ``fleetkit launch --worker_num 2``."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -13,7 +12,7 @@ import numpy as np
 
 import fleetkit as fk
 from fleetkit import layers
-from fleetkit.testing import run_workers
+from fleetkit.testing import free_ports, run_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, BATCH = 4, 6  # BATCH per trainer
@@ -55,16 +54,6 @@ def _single(opt_name: str, world_size: int):
     return _params(main, scope)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _trainer(rank, world_size, endpoints):
     """Both optimizers, through ParallelExecutor (sgd) and CompiledProgram (adam)."""
     from fleetkit import collective
@@ -99,7 +88,7 @@ def _trainer(rank, world_size, endpoints):
 
 
 def test_two_nccl2_trainers_equal_one_process_on_the_whole_batch():
-    endpoints = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    endpoints = [f"127.0.0.1:{p}" for p in free_ports(2)]
     results = run_workers(_trainer, 2, (endpoints,), timeout=180)
     for opt_name in OPTIMIZERS:
         want = _single(opt_name, 2)
