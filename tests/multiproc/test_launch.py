@@ -239,15 +239,19 @@ def test_sigkill_of_the_launcher_leaves_no_child(tmp_path):
     """kill -9 cannot be caught: the kernel kills the children (PR_SET_PDEATHSIG)."""
     proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", _write_pid_script(tmp_path, tmp_path / "pid")],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pids = _wait_pids(tmp_path, 2)
+    left = _sigkill_and_survivors(proc, _wait_pids(tmp_path, 2))
+    assert not left, f"children {left} outlived the SIGKILLed launcher"
+
+
+def _sigkill_and_survivors(launcher: subprocess.Popen, pids: list[int]) -> list[int]:
+    """SIGKILL the launcher; the pids still running 10 s later."""
     assert all(_running(p) for p in pids)
-    proc.kill()
-    proc.wait(timeout=10)
+    launcher.kill()
+    launcher.wait(timeout=10)
     deadline = time.monotonic() + 10
     while any(_running(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [p for p in pids if _running(p)]
-    assert not left, f"children {left} outlived the SIGKILLed launcher"
+    return [p for p in pids if _running(p)]
 
 
 AUTH_SCRIPT = """
@@ -405,14 +409,7 @@ def test_sigkill_of_the_launcher_leaves_no_grandchild(tmp_path):
     """)
     proc = subprocess.Popen(LAUNCH + ["--worker_num", "2", script], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    helpers = _wait_pids(tmp_path, 2)
-    assert all(_running(p) for p in helpers)
-    proc.kill()
-    proc.wait(timeout=10)
-    deadline = time.monotonic() + 10
-    while any(_running(p) for p in helpers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = [p for p in helpers if _running(p)]
+    left = _sigkill_and_survivors(proc, _wait_pids(tmp_path, 2))
     for p in left:
         os.kill(p, 9)
     assert not left, f"grandchildren {left} outlived the SIGKILLed launcher"
