@@ -34,7 +34,7 @@ def _contexts(op_type, shape, attrs, accs):
         block.create_var(name=n, shape=list(shape), dtype="float32", persistable=n not in ("gA", "gB"))
     for n in ("lr", "b1p", "b2p"):
         block.create_var(name=n, shape=[1], dtype="float32", persistable=True)
-    pows = {"adam": {"Beta1Pow": "b1p", "Beta2Pow": "b2p"}, "adamax": {"Beta1Pow": "b1p"}}[op_type]
+    pows = {"adam": {"Beta1Pow": "b1p", "Beta2Pow": "b2p"}, "adamax": {"Beta1Pow": "b1p"}}.get(op_type, {})
     ctxs = []
     for g in ("gA", "gB"):
         ins = {"Param": ["p"], "Grad": [g], "LearningRate": ["lr"], **{s: [n] for s, n in {**accs, **pows}.items()}}
@@ -177,3 +177,16 @@ def test_adam_ratio_bound_is_never_reached_by_serial_adam():
         b1p, b2p = b1p * B1, b2p * B2
     assert 0.95 * RATIO_BOUND < ratio < RATIO_BOUND
     assert opt._adam_ratio_bound(B1, B2) >= RATIO_BOUND
+
+
+def test_centered_rmsprop_interleaved_with_another_worker_stays_finite():
+    """Centered RMSProp divides by sqrt(MeanSquare - MeanGrad^2 + eps), never negative in serial
+    training (Cauchy-Schwarz); a worker that reads MeanGrad with another's update and MeanSquare
+    without it can see a negative variance, and sqrt made the parameter NaN."""
+    accs = {"MeanSquare": "ms", "Moment": "mom", "MeanGrad": "mg"}
+    attrs = {"decay": 0.5, "epsilon": 1e-10, "momentum": 0.0, "centered": True}
+    saw_negative = False
+    for at, p0, dense, env in _interleavings("rmsprop", SMALL, attrs, accs, sparse=False):
+        assert np.isfinite(env["p"]).all(), f"B run at line event {at} of A: a parameter became NaN"
+        saw_negative |= bool((env["ms"] - env["mg"] ** 2 < -1e-6).any())
+    assert saw_negative  # the interleavings reach the state the clamp is for

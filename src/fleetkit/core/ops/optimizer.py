@@ -224,7 +224,9 @@ def _rmsprop(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> 
         mg = acc["MeanGrad"]
         mg *= rho
         mg += (1 - rho) * g
-        denom = xp.sqrt(ms - mg * mg + eps)
+        # never below 0 in serial training; under Hogwild mg may hold another worker's step
+        # and ms not yet (module docstring): a negative variance would make p NaN
+        denom = xp.sqrt(xp.maximum(ms - mg * mg, 0) + eps)
     else:
         denom = xp.sqrt(ms + eps)
     mom *= a["momentum"]
