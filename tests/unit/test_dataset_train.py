@@ -155,3 +155,28 @@ def test_both_datasets_are_dataset_sources_and_anything_else_is_named():
     with pytest.raises(InvalidArgumentError, match=r"LooksLikeOne is not a dataset \(it lacks process_safe_feeds, "
                                                    r"used_slots, prepare_to_run, finish_run, skip_counts"):
         fk.Executor().train_from_dataset(fk.default_main_program(), LooksLikeOne())
+
+
+@pytest.mark.parametrize("thread", [1, 2])
+def test_seeded_random_op_draws_the_same_numbers_every_batch_as_in_executor_run(tmp_path, thread):
+    """An op with its own ``seed`` draws the same numbers on every run of Executor.run (fluid's
+    fixed seed); train_from_dataset's batches are runs too, so its last batch's draws are
+    the first's, and Executor.run's."""
+    path = tmp_path / "ones.txt"
+    path.write_text("".join("16 " + " ".join(["1"] * 16) + "\n" for _ in range(24)))
+    main, startup = fk.Program(), fk.Program()
+    with fk.program_guard(main, startup):
+        x = fk.layers.data("x", shape=[16], dtype="float32")
+        y = x + fk.layers.uniform_random_batch_size_like(x, shape=[-1, 16], seed=7)
+    exe = fk.Executor(fk.CPUPlace())
+    scope = fk.Scope()
+    exe.run(startup, scope=scope)
+    ds = fk.DatasetFactory().create_dataset("QueueDataset")
+    ds.set_use_var([x])
+    ds.set_filelist([str(path)])
+    ds.set_batch_size(4)
+    stats = exe.train_from_dataset(main, ds, scope=scope, thread=thread, fetch_list=[y], print_period=100)
+    assert stats.batches == 6
+    (want,) = exe.run(main, feed={"x": np.ones((4, 16), np.float32)}, fetch_list=[y], scope=scope)
+    assert len(np.unique(want)) == want.size  # real draws
+    np.testing.assert_array_equal(np.asarray(stats.fetched[y.name]), want)

@@ -52,7 +52,7 @@ from .framework import (
     default_main_program,
 )
 from .dataset_source import DatasetSource, missing_members
-from .prepared import PreparedProgram, bind, fetch_value, run_steps
+from .prepared import PreparedProgram, bind, fetch_value, reseed, run_steps
 from .scope import LoDTensor, Scope, global_scope
 
 _log = logging.getLogger("fleetkit.trainer")
@@ -265,6 +265,7 @@ class _Run:
                 for name, value in feed.items():
                     env[name] = convert_feed(block.var(name), value, place)
                     rows = rows or _rows(value)
+                reseed(prep)   # each batch is a run: seeded random ops draw what Executor.run draws
                 self._steps(prep.steps, tid, out["op_seconds"])
                 for n, b in zip(persist, before):  # publish persistables this step replaced
                     v = env.get(n)
