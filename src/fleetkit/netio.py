@@ -96,6 +96,29 @@ class BufferedReader:
         self._pos += n
         return self._buf[start:start + n]
 
+    def peek(self, n: int) -> memoryview:
+        """The next ``n`` buffered bytes (``n`` <= ``buffered``), left in place."""
+        return self._view[self._pos:self._pos + n]
+
+    def fill_nowait(self) -> int | None:
+        """One read that cannot wait (an event loop's, after the socket polled readable)
+        into the buffer's free space: the bytes read, 0 at end of stream, None if none
+        were there.  A buffer left full is not read into (0 would read as end of stream)."""
+        if self._pos == self._end:
+            self._pos = self._end = 0
+        elif self._end == len(self._buf):   # move the buffered bytes to the front
+            left = self._end - self._pos
+            if left == len(self._buf):
+                return None
+            self._view[:left] = self._view[self._pos:self._end]
+            self._pos, self._end = 0, left
+        try:
+            k = self.sock.recv_into(self._view[self._end:], 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        self._end += k
+        return k
+
     def read_into(self, view: memoryview, deadline: Any = None) -> None:
         """Fill ``view`` (any size): buffered bytes first, the rest straight from the socket."""
         have = min(self._end - self._pos, view.nbytes)

@@ -31,40 +31,32 @@ connections have ``auth_timeout`` seconds (at most ``max_unauthenticated`` at a 
 to show it (bounds: docs/security.md).  A connection
 carries one call at a time; clients keep a few idle ones per endpoint.
 
-Per-message cost: the server reads each connection through a fixed buffer
-(``netio.BufferedReader``), so a small frame that arrived whole costs one ``recv`` and one
-copy into memory of its own, and it answers with one write that cannot wait; its sockets
-stay in blocking mode between frames (no timeout: ``stop`` shuts them down), since
-CPython polls before every call on a socket with a timeout.  Deadlines apply only to a
-frame that arrives in pieces.  Large payloads are received with ``recv_into`` straight
-into a fresh ``np.empty`` buffer and sent with ``sendmsg`` of memoryviews (header and
-payload never concatenated).
+The server (accepting, the event loop that serves small frames, the worker threads
+for the rest) is in ``bulk_server.py`` / ``bulk_loop.py``; this module holds the wire
+format, the raw I/O both sides share, and the client's ``BulkPool``.
 """
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 import threading
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 import numpy as np
 
-from ..netio import BufferedReader, recv_exactly, set_blocking
+from ..netio import recv_exactly
 from . import codec, rpc
-from .bulk_reply import Reply, Scratch, advance
+from .bulk_reply import advance
 
-__all__ = ["BulkPool", "BulkServer", "BulkStatus", "NO_BULK", "split_host"]
-log = logging.getLogger(__name__)
+__all__ = ["BulkPool", "BulkStatus", "NO_BULK", "split_host"]
 
 REQ_MAGIC, REPLY_MAGIC = b"FKB1", b"FKR2"
 _FRAME = struct.Struct("<4sBBHIQQ")
 _REPLY = struct.Struct("<4sBBHIQQQQq")
 #: the longest token a frame may carry (tokens from ``fleetkit launch`` are 43 characters)
 MAX_TOKEN = 1024
-_HEADER_STEP = 1 << 20   # a header is read in steps of this: its buffer grows as bytes arrive
 METHOD_CODE = {m: i + 1 for i, m in enumerate(rpc.METHODS)}
 METHOD_NAME = {i: m for m, i in METHOD_CODE.items()}
 STATUS_NAME = {c.value[0]: c.name for c in grpc.StatusCode}
@@ -119,19 +111,6 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float | None) ->
     recv_exactly(sock, view.cast("B"), None if deadline is None else _Until(deadline))
 
 
-def _read_growing(reader: BufferedReader, n: int, deadline: _Until) -> bytes:
-    """``n`` bytes from ``reader``, read in steps so that memory follows what arrives."""
-    if n <= reader.size:
-        return bytes(reader.take(n, deadline))
-    parts = []
-    while n > 0:
-        part = bytearray(min(n, _HEADER_STEP))
-        reader.read_into(memoryview(part), deadline)
-        parts.append(part)
-        n -= len(part)
-    return b"".join(parts)
-
-
 def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | None) -> None:
     """Send bytes-like ``parts`` in order with gathered writes (no concatenation).  A socket
     in blocking mode (the server's) first gets one write that cannot wait: a small reply
@@ -170,197 +149,6 @@ def _send_parts(sock: socket.socket, parts: Sequence[Any], deadline: float | Non
 
 def _payload_parts(env: codec.Envelope) -> tuple[bytes, Any, Any]:
     return env.header.SerializeToString(), env.rows, env.data
-
-
-# ------------------------------------------------------------------ server
-class BulkTarget(Protocol):
-    """What the bulk server calls (implemented by ``ParameterServer``)."""
-
-    def bulk_auth(self, method: str, token: bytes | None) -> tuple[int, str, str] | None:
-        """None if the token is accepted, else the error status (code, details, missing)."""
-
-    def bulk_call(self, method: str, header: bytes, rows: Any, data: Any,
-                  reply: Callable[[str, Any], Any]) -> tuple[int, str, str, Any]:
-        """(status, details, missing, reply: an envelope, ``reply``'s result, or None)."""
-
-    def incarnation_info(self) -> tuple[int, int, int]:
-        """(incarnation id, updates applied, update count resumed from or -1 / -2)."""
-
-
-class BulkServer:
-    """Accepts bulk connections on ``host`` (port chosen by the OS), a thread each."""
-
-    def __init__(self, host: str, target: BulkTarget, max_payload: int, io_timeout: float,
-                 name: str = "", max_connections: int = 4096, auth_timeout: float = 5.0,
-                 max_unauthenticated: int = 64) -> None:
-        self.host, self.target, self.name = host, target, name
-        self.max_payload, self.io_timeout = int(max_payload), float(io_timeout)
-        self.max_connections = max_connections
-        self.auth_timeout, self.max_unauthenticated = float(auth_timeout), int(max_unauthenticated)
-        self._unauthenticated = 0   # connections whose first frame's token is not checked yet
-        self.port = 0
-        self.frames = 0                      #: frames served (tests, stats)
-        #: reply bytes the kernel took under the handler lock / copied aside first
-        self.reply_bytes = {"kernel": 0, "copied": 0}
-        self._sock: socket.socket | None = None
-        self._conns: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, port: int = 0) -> int:
-        """Bind (``port`` 0: any free one) and start accepting; returns the port."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        host = "" if self.host in ("0.0.0.0", "::", "") else self.host
-        sock = socket.create_server((host, port), family=family, backlog=128)
-        sock.settimeout(0.5)   # the accept loop notices stop() within this
-        self._sock, self.port = sock, sock.getsockname()[1]
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="fk-bulk-accept")
-        self._thread.start()
-        return self.port
-
-    def stop(self) -> None:
-        """Stop accepting and close every connection (blocked reads return)."""
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return   # closed by stop()
-            with self._lock:
-                full = len(self._conns) >= self.max_connections
-                if full or self._unauthenticated >= self.max_unauthenticated:
-                    log.warning("bulk %s: %d connections (%d not authenticated yet), refusing another",
-                                self.name, len(self._conns), self._unauthenticated)
-                    conn.close()
-                    continue
-                self._conns.add(conn)
-                self._unauthenticated += 1
-            _tune(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True, name="fk-bulk-conn").start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        # per connection, made once: the read buffer, the reply and its scratch buffer
-        scratch = Scratch()
-        reader = BufferedReader(conn)
-        reply = Reply(conn, scratch, self.reply_bytes, self._reply_fixed)
-        state = {"authenticated": False}
-        try:
-            while not self._stop.is_set() and self._serve_one(reader, reply, state):
-                scratch.trim()
-        except (OSError, ConnectionError) as e:
-            # peer went away (mid-frame too), or a read stalled past io_timeout: drop it
-            log.debug("bulk %s: connection dropped: %s", self.name, e)
-        except Exception:  # noqa: BLE001 - a bug here must not take the pserver down
-            log.exception("bulk %s: connection failed", self.name)
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-                if not state["authenticated"]:
-                    self._unauthenticated -= 1
-            _linger_close(conn)
-
-    def _reply_fixed(self, hlen: int, rlen: int, dlen: int) -> bytes:
-        """The fixed part of a value reply (status 0), with the pserver's incarnation."""
-        return _REPLY.pack(REPLY_MAGIC, 0, 0, 0, hlen, rlen, dlen, *self.target.incarnation_info())
-
-    def _authenticated(self, state: dict) -> None:
-        if not state["authenticated"]:
-            state["authenticated"] = True
-            with self._lock:
-                self._unauthenticated -= 1
-
-    @staticmethod
-    def _wait_frame(reader: BufferedReader, until: _Until | None) -> bool:
-        """Wait for the next frame's first bytes: between frames in blocking mode, without
-        a timeout (``stop`` shuts the connection down, which ends the wait), a new
-        connection's first frame until ``until``.  False at EOF or past ``until``."""
-        try:
-            return reader.wait(until)
-        except socket.timeout:
-            return False
-
-    def _serve_one(self, reader: BufferedReader, reply: Reply, state: dict) -> bool:
-        """Read one frame and answer it; False when the connection is to be closed.  A small
-        frame that arrived whole is taken from the reader's buffer after one read."""
-        conn = reader.sock
-        first = not state["authenticated"]
-        auth_until = _Until(time.monotonic() + self.auth_timeout) if first else None
-        if not self._wait_frame(reader, auth_until):
-            return False
-        deadline = _Until(time.monotonic() + self.io_timeout)     # the rest of the frame
-        token_due = _Until(min(deadline.at, auth_until.at)) if auth_until is not None else deadline
-        magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.take(_FRAME.size, token_due))
-        method = METHOD_NAME.get(mcode)
-        if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER or tlen > MAX_TOKEN:
-            why = (f"malformed bulk frame (magic {bytes(magic)!r}, method {mcode}, header {hlen} bytes)")
-            self._reply_error(conn, grpc.StatusCode.INVALID_ARGUMENT.value[0], why, "", closing=True)
-            return False
-        if rlen + dlen > self.max_payload:
-            why = (f"{method}: bulk frame announces {rlen + dlen} payload bytes, more than this "
-                   f"pserver's limit of {self.max_payload}")
-            self._reply_error(conn, grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], why, "", closing=True)
-            return False
-        token = bytes(reader.take(tlen, token_due)) if tlen else None
-        refused = self.target.bulk_auth(method, token)
-        if refused is not None:   # nothing more is read from a peer without the token
-            self._reply_error(conn, *refused, closing=True)
-            return False
-        self._authenticated(state)
-        if reader.buffered >= hlen + rlen + dlen:   # arrived whole: no wait
-            header = bytes(reader.take(hlen))
-            payload = memoryview(reader.take_copy(rlen + dlen))   # its own memory, aligned (a fresh allocation)
-        else:
-            header = _read_growing(reader, hlen, deadline)
-            buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
-            reader.read_into(memoryview(buf), deadline)
-            payload = memoryview(buf)
-        set_blocking(conn)   # the reply's first write must not wait (it may run under the handler lock)
-        reply.reset()
-        code, details, missing, out = self.target.bulk_call(
-            method, header, payload[:rlen] if rlen else b"", payload[rlen:] if dlen else b"", reply)
-        self.frames += 1
-        if out is reply:
-            if reply.rest:
-                _send_parts(conn, reply.rest, self._send_deadline())
-        elif reply.rest is not None:
-            return False   # a started reply was not sent: the stream is out of step, hang up
-        elif code:
-            self._reply_error(conn, code, details, missing)
-        elif out is None:
-            _send_parts(conn, [_REPLY.pack(REPLY_MAGIC, 0, 0, 0, 0, 0, 0, *self.target.incarnation_info())],
-                        self._send_deadline())
-        else:
-            head, r, d = _payload_parts(out)
-            fixed_out = self._reply_fixed(len(head), memoryview(r).nbytes, memoryview(d).nbytes)
-            _send_parts(conn, [fixed_out, head, r, d], self._send_deadline())
-        return True
-
-    def _send_deadline(self) -> float:
-        return time.monotonic() + self.io_timeout
-
-    def _reply_error(self, conn: socket.socket, code: int, details: str, missing: str,
-                     closing: bool = False) -> None:
-        text, miss = details.encode("utf-8", "replace"), missing.encode()
-        fixed = _REPLY.pack(REPLY_MAGIC, code, FLAG_CLOSING if closing else 0, 0, len(text), len(miss), 0,
-                            *self.target.incarnation_info())
-        _send_parts(conn, [fixed, text, miss], self._send_deadline())
 
 
 # ------------------------------------------------------------------ client
@@ -468,31 +256,3 @@ class BulkPool:
         env.rows = memoryview(buf[:rlen]) if rlen else b""
         env.data = memoryview(buf[rlen:]) if dlen else b""
         return env, True, tuple(info)
-
-
-#: a closing connection's unread input is discarded for at most this long and this many bytes
-LINGER_S, LINGER_BYTES = 2.0, 8 << 20
-
-
-def _linger_close(conn: socket.socket) -> None:
-    """Close after a refusal without losing the reply: closing a socket that still has unread
-    input sends a reset, and the peer's kernel then drops our reply before the peer reads it.
-    So send FIN first, discard what the peer is still sending (one small fixed buffer, bounded
-    in bytes and time: nothing is kept), then close."""
-    try:
-        conn.shutdown(socket.SHUT_WR)
-        conn.settimeout(0.2)
-        sink, left, give_up = bytearray(64 << 10), LINGER_BYTES, time.monotonic() + LINGER_S
-        while left > 0 and time.monotonic() < give_up:
-            try:
-                k = conn.recv_into(sink)
-            except socket.timeout:
-                continue
-            if not k:
-                break
-            left -= k
-    except OSError:
-        pass
-    finally:
-        conn.close()
-

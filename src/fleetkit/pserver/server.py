@@ -27,7 +27,7 @@ import grpc
 from ..env import FLAGS_CHECK_NAN_INF, FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import (BarrierTimeoutError, InvalidArgumentError, NotFoundError,
                       PServerError, RPCError)
-from . import bulk, checkpoint, codec, rpc
+from . import bulk, bulk_server, checkpoint, codec, rpc
 from .handler import ServerHandler
 from .liveness import Incarnation, LivenessMixin, TrainerLiveness
 from .rounds import AppliedSends, SyncRounds
@@ -122,12 +122,15 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         self._done = threading.Event()
         self._stop_flag = threading.Event()
         self._server: grpc.Server | None = None
-        self._bulk: bulk.BulkServer | None = None
+        self._bulk: bulk_server.BulkServer | None = None
         self.bulk_port = 0                       # 0: no bulk channel
         self._ckpt_thread: threading.Thread | None = None
         self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
                                  self._apply, endpoint) if self.sync_mode else None
         self._method_table = self._methods()     # once: both transports dispatch through it
+        self._bulk_inline_methods = frozenset(
+            ("GetVariableNoBarrier", "PrefetchVariable") if self.sync_mode else
+            ("SendVariable", "GetVariable", "GetVariableNoBarrier", "PrefetchVariable"))
         self._trailer: tuple[Any, tuple] = (None, ())   # (incarnation info, its gRPC trailing metadata)
 
     # --------------------------------------------------------------- lifecycle
@@ -177,7 +180,7 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         o = self.options
         if not rpc.bulk_enabled(o.bulk) or (o.tls_cert_path and o.tls_key_path):
             return   # raw TCP has no TLS: under TLS every tensor stays on the gRPC channel
-        srv = bulk.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
+        srv = bulk_server.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
                               name=self.endpoint, auth_timeout=o.bulk_auth_timeout_s,
                               max_unauthenticated=o.bulk_max_unauthenticated)
         try:
@@ -307,6 +310,14 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         except Exception as e:  # noqa: BLE001 - becomes the reply's status
             return self._bulk_status(e, method, None)
         return None
+
+    def bulk_inline(self, method: str) -> bool:
+        """Whether a bulk call of ``method`` never waits, so the bulk server's event loop may
+        serve it: async mode's pushes and pulls (no rounds), and in sync mode the pulls that
+        take no barrier (they wait for nothing but the handler lock).  Not sync pushes (a
+        batch barrier or COMPLETE applies the round in the caller's thread) nor sync gets
+        (``rounds.wait_applied``), nor CheckpointNotify (writes a file)."""
+        return method in self._bulk_inline_methods
 
     def incarnation_info(self) -> tuple[int, int, int]:
         """(incarnation, updates, resumed) for bulk replies."""
