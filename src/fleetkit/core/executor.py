@@ -96,40 +96,77 @@ class Executor:
         return the values of ``fetch_list`` (numpy arrays, or LoDTensors if
         ``return_numpy`` is False)."""
         program = default_main_program() if program is None else program
-        if hasattr(program, "_executor_run"):  # CompiledProgram and friends
-            return program._executor_run(self, feed, fetch_list, scope, return_numpy)
-        if not isinstance(program, Program):
-            raise InvalidArgumentError(f"Executor.run: program must be a Program, got {type(program).__name__}")
+        if program.__class__ is not Program:  # the common case skips the next two checks
+            if hasattr(program, "_executor_run"):  # CompiledProgram and friends
+                return program._executor_run(self, feed, fetch_list, scope, return_numpy)
+            if not isinstance(program, Program):
+                raise InvalidArgumentError(f"Executor.run: program must be a Program, got {type(program).__name__}")
         scope = global_scope() if scope is None else scope
-        block = program.global_block()
-        prepared = self._prepare(program, use_program_cache)
-        fetch_names = [_fetch_name(block, f, prepared.fetch_names) for f in (fetch_list or [])]
+        prepared = self._cache.get(program._id) if use_program_cache else None
+        if prepared is None or prepared.version != program._version:
+            prepared = self._prepare(program, use_program_cache)
+        # a step of a small model is a few hundred us and its arrays evict the interpreter's
+        # data from the caches: each object and call this path touches costs a cache miss or
+        # two, so the common case (a Variable or name fetched before) takes no call
+        known = prepared.fetch_names
+        fetch_names = []
+        for f in fetch_list or ():
+            name = f.name if f.__class__ is Variable else f
+            fetch_names.append(name if name.__class__ is str and name in known
+                               else _fetch_name(program.global_block(), f, known))
         env = scope._vars
-        if isinstance(feed, (list, tuple)):  # one feed dict per place (DataFeeder, PyReader): one place here
-            if len(feed) != 1:
-                raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
-                                           f"runs one place per process, so give one dict")
-            feed = feed[0]
         if feed:
-            feed_vars = prepared.feed_vars
-            for name, value in feed.items():
-                key = name.name if isinstance(name, Variable) else name
-                var = feed_vars.get(key)
-                if var is None:
-                    var = block._find_var_recursive(key)
-                    if var is None:
-                        raise NotFoundError(f"feed: variable '{name}' is not in the program")
-                    feed_vars[key] = var
-                env[var.name] = convert_feed(var, value, self.place, loose_shape=True)
-        bind(prepared, env)
-        reseed(prepared)
+            if feed.__class__ is not dict and isinstance(feed, (list, tuple)):
+                # one feed dict per place (DataFeeder, PyReader): one place here
+                if len(feed) != 1:
+                    raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; "
+                                               f"fleetkit runs one place per process, so give one dict")
+                feed = feed[0]
+            self._feed(prepared, program.global_block(), feed, env)
+        elif isinstance(feed, (list, tuple)):
+            raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
+                                       f"runs one place per process, so give one dict")
+        if prepared.env is not env:
+            bind(prepared, env)
+        if prepared.reseed:
+            reseed(prepared)
         if _op_timer is not None:
             _op_timer(prepared, lambda steps: run_steps(steps, self.check_nan_inf))
         elif eager_deletion_on(program, self._gc_flag):
-            run_steps(prepared.steps, self.check_nan_inf, gc_plan(prepared, block, fetch_names), env)
+            run_steps(prepared.steps, self.check_nan_inf, gc_plan(prepared, program.global_block(), fetch_names),
+                      env)
         else:
             run_steps(prepared.steps, self.check_nan_inf)
         return [fetch_value(env, n, return_numpy) for n in fetch_names]
+
+    def _feed(self, prepared: PreparedProgram, block: Any, feed: dict, env: dict) -> None:
+        """Put each fed value, checked and converted (``convert_feed``), into ``env``.
+
+        A host ndarray with the shape and dtype that last passed unchanged for its variable
+        (the same batch shape every step) goes in as it is: ``convert_feed`` would return
+        it after the same checks, which depend only on those and on the variable, also
+        compared (its shape / dtype / lod level are plain attributes a script may change)."""
+        feed_vars, passed = prepared.feed_vars, prepared.feed_passed
+        host = self.place.__class__ is CPUPlace
+        for name, value in feed.items():
+            key = name if name.__class__ is str else name.name if isinstance(name, Variable) else name
+            var = feed_vars.get(key)
+            if var is None:
+                var = block._find_var_recursive(key)
+                if var is None:
+                    raise NotFoundError(f"feed: variable '{name}' is not in the program")
+                feed_vars[key] = var
+            if value.__class__ is np.ndarray and host:
+                sig = (value.shape, value.dtype, var.shape, var.dtype, var.lod_level, var.is_data)
+                if passed.get(key) == sig:
+                    env[var.name] = value
+                    continue
+                arr = convert_feed(var, value, self.place, loose_shape=True)
+                if arr is value:
+                    passed[key] = sig
+            else:
+                arr = convert_feed(var, value, self.place, loose_shape=True)
+            env[var.name] = arr
 
     # train_from_dataset / infer_from_dataset: the work is in trainer.py
     def train_from_dataset(self, program: Program | None = None, dataset: Any = None, scope: Scope | None = None,

@@ -27,7 +27,8 @@ class PreparedProgram:
     """One block of a program made ready to run: a kernel and a context per op (fused
     steps share their members' contexts), feed and fetch checks remembered."""
 
-    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "fetch_names", "reseed", "gc_plans")
+    __slots__ = ("steps", "ctxs", "version", "env", "feed_vars", "feed_passed", "fetch_names", "reseed",
+                 "gc_plans")
 
     def __init__(self, program: Program, place: Place, block_idx: int = 0) -> None:
         self.version = program._version
@@ -35,6 +36,9 @@ class PreparedProgram:
         self.env: dict | None = None
         #: feed key -> Variable, and fetch_list item names already checked to exist
         self.feed_vars: dict[str, Variable] = {}
+        #: feed key -> the (value shape, dtype, var shape, dtype, lod level, is_data) a host array
+        #: last passed ``convert_feed`` with unchanged (``Executor._feed`` then skips the checks)
+        self.feed_passed: dict[str, tuple] = {}
         self.fetch_names: set[str] = set()
         self.steps: list[tuple[Any, KernelContext]] = []
         #: generators restored to their seeded state before each run, so those ops draw the same
@@ -158,11 +162,16 @@ def run_steps(steps: list, check_nan_inf: bool = False, plan: list | None = None
 
 def fetch_value(env: dict, name: str, return_numpy: bool) -> Any:
     """The fetched value of ``name`` after a run: a host copy (never the scope's array)."""
-    if name not in env:
+    v = env.get(name, _MISSING)
+    if v.__class__ is np.ndarray and return_numpy:  # the common case: a host array, one copy
+        return as_fetch_result(v.copy())
+    if v is _MISSING:
         raise NotFoundError(f"fetch: variable '{name}' has no value after the run")
-    v = env[name]
     if isinstance(v, SelectedRows):
         return as_fetch_result(to_numpy(v.to_dense())) if return_numpy else v
     if isinstance(v, LoDTensor):
         return as_fetch_result(host_copy(v.values)) if return_numpy else LoDTensor(host_copy(v.values), v._lod)
     return as_fetch_result(host_copy(v)) if return_numpy else LoDTensor(host_copy(v))
+
+
+_MISSING = object()
