@@ -153,6 +153,28 @@ def test_sequence_pool_grad(pt):
                outputs=["Out", "MaxIndex"], grad_outputs=["Out"])
 
 
+@pytest.mark.parametrize("pt", [p.upper() for p in POOLS])
+def test_sequence_pool_of_one_row_sequences(pt, monkeypatch):
+    """One row per sequence (a one-id slot) takes a shortcut (the general rule's segments are
+    never built): the same values, MaxIndex, LoD and gradient as the general rule."""
+    from fleetkit.core.ops import sequence
+    monkeypatch.setattr(sequence, "_segments", lambda *a: pytest.fail("the general rule ran"))
+    x = RNG.permutation(12).reshape(4, 3).astype(np.float64)
+    check_grad("sequence_pool", {"X": (x, [[0, 1, 2, 3, 4]])}, {"pooltype": pt},
+               outputs=["Out", "MaxIndex"], grad_outputs=["Out"])
+    prog = fk.Program()
+    prog.global_block().create_var(name="x", shape=[-1, 3], dtype="float32", lod_level=2)
+    prog.global_block().append_op("sequence_pool", {"X": ["x"]}, {"Out": ["out"], "MaxIndex": ["idx"]},
+                                  {"pooltype": pt})
+    xv = x.astype(np.float32)
+    out, *idx = fk.Executor().run(prog, feed={"x": LoDTensor(xv, [[0, 3, 4], [0, 1, 2, 3, 4]])},
+                                  fetch_list=["out"] + ["idx"] * (pt == "MAX"), return_numpy=False)
+    np.testing.assert_array_equal(np.asarray(out), _ref_pool(xv, [0, 1, 2, 3, 4], pt.lower()))
+    assert out.lod() == [[0, 3, 4]] and not np.shares_memory(np.asarray(out), xv)
+    if pt == "MAX":
+        np.testing.assert_array_equal(np.asarray(idx[0]), np.repeat(np.arange(4)[:, None], 3, axis=1))
+
+
 def test_sequence_pool_rank3_input():
     check_grad("sequence_pool", {"X": (RNG.normal(size=(5, 2, 2)), [[0, 3, 5]])}, {"pooltype": "SQRT"},
                outputs=["Out", "MaxIndex"], grad_outputs=["Out"])

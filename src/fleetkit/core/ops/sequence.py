@@ -8,6 +8,8 @@ so no kernel loops over sequences in Python.
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import numpy as np
@@ -195,12 +197,33 @@ def _pool_nonempty(xp: Any, pt: str, x2: Any, seg: _Segments, is_test: bool) -> 
     return s, None
 
 
+@functools.lru_cache(maxsize=16)
+def _unit_offsets(nrows: int) -> list[int]:
+    return list(range(nrows + 1))
+
+
+def _one_row_each(ctx: KernelContext, nrows: int) -> bool:
+    """Whether every sequence of X's last LoD level holds exactly one row (offsets 0, 1, ...,
+    nrows: a one-id slot, the commonest CTR input), where every pool type is the identity.
+    A list compare at C speed; anything else (numpy offsets, bad LoD) takes the general path."""
+    lod = ctx.lod("X")
+    last = lod[-1] if lod else None
+    return (type(last) is list and len(last) == nrows + 1 and last[-1] == nrows
+            and last == _unit_offsets(nrows))
+
+
 @register_op("sequence_pool", _pool_infer, grad_outputs=("Out",),
              attrs={"pooltype": "AVERAGE", "is_test": False, "pad_value": 0.0})
 def sequence_pool(ctx: KernelContext) -> None:
     """One row per sequence of the last LoD level; empty sequences give ``pad_value``."""
     xp, x = ctx.xp, ctx.x("X")
     pt = ctx.attrs["pooltype"].upper()
+    if _one_row_each(ctx, x.shape[0]):   # each pooled row is its one row (a copy: Out is its own)
+        ctx.out("Out", x.copy(), ctx.lod("X")[:-1] or None)
+        if pt == "MAX" and not ctx.attrs.get("is_test"):
+            rows = xp.arange(x.shape[0], dtype=np.int32).reshape((-1,) + (1,) * (x.ndim - 1))
+            ctx.out("MaxIndex", xp.broadcast_to(rows, x.shape).copy())
+        return
     seg, out_lod = _segments(ctx, x.shape[0])
     x2 = x.reshape(x.shape[0], -1)
     nseq, width = len(seg.lengths), x2.shape[1]
@@ -229,6 +252,10 @@ def sequence_pool_grad(ctx: KernelContext) -> None:
         return
     xp, x = ctx.xp, ctx.x("X")
     pt = ctx.attrs["pooltype"].upper()
+    if _one_row_each(ctx, x.shape[0]):   # every pool type passed its one row through
+        g = ctx.x("Out@GRAD")
+        ctx.out("X@GRAD", g.astype(x.dtype, copy=True).reshape(x.shape), ctx.lod("X"))
+        return
     seg, _ = _segments(ctx, x.shape[0])
     g = ctx.x("Out@GRAD").reshape(len(seg.lengths), -1)
     dx = _pool_grad(xp, pt, x.shape[0], g, seg, ctx)
