@@ -7,6 +7,8 @@ program has:
 
 - ``mul -> elementwise_add [-> unary activation]`` (the fc forward),
 - ``[unary activation grad ->] elementwise_add_grad -> mul_grad`` (its backward),
+- ``softmax -> cross_entropy`` (a classifier's output and loss) and, in the backward,
+  ``cross_entropy_grad -> softmax_grad``,
 - ``mean -> fill_any_like -> mean_grad`` (a mean loss and the start of its backward),
 - consecutive ``sgd`` updates.
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from .ops.activation import UNARY
 from .ops.common import full
+from .ops.loss import cross_entropy_grad_value, cross_entropy_value, softmax_grad_value, softmax_value
 from .registry import KernelContext, get_op_def
 
 Step = tuple[Callable[[KernelContext], None], KernelContext]
@@ -38,7 +41,8 @@ ENABLED = True
 #: (a test patching ``OpDef.forward``, a debugging wrapper) is never fused, so it still runs
 _STOCK = {t: get_op_def(t).forward
           for t in ("mul", "mul_grad", "elementwise_add", "elementwise_add_grad", "mean", "fill_any_like",
-                    "mean_grad", "sgd", *UNARY, *(u + "_grad" for u in UNARY))}
+                    "mean_grad", "sgd", "softmax", "cross_entropy", "softmax_grad", "cross_entropy_grad",
+                    *UNARY, *(u + "_grad" for u in UNARY))}
 
 
 def fuse_steps(steps: list[Step]) -> list[Step]:
@@ -49,7 +53,7 @@ def fuse_steps(steps: list[Step]) -> list[Step]:
     i, n = 0, len(steps)
     while i < n:
         got = (_match_fc(steps, i, UNARY) or _match_fc_grad(steps, i, UNARY) or _match_mean_head(steps, i)
-               or _match_sgd_run(steps, i))
+               or _match_sgd_run(steps, i) or _match_softmax_ce(steps, i) or _match_ce_softmax_grad(steps, i))
         if got is not None and not all(k is _STOCK.get(c.op.type) for k, c in steps[i:i + got[1]]):
             got = None
         if got is None:
@@ -216,6 +220,73 @@ def _match_fc_grad(steps: list[Step], i: int, unary: dict) -> tuple[Callable, in
             raise
     fc_grad.members = members  # type: ignore[attr-defined]
     return fc_grad, len(members)
+
+
+# ------------------------------------------------------- softmax + cross entropy
+def _match_softmax_ce(steps: list[Step], i: int) -> tuple[Callable, int] | None:
+    if i + 1 >= len(steps):
+        return None
+    cs, cc = steps[i][1], steps[i + 1][1]
+    if cs.op.type != "softmax" or cc.op.type != "cross_entropy":
+        return None
+    n_x, n_p, n_lab, n_y = cs._in0.get("X"), cs._out0.get("Out"), cc._in0.get("Label"), cc._out0.get("Y")
+    if None in (n_x, n_p, n_lab, n_y) or cc._in0.get("X") != n_p:
+        return None
+    members = steps[i:i + 2]
+    if not _disjoint([cs, cc], {n_p}):
+        return None
+
+    def softmax_ce(_ctx: KernelContext) -> None:
+        env = cs.env
+        x, label = env.get(n_x), env.get(n_lab)
+        if x.__class__ is not np.ndarray or label.__class__ is not np.ndarray:  # LoD, device, missing
+            _run_members(members)
+            return
+        k = 0
+        try:
+            p = softmax_value(cs.xp, x, cs.attrs["axis"])
+            env[n_p] = p
+            k = 1
+            env[n_y] = cross_entropy_value(cc, p, label)
+        except Exception as e:
+            _tag(e, members[k][1])
+            raise
+    softmax_ce.members = members  # type: ignore[attr-defined]
+    return softmax_ce, 2
+
+
+def _match_ce_softmax_grad(steps: list[Step], i: int) -> tuple[Callable, int] | None:
+    if i + 1 >= len(steps):
+        return None
+    cc, cs = steps[i][1], steps[i + 1][1]
+    if cc.op.type != "cross_entropy_grad" or cs.op.type != "softmax_grad":
+        return None
+    n_p, n_lab, n_dy, n_dp = cc._in0.get("X"), cc._in0.get("Label"), cc._in0.get("Y@GRAD"), cc._out0.get("X@GRAD")
+    n_out, n_dz = cs._in0.get("Out"), cs._out0.get("X@GRAD")
+    if None in (n_p, n_lab, n_dy, n_dp, n_out, n_dz) or cs._in0.get("Out@GRAD") != n_dp:
+        return None
+    members = steps[i:i + 2]
+    if not _disjoint([cc, cs], {n_dp}):
+        return None
+
+    def ce_softmax_grad(_ctx: KernelContext) -> None:
+        env = cc.env
+        p, label, dy, out = env.get(n_p), env.get(n_lab), env.get(n_dy), env.get(n_out)
+        if (p.__class__ is not np.ndarray or label.__class__ is not np.ndarray or dy.__class__ is not np.ndarray
+                or out.__class__ is not np.ndarray):
+            _run_members(members)
+            return
+        k = 0
+        try:
+            dp = cross_entropy_grad_value(cc, p, label, dy)
+            env[n_dp] = dp
+            k = 1
+            env[n_dz] = softmax_grad_value(out, dp, cs.attrs["axis"])
+        except Exception as e:
+            _tag(e, members[k][1])
+            raise
+    ce_softmax_grad.members = members  # type: ignore[attr-defined]
+    return ce_softmax_grad, 2
 
 
 # ------------------------------------------------------------------ mean loss

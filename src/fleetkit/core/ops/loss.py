@@ -17,7 +17,7 @@ from ..registry import KernelContext, ShapeContext, register_grad, register_op
 
 
 # --------------------------------------------------------------- helpers
-def _softmax(xp: Any, x: Any, axis: int = -1) -> Any:
+def softmax_value(xp: Any, x: Any, axis: int = -1) -> Any:
     """exp(x - max) / sum: the max shift keeps exp from overflowing."""
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
@@ -151,14 +151,18 @@ def _softmax_infer(ctx: ShapeContext) -> None:
 
 @register_op("softmax", _softmax_infer, attrs={"axis": -1, "use_cudnn": False, "is_test": False})
 def softmax(ctx: KernelContext) -> None:
-    ctx.out("Out", _softmax(ctx.xp, ctx.x("X"), ctx.attrs["axis"]), ctx.lod("X"))
+    ctx.out("Out", softmax_value(ctx.xp, ctx.x("X"), ctx.attrs["axis"]), ctx.lod("X"))
 
 
 @register_grad("softmax")
 def softmax_grad(ctx: KernelContext) -> None:
     out, g = ctx.x("Out"), ctx.x("Out@GRAD")
-    axis = ctx.attrs["axis"]
-    ctx.out("X@GRAD", out * (g - (g * out).sum(axis=axis, keepdims=True)), ctx.lod("X"))
+    ctx.out("X@GRAD", softmax_grad_value(out, g, ctx.attrs["axis"]), ctx.lod("X"))
+
+
+def softmax_grad_value(out: Any, g: Any, axis: int) -> Any:
+    """softmax's input gradient from its output ``out`` and output gradient ``g``."""
+    return out * (g - (g * out).sum(axis=axis, keepdims=True))
 
 
 # --------------------------------------------------------------- cross_entropy
@@ -170,7 +174,14 @@ def _cross_entropy_infer(ctx: ShapeContext) -> None:
              attrs={"soft_label": False, "ignore_index": -100})
 def cross_entropy(ctx: KernelContext) -> None:
     """Y = -log(X[label]) (hard) or -sum(label * log(X)) (soft); X holds probabilities."""
-    xp, x, label = ctx.xp, ctx.x("X"), ctx.x("Label")
+    x = ctx.x("X")
+    ctx.out("Y", cross_entropy_value(ctx, x, ctx.x("Label")), ctx.lod("X"))
+
+
+def cross_entropy_value(ctx: KernelContext, x: Any, label: Any) -> Any:
+    """cross_entropy's Y for arrays ``x`` and ``label`` (the kernel, and core/fusion.py's softmax +
+    cross_entropy step, call this)."""
+    xp = ctx.xp
     d = x.shape[-1]
     x2 = x.reshape(-1, d)
     if ctx.attrs["soft_label"]:
@@ -181,17 +192,24 @@ def cross_entropy(ctx: KernelContext) -> None:
         y = -_safe_log(xp, x2.take(_flat_index(xp, lab, x2.shape[0], d)))[:, None]
         if valid is not None:
             y = xp.where(valid[:, None], y, 0)
-    ctx.out("Y", y.astype(x.dtype, copy=False).reshape(x.shape[:-1] + (1,)), ctx.lod("X"))
+    return y.astype(x.dtype, copy=False).reshape(x.shape[:-1] + (1,))
 
 
 @register_grad("cross_entropy")
 def cross_entropy_grad(ctx: KernelContext) -> None:
     if not ctx.wants("X@GRAD"):
         return
-    xp, x, label = ctx.xp, ctx.x("X"), ctx.x("Label")
+    x = ctx.x("X")
+    ctx.out("X@GRAD", cross_entropy_grad_value(ctx, x, ctx.x("Label"), ctx.x("Y@GRAD")), ctx.lod("X"))
+
+
+def cross_entropy_grad_value(ctx: KernelContext, x: Any, label: Any, dy: Any) -> Any:
+    """cross_entropy_grad's X@GRAD for arrays ``x``, ``label`` and ``dy`` (the kernel, and
+    core/fusion.py's cross_entropy_grad + softmax_grad step, call this)."""
+    xp = ctx.xp
     d = x.shape[-1]
     tiny = _tiny(x.dtype)
-    g = ctx.x("Y@GRAD").reshape(-1, 1)
+    g = dy.reshape(-1, 1)
     if ctx.attrs["soft_label"]:
         dx = -g * label.reshape(-1, d) / xp.maximum(x.reshape(-1, d), tiny)
     else:
@@ -207,7 +225,7 @@ def cross_entropy_grad(ctx: KernelContext) -> None:
             rows = xp.arange(x2.shape[0])
             lab = xp.where(valid, lab, 0)
             dx[rows, lab] = xp.where(valid, -g[:, 0] / xp.maximum(x2[rows, lab], tiny), 0)
-    ctx.out("X@GRAD", dx.astype(x.dtype, copy=False).reshape(x.shape), ctx.lod("X"))
+    return dx.astype(x.dtype, copy=False).reshape(x.shape)
 
 
 # ------------------------------------------------- softmax_with_cross_entropy

@@ -1,0 +1,107 @@
+"""The softmax + cross_entropy fusions (core/fusion.py) and the executor's feed fast path:
+bit-identical values, every member's outputs written, member kernels off the fast path,
+errors naming the op that failed."""
+import logging
+
+import numpy as np
+import pytest
+
+import fleetkit as fk
+from fleetkit import layers
+from fleetkit.core import fusion
+from fleetkit.errors import InvalidArgumentError, OpError
+
+FETCH = ["fc_0.tmp_2", "cross_entropy_0.tmp_0", "fc_0.tmp_2@GRAD", "fc_0.tmp_1@GRAD", "fc_0.w_0@GRAD"]
+
+
+def _classifier(ignore_index=-100):
+    main, startup = fk.Program(), fk.Program()
+    startup.random_seed = 5
+    with fk.program_guard(main, startup), fk.unique_name.guard():
+        x = layers.data("x", [6])
+        y = layers.data("y", [1], dtype="int64")
+        p = layers.fc(x, 4, act="softmax")
+        loss = layers.mean(layers.cross_entropy(p, y, ignore_index=ignore_index))
+        fk.optimizer.SGD(0.1).minimize(loss)
+    return main, startup, loss
+
+
+def _train(enabled, monkeypatch, labels, ignore_index=-100):
+    monkeypatch.setattr(fusion, "ENABLED", enabled)
+    main, startup, loss = _classifier(ignore_index)
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    rng = np.random.default_rng(1)
+    out = [exe.run(main, feed={"x": rng.standard_normal((len(yb), 6)).astype("float32"), "y": yb},
+                   fetch_list=[loss] + FETCH, scope=scope) for yb in labels]
+    return out, scope.numpy("fc_0.w_0").copy(), fusion.describe(exe._prepare(main, True).steps)
+
+
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_fused_loss_head_is_bit_identical(ignore_index, monkeypatch):
+    rng = np.random.default_rng(2)
+    labels = [rng.integers(0, 4, (7, 1)) for _ in range(3)]
+    fused, w_fused, kinds = _train(True, monkeypatch, labels, ignore_index)
+    plain, w_plain, _ = _train(False, monkeypatch, labels, ignore_index)
+    assert "softmax+cross_entropy" in kinds and "cross_entropy_grad+softmax_grad" in kinds
+    for a, b in zip(fused, plain):
+        for u, v in zip(a, b):
+            assert u.dtype == v.dtype and np.array_equal(u, v)
+    assert np.array_equal(w_fused, w_plain)
+
+
+def test_errors_in_the_fused_step_name_the_member(monkeypatch):
+    main, startup, loss = _classifier()
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    x = np.zeros((2, 6), "float32")
+    with pytest.raises(InvalidArgumentError, match=r"op 'cross_entropy': label 'y' holds class 9"):
+        exe.run(main, feed={"x": x, "y": np.array([[1], [9]])}, fetch_list=[loss], scope=scope)
+
+    def broken(*args):
+        raise ValueError("boom")
+    for name, op in (("cross_entropy_value", "cross_entropy"), ("softmax_grad_value", "softmax_grad")):
+        with monkeypatch.context() as m:
+            m.setattr(fusion, name, broken)
+            with pytest.raises(OpError, match=rf"op #\d+ {op} failed: ValueError: boom"):
+                exe.run(main, feed={"x": x, "y": np.array([[1], [2]])}, fetch_list=[loss], scope=scope)
+
+
+def test_lod_input_runs_the_member_kernels(monkeypatch):
+    """A LoDTensor off the fast path: the members run and the LoD reaches the loss."""
+    main = fk.Program()
+    with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
+        x = layers.data("x", [3], lod_level=1)
+        y = layers.data("y", [1], dtype="int64", lod_level=1)
+        ce = layers.cross_entropy(layers.softmax(x), y)
+    exe = fk.Executor(fk.CPUPlace())
+    assert "softmax+cross_entropy" in fusion.describe(exe._prepare(main, True).steps)
+    xv = np.arange(9, dtype="float32").reshape(3, 3) / 9
+    out, = exe.run(main, feed={"x": fk.create_lod_tensor(xv, [[1, 2]], fk.CPUPlace()),
+                               "y": fk.create_lod_tensor(np.array([[0], [1], [2]]), [[1, 2]], fk.CPUPlace())},
+                   fetch_list=[ce], return_numpy=False)
+    e = np.exp(xv - xv.max(1, keepdims=True))
+    want = -np.log((e / e.sum(1, keepdims=True))[[0, 1, 2], [0, 1, 2]])
+    assert out.lod() == [[0, 1, 3]]
+    np.testing.assert_allclose(np.asarray(out.values).ravel(), want, rtol=1e-6)
+
+
+def test_feed_fast_path_rechecks_after_the_variable_changes(caplog):
+    """A value of the shape/dtype that passed before skips the checks; a changed variable or a
+    value needing a cast goes through convert_feed again."""
+    main = fk.Program()
+    with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
+        x = layers.data("x", [3])
+        out = layers.scale(x, 2.0)
+    exe = fk.Executor(fk.CPUPlace())
+    a = np.ones((2, 3), "float32")
+    for _ in range(2):
+        assert np.array_equal(exe.run(main, feed={"x": a}, fetch_list=[out])[0], 2 * a)
+    got, = exe.run(main, feed={"x": np.ones((2, 3), "float64")}, fetch_list=[out])
+    assert got.dtype == np.float32  # cast to the declared dtype, as before
+    x.shape = (-1, 4)  # a script editing the declared shape: the fed [2, 3] now warns
+    with caplog.at_level(logging.WARNING, logger="fleetkit.core.executor"):
+        exe.run(main, feed={"x": a}, fetch_list=[out])
+    assert "fed [2, 3]" in caplog.text
