@@ -105,3 +105,35 @@ def test_feed_fast_path_rechecks_after_the_variable_changes(caplog):
     with caplog.at_level(logging.WARNING, logger="fleetkit.core.executor"):
         exe.run(main, feed={"x": a}, fetch_list=[out])
     assert "fed [2, 3]" in caplog.text
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_read_only_parameter_in_a_fused_sgd_run_behaves_as_unfused(enabled, monkeypatch):
+    """The fused run tries the in-place rule first; a read-only parameter falls back to the
+    sgd kernel, so fused and unfused runs end the same (whatever the kernel does with it)."""
+    monkeypatch.setattr(fusion, "ENABLED", enabled)
+    main, startup, loss = _classifier()
+    scope = fk.Scope()
+    exe = fk.Executor(fk.CPUPlace())
+    exe.run(startup, scope=scope)
+    w = scope.numpy("fc_0.w_0")
+    w.flags.writeable = False
+    feed = {"x": np.ones((3, 6), "float32"), "y": np.array([[0], [1], [2]])}
+    try:
+        exe.run(main, feed=feed, fetch_list=[loss], scope=scope)
+        outcome = ("ran", scope.numpy("fc_0.w_0").copy())
+    except Exception as e:  # noqa: BLE001  (recorded: the two runs must agree)
+        outcome = (type(e).__name__, None)
+    monkeypatch.setattr(fusion, "ENABLED", not enabled)
+    scope2 = fk.Scope()
+    exe2 = fk.Executor(fk.CPUPlace())
+    exe2.run(startup, scope=scope2)
+    scope2.numpy("fc_0.w_0").flags.writeable = False
+    try:
+        exe2.run(main, feed=feed, fetch_list=[loss], scope=scope2)
+        other = ("ran", scope2.numpy("fc_0.w_0").copy())
+    except Exception as e:  # noqa: BLE001
+        other = (type(e).__name__, None)
+    assert outcome[0] == other[0]
+    if outcome[1] is not None:
+        assert np.array_equal(outcome[1], other[1]) and not np.array_equal(outcome[1], w)

@@ -339,12 +339,20 @@ def _match_sgd_run(steps: list[Step], i: int) -> tuple[Callable, int] | None:
 
     def sgd_run(_ctx: KernelContext) -> None:
         env = first.env
+        lr_seen, lr0 = None, None
         for (n_lr, n_p, n_g), member in zip(names, members):
             lr, p, g = env.get(n_lr), env.get(n_p), env.get(n_g)
             if (lr.__class__ is np.ndarray and p.__class__ is np.ndarray and g.__class__ is np.ndarray
-                    and p.flags.writeable and g.shape == p.shape):  # anything unusual: the op's own checks
+                    and g.shape == p.shape):  # anything unusual: the op's own checks
+                if lr is not lr_seen:  # a run of updates usually shares one learning rate
+                    lr_seen, lr0 = lr, lr.reshape(())
                 try:
-                    p -= lr.reshape(()) * g  # the sgd rule, in place (ParamOut is Param)
+                    p -= lr0 * g  # the sgd rule, in place (ParamOut is Param)
+                except ValueError as e:
+                    if p.flags.writeable:
+                        _tag(e, member[1])
+                        raise
+                    _run_members([member])  # a read-only parameter: the op's own kernel decides
                 except Exception as e:
                     _tag(e, member[1])
                     raise
