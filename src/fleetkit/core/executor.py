@@ -17,7 +17,7 @@ from .backend import CPUPlace, Place
 from .framework import Program, Variable, default_main_program
 from .fusion import fuse_steps
 from .memory import eager_deletion_on
-from .prepared import PreparedProgram, bind, fetch_value, gc_plan, reseed, run_steps
+from .prepared import PreparedProgram, bind, fetch_values, gc_plan, reseed, run_steps
 from .scope import LoDTensor, Scope, check_lod, global_scope, lengths_to_offsets
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class Executor:
                     raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; "
                                                f"fleetkit runs one place per process, so give one dict")
                 feed = feed[0]
-            self._feed(prepared, program.global_block(), feed, env)
+            self._feed(prepared, program, feed, env)
         elif isinstance(feed, (list, tuple)):
             raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
                                        f"runs one place per process, so give one dict")
@@ -137,9 +137,9 @@ class Executor:
                       env)
         else:
             run_steps(prepared.steps, self.check_nan_inf)
-        return [fetch_value(env, n, return_numpy) for n in fetch_names]
+        return fetch_values(env, fetch_names, return_numpy)
 
-    def _feed(self, prepared: PreparedProgram, block: Any, feed: dict, env: dict) -> None:
+    def _feed(self, prepared: PreparedProgram, program: Program, feed: dict, env: dict) -> None:
         """Put each fed value, checked and converted (``convert_feed``), into ``env``.
 
         A host ndarray with the shape and dtype that last passed unchanged for its variable
@@ -152,7 +152,7 @@ class Executor:
             key = name if name.__class__ is str else name.name if isinstance(name, Variable) else name
             var = feed_vars.get(key)
             if var is None:
-                var = block._find_var_recursive(key)
+                var = program.global_block()._find_var_recursive(key)
                 if var is None:
                     raise NotFoundError(f"feed: variable '{name}' is not in the program")
                 feed_vars[key] = var

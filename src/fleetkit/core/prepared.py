@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import FleetkitError, NotFoundError, OpError
 from .backend import Place, to_numpy
-from .fetch_result import as_fetch_result
+from .fetch_result import FetchArray, as_fetch_result
 from .framework import Program, Variable
 from .fusion import failed_context
 from .memory import deletion_plan
@@ -20,7 +20,7 @@ from .nan_inf import checked_steps, wanted
 from .registry import KernelContext, get_op_def
 from .scope import LoDTensor, SelectedRows
 
-__all__ = ["PreparedProgram", "bind", "fetch_value", "gc_plan", "reseed", "run_steps"]
+__all__ = ["PreparedProgram", "bind", "fetch_value", "fetch_values", "gc_plan", "reseed", "run_steps"]
 
 
 class PreparedProgram:
@@ -162,11 +162,9 @@ def run_steps(steps: list, check_nan_inf: bool = False, plan: list | None = None
 
 def fetch_value(env: dict, name: str, return_numpy: bool) -> Any:
     """The fetched value of ``name`` after a run: a host copy (never the scope's array)."""
-    v = env.get(name, _MISSING)
-    if v.__class__ is np.ndarray and return_numpy:  # the common case: a host array, one copy
-        return as_fetch_result(v.copy())
-    if v is _MISSING:
+    if name not in env:
         raise NotFoundError(f"fetch: variable '{name}' has no value after the run")
+    v = env[name]
     if isinstance(v, SelectedRows):
         return as_fetch_result(to_numpy(v.to_dense())) if return_numpy else v
     if isinstance(v, LoDTensor):
@@ -174,4 +172,12 @@ def fetch_value(env: dict, name: str, return_numpy: bool) -> Any:
     return as_fetch_result(host_copy(v)) if return_numpy else LoDTensor(host_copy(v))
 
 
-_MISSING = object()
+def fetch_values(env: dict, names: list[str], return_numpy: bool) -> list[Any]:
+    """``fetch_value`` of each name; a plain host array (the common case) is copied here
+    without the calls (a step's arrays leave each call's code and data cold in the caches)."""
+    out = []
+    for name in names:
+        v = env.get(name)
+        out.append(v.copy().view(FetchArray) if v.__class__ is np.ndarray and return_numpy
+                   else fetch_value(env, name, return_numpy))
+    return out
