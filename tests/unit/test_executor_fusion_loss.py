@@ -137,3 +137,17 @@ def test_read_only_parameter_in_a_fused_sgd_run_behaves_as_unfused(enabled, monk
     assert outcome[0] == other[0]
     if outcome[1] is not None:
         assert np.array_equal(outcome[1], other[1]) and not np.array_equal(outcome[1], w)
+
+
+def test_feed_as_a_list_of_one_dict_per_place():
+    """DataFeeder / PyReader style: a list holding one feed dict; any other length is refused."""
+    main = fk.Program()
+    with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
+        x = layers.data("x", [3])
+        out = layers.scale(x, 2.0)
+    exe = fk.Executor(fk.CPUPlace())
+    a = np.ones((2, 3), "float32")
+    assert np.array_equal(exe.run(main, feed=[{"x": a}], fetch_list=[out])[0], 2 * a)
+    for bad in ([], ({"x": a}, {"x": a})):
+        with pytest.raises(InvalidArgumentError, match=f"feed is a list of {len(bad)} feed dicts"):
+            exe.run(main, feed=bad, fetch_list=[out])

@@ -115,17 +115,14 @@ class Executor:
             fetch_names.append(name if name.__class__ is str and name in known
                                else _fetch_name(program.global_block(), f, known))
         env = scope._vars
+        if feed.__class__ is not dict and isinstance(feed, (list, tuple)):
+            # one feed dict per place (DataFeeder, PyReader): one place here
+            if len(feed) != 1:
+                raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
+                                           f"runs one place per process, so give one dict")
+            feed = feed[0]
         if feed:
-            if feed.__class__ is not dict and isinstance(feed, (list, tuple)):
-                # one feed dict per place (DataFeeder, PyReader): one place here
-                if len(feed) != 1:
-                    raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; "
-                                               f"fleetkit runs one place per process, so give one dict")
-                feed = feed[0]
             self._feed(prepared, program, feed, env)
-        elif isinstance(feed, (list, tuple)):
-            raise InvalidArgumentError(f"Executor.run: feed is a list of {len(feed)} feed dicts; fleetkit "
-                                       f"runs one place per process, so give one dict")
         if prepared.env is not env:
             bind(prepared, env)
         if prepared.reseed:
