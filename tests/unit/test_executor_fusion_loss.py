@@ -151,3 +151,25 @@ def test_feed_as_a_list_of_one_dict_per_place():
     for bad in ([], ({"x": a}, {"x": a})):
         with pytest.raises(InvalidArgumentError, match=f"feed is a list of {len(bad)} feed dicts"):
             exe.run(main, feed=bad, fetch_list=[out])
+
+
+def test_label_that_is_the_softmax_output_is_not_fused_early(monkeypatch):
+    """cross_entropy(p, p, soft_label=True) (the entropy of p): the fused step would read the
+    label before softmax wrote it (last run's p), so these two ops stay separate steps."""
+    def run(enabled):
+        monkeypatch.setattr(fusion, "ENABLED", enabled)
+        main = fk.Program()
+        with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
+            x = layers.data("x", [4])
+            p = layers.softmax(x)
+            ent = layers.cross_entropy(p, p, soft_label=True)
+        exe = fk.Executor(fk.CPUPlace())
+        rng = np.random.default_rng(3)
+        outs = [exe.run(main, feed={"x": rng.standard_normal((3, 4)).astype("float32")}, fetch_list=[ent])[0]
+                for _ in range(2)]
+        return outs, fusion.describe(exe._prepare(main, True).steps)
+    fused, kinds = run(True)
+    plain, _ = run(False)
+    assert "softmax+cross_entropy" not in kinds
+    for a, b in zip(fused, plain):
+        assert np.array_equal(a, b)

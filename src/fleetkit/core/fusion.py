@@ -230,8 +230,8 @@ def _match_softmax_ce(steps: list[Step], i: int) -> tuple[Callable, int] | None:
     if cs.op.type != "softmax" or cc.op.type != "cross_entropy":
         return None
     n_x, n_p, n_lab, n_y = cs._in0.get("X"), cs._out0.get("Out"), cc._in0.get("Label"), cc._out0.get("Y")
-    if None in (n_x, n_p, n_lab, n_y) or cc._in0.get("X") != n_p:
-        return None
+    if None in (n_x, n_p, n_lab, n_y) or cc._in0.get("X") != n_p or n_p in (n_x, n_lab):
+        return None  # (the step reads X and Label before softmax writes Out: neither may be Out)
     members = steps[i:i + 2]
     if not _disjoint([cs, cc], {n_p}):
         return None
@@ -263,8 +263,9 @@ def _match_ce_softmax_grad(steps: list[Step], i: int) -> tuple[Callable, int] | 
         return None
     n_p, n_lab, n_dy, n_dp = cc._in0.get("X"), cc._in0.get("Label"), cc._in0.get("Y@GRAD"), cc._out0.get("X@GRAD")
     n_out, n_dz = cs._in0.get("Out"), cs._out0.get("X@GRAD")
-    if None in (n_p, n_lab, n_dy, n_dp, n_out, n_dz) or cs._in0.get("Out@GRAD") != n_dp:
-        return None
+    if (None in (n_p, n_lab, n_dy, n_dp, n_out, n_dz) or cs._in0.get("Out@GRAD") != n_dp
+            or n_dp in (n_p, n_lab, n_dy, n_out)):
+        return None  # (the step reads those before it writes the link)
     members = steps[i:i + 2]
     if not _disjoint([cc, cs], {n_dp}):
         return None
