@@ -90,15 +90,16 @@ def _run_members(members: list[Step]) -> None:
             raise
 
 
-def _disjoint(members: list[KernelContext], links: set[str]) -> bool:
-    """No member writes a variable that a member reads, except the chain ``links``.
+def _disjoint(members: list[KernelContext], links: set[str], early: tuple = ()) -> bool:
+    """No member writes a variable that a member reads, except the chain ``links``, and
+    none of the names the fast path reads ``early`` (before the members write) is a link.
 
     With that, reading each input right before its member runs (as the fast paths do)
     sees the same values as running the members one by one.
     """
     ins = {n for c in members for n in c._in0.values()} - links
     outs = [n for c in members for n in c._out0.values()]
-    return not ins.intersection(outs) and len(outs) == len(set(outs))
+    return not ins.intersection(outs) and len(outs) == len(set(outs)) and not links.intersection(early)
 
 
 def _is_fc_mul(ctx: KernelContext) -> bool:
@@ -125,7 +126,7 @@ def _match_fc(steps: list[Step], i: int, unary: dict) -> tuple[Callable, int] | 
         if cu.op.type in unary and cu._in0.get("X") == n_t1 and "Out" in cu._out0:
             act = (unary[cu.op.type][0], cu.attrs, cu._out0["Out"])
             members.append(steps[i + 2])
-    if not _disjoint([c for _, c in members], {n_t0, n_t1}):
+    if not _disjoint([c for _, c in members], {n_t0, n_t1}, (n_x, n_w, n_b)):
         return None
 
     def fc(_ctx: KernelContext) -> None:
@@ -179,7 +180,8 @@ def _match_fc_grad(steps: list[Step], i: int, unary: dict) -> tuple[Callable, in
             or (act is not None and act[5] != n_g)):
         return None
     members = steps[i:j + 2]
-    if not _disjoint([c for _, c in members], {n_g, n_edx} if act is not None else {n_edx}):
+    early = (n_ex, n_eb, n_mx, n_my) + (act[2:5] if act is not None else (n_g,))
+    if not _disjoint([c for _, c in members], {n_g, n_edx} if act is not None else {n_edx}, early):
         return None
     first = members[0][1]
 
@@ -230,10 +232,10 @@ def _match_softmax_ce(steps: list[Step], i: int) -> tuple[Callable, int] | None:
     if cs.op.type != "softmax" or cc.op.type != "cross_entropy":
         return None
     n_x, n_p, n_lab, n_y = cs._in0.get("X"), cs._out0.get("Out"), cc._in0.get("Label"), cc._out0.get("Y")
-    if None in (n_x, n_p, n_lab, n_y) or cc._in0.get("X") != n_p or n_p in (n_x, n_lab):
-        return None  # (the step reads X and Label before softmax writes Out: neither may be Out)
+    if None in (n_x, n_p, n_lab, n_y) or cc._in0.get("X") != n_p:
+        return None
     members = steps[i:i + 2]
-    if not _disjoint([cs, cc], {n_p}):
+    if not _disjoint([cs, cc], {n_p}, (n_x, n_lab)):
         return None
 
     def softmax_ce(_ctx: KernelContext) -> None:
@@ -263,11 +265,10 @@ def _match_ce_softmax_grad(steps: list[Step], i: int) -> tuple[Callable, int] | 
         return None
     n_p, n_lab, n_dy, n_dp = cc._in0.get("X"), cc._in0.get("Label"), cc._in0.get("Y@GRAD"), cc._out0.get("X@GRAD")
     n_out, n_dz = cs._in0.get("Out"), cs._out0.get("X@GRAD")
-    if (None in (n_p, n_lab, n_dy, n_dp, n_out, n_dz) or cs._in0.get("Out@GRAD") != n_dp
-            or n_dp in (n_p, n_lab, n_dy, n_out)):
-        return None  # (the step reads those before it writes the link)
+    if None in (n_p, n_lab, n_dy, n_dp, n_out, n_dz) or cs._in0.get("Out@GRAD") != n_dp:
+        return None
     members = steps[i:i + 2]
-    if not _disjoint([cc, cs], {n_dp}):
+    if not _disjoint([cc, cs], {n_dp}, (n_p, n_lab, n_dy, n_out)):
         return None
 
     def ce_softmax_grad(_ctx: KernelContext) -> None:
@@ -302,7 +303,7 @@ def _match_mean_head(steps: list[Step], i: int) -> tuple[Callable, int] | None:
             or cc._in0.get("Out@GRAD") != n_g or cc._in0.get("Out", n_out) != n_out):
         return None
     members = steps[i:i + 3]
-    if not _disjoint([ca, cb, cc], {n_out, n_g}):
+    if not _disjoint([ca, cb, cc], {n_out, n_g}, (n_x,)):
         return None
 
     def mean_head(_ctx: KernelContext) -> None:
