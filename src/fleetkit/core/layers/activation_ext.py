@@ -8,6 +8,7 @@ from ..framework import Variable
 from ..initializer import Constant
 from ..layer_helper import LayerHelper
 from ..ops.activation_ext import SELU_ALPHA, SELU_SCALE
+from .checks import need_var
 
 __all__ = ["logsigmoid", "hard_sigmoid", "swish", "brelu", "soft_relu", "stanh", "pow", "selu", "hard_shrink",
            "softshrink", "thresholded_relu", "tanh_shrink", "rsqrt", "ceil", "floor", "round", "cos", "sin",
@@ -15,8 +16,7 @@ __all__ = ["logsigmoid", "hard_sigmoid", "swish", "brelu", "soft_relu", "stanh",
 
 
 def _unary(op_type: str, x: Variable, attrs: dict | None = None, name: str | None = None) -> Variable:
-    if not isinstance(x, Variable):
-        raise InvalidArgumentError(f"{op_type}: 'x' must be a Variable, got {type(x).__name__}")
+    need_var(op_type, "x", x)
     helper = LayerHelper(op_type, name=name)
     out = helper.create_variable_for_type_inference(x.dtype)
     helper.append_op(op_type, {"X": [x]}, {"Out": [out]}, {k: float(v) for k, v in (attrs or {}).items()})

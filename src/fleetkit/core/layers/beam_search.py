@@ -8,7 +8,7 @@ from typing import Any
 from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
-from .tensor import _check_var as _need   # the layers' one Variable check
+from .checks import need_var
 
 __all__ = ["beam_search", "beam_search_decode"]
 
@@ -24,9 +24,9 @@ def beam_search(pre_ids: Variable, pre_scores: Variable, ids: Variable | None, s
     ``return_parent_idx``), LoD [source -> prefixes, prefix -> selected]; a source whose beams
     have all ended gets no rows (so ``selected_ids`` empties when every source is done)."""
     for arg, v in (("pre_ids", pre_ids), ("pre_scores", pre_scores), ("scores", scores)):
-        _need("beam_search", arg, v)
+        need_var("beam_search", arg, v)
     if ids is not None:
-        _need("beam_search", "ids", ids)
+        need_var("beam_search", "ids", ids)
     if int(beam_size) < 1:
         raise InvalidArgumentError(f"beam_search: beam_size must be >= 1, got {beam_size}")
     helper = LayerHelper("beam_search", name=name)
@@ -52,8 +52,8 @@ def beam_search_decode(ids: Variable, scores: Variable, beam_size: int, end_id: 
     step's ``beam_search`` outputs (step 0: the initial ids and scores).  Returns
     ``(sentence_ids, sentence_scores)``, 1-D with LoD [source -> sentences, sentence -> words],
     each source's sentences best final score first."""
-    _need("beam_search_decode", "ids", ids)
-    _need("beam_search_decode", "scores", scores)
+    need_var("beam_search_decode", "ids", ids)
+    need_var("beam_search_decode", "scores", scores)
     helper = LayerHelper("beam_search_decode", name=name)
     sentence_ids = helper.create_variable_for_type_inference("int64", stop_gradient=True)
     sentence_scores = helper.create_variable_for_type_inference(scores.dtype, stop_gradient=True)

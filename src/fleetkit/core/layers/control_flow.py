@@ -17,14 +17,9 @@ from ..framework import Block, Variable, default_main_program
 from ..layer_helper import LayerHelper
 from ..step_backward import body_backward_attrs, version_loop_carried
 from .tensor import fill_constant
+from .checks import need_var
 
 __all__ = ["While", "Switch", "IfElse", "create_array", "array_write", "array_read", "array_length"]
-
-
-def _need_var(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def create_array(dtype: Any) -> Variable:
@@ -35,8 +30,8 @@ def create_array(dtype: Any) -> Variable:
 
 def array_write(x: Variable, i: Variable, array: Variable | None = None) -> Variable:
     """array[i] = x (a new array if ``array`` is None); ``i`` is a one-element int64 tensor."""
-    _need_var("array_write", "x", x)
-    _need_var("array_write", "i", i)
+    need_var("array_write", "x", x)
+    need_var("array_write", "i", i)
     if array is None:
         array = create_array(x.dtype)
     LayerHelper("array_write").append_op("write_to_array", {"X": [x], "I": [i]}, {"Out": [array]})
@@ -45,8 +40,8 @@ def array_write(x: Variable, i: Variable, array: Variable | None = None) -> Vari
 
 def array_read(array: Variable, i: Variable) -> Variable:
     """array[i]."""
-    _need_var("array_read", "array", array)
-    _need_var("array_read", "i", i)
+    need_var("array_read", "array", array)
+    need_var("array_read", "i", i)
     helper = LayerHelper("array_read")
     out = helper.create_variable_for_type_inference(array.dtype)
     helper.append_op("read_from_array", {"X": [array], "I": [i]}, {"Out": [out]})
@@ -55,7 +50,7 @@ def array_read(array: Variable, i: Variable) -> Variable:
 
 def array_length(array: Variable) -> Variable:
     """The number of elements of ``array`` as a one-element int64 tensor."""
-    _need_var("array_length", "array", array)
+    need_var("array_length", "array", array)
     helper = LayerHelper("array_length")
     out = helper.create_variable_for_type_inference("int64", stop_gradient=True)
     helper.append_op("lod_array_length", {"X": [array]}, {"Out": [out]})
@@ -105,7 +100,7 @@ class While:
     true; the body must update ``cond`` (e.g. ``layers.less_than(i, n, cond=cond)``)."""
 
     def __init__(self, cond: Variable, is_test: bool = False, name: str | None = None) -> None:
-        _need_var("While", "cond", cond)
+        need_var("While", "cond", cond)
         if cond.dtype != "bool":
             raise InvalidArgumentError(f"While: condition '{cond.name}' must be bool, got {cond.dtype}")
         self.cond_var = cond
@@ -136,7 +131,7 @@ class Switch:
 
     def case(self, condition: Variable) -> Any:
         self._check("case")
-        _need_var("Switch.case", "condition", condition)
+        need_var("Switch.case", "condition", condition)
         from .tensor_ext import logical_and, logical_not, logical_or
         if self._taken is None:
             run, self._taken = condition, condition
@@ -158,7 +153,7 @@ class IfElse:
     ``ie.output(...)`` values are merged back into N rows, in the original order, by ``ie()``."""
 
     def __init__(self, cond: Variable, name: str | None = None) -> None:
-        _need_var("IfElse", "cond", cond)
+        need_var("IfElse", "cond", cond)
         if cond.dtype != "bool":
             raise InvalidArgumentError(f"IfElse: condition '{cond.name}' must be bool, got {cond.dtype}")
         self.cond = cond
@@ -193,7 +188,7 @@ class IfElse:
 
     def input(self, x: Variable) -> Variable:
         """The rows of ``x`` this branch gets (split once per input, in the enclosing block)."""
-        _need_var("IfElse.input", "x", x)
+        need_var("IfElse.input", "x", x)
         if self._branch is None or self._branch_inputs is None:
             raise InvalidArgumentError("IfElse.input() must be called inside true_block() or false_block()")
         if x.name not in self._splits:
@@ -218,7 +213,7 @@ class IfElse:
         block = program.current_block()
         parent = program.block(block.parent_idx)
         for o in outs:
-            _need_var("IfElse.output", "out", o)
+            need_var("IfElse.output", "out", o)
             # copied to a variable of the enclosing block, so the branch op lists it as an output
             outer = parent.create_var(name=f"{o.name}.ifelse_out", shape=o.shape, dtype=o.dtype)
             block.append_op("assign", {"X": [o]}, {"Out": [outer]})

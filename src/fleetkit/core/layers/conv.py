@@ -10,13 +10,9 @@ from ..framework import Variable
 from ..initializer import Constant, Normal
 from ..layer_helper import LayerHelper
 from ..param_attr import ParamAttr
+from .checks import need_var
 
 __all__ = ["conv2d", "pool2d", "batch_norm", "dropout"]
-
-
-def _require_var(layer: str, arg: str, v: Any) -> None:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
 
 
 def _is_int(v: Any) -> bool:
@@ -46,7 +42,7 @@ def conv2d(input: Variable, num_filters: int, filter_size: Any, stride: Any = 1,
     ``param_attr`` says otherwise) from Normal(0, sqrt(2 / (kh * kw * C))).
     ``bias_attr=False`` drops the bias.
     """
-    _require_var("conv2d", "input", input)
+    need_var("conv2d", "input", input)
     _require_4d("conv2d", input)
     helper = LayerHelper("conv2d", input=input, param_attr=param_attr, bias_attr=bias_attr, act=act, name=name)
     num_channels = input.shape[1]
@@ -80,7 +76,7 @@ def pool2d(input: Variable, pool_size: Any = -1, pool_type: str = "max", pool_st
     output size up; with ``exclusive`` (default) average pooling divides by the
     window cells inside the input, not counting padding.
     """
-    _require_var("pool2d", "input", input)
+    need_var("pool2d", "input", input)
     if pool_type not in ("max", "avg"):
         raise InvalidArgumentError(f"pool2d: unknown pool_type {pool_type!r}; it can only be 'max' or 'avg'")
     if not global_pooling and pool_size == -1:
@@ -114,7 +110,7 @@ def batch_norm(input: Variable, act: str | None = None, is_test: bool = False, m
     ``in_place`` is accepted for compatibility but the output is always a new
     variable: the gradient needs the unnormalized input.
     """
-    _require_var("batch_norm", "input", input)
+    need_var("batch_norm", "input", input)
     if data_layout not in ("NCHW", "NHWC"):
         raise InvalidArgumentError(f"batch_norm: data_layout must be 'NCHW' or 'NHWC', got {data_layout!r}")
     if not 2 <= len(input.shape) <= 5:
@@ -157,7 +153,7 @@ def dropout(x: Variable, dropout_prob: float, is_test: bool = False, seed: int |
     ``upscale_in_train``: train ``x * mask / (1 - p)``, infer ``x``.
     A ``seed`` fixes the mask (the same one every run).
     """
-    _require_var("dropout", "x", x)
+    need_var("dropout", "x", x)
     if not 0.0 <= float(dropout_prob) <= 1.0:
         raise InvalidArgumentError(f"dropout: dropout_prob must be in [0, 1], got {dropout_prob}")
     if dropout_implementation not in ("downgrade_in_infer", "upscale_in_train"):

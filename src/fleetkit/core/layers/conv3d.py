@@ -10,6 +10,7 @@ from ...errors import InvalidArgumentError, ShapeError
 from ..framework import Variable
 from ..initializer import Normal
 from ..layer_helper import LayerHelper
+from .checks import need_var
 
 __all__ = ["conv3d", "conv3d_transpose", "pool3d", "adaptive_pool3d"]
 
@@ -23,8 +24,7 @@ def _triple(value: Any, layer: str, arg: str) -> list[int]:
 
 
 def _input5d(layer: str, input: Any) -> None:
-    if not isinstance(input, Variable):
-        raise InvalidArgumentError(f"{layer}: 'input' must be a Variable, got {type(input).__name__}")
+    need_var(layer, "input", input)
     if len(input.shape) != 5 or input.shape[1] <= 0:
         raise ShapeError(f"{layer}: input '{input.name}' must be 5-D [N, C, D, H, W] with C known, "
                          f"got {list(input.shape)}")

@@ -9,7 +9,8 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 from ..ops.conv_ext import PAD_MODES
-from .conv import _require_4d, _require_var, _to_pair
+from .checks import need_var
+from .conv import _require_4d, _to_pair
 
 __all__ = ["conv2d_transpose", "lrn", "pad2d", "pixel_shuffle", "shuffle_channel", "image_resize",
            "resize_bilinear", "resize_nearest"]
@@ -22,7 +23,7 @@ def conv2d_transpose(input: Variable, num_filters: int, output_size: Any = None,
     """Transposed 2-D convolution of an NCHW input (the gradient of conv2d run forwards):
     H_out = (H - 1) * stride - 2 * padding + dilation * (k - 1) + 1.  Give ``filter_size``,
     or ``output_size`` to derive it."""
-    _require_var("conv2d_transpose", "input", input)
+    need_var("conv2d_transpose", "input", input)
     _require_4d("conv2d_transpose", input)
     c = input.shape[1]
     groups = 1 if groups is None else int(groups)
@@ -51,7 +52,7 @@ def conv2d_transpose(input: Variable, num_filters: int, output_size: Any = None,
 
 
 def _one(op_type: str, x: Variable, attrs: dict, name: str | None = None, extra: Sequence[str] = ()) -> Variable:
-    _require_var(op_type, "input", x)
+    need_var(op_type, "input", x)
     helper = LayerHelper(op_type, name=name)
     out = helper.create_variable_for_type_inference(x.dtype)
     outs = {"Out": [out], **{s: [helper.create_variable_for_type_inference(x.dtype, True)] for s in extra}}
@@ -92,7 +93,7 @@ def image_resize(input: Variable, out_shape: Sequence[int] | None = None, scale:
                  align_corners: bool = True, align_mode: int = 1) -> Variable:
     """Resize the H and W of an NCHW input to ``out_shape`` [h, w] (or by ``scale``) with
     "BILINEAR" or "NEAREST" interpolation."""
-    _require_var("image_resize", "input", input)
+    need_var("image_resize", "input", input)
     _require_4d("image_resize", input)
     if resample not in ("BILINEAR", "NEAREST"):
         raise InvalidArgumentError(f"image_resize: resample must be 'BILINEAR' or 'NEAREST', got {resample!r}")

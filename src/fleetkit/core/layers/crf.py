@@ -7,14 +7,9 @@ from ...errors import InvalidArgumentError, NotFoundError
 from ..framework import Parameter, Variable
 from ..layer_helper import LayerHelper
 from ..param_attr import ParamAttr
+from .checks import need_var
 
 __all__ = ["linear_chain_crf", "crf_decoding"]
-
-
-def _var(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def linear_chain_crf(input: Variable, label: Variable, param_attr: Any = None) -> Variable:
@@ -22,8 +17,8 @@ def linear_chain_crf(input: Variable, label: Variable, param_attr: Any = None) -
     the emission scores ``input`` [T, D] (a LoD tensor).  The transition parameter is
     [D + 2, D]: start weights, end weights, then tag-to-tag weights; name it with
     ``param_attr`` to decode with ``crf_decoding``."""
-    _var("linear_chain_crf", "input", input)
-    _var("linear_chain_crf", "label", label)
+    need_var("linear_chain_crf", "input", input)
+    need_var("linear_chain_crf", "label", label)
     if len(input.shape) != 2 or input.shape[1] <= 0:
         raise InvalidArgumentError(f"linear_chain_crf: input '{input.name}' must be [T, num_tags], "
                                    f"got {list(input.shape)}")
@@ -40,7 +35,7 @@ def crf_decoding(input: Variable, param_attr: Any, label: Variable | None = None
     """The Viterbi tag path [T, 1] (int64, the input's LoD) under the transition parameter
     named by ``param_attr`` (the one ``linear_chain_crf`` trained); with ``label``, 1 where
     the path agrees with it and 0 elsewhere."""
-    _var("crf_decoding", "input", input)
+    need_var("crf_decoding", "input", input)
     attr = ParamAttr._to_attr(param_attr)
     name = getattr(attr, "name", None)
     helper = LayerHelper("crf_decoding")

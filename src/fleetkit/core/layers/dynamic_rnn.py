@@ -19,6 +19,7 @@ from .. import unique_name
 from ..framework import EMPTY_VAR, Block, Variable, convert_dtype, default_main_program
 from ..step_backward import build_step_backward
 from .lod_rank import lod_rank_table, reorder_lod_tensor_by_rank
+from .checks import need_var
 
 __all__ = ["DynamicRNN"]
 
@@ -87,8 +88,7 @@ class DynamicRNN:
     def step_input(self, x: Variable) -> Variable:
         """This step's rows of the LoD tensor ``x``: one per sequence longer than the step."""
         self._check_inside("step_input")
-        if not isinstance(x, Variable):
-            raise InvalidArgumentError(f"DynamicRNN.step_input: x must be a Variable, got {type(x).__name__}")
+        need_var("DynamicRNN.step_input", "x", x)
         if self._table is None:
             with self._in_parent("step_input"):
                 self._table = lod_rank_table(x, 0)
@@ -100,8 +100,7 @@ class DynamicRNN:
         """``x`` (one row, or one LoD sequence, per input sequence) as the step sees it: in
         rank-table order, shrunk to the sequences still running."""
         self._check_inside("static_input")
-        if not isinstance(x, Variable):
-            raise InvalidArgumentError(f"DynamicRNN.static_input: x must be a Variable, got {type(x).__name__}")
+        need_var("DynamicRNN.static_input", "x", x)
         if self._table is None:
             raise InvalidArgumentError("DynamicRNN.static_input() must be called after step_input()")
         with self._in_parent("static_input"):
@@ -116,8 +115,7 @@ class DynamicRNN:
         order unless ``need_reorder``) at the first step, or ``value`` rows of ``shape``."""
         self._check_inside("memory")
         if init is not None:
-            if not isinstance(init, Variable):
-                raise InvalidArgumentError(f"DynamicRNN.memory: init must be a Variable, got {type(init).__name__}")
+            need_var("DynamicRNN.memory", "init", init)
             if need_reorder:
                 if self._table is None:
                     raise InvalidArgumentError("DynamicRNN.memory(init=..., need_reorder=True) must come after "
@@ -143,9 +141,7 @@ class DynamicRNN:
         self._check_inside("update_memory")
         for m in self._memories:
             if m["var"] is ex_mem or m["var"].name == getattr(ex_mem, "name", None):
-                if not isinstance(new_mem, Variable):
-                    raise InvalidArgumentError(f"DynamicRNN.update_memory: new_mem must be a Variable, got "
-                                               f"{type(new_mem).__name__}")
+                need_var("DynamicRNN.update_memory", "new_mem", new_mem)
                 m["update"] = new_mem
                 return
         raise InvalidArgumentError(f"DynamicRNN.update_memory: '{getattr(ex_mem, 'name', ex_mem)}' is not a memory "

@@ -1,11 +1,10 @@
 """Softmax and loss layers (fluid 1.4 names and arguments)."""
 from __future__ import annotations
 
-from typing import Any
 
-from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
+from .checks import need_vars
 
 __all__ = ["softmax", "cross_entropy", "softmax_with_cross_entropy", "sigmoid_cross_entropy_with_logits",
            "square_error_cost", "log_loss"]
@@ -13,15 +12,9 @@ __all__ = ["softmax", "cross_entropy", "softmax_with_cross_entropy", "sigmoid_cr
 _IGNORE_INDEX = -100
 
 
-def _require_vars(layer: str, **vs: Any) -> None:
-    for arg, v in vs.items():
-        if not isinstance(v, Variable):
-            raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-
-
 def softmax(input: Variable, use_cudnn: bool = False, name: str | None = None, axis: int = -1) -> Variable:
     """exp(x) / sum(exp(x)) along ``axis`` (computed with the max subtracted)."""
-    _require_vars("softmax", input=input)
+    need_vars("softmax", input=input)
     helper = LayerHelper("softmax", name=name)
     out = helper.create_variable_for_type_inference(input.dtype)
     helper.append_op("softmax", {"X": [input]}, {"Out": [out]}, {"axis": int(axis), "use_cudnn": use_cudnn})
@@ -35,7 +28,7 @@ def cross_entropy(input: Variable, label: Variable, soft_label: bool = False,
     Hard labels are int64 [N, 1] class ids (rows equal to ``ignore_index`` give
     0); soft labels are float [N, D] distributions.  Returns [N, 1].
     """
-    _require_vars("cross_entropy", input=input, label=label)
+    need_vars("cross_entropy", input=input, label=label)
     helper = LayerHelper("cross_entropy")
     out = helper.create_variable_for_type_inference(input.dtype)
     helper.append_op("cross_entropy", {"X": [input], "Label": [label]}, {"Y": [out]},
@@ -50,7 +43,7 @@ def softmax_with_cross_entropy(logits: Variable, label: Variable, soft_label: bo
 
     Returns the loss [N, 1], or (loss, softmax) when ``return_softmax``.
     """
-    _require_vars("softmax_with_cross_entropy", logits=logits, label=label)
+    need_vars("softmax_with_cross_entropy", logits=logits, label=label)
     helper = LayerHelper("softmax_with_cross_entropy")
     sm = helper.create_variable_for_type_inference(logits.dtype)
     loss = helper.create_variable_for_type_inference(logits.dtype)
@@ -68,7 +61,7 @@ def sigmoid_cross_entropy_with_logits(x: Variable, label: Variable, ignore_index
     Elements whose label is ``ignore_index`` give 0; ``normalize`` divides by
     the number of the other elements.
     """
-    _require_vars("sigmoid_cross_entropy_with_logits", x=x, label=label)
+    need_vars("sigmoid_cross_entropy_with_logits", x=x, label=label)
     helper = LayerHelper("sigmoid_cross_entropy_with_logits", name=name)
     out = helper.create_variable_for_type_inference(x.dtype)
     helper.append_op("sigmoid_cross_entropy_with_logits", {"X": [x], "Label": [label]}, {"Out": [out]},
@@ -78,7 +71,7 @@ def sigmoid_cross_entropy_with_logits(x: Variable, label: Variable, ignore_index
 
 def square_error_cost(input: Variable, label: Variable) -> Variable:
     """(input - label) ** 2, built from ``elementwise_sub`` and ``square`` as fluid does."""
-    _require_vars("square_error_cost", input=input, label=label)
+    need_vars("square_error_cost", input=input, label=label)
     helper = LayerHelper("square_error_cost")
     diff = helper.create_variable_for_type_inference(input.dtype)
     helper.append_op("elementwise_sub", {"X": [input], "Y": [label]}, {"Out": [diff]})
@@ -89,7 +82,7 @@ def square_error_cost(input: Variable, label: Variable) -> Variable:
 
 def log_loss(input: Variable, label: Variable, epsilon: float = 1e-4, name: str | None = None) -> Variable:
     """-label * log(input + eps) - (1 - label) * log(1 - input + eps), elementwise."""
-    _require_vars("log_loss", input=input, label=label)
+    need_vars("log_loss", input=input, label=label)
     helper = LayerHelper("log_loss", name=name)
     out = helper.create_variable_for_type_inference(input.dtype)
     helper.append_op("log_loss", {"Predicted": [input], "Labels": [label]}, {"Loss": [out]},

@@ -7,14 +7,9 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 from ..ops.metric_ext import SCHEMES
+from .checks import need_var
 
 __all__ = ["edit_distance", "chunk_eval"]
-
-
-def _var(layer: str, arg: str, v: object) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def _erase(helper: LayerHelper, x: Variable, tokens: Sequence[int]) -> Variable:
@@ -29,8 +24,8 @@ def edit_distance(input: Variable, label: Variable, normalized: bool = True,
     reference sequence of ``label`` (int64 LoD tensors), divided by the reference length
     when ``normalized``; tokens in ``ignored_tokens`` are removed first.  Returns
     (distances, number of sequences)."""
-    _var("edit_distance", "input", input)
-    _var("edit_distance", "label", label)
+    need_var("edit_distance", "input", input)
+    need_var("edit_distance", "label", label)
     helper = LayerHelper("edit_distance")
     if ignored_tokens:
         input, label = _erase(helper, input, ignored_tokens), _erase(helper, label, ignored_tokens)
@@ -47,8 +42,8 @@ def chunk_eval(input: Variable, label: Variable, chunk_scheme: str, num_chunk_ty
     (int64 LoD tensors of tag ids in ``chunk_scheme`` "IOB", "IOE", "IOBES" or "plain").
     Returns (precision, recall, f1_score, num_infer_chunks, num_label_chunks,
     num_correct_chunks)."""
-    _var("chunk_eval", "input", input)
-    _var("chunk_eval", "label", label)
+    need_var("chunk_eval", "input", input)
+    need_var("chunk_eval", "label", label)
     if chunk_scheme not in SCHEMES:
         raise InvalidArgumentError(f"chunk_eval: chunk_scheme {chunk_scheme!r} is not one of {list(SCHEMES)}")
     helper = LayerHelper("chunk_eval")

@@ -4,18 +4,14 @@ from __future__ import annotations
 from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
+from .checks import need_var
 
 __all__ = ["accuracy", "auc", "topk", "argmax", "argmin"]
 
 
-def _require_var(layer: str, arg: str, v: object) -> None:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-
-
 def topk(input: Variable, k: int, name: str | None = None) -> tuple[Variable, Variable]:
     """The ``k`` largest values along the last dim and their int64 indices, largest first."""
-    _require_var("topk", "input", input)
+    need_var("topk", "input", input)
     if int(k) < 1:
         raise InvalidArgumentError(f"topk: k must be >= 1, got {k}")
     helper = LayerHelper("top_k", name=name)
@@ -26,7 +22,7 @@ def topk(input: Variable, k: int, name: str | None = None) -> tuple[Variable, Va
 
 
 def _arg(op_type: str, x: Variable, axis: int) -> Variable:
-    _require_var(op_type, "x", x)
+    need_var(op_type, "x", x)
     helper = LayerHelper(op_type)
     out = helper.create_variable_for_type_inference("int64", stop_gradient=True)
     helper.append_op(op_type, {"X": [x]}, {"Out": [out]}, {"axis": int(axis)})
@@ -49,7 +45,7 @@ def accuracy(input: Variable, label: Variable, k: int = 1, correct: Variable | N
 
     ``correct`` / ``total`` (optional variables) receive this batch's counts.
     """
-    _require_var("accuracy", "label", label)
+    need_var("accuracy", "label", label)
     helper = LayerHelper("accuracy")
     values, indices = topk(input, k=k)
     acc = helper.create_variable_for_type_inference("float32", stop_gradient=True)
@@ -71,8 +67,8 @@ def auc(input: Variable, label: Variable, curve: str = "ROC", num_thresholds: in
     ``batch_auc`` the last ``slide_steps`` batches.  ``topk`` is accepted for
     compatibility and unused.
     """
-    _require_var("auc", "input", input)
-    _require_var("auc", "label", label)
+    need_var("auc", "input", input)
+    need_var("auc", "label", label)
     if curve != "ROC":
         raise InvalidArgumentError(f"auc: curve {curve!r} is not supported (only 'ROC')")
     if int(num_thresholds) < 1 or int(slide_steps) < 0:

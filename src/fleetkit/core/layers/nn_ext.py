@@ -11,14 +11,9 @@ from ..initializer import Constant
 from ..layer_helper import LayerHelper
 from ..ops.nn_ext import PHASES
 from ..ops.sampled import SAMPLERS
+from .checks import need_var
 
 __all__ = ["layer_norm", "im2sequence", "nce", "hsigmoid", "sampled_softmax_with_cross_entropy", "Print"]
-
-
-def _var(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
 
 
 def layer_norm(input: Variable, scale: bool = True, shift: bool = True, begin_norm_axis: int = 1,
@@ -26,7 +21,7 @@ def layer_norm(input: Variable, scale: bool = True, shift: bool = True, begin_no
                name: str | None = None) -> Variable:
     """Normalize over the dims from ``begin_norm_axis`` on, then a learned per-element
     scale (init 1) and shift (init 0)."""
-    _var("layer_norm", "input", input)
+    need_var("layer_norm", "input", input)
     tail = input.shape[begin_norm_axis:]
     if not 0 < begin_norm_axis < len(input.shape) or any(d <= 0 for d in tail):
         raise InvalidArgumentError(
@@ -60,7 +55,7 @@ def im2sequence(input: Variable, filter_size: Any = 1, stride: Any = 1, padding:
                 name: str | None = None) -> Variable:
     """Turn each [C, H, W] image into a sequence with one row per filter position
     (C * kh * kw values).  ``padding``: an int, [height, width] or [up, left, down, right]."""
-    _var("im2sequence", "input", input)
+    need_var("im2sequence", "input", input)
     if input_image_size is not None:
         raise InvalidArgumentError("im2sequence: input_image_size (per-image real sizes) is not supported")
     pad = [int(padding)] * 4 if isinstance(padding, int) else [int(p) for p in padding]
@@ -84,8 +79,8 @@ def nce(input: Variable, label: Variable, num_total_classes: int, sample_weight:
     [N, num_true], with ``num_neg_samples`` (default 10) negatives per example drawn from
     ``sampler`` ("uniform", "log_uniform" or "custom_dist" with ``custom_dist``).  As in
     fluid 1.4 the cost is divided by num_neg_samples + 1."""
-    _var("nce", "input", input)
-    _var("nce", "label", label)
+    need_var("nce", "input", input)
+    need_var("nce", "label", label)
     if sampler not in SAMPLERS:
         raise InvalidArgumentError(f"nce: sampler {sampler!r} is not one of {list(SAMPLERS)}")
     if (sampler == "custom_dist") != (custom_dist is not None):
@@ -117,8 +112,8 @@ def hsigmoid(input: Variable, label: Variable, num_classes: int, param_attr: Any
     """Hierarchical sigmoid loss [N, 1]: the label's leaf is reached through binary
     decisions at inner nodes (a complete binary tree over ``num_classes`` leaves, or the
     ``path_table``/``path_code`` of a custom tree with ``is_custom``)."""
-    _var("hsigmoid", "input", input)
-    _var("hsigmoid", "label", label)
+    need_var("hsigmoid", "input", input)
+    need_var("hsigmoid", "label", label)
     if is_custom != (path_table is not None and path_code is not None):
         raise InvalidArgumentError("hsigmoid: is_custom needs path_table and path_code (and they need is_custom)")
     if int(num_classes) < 2:
@@ -148,8 +143,8 @@ def sampled_softmax_with_cross_entropy(logits: Variable, label: Variable, num_sa
     from .tensor import concat, fill_constant_batch_size_like
     from .loss import softmax_with_cross_entropy
     from .nn import scale
-    _var("sampled_softmax_with_cross_entropy", "logits", logits)
-    _var("sampled_softmax_with_cross_entropy", "label", label)
+    need_var("sampled_softmax_with_cross_entropy", "logits", logits)
+    need_var("sampled_softmax_with_cross_entropy", "label", label)
     if use_customized_samples or customized_samples is not None or customized_probabilities is not None:
         raise InvalidArgumentError("sampled_softmax_with_cross_entropy: customized samples are not supported")
     nt, s = int(num_true), int(num_samples)
@@ -174,7 +169,7 @@ def Print(input: Variable, first_n: int = -1, message: str | None = None, summar
     first ``summarize`` values), in the forward pass, the backward pass (its gradient) or
     both.  Returns a variable equal to ``input``: use it downstream so the backward pass
     goes through the print."""
-    _var("Print", "input", input)
+    need_var("Print", "input", input)
     if str(print_phase).lower() not in PHASES:
         raise InvalidArgumentError(f"Print: print_phase must be one of {list(PHASES)}, got {print_phase!r}")
     helper = LayerHelper("print")

@@ -13,16 +13,11 @@ from ..initializer import Constant, Normal
 from ..layer_helper import LayerHelper
 from . import nn as _nn
 from . import tensor as _tensor
+from .checks import need_vars
 
 __all__ = ["sequence_expand_as", "sequence_slice", "sequence_enumerate", "row_conv", "range", "linspace", "diag",
            "rank", "pad_constant_like", "crop", "add_position_encoding", "bilinear_tensor_product", "affine_channel",
            "group_norm", "gru_unit", "lstm_unit", "dice_loss", "npair_loss", "spectral_norm"]
-
-
-def _vars(layer: str, **vs: Any) -> None:
-    for arg, v in vs.items():
-        if not isinstance(v, Variable):
-            raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
 
 
 def _op(op_type: str, inputs: dict, attrs: dict | None = None, out_slot: str = "Out", dtype: str | None = None,
@@ -36,26 +31,26 @@ def _op(op_type: str, inputs: dict, attrs: dict | None = None, out_slot: str = "
 
 def sequence_expand_as(x: Variable, y: Variable, name: str | None = None) -> Variable:
     """Row i of ``x`` repeated as many times as sequence i of ``y`` is long."""
-    _vars("sequence_expand_as", x=x, y=y)
+    need_vars("sequence_expand_as", x=x, y=y)
     return _op("sequence_expand_as", {"X": x, "Y": y}, name=name)
 
 
 def sequence_slice(input: Variable, offset: Variable, length: Variable, name: str | None = None) -> Variable:
     """Rows offset[i] ... offset[i] + length[i] - 1 of each sequence i."""
-    _vars("sequence_slice", input=input, offset=offset, length=length)
+    need_vars("sequence_slice", input=input, offset=offset, length=length)
     return _op("sequence_slice", {"X": input, "Offset": offset, "Length": length}, name=name)
 
 
 def sequence_enumerate(input: Variable, win_size: int, pad_value: int = 0, name: str | None = None) -> Variable:
     """For each id, the ``win_size`` ids starting there in its sequence (``pad_value`` past the end)."""
-    _vars("sequence_enumerate", input=input)
+    need_vars("sequence_enumerate", input=input)
     return _op("sequence_enumerate", {"X": input}, {"win_size": int(win_size), "pad_value": int(pad_value)},
                name=name)
 
 
 def row_conv(input: Variable, future_context_size: int, param_attr: Any = None, act: str | None = None) -> Variable:
     """Lookahead convolution: out[t] = sum_k w[k] * x[t + k], k = 0 ... future_context_size."""
-    _vars("row_conv", input=input)
+    need_vars("row_conv", input=input)
     helper = LayerHelper("row_conv", act=act)
     w = helper.create_parameter(param_attr, [int(future_context_size) + 1, input.shape[1]], input.dtype)
     out = helper.create_variable_for_type_inference(input.dtype)
@@ -82,19 +77,19 @@ def linspace(start: Any, stop: Any, num: Any, dtype: str) -> Variable:
 
 def diag(diagonal: Variable) -> Variable:
     """A square matrix with ``diagonal`` on its diagonal."""
-    _vars("diag", diagonal=diagonal)
+    need_vars("diag", diagonal=diagonal)
     return _op("diag", {"Diagonal": diagonal})
 
 
 def rank(input: Variable) -> Variable:
     """The rank of ``input`` as an int32 [1] constant."""
-    _vars("rank", input=input)
+    need_vars("rank", input=input)
     return _tensor.fill_constant([1], "int32", len(input.shape))
 
 
 def pad_constant_like(x: Variable, y: Variable, pad_value: float = 0.0, name: str | None = None) -> Variable:
     """``y`` padded at the end of every dim to ``x``'s shape."""
-    _vars("pad_constant_like", x=x, y=y)
+    need_vars("pad_constant_like", x=x, y=y)
     helper = LayerHelper("pad_constant_like", name=name)
     out = helper.create_variable_for_type_inference(y.dtype)
     helper.append_op("pad_constant_like", {"X": [x], "Y": [y]}, {"Out": [out]}, {"pad_value": float(pad_value)})
@@ -104,7 +99,7 @@ def pad_constant_like(x: Variable, y: Variable, pad_value: float = 0.0, name: st
 def crop(x: Variable, shape: Any = None, offsets: Sequence[int] | None = None, name: str | None = None) -> Variable:
     """The box of ``x`` at ``offsets`` (default 0) sized ``shape`` (a list, or a Variable whose
     shape is used)."""
-    _vars("crop", x=x)
+    need_vars("crop", x=x)
     if shape is None:
         raise InvalidArgumentError("crop: give shape (a list or a Variable)")
     inputs = {"X": x, "Y": shape if isinstance(shape, Variable) else None}
@@ -115,14 +110,14 @@ def crop(x: Variable, shape: Any = None, offsets: Sequence[int] | None = None, n
 
 def add_position_encoding(input: Variable, alpha: float, beta: float, name: str | None = None) -> Variable:
     """alpha * input + beta * the sinusoid position encoding (Transformer)."""
-    _vars("add_position_encoding", input=input)
+    need_vars("add_position_encoding", input=input)
     return _op("add_position_encoding", {"X": input}, {"alpha": float(alpha), "beta": float(beta)}, name=name)
 
 
 def bilinear_tensor_product(x: Variable, y: Variable, size: int, act: str | None = None, name: str | None = None,
                             param_attr: Any = None, bias_attr: Any = None) -> Variable:
     """out[n, k] = x[n] . W[k] . y[n] + b[k] with W [size, dim(x), dim(y)]."""
-    _vars("bilinear_tensor_product", x=x, y=y)
+    need_vars("bilinear_tensor_product", x=x, y=y)
     helper = LayerHelper("bilinear_tensor_product", act=act, name=name)
     w = helper.create_parameter(param_attr, [int(size), x.shape[1], y.shape[1]], x.dtype)
     inputs = {"X": [x], "Y": [y], "Weight": [w]}
@@ -136,7 +131,7 @@ def bilinear_tensor_product(x: Variable, y: Variable, size: int, act: str | None
 def affine_channel(x: Variable, scale: Variable | None = None, bias: Variable | None = None,
                    data_layout: str = "NCHW", name: str | None = None, act: str | None = None) -> Variable:
     """x * scale[c] + bias[c] per channel (scale and bias are [C] Variables)."""
-    _vars("affine_channel", x=x, scale=scale, bias=bias)
+    need_vars("affine_channel", x=x, scale=scale, bias=bias)
     return _op("affine_channel", {"X": x, "Scale": scale, "Bias": bias}, {"data_layout": data_layout}, name=name,
                act=act)
 
@@ -144,7 +139,7 @@ def affine_channel(x: Variable, scale: Variable | None = None, bias: Variable | 
 def group_norm(input: Variable, groups: int, epsilon: float = 1e-05, param_attr: Any = None, bias_attr: Any = None,
                act: str | None = None, data_layout: str = "NCHW", name: str | None = None) -> Variable:
     """Normalize each group of channels per sample; learned per-channel scale (1) and bias (0)."""
-    _vars("group_norm", input=input)
+    need_vars("group_norm", input=input)
     if data_layout != "NCHW":
         raise InvalidArgumentError("group_norm: only data_layout='NCHW' is supported")
     c = input.shape[1]
@@ -167,7 +162,7 @@ def gru_unit(input: Variable, hidden: Variable, size: int, param_attr: Any = Non
              origin_mode: bool = False) -> tuple[Variable, Variable, Variable]:
     """One GRU step: ``input`` [N, size] (= 3 * hidden size, already projected), ``hidden``
     the previous state.  Returns (new hidden, reset hidden, gates)."""
-    _vars("gru_unit", input=input, hidden=hidden)
+    need_vars("gru_unit", input=input, hidden=hidden)
     d = int(size) // 3
     helper = LayerHelper("gru_unit")
     w = helper.create_parameter(param_attr, [d, 3 * d], input.dtype)
@@ -184,7 +179,7 @@ def lstm_unit(x_t: Variable, hidden_t_prev: Variable, cell_t_prev: Variable, for
               param_attr: Any = None, bias_attr: Any = None, name: str | None = None) -> tuple[Variable, Variable]:
     """One LSTM step: an fc of [x_t, hidden_t_prev] to the 4 gates, then the cell update.
     Returns (hidden, cell)."""
-    _vars("lstm_unit", x_t=x_t, hidden_t_prev=hidden_t_prev, cell_t_prev=cell_t_prev)
+    need_vars("lstm_unit", x_t=x_t, hidden_t_prev=hidden_t_prev, cell_t_prev=cell_t_prev)
     d = cell_t_prev.shape[1]
     gates = _nn.fc(_tensor.concat([x_t, hidden_t_prev], axis=1), 4 * d, param_attr=param_attr, bias_attr=bias_attr)
     helper = LayerHelper("lstm_unit", name=name)
@@ -199,7 +194,7 @@ def dice_loss(input: Variable, label: Variable, epsilon: float = 1e-05) -> Varia
     """1 - 2 |X . Y| / (|X| + |Y|) averaged over the batch; ``label`` holds class ids [..., 1]."""
     from .nn import elementwise_add, elementwise_div, elementwise_mul, scale
     from .tensor import one_hot, reduce_mean, reduce_sum
-    _vars("dice_loss", input=input, label=label)
+    need_vars("dice_loss", input=input, label=label)
     onehot = one_hot(label, depth=input.shape[-1])
     dims = list(builtins.range(1, len(input.shape)))  # this module's ``range`` is the layer
     inter = reduce_sum(elementwise_mul(input, onehot), dim=dims)
@@ -215,7 +210,7 @@ def npair_loss(anchor: Variable, positive: Variable, labels: Variable, l2_reg: f
     from .nn import elementwise_add, elementwise_div, elementwise_mul, matmul, scale, square
     from .tensor import cast, expand, reduce_mean, reduce_sum, reshape, transpose
     from .tensor_ext import equal
-    _vars("npair_loss", anchor=anchor, positive=positive, labels=labels)
+    need_vars("npair_loss", anchor=anchor, positive=positive, labels=labels)
     n = labels.shape[0]
     if n <= 0:
         raise InvalidArgumentError("npair_loss: labels need a known batch size (append_batch_size=False)")
@@ -234,7 +229,7 @@ def spectral_norm(weight: Variable, dim: int = 0, power_iters: int = 1, eps: flo
                   name: str | None = None) -> Variable:
     """``weight`` divided by its largest singular value (of the matrix with ``dim`` as rows),
     estimated with ``power_iters`` power iterations from fixed random vectors u and v."""
-    _vars("spectral_norm", weight=weight)
+    need_vars("spectral_norm", weight=weight)
     if not 0 <= dim < len(weight.shape) or any(d <= 0 for d in weight.shape):
         raise InvalidArgumentError(f"spectral_norm: weight '{weight.name}' {list(weight.shape)} needs known dims "
                                    f"and dim in [0, {len(weight.shape)})")

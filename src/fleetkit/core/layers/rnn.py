@@ -6,13 +6,13 @@ from typing import Any
 from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
+from .checks import need_var
 
 __all__ = ["dynamic_lstm", "dynamic_lstmp", "dynamic_gru", "lstm"]
 
 
 def _input(layer: str, input: Any, gates: int, size: int) -> None:
-    if not isinstance(input, Variable):
-        raise InvalidArgumentError(f"{layer}: 'input' must be a Variable, got {type(input).__name__}")
+    need_var(layer, "input", input)
     if len(input.shape) != 2 or input.shape[1] != gates * size:
         raise InvalidArgumentError(
             f"{layer}: input '{input.name}' must be [T, {gates * size}] (the {gates} gates of hidden size {size}, "
@@ -131,8 +131,7 @@ def lstm(input: Variable, init_h: Variable, init_c: Variable, max_len: int, hidd
     from .nn import fc
     from .tensor import concat, reshape, slice, stack, transpose
     for arg, v in (("input", input), ("init_h", init_h), ("init_c", init_c)):
-        if not isinstance(v, Variable):
-            raise InvalidArgumentError(f"lstm: '{arg}' must be a Variable, got {type(v).__name__}")
+        need_var("lstm", arg, v)
     t, h = int(max_len), int(hidden_size)
     if len(input.shape) != 3 or input.shape[0] not in (t, -1):
         raise InvalidArgumentError(f"lstm: input '{input.name}' must be [max_len={t}, batch, D], got {list(input.shape)}")

@@ -7,6 +7,7 @@ from ...errors import InvalidArgumentError
 from ..framework import Variable
 from ..layer_helper import LayerHelper
 from ..ops.sequence import POOL_TYPES
+from .checks import need_var
 
 __all__ = ["embedding", "sequence_pool", "sequence_first_step", "sequence_last_step"]
 
@@ -20,8 +21,7 @@ def embedding(input: Variable, size: Sequence[int], is_sparse: bool = False, is_
     end of the vocabulary) give zero rows and no gradient.  The output keeps
     the ids' LoD.
     """
-    if not isinstance(input, Variable):
-        raise InvalidArgumentError(f"embedding: 'input' must be a Variable, got {type(input).__name__}")
+    need_var("embedding", "input", input)
     if len(size) != 2:
         raise InvalidArgumentError(f"embedding: size must be [vocabulary, width], got {list(size)}")
     vocab = int(size[0])
@@ -47,8 +47,7 @@ def sequence_pool(input: Variable, pool_type: str, is_test: bool = False, pad_va
     ``pool_type``: "sum", "average", "sqrt" (sum / sqrt(length)), "max",
     "first" or "last".  Empty sequences give ``pad_value``.
     """
-    if not isinstance(input, Variable):
-        raise InvalidArgumentError(f"sequence_pool: 'input' must be a Variable, got {type(input).__name__}")
+    need_var("sequence_pool", "input", input)
     pt = str(pool_type).upper()
     if pt not in POOL_TYPES:
         raise InvalidArgumentError(

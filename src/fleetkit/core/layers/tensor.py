@@ -14,6 +14,7 @@ from ..framework import Variable, convert_dtype
 from ..initializer import Initializer
 from ..layer_helper import LayerHelper
 from ..param_attr import ParamAttr
+from .checks import need_var
 
 __all__ = [
     "create_tensor", "create_parameter", "create_global_var", "cast", "concat", "sums", "assign",
@@ -26,12 +27,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ helpers
-def _check_var(layer: str, arg: str, v: Any) -> Variable:
-    if not isinstance(v, Variable):
-        raise InvalidArgumentError(f"{layer}: '{arg}' must be a Variable, got {type(v).__name__}")
-    return v
-
-
 def _int_list(layer: str, arg: str, v: Any) -> list[int]:
     if isinstance(v, (int, np.integer)):
         return [int(v)]
@@ -44,7 +39,7 @@ def _unary(op_type: str, x: Variable, attrs: dict | None = None, name: str | Non
            arg: str = "x", in_slot: str = "X", out_dtype: str | None = None,
            act: str | None = None, stop_gradient: bool = False) -> Variable:
     """Append ``op_type(in_slot=x) -> Out`` and return Out."""
-    _check_var(op_type, arg, x)
+    need_var(op_type, arg, x)
     helper = LayerHelper(op_type, name=name, act=act)
     out = helper.create_variable_for_type_inference(out_dtype or x.dtype, stop_gradient=stop_gradient)
     helper.append_op(op_type, {in_slot: [x]}, {"Out": [out]}, attrs or {})
@@ -56,7 +51,7 @@ def _var_list(layer: str, arg: str, v: Any) -> list[Variable]:
     if not vs:
         raise InvalidArgumentError(f"{layer}: '{arg}' must not be empty")
     for x in vs:
-        _check_var(layer, arg, x)
+        need_var(layer, arg, x)
     return vs
 
 
@@ -110,7 +105,7 @@ def zeros(shape: Sequence[int], dtype: Any, force_cpu: bool = False) -> Variable
 
 def zeros_like(x: Variable, out: Variable | None = None) -> Variable:
     """Zeros with ``x``'s shape and dtype."""
-    _check_var("zeros_like", "x", x)
+    need_var("zeros_like", "x", x)
     helper = LayerHelper("zeros_like")
     if out is None:
         out = helper.create_variable_for_type_inference(x.dtype)
@@ -121,7 +116,7 @@ def zeros_like(x: Variable, out: Variable | None = None) -> Variable:
 
 def _batch_like(op_type: str, input: Variable, shape: Sequence[int], dtype: Any, input_dim_idx: int,
                 output_dim_idx: int, extra: dict) -> Variable:
-    _check_var(op_type, "input", input)
+    need_var(op_type, "input", input)
     dtype = convert_dtype(dtype)
     helper = LayerHelper(op_type)
     out = helper.create_variable_for_type_inference(dtype, stop_gradient=True)
@@ -191,7 +186,7 @@ def assign(input: Any, output: Variable | None = None) -> Variable:
 # ------------------------------------------------------------ type / values
 def cast(x: Variable, dtype: Any) -> Variable:
     """``x`` converted to ``dtype``; the gradient is cast back."""
-    _check_var("cast", "x", x)
+    need_var("cast", "x", x)
     dtype = convert_dtype(dtype)
     return _unary("cast", x, {"in_dtype": x.dtype, "out_dtype": dtype}, out_dtype=dtype)
 
@@ -247,8 +242,8 @@ reduce_prod = _make_reduce("reduce_prod")
 def _make_elementwise(op_type: str):
     def layer(x: Variable, y: Variable, axis: int = -1, act: str | None = None,
               name: str | None = None) -> Variable:
-        _check_var(op_type, "x", x)
-        _check_var(op_type, "y", y)
+        need_var(op_type, "x", x)
+        need_var(op_type, "y", y)
         helper = LayerHelper(op_type, name=name, act=act)
         out = helper.create_variable_for_type_inference(x.dtype)
         helper.append_op(op_type, {"X": [x], "Y": [y]}, {"Out": [out]}, {"axis": int(axis)})
@@ -271,13 +266,13 @@ def reshape(x: Variable, shape: Sequence[int], actual_shape: Variable | None = N
     ``inplace`` is accepted for compatibility; the output is always a new variable
     (it shares memory with ``x`` when the layout allows).
     """
-    _check_var("reshape", "x", x)
+    need_var("reshape", "x", x)
     if not isinstance(shape, (list, tuple)):
         raise InvalidArgumentError(f"reshape: 'shape' must be a list or tuple, got {type(shape).__name__}")
     helper = LayerHelper("reshape", name=name, act=act)
     inputs = {"X": [x]}
     if actual_shape is not None:
-        inputs["Shape"] = [_check_var("reshape", "actual_shape", actual_shape)]
+        inputs["Shape"] = [need_var("reshape", "actual_shape", actual_shape)]
     out = helper.create_variable_for_type_inference(x.dtype)
     helper.append_op("reshape", inputs, {"Out": [out]}, {"shape": _int_list("reshape", "shape", shape)})
     return helper.append_activation(out)
@@ -330,8 +325,8 @@ def one_hot(input: Variable, depth: int) -> Variable:
 
 def gather(input: Variable, index: Variable) -> Variable:
     """Rows ``input[index]`` (index: int tensor of shape [N] or [N, 1])."""
-    _check_var("gather", "input", input)
-    _check_var("gather", "index", index)
+    need_var("gather", "input", input)
+    need_var("gather", "index", index)
     helper = LayerHelper("gather")
     out = helper.create_variable_for_type_inference(input.dtype)
     helper.append_op("gather", {"X": [input], "Index": [index]}, {"Out": [out]})
@@ -340,7 +335,7 @@ def gather(input: Variable, index: Variable) -> Variable:
 
 def argsort(input: Variable, axis: int = -1, name: str | None = None) -> tuple[Variable, Variable]:
     """(sorted values, int64 indices) of ``input`` along ``axis``."""
-    _check_var("argsort", "input", input)
+    need_var("argsort", "input", input)
     helper = LayerHelper("argsort", name=name)
     out = helper.create_variable_for_type_inference(input.dtype, stop_gradient=True)
     ids = helper.create_variable_for_type_inference("int64", stop_gradient=True)
@@ -381,7 +376,7 @@ def split(input: Variable, num_or_sections: int | Sequence[int], dim: int = -1,
           name: str | None = None) -> list[Variable]:
     """Split ``input`` along ``dim`` into ``num_or_sections`` equal parts, or parts of the listed
     sizes (one size may be -1)."""
-    _check_var("split", "input", input)
+    need_var("split", "input", input)
     if isinstance(num_or_sections, (int, np.integer)):
         if num_or_sections < 1:
             raise InvalidArgumentError(f"split: num_or_sections must be positive, got {num_or_sections}")
