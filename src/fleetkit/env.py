@@ -46,6 +46,29 @@ def flag(name: str, env: Mapping[str, str] | None = None) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+#: fluid's math-library threads per process (its default 1): each executor's BLAS calls use this
+#: many threads, so a busy core elsewhere does not stall a matmul's other thread
+FLAGS_PADDLE_NUM_THREADS = "FLAGS_paddle_num_threads"
+#: the variables by which a user sets BLAS / OpenMP threads directly (then fleetkit leaves them)
+MATH_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def paddle_num_threads(env: Mapping[str, str] | None = None) -> int | None:
+    """``FLAGS_paddle_num_threads`` (a positive int); unset: 1 as in fluid, or None when one of
+    ``MATH_THREAD_VARIABLES`` is set (the user chose the math library's threads)."""
+    src = _source(env)
+    raw = src.get(FLAGS_PADDLE_NUM_THREADS, "").strip()
+    if not raw:
+        return None if any(src.get(v, "").strip() for v in MATH_THREAD_VARIABLES) else 1
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"{FLAGS_PADDLE_NUM_THREADS}={raw!r} is not a positive number of threads")
+    return n
+
+
 #: set to 0 / false / off / no to keep every pserver tensor on gRPC (client and server; default on)
 FLEETKIT_PS_BULK = "FLEETKIT_PS_BULK"
 

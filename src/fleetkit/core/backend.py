@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..env import paddle_num_threads
 from ..errors import GPUUnavailableError
 
 _cupy: ModuleType | None = None
@@ -30,6 +31,25 @@ def _load_cupy() -> ModuleType | None:
         except Exception as e:  # noqa: BLE001 - ImportError, CUDARuntimeError (no driver/device)
             _cupy_error = e
     return _cupy
+
+
+_math_threads_set = False
+
+
+def limit_math_threads() -> None:
+    """Give the host math library (numpy's BLAS) ``FLAGS_paddle_num_threads`` threads, once per
+    process, as fluid does when it starts.  Why not all cores: the small matmuls of a
+    training step gain little from a second thread, and a BLAS thread that shares its core
+    with another busy process stalls every call it is part of (a CTR inference pass took
+    3-4 s instead of 0.35-0.7 s beside one busy process on 2 cores)."""
+    global _math_threads_set
+    if _math_threads_set:
+        return
+    _math_threads_set = True
+    n = paddle_num_threads()
+    if n is not None:
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415  (a few ms: only when needed)
+        threadpool_limits(n, user_api="blas")
 
 
 def gpu_count() -> int:

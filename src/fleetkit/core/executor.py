@@ -13,7 +13,7 @@ import numpy as np
 
 from ..env import FLAGS_CHECK_NAN_INF, eager_delete_tensor_gb, flag
 from ..errors import DTypeError, InvalidArgumentError, NotFoundError, ShapeError
-from .backend import CPUPlace, Place
+from .backend import CPUPlace, Place, limit_math_threads
 from .framework import Program, Variable, default_main_program
 from .fusion import fuse_steps
 from .memory import eager_deletion_on
@@ -56,6 +56,7 @@ class Executor:
 
     def __init__(self, place: Place | None = None, check_nan_inf: bool | None = None) -> None:
         self.place = place or CPUPlace()
+        limit_math_threads()   # FLAGS_paddle_num_threads, once per process (backend.py says why)
         self._cache: dict[int, PreparedProgram] = {}
         self._gc_flag = eager_delete_tensor_gb()  # FLAGS_eager_delete_tensor_gb, read once
         self.check_nan_inf = flag(FLAGS_CHECK_NAN_INF) if check_nan_inf is None else bool(check_nan_inf)

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..env import paddle_num_threads
 from ..errors import FleetkitError, InvalidArgumentError
 from .backend import CPUPlace
 from .ops import shared_scalars
@@ -188,10 +189,12 @@ def _child(runner: Any, tid: int, n: int, feed_iter: Any, prep: Any, conn: Any, 
 
 
 def _limit_blas(workers: int) -> None:
-    """One BLAS thread per core between the workers (N workers x all-core BLAS pools
-    oversubscribe the cores)."""
+    """BLAS threads per worker: the cores shared between the workers (N workers x all-core
+    BLAS pools oversubscribe the cores), at most ``FLAGS_paddle_num_threads`` (default 1)."""
     from threadpoolctl import threadpool_limits
-    threadpool_limits(max(1, (os.cpu_count() or 1) // workers))
+    share = max(1, (os.cpu_count() or 1) // workers)
+    flag = paddle_num_threads()
+    threadpool_limits(share if flag is None else min(share, flag))
 
 
 def _portable(exc: BaseException) -> BaseException:
