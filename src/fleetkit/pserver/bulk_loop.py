@@ -121,13 +121,14 @@ class BulkLoop:
         while reader.buffered:
             if reader.buffered < _FRAME_SIZE:
                 break   # the rest of the frame is late: the worker waits for it
-            _magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.peek(_FRAME_SIZE))
+            magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.peek(_FRAME_SIZE))
             method = METHOD_NAME.get(mcode)
             if (method is None or _FRAME_SIZE + tlen + hlen + rlen + dlen > reader.buffered
                     or not inline(method)):
                 break   # malformed, not arrived whole, larger than the buffer, or may wait
-            keep, _ = server._serve_one(c)
-            server.inline_frames += 1
+            reader.take(_FRAME_SIZE)
+            server.inline_frames += 1   # before the reply: a peer that has it sees the count
+            keep, _ = server.serve_frame(c, magic, mcode, tlen, hlen, rlen, dlen)
             if not keep:
                 self._drop(c, closing=True)
                 return

@@ -255,6 +255,13 @@ class BulkServer:
         deadline = _Until(time.monotonic() + self.io_timeout)     # the rest of the frame
         token_due = _Until(min(deadline.at, auth_until.at)) if auth_until is not None else deadline
         magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.take(_FRAME.size, token_due))
+        return self.serve_frame(c, magic, mcode, tlen, hlen, rlen, dlen, token_due, deadline)
+
+    def serve_frame(self, c: Conn, magic: bytes, mcode: int, tlen: int, hlen: int, rlen: int, dlen: int,
+                    token_due: _Until | None = None, deadline: _Until | None = None) -> tuple[bool, bool]:
+        """Serve the frame whose fixed part was read (its fields given): as ``_serve_one``.
+        The loop calls it for a frame that is whole in the buffer (no deadlines needed)."""
+        reader = c.reader
         method = METHOD_NAME.get(mcode)
         if magic != REQ_MAGIC or method is None or hlen > MAX_HEADER or tlen > MAX_TOKEN:
             why = (f"malformed bulk frame (magic {bytes(magic)!r}, method {mcode}, header {hlen} bytes)")
@@ -306,6 +313,14 @@ class BulkServer:
         worker (the loop never waits for one peer)."""
         if not c.in_loop:
             _send_parts(c.sock, parts, self._send_deadline())
+            return
+        if len(parts) == 1:   # a small reply, copied whole (bulk_reply.Reply): no list of views
+            try:
+                sent = c.sock.send(parts[0], socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(parts[0]):
+                c.unsent = [memoryview(parts[0]).cast("B")[sent:]]
             return
         views = [v for v in (memoryview(p).cast("B") for p in parts) if v.nbytes]
         try:

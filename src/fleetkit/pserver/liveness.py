@@ -87,6 +87,7 @@ class TrainerLiveness:
         self._on_lost, self._clock = on_lost, clock
         self._lock = threading.Lock()
         self._last: dict[int, float] = {}       # trainer -> last beat (watched trainers only)
+        self._resolution = min(0.05, self.timeout_s / 100)   # beats closer than this are one (beat)
         self._stream: dict[int, int] = {}       # trainer -> id of its newest stream
         self._next = 0
         self.completed: set[int] = set()
@@ -106,7 +107,15 @@ class TrainerLiveness:
     def beat(self, trainer: int) -> None:
         """Evidence that ``trainer`` is alive: a heartbeat, or any call it made.  A trainer
         heard from is watched from then on (until COMPLETE), so one that dies before its
-        heartbeat stream (re)opened is still lost after the timeout."""
+        heartbeat stream (re)opened is still lost after the timeout.
+
+        Every call of a trainer beats, so a beat within ``_resolution`` of the last one is
+        dropped without taking the lock: a watched trainer (in ``_last``) is heard, not
+        completed and not lost (each of those pops ``_last``), so only the time would
+        change, by less than a hundredth of the timeout."""
+        last = self._last.get(trainer)
+        if last is not None and self._clock() - last < self._resolution:
+            return
         with self._lock:
             self._heard.add(trainer)
             if trainer not in self.completed:
