@@ -112,7 +112,9 @@ def test_small_frames_run_on_the_loop_large_and_partial_ones_on_the_worker(pserv
     sock.sendall(frame[30:])
     assert _read_reply(sock)[0] == 0
     assert (srv.frames, srv.inline_frames) == (13, 10)
-    # back on the loop, and every push was applied once
+    # back on the loop, and every push was applied once; the repeated pull header was
+    # served from ParameterServer._bulk_pulls (no parsing) and still reads the current value
+    assert list(s._bulk_pulls.values()) == [(0, "w")]
     w = np.frombuffer(_pulled(sock, "w"), np.float32)
     assert np.array_equal(w, -6 * np.ones(12, np.float32))
     assert (srv.frames, srv.inline_frames) == (14, 11)

@@ -118,13 +118,12 @@ class BulkLoop:
         if got is None and not reader.buffered:
             return   # woken for nothing
         server, inline = self.server, self.server.target.bulk_inline
-        while reader.buffered:
-            if reader.buffered < _FRAME_SIZE:
+        while avail := reader.buffered:
+            if avail < _FRAME_SIZE:
                 break   # the rest of the frame is late: the worker waits for it
             magic, mcode, _flags, tlen, hlen, rlen, dlen = _FRAME.unpack(reader.peek(_FRAME_SIZE))
             method = METHOD_NAME.get(mcode)
-            if (method is None or _FRAME_SIZE + tlen + hlen + rlen + dlen > reader.buffered
-                    or not inline(method)):
+            if method is None or _FRAME_SIZE + tlen + hlen + rlen + dlen > avail or not inline(method):
                 break   # malformed, not arrived whole, larger than the buffer, or may wait
             reader.take(_FRAME_SIZE)
             server.inline_frames += 1   # before the reply: a peer that has it sees the count

@@ -277,20 +277,24 @@ class BulkServer:
         if refused is not None:   # nothing more is read from a peer without the token
             self._reply_error(c, *refused, closing=True)
             return False, False
-        self._authenticated(c)
+        if not c.authenticated:
+            self._authenticated(c)
         if reader.buffered >= hlen + rlen + dlen:   # arrived whole: no wait
             header = bytes(reader.take(hlen))
-            payload = memoryview(reader.take_copy(rlen + dlen))   # its own memory, aligned (a fresh allocation)
+            # its own memory, aligned (a fresh allocation); none for a payload-free request
+            payload: Any = memoryview(reader.take_copy(rlen + dlen)) if rlen + dlen else b""
         else:
             header = _read_growing(reader, hlen, deadline)
             buf = np.empty(rlen + dlen, np.uint8)   # the value's own memory: handlers may keep it
             reader.read_into(memoryview(buf), deadline)
             payload = memoryview(buf)
-        set_blocking(c.sock)   # the reply's first write must not wait (it may run under the handler lock)
+        if not c.in_loop:   # (the loop's sockets are in blocking mode: _give_back)
+            set_blocking(c.sock)   # the reply's first write must not wait (it may run under the handler lock)
         reply = c.reply
-        reply.reset()
-        code, details, missing, out = self.target.bulk_call(
-            method, header, payload[:rlen] if rlen else b"", payload[rlen:] if dlen else b"", reply)
+        reply.rest = None   # (Reply.reset) nothing of this frame's reply is started
+        rows = payload[:rlen] if rlen else b""
+        data = (payload[rlen:] if rlen else payload) if dlen else b""
+        code, details, missing, out = self.target.bulk_call(method, header, rows, data, reply)
         self.frames += 1
         if out is reply:
             if reply.rest:

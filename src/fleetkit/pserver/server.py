@@ -128,6 +128,9 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
                                  self._apply, endpoint) if self.sync_mode else None
         self._method_table = self._methods()     # once: both transports dispatch through it
+        # bulk pulls' header bytes -> (trainer, name) (bulk_call); bounded, never evicted
+        self._bulk_pulls: dict[bytes, tuple[int, str]] = {}
+        self._bulk_pulls_max = 64 * self.num_trainers + 1024
         self._bulk_inline_methods = frozenset(
             ("GetVariableNoBarrier", "PrefetchVariable") if self.sync_mode else
             ("SendVariable", "GetVariable", "GetVariableNoBarrier", "PrefetchVariable"))
@@ -327,6 +330,12 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
                   reply: Callable[[str, Any], Any]) -> tuple[int, str, str, Any]:
         """Serve one bulk frame with the gRPC path's methods: (status, details, missing
         trainers, reply: an envelope, what ``reply`` returned, or None for void)."""
+        if method == "GetVariableNoBarrier" and not data and not rows:
+            pull = self._bulk_pulls.get(header)
+            if pull is not None:
+                served = self._bulk_pull(*pull, reply)
+                if served is not None:
+                    return served
         request: Any = None
         try:
             try:
@@ -340,9 +349,30 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
                 fn(request)
                 return 0, "", "", None
             out = fn(request, reply=reply)
+            if out is reply and method == "GetVariableNoBarrier" and len(self._bulk_pulls) < self._bulk_pulls_max:
+                # a value pull (not a chunk, not a control name): it depends on the trainer
+                # and the name alone, so the same header bytes are served without parsing
+                h = request.header
+                self._bulk_pulls[header] = (h.trainer_id, h.varname.removesuffix(rpc.WITHOUT_BARRIER_SUFFIX))
             return 0, "", "", codec.from_bytes(out) if isinstance(out, bytes) else out
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
             return (*self._bulk_status(e, method, request), None)
+
+    def _bulk_pull(self, trainer: int, name: str, reply: Callable[[str, Any], Any]) -> tuple | None:
+        """A pull whose header was seen before (``_bulk_pulls``): what ``_get_no_barrier``
+        does for it, without parsing, a request object or a closure.  None if the value
+        cannot be fetched: the general path then gives the error its usual text."""
+        self.alive.beat(trainer)
+        with self._hlock:   # as _respond: the reply starts with no update half-done
+            try:
+                value = self._handler_get(trainer, name)
+            except Exception:  # noqa: BLE001 - reported by the general path
+                return None
+            try:
+                return 0, "", "", reply(name, value)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a status
+                return (*self._bulk_status(e, "GetVariableNoBarrier", None), None)
+
 
 def _lenient_deserialize(raw: bytes) -> Any:
     """Parse a request; a malformed one becomes the error object the handler reports
