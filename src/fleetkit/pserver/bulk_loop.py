@@ -65,7 +65,10 @@ class BulkLoop:
         self._held[c.fd] = c          # before register: an event may come at once
         try:
             self._ep.register(c.fd, _READABLE)
-        except (OSError, ValueError):   # closed meanwhile (stop): the worker closes it
+        except (OSError, ValueError):   # the loop ended meanwhile: the worker closes it
+            self._drop(c, closing=True)
+            return
+        if self._stopping:   # registered after the loop's last look at what it holds
             self._drop(c, closing=True)
 
     def _drop(self, c: Conn, closing: bool = False) -> None:
@@ -99,6 +102,7 @@ class BulkLoop:
         except Exception:  # noqa: BLE001 - a bug here must not leave connections unserved
             log.exception("bulk %s: event loop failed; connections go back to their threads", self.server.name)
         finally:
+            self._stopping = True   # from here on adopt() gives connections straight back
             for c in list(held.values()):
                 self._drop(c, closing=self._stopping)
             self._ep.close()
