@@ -106,12 +106,12 @@ class BufferedReader:
         were there.  A buffer left full is not read into (0 would read as end of stream)."""
         if self._pos == self._end:
             self._pos = self._end = 0
-        elif self._end == len(self._buf):   # move the buffered bytes to the front
+        elif self._pos:   # move the buffered bytes to the front: the whole room for the read
             left = self._end - self._pos
-            if left == len(self._buf):
-                return None
             self._view[:left] = self._view[self._pos:self._end]
             self._pos, self._end = 0, left
+        if self._end == len(self._buf):
+            return None
         try:
             k = self.sock.recv_into(self._view[self._end:], 0, socket.MSG_DONTWAIT)
         except BlockingIOError:

@@ -98,3 +98,22 @@ def test_buffered_reader_deadline_and_end_of_stream():
             assert time.monotonic() - start < 2.0
         assert bytes(reader.take(2)) == b"ab"
         assert reader.wait() is False   # a clean end between frames
+
+
+def test_buffered_reader_fill_nowait_never_waits_and_keeps_what_is_buffered():
+    a, b = socket.socketpair()
+    with a, b:
+        reader = BufferedReader(b, size=8)
+        assert reader.fill_nowait() is None                  # nothing there: no wait
+        a.sendall(b"abcdef")
+        assert reader.fill_nowait() == 6 and bytes(reader.peek(2)) == b"ab" and reader.buffered == 6
+        assert bytes(reader.take(5)) == b"abcde"
+        a.sendall(b"ghijklmn")
+        assert reader.fill_nowait() == 7                     # "f" moved to the front, 7 bytes of room
+        assert bytes(reader.take(8)) == b"fghijklm"
+        assert reader.fill_nowait() == 1 and bytes(reader.take(1)) == b"n"
+        a.sendall(b"12345678")
+        assert reader.fill_nowait() == 8 and reader.fill_nowait() is None   # full: not read into
+        a.shutdown(socket.SHUT_WR)
+        assert bytes(reader.take(8)) == b"12345678"
+        assert reader.fill_nowait() == 0                     # end of stream
