@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
@@ -278,18 +279,22 @@ class AppliedSends:
 
     def __init__(self, keep: int = 4096) -> None:
         self.keep = keep
-        self._seen: dict[int, dict[int, None]] = {}   # trainer -> numbers, oldest first
+        # trainer -> numbers, oldest first.  An OrderedDict: a plain dict whose oldest key is
+        # deleted on every claim makes next(iter(d)) skip the deleted slots (~6 us a send)
+        self._seen: dict[int, OrderedDict[int, None]] = {}
         self._lock = threading.Lock()
 
     def claim(self, trainer: int, seq: int) -> bool:
         """Record send ``seq`` of ``trainer`` as applied; False if it already was."""
         with self._lock:
-            seen = self._seen.setdefault(trainer, {})
+            seen = self._seen.get(trainer)
+            if seen is None:
+                seen = self._seen[trainer] = OrderedDict()
             if seq in seen:
                 return False
             seen[seq] = None
             if len(seen) > self.keep:
-                del seen[next(iter(seen))]
+                seen.popitem(last=False)
             return True
 
     def release(self, trainer: int, seq: int) -> None:
