@@ -277,9 +277,10 @@ class InMemoryDataset(DatasetBase):
             raise InvalidArgumentError("InMemoryDataset: set_filelist(files) gave no files")
         self._reset_skipped()
         threads = max(1, min(self.thread_num or 1, len(self.filelist)))
-        with ThreadPoolExecutor(threads, thread_name_prefix="load") as pool:
-            parts = list(pool.map(lambda p: list(self._read_file(p)), self.filelist))
-        self._store = InstanceStore.concat(self.used_slots, [s for file_parts in parts for s in file_parts])
+        slots = self.used_slots
+        with ThreadPoolExecutor(threads, thread_name_prefix="load") as pool:   # each file joined on its thread
+            files = list(pool.map(lambda p: InstanceStore.concat(slots, list(self._read_file(p))), self.filelist))
+        self._store = InstanceStore.concat(slots, files)
         self._report_skipped()
 
     def local_shuffle(self, seed: int | None = None) -> None:

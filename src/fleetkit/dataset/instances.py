@@ -28,6 +28,18 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
     return out
 
 
+def _joined_offsets(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The offsets of the parts' values laid end to end: each part's offsets after its
+    leading 0, shifted by the values before it (one pass per part, no diff and cumsum)."""
+    out = np.empty(1 + sum(len(o) - 1 for o in parts), np.int64)
+    out[0] = pos = shift = 0
+    for o in parts:
+        n = len(o) - 1
+        np.add(o[1:], shift - o[0], out=out[pos + 1:pos + 1 + n])
+        pos, shift = pos + n, shift + int(o[-1] - o[0])
+    return out
+
+
 class InstanceStore:
     """Instances of the used slots, column by column.
 
@@ -60,7 +72,7 @@ class InstanceStore:
         values, offsets = [], []
         for k in range(len(slots)):
             values.append(np.concatenate([p.values[k] for p in parts]))
-            offsets.append(_offsets(np.concatenate([np.diff(p.offsets[k]) for p in parts])))
+            offsets.append(_joined_offsets([p.offsets[k] for p in parts]))
         return cls(slots, values, offsets)
 
     def __len__(self) -> int:
