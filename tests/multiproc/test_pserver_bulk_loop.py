@@ -189,3 +189,29 @@ def test_stop_ends_the_loop_and_every_connection_promptly(pserver):
             pass
         sock.close()
     _until(lambda: not srv._conns, "every connection closed")
+
+
+def test_connections_outlive_a_failed_loop_on_their_workers(pserver):
+    s = pserver()
+    srv = s._bulk
+    sock = _connect(s)
+    assert _call(sock, _pull("w")) == 0 and _call(sock, _pull("w")) == 0   # now held by the loop
+    real_wake = srv.loop._wake_r
+
+    class Broken:
+        def recv(self, n: int) -> bytes:
+            raise RuntimeError("a bug in the event loop")
+
+        def close(self) -> None:
+            real_wake.close()
+    srv.loop._wake_r = Broken()
+    srv.loop._wake_w.send(b"x")   # the loop fails outside any one connection's frame
+    _until(lambda: not srv.loop._thread.is_alive(), "the loop ended")
+    frames, inline = srv.frames, srv.inline_frames
+    for _ in range(3):   # the connection went back to its worker, which keeps serving it
+        assert _call(sock, _pull("w")) == 0
+    assert (srv.frames, srv.inline_frames) == (frames + 3, inline)
+    fresh = _connect(s)   # and so does a new connection's
+    assert _call(fresh, _pull("w")) == 0 and _call(fresh, _pull("w")) == 0
+    sock.close()
+    fresh.close()

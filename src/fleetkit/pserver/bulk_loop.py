@@ -42,7 +42,8 @@ class BulkLoop:
         # stop() writes to this pair, so the loop notices at once (epoll has no other wake-up)
         self._wake_r, self._wake_w = socket.socketpair()
         self._ep.register(self._wake_r.fileno(), select.EPOLLIN)
-        self._stopping = False
+        self._stopping = False   # stop() was called
+        self._ended = False      # the loop's thread is done (stopped, or failed)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -59,17 +60,26 @@ class BulkLoop:
         if self._thread is not None:
             self._thread.join(5)
 
-    def adopt(self, c: Conn) -> None:
-        """Take ``c`` (called by its worker, which then parks): its frames are served here."""
+    def adopt(self, c: Conn) -> bool:
+        """Take ``c`` (called by its worker, which then parks until ``hand_off``): its
+        frames are served here.  False if the loop has ended (the worker keeps it)."""
+        if self._ended:
+            return False
         c.in_loop = True
         self._held[c.fd] = c          # before register: an event may come at once
         try:
             self._ep.register(c.fd, _READABLE)
-        except (OSError, ValueError):   # the loop ended meanwhile: the worker closes it
-            self._drop(c, closing=True)
-            return
-        if self._stopping:   # registered after the loop's last look at what it holds
-            self._drop(c, closing=True)
+            registered = True
+        except (OSError, ValueError):   # the epoll was closed: the loop ended meanwhile
+            registered = False
+        if registered and not self._ended:
+            return True
+        # the loop ended around the registration: undo it, unless the loop's last look
+        # at what it holds found the connection and handed it back already
+        if self._held.pop(c.fd, None) is None:
+            return True
+        c.in_loop = False
+        return False
 
     def _drop(self, c: Conn, closing: bool = False) -> None:
         """Hand ``c`` to its worker (``closing``: to hang up)."""
@@ -102,7 +112,7 @@ class BulkLoop:
         except Exception:  # noqa: BLE001 - a bug here must not leave connections unserved
             log.exception("bulk %s: event loop failed; connections go back to their threads", self.server.name)
         finally:
-            self._stopping = True   # from here on adopt() gives connections straight back
+            self._ended = True   # from here on adopt() refuses: workers keep their connections
             for c in list(held.values()):
                 self._drop(c, closing=self._stopping)
             self._ep.close()

@@ -208,12 +208,13 @@ class BulkServer:
 
     def _give_back(self, c: Conn) -> bool:
         """Hand ``c`` to the event loop and park until the loop hands it back; False if
-        there is no loop (the worker keeps serving)."""
+        there is no loop or it has ended (the worker keeps serving)."""
         if self.loop is None or self._stop.is_set():
             return False
         set_blocking(c.sock)   # the loop's reads and writes must not poll first
         c.wake.clear()
-        self.loop.adopt(c)
+        if not self.loop.adopt(c):
+            return False
         c.wake.wait()
         return True
 
