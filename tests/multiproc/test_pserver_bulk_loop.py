@@ -6,7 +6,8 @@ read from ``BulkServer.inline_frames`` (frames served on the loop) against ``fra
 first frame, large frames and frames that arrive in pieces run on its worker and the
 connection comes back to the loop after; a sync-mode get waiting for its round does
 not stall another trainer's calls; a peer dying mid-frame or between frames is dropped
-and the others keep being served; stop() ends the loop and every connection promptly.
+and the others keep being served; stop() ends the loop and every connection promptly;
+connections outlive a failed loop (their workers keep serving them).
 """
 from __future__ import annotations
 
