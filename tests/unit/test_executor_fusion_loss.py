@@ -88,13 +88,19 @@ def test_lod_input_runs_the_member_kernels(monkeypatch):
     np.testing.assert_allclose(np.asarray(out.values).ravel(), want, rtol=1e-6)
 
 
-def test_feed_fast_path_rechecks_after_the_variable_changes(caplog):
-    """A value of the shape/dtype that passed before skips the checks; a changed variable or a
-    value needing a cast goes through convert_feed again."""
+def _doubling_program():
+    """out = 2 * x for a [-1, 3] float32 x: (program, x, out)."""
     main = fk.Program()
     with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
         x = layers.data("x", [3])
         out = layers.scale(x, 2.0)
+    return main, x, out
+
+
+def test_feed_fast_path_rechecks_after_the_variable_changes(caplog):
+    """A value of the shape/dtype that passed before skips the checks; a changed variable or a
+    value needing a cast goes through convert_feed again."""
+    main, x, out = _doubling_program()
     exe = fk.Executor(fk.CPUPlace())
     a = np.ones((2, 3), "float32")
     for _ in range(2):
@@ -141,10 +147,7 @@ def test_read_only_parameter_in_a_fused_sgd_run_behaves_as_unfused(enabled, monk
 
 def test_feed_as_a_list_of_one_dict_per_place():
     """DataFeeder / PyReader style: a list holding one feed dict; any other length is refused."""
-    main = fk.Program()
-    with fk.program_guard(main, fk.Program()), fk.unique_name.guard():
-        x = layers.data("x", [3])
-        out = layers.scale(x, 2.0)
+    main, x, out = _doubling_program()
     exe = fk.Executor(fk.CPUPlace())
     a = np.ones((2, 3), "float32")
     assert np.array_equal(exe.run(main, feed=[{"x": a}], fetch_list=[out])[0], 2 * a)
