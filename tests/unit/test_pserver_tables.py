@@ -96,6 +96,24 @@ def test_row_optimizers_equal_the_dense_update_ops(kind):
     np.testing.assert_allclose(table.lookup(touched), want, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("ids", [[3, 4, 3], [9, 9, 9], [1, 2, 3, 4], [4, 8, 4, 8, 6], [5]])
+def test_repeated_rows_of_one_gradient_are_summed_first(ids):
+    """One step on rows sent with repeats equals one step on each distinct row with its
+    rows' sum (the distinct case skips the sum: both paths must agree)."""
+    rng = np.random.RandomState(len(ids))
+    g = rng.randn(len(ids), 3).astype(np.float32)
+    uniq = sorted(set(ids))
+    summed = np.stack([g[[i for i, x in enumerate(ids) if x == u]].sum(axis=0) for u in uniq])
+    a = SparseTable("emb", 3, optimizer=RowOptimizer("adam", 0.1))
+    b = SparseTable("emb", 3, optimizer=RowOptimizer("adam", 0.1))
+    a.lookup([100, 200])   # other rows first: the ids' slots are not 0, 1, 2...
+    b.lookup([100, 200])
+    a.apply_gradient(ids, g)
+    b.apply_gradient(uniq[::-1], summed[::-1])
+    np.testing.assert_allclose(a.lookup(uniq), b.lookup(uniq), rtol=1e-6)
+    assert not np.array_equal(a.lookup(uniq), a.initial_rows(np.array(uniq)))
+
+
 def test_table_state_round_trips_through_a_checkpoint(tmp_path):
     t = SparseTable("emb", 3, optimizer=RowOptimizer("adam", 0.05))
     t.apply_gradient([5, 7, 5], np.ones((3, 3)))

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.backend import sum_by_index
 from ..core.scope import SelectedRows
 from ..errors import InvalidArgumentError
 
@@ -183,14 +184,16 @@ class SparseTable:
         self._index = IdIndex()
         self._values = np.empty((0, self.dim), dtype=self.dtype)
         self._acc: dict[str, np.ndarray] = {s: np.empty((0, self.dim), self.dtype) for s in self.opt.slots}
+        self._seen = np.empty(0, dtype=np.int64)   # scratch of _distinct, one entry per row slot
         self.beta_pows = np.array([self.opt.beta1, self.opt.beta2], dtype=np.float32)
 
     def __len__(self) -> int:
         return self._index.size
 
     def memory_bytes(self) -> int:
-        """Bytes held by rows, optimizer state and the id index (grows with touched rows only)."""
-        return self._index.nbytes + self._values.nbytes + sum(a.nbytes for a in self._acc.values())
+        """Bytes held by rows, optimizer state, the id index and its scratch (grows with touched rows only)."""
+        return (self._index.nbytes + self._values.nbytes + self._seen.nbytes
+                + sum(a.nbytes for a in self._acc.values()))
 
     def initial_rows(self, ids: np.ndarray) -> np.ndarray:
         """What rows ``ids`` hold before any update (see module docstring)."""
@@ -227,6 +230,20 @@ class SparseTable:
         cap = max(n, 2 * cap, 64)
         self._values = _resized(self._values, cap)
         self._acc = {k: _resized(a, cap) for k, a in self._acc.items()}
+        self._seen = np.empty(cap, dtype=np.int64)
+
+    def _distinct(self, slots: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct slots, each one's summed gradient rows).  A trainer sends each id once
+        (it merges its gradient rows first), so the sum is usually a no-op: that is checked
+        with one scatter and one gather through ``_seen`` (one int per row slot, reused)
+        instead of a sort; repeated slots are summed in their original order."""
+        n = len(slots)
+        if n > 1:
+            order = np.arange(n)
+            self._seen[slots] = order            # a repeated slot keeps its last position
+            if not np.array_equal(self._seen[slots], order):
+                return sum_by_index(slots, grads)
+        return slots, grads
 
     def lookup(self, ids: Any) -> np.ndarray:
         """Rows of ``ids`` (a copy, shape [len(ids), dim]); creates untouched rows."""
@@ -242,11 +259,8 @@ class SparseTable:
         if isinstance(ids, SelectedRows):
             ids, grads = ids.rows, ids.values
         ids = self._check_ids(ids)
-        grads = np.asarray(grads).reshape(len(ids), self.dim)
-        uniq, inv = np.unique(ids, return_inverse=True)
-        g = np.zeros((len(uniq), self.dim), dtype=self.dtype)
-        np.add.at(g, inv.reshape(-1), grads.astype(self.dtype, copy=False))
-        slots = self.slots_of(uniq)
+        grads = np.asarray(grads).reshape(len(ids), self.dim).astype(self.dtype, copy=False)
+        slots, g = self._distinct(self.slots_of(ids), grads)
         lr = self.opt.learning_rate if learning_rate is None else float(learning_rate)
         p = self._values[slots]
         kind = self.opt.kind
