@@ -29,7 +29,8 @@ Nothing is allocated for what an unauthenticated peer declares: the token is che
 before the frame's header is read, a refused one closes the connection, and new
 connections have ``auth_timeout`` seconds (at most ``max_unauthenticated`` at a time)
 to show it (bounds: docs/security.md).  A connection
-carries one call at a time; clients keep a few idle ones per endpoint.
+carries one call at a time, or one group of calls written back to back
+(``BulkPool.call_many``); clients keep a few idle ones per endpoint.
 
 The server (accepting, the event loop that serves small frames, the worker threads
 for the rest) is in ``bulk_server.py`` / ``bulk_loop.py``; this module holds the wire
@@ -197,6 +198,23 @@ class BulkPool:
         """One call; the reply envelope (payload in a fresh writable buffer), or None for a
         void method.  ``on_info`` gets the reply's (incarnation, updates, resumed).  Raises
         BulkStatus (a server status, UNAVAILABLE, DEADLINE_EXCEEDED)."""
+        (got,) = self.call_many(host, port, [(method, env)], token, timeout)
+        if isinstance(got, BulkStatus):
+            raise got
+        reply, info = got
+        if on_info is not None:
+            on_info(info)
+        return reply
+
+    def call_many(self, host: str, port: int, calls: Sequence[tuple[str, codec.Envelope]], token: str,
+                  timeout: float) -> list[tuple[codec.Envelope | None, tuple[int, int, int]] | BulkStatus]:
+        """Several calls on one connection: every request is written, then every reply is
+        read (a pserver answers a connection's frames in order), so N calls cost one
+        connection, one thread and the pserver's wake-ups for N frames at once.  Only for
+        calls whose replies are small (void methods) or whose requests are (gets): with
+        large requests and large replies both sides could block writing.  Per call: (reply
+        or None, the pserver's incarnation info), or the BulkStatus of its error reply.
+        Raises BulkStatus when the connection fails (no call's outcome is then known)."""
         where = f"bulk channel {host}:{port}"
         try:
             sock = self._take(host, port, timeout)
@@ -205,18 +223,24 @@ class BulkPool:
         keep = False
         try:
             deadline = time.monotonic() + timeout
-            header, rows, data = _payload_parts(env)
             tok = token.encode()
-            fixed = _FRAME.pack(REQ_MAGIC, METHOD_CODE[method], 0, len(tok), len(header),
-                                memoryview(rows).nbytes, memoryview(data).nbytes)
-            _send_parts(sock, [fixed, tok, header, rows, data], deadline)
-            reply, keep, info = self._read_reply(sock, deadline, where)
-            if on_info is not None:
-                on_info(info)
-            return reply
-        except BulkStatus as e:
-            keep = e.keep
-            raise
+            for method, env in calls:
+                header, rows, data = _payload_parts(env)
+                fixed = _FRAME.pack(REQ_MAGIC, METHOD_CODE[method], 0, len(tok), len(header),
+                                    memoryview(rows).nbytes, memoryview(data).nbytes)
+                _send_parts(sock, [fixed, tok, header, rows, data], deadline)
+            out: list = []
+            for _ in calls:
+                try:
+                    reply, _, info = self._read_reply(sock, deadline, where)
+                except BulkStatus as e:
+                    if not e.keep:
+                        raise
+                    out.append(e)   # the server answered with an error: its next replies follow
+                else:
+                    out.append((reply, info))
+            keep = True
+            return out
         except codec.PayloadError as e:
             raise BulkStatus("INTERNAL", f"{where}: malformed reply: {e}") from None
         except socket.timeout:

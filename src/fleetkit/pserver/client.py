@@ -36,11 +36,11 @@ from typing import Any, Callable, Iterable, Sequence
 import grpc
 import numpy as np
 
-from ..core.scope import LoDTensor, SelectedRows
 from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import InvalidArgumentError, RPCRequestError
 from . import bulk, codec, exit_complete, rpc
 from .channels import make_channel, wait_server_ready
+from .client_groups import UNLIMITED, GroupedCalls, by_endpoint, owned
 from .liveness import Heartbeats, call_incarnation
 from .restarts import REFETCH, RestartWatch
 
@@ -75,7 +75,7 @@ class ClientOptions:
     reseed: bool | None = None
 
 
-class RPCClient:
+class RPCClient(GroupedCalls):
     """Concurrent, retrying calls to pservers on behalf of one trainer."""
 
     def __init__(self, trainer_id: int = 0, options: ClientOptions | None = None) -> None:
@@ -266,7 +266,7 @@ class RPCClient:
             self._reply_bytes[key] = sum(codec.payload_nbytes(first.header))
             count = first.header.chunk_count
             if count <= 1:
-                return _owned(codec.decode(first))
+                return owned(codec.decode(first))
             asm = codec.Reassembler()
             whole = asm.add(first)
             try:
@@ -299,31 +299,43 @@ class RPCClient:
     # ---------------------------------------------------------------- the API
     def send_vars(self, items: Iterable[tuple[str, str, Any]]) -> None:
         """Send (endpoint, name, value) triples concurrently (grads; large ones chunked)."""
-        def job(ep: str, name: str, value: Any) -> Callable[[], None]:
-            def run() -> None:
-                r, seq = self._rounds.get(ep, 0), next(self._seqs)
-                envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r, seq=seq)
-                nbytes = sum(memoryview(e.rows).nbytes + memoryview(e.data).nbytes for e in envs)
-                if self._wants_bulk(ep, "SendVariable", name, nbytes):
-                    whole = envs[0] if len(envs) == 1 else codec.encode(
-                        name, value, self.trainer_id, _UNLIMITED, round=r, seq=seq)[0]
-                    if self._call(ep, "SendVariable", whole, name, use_bulk=True) is not bulk.NO_BULK:
-                        return
-                for env in envs:
-                    self._call(ep, "SendVariable", env, name)
-            return run
-        self._run_all([job(*it) for it in items])
+        items = list(items)
+        self._run_all([
+            (lambda ep=ep, at=at: self.send_group(ep, [items[i][1:] for i in at], self._send_one))
+            if len(at) > 1 else (lambda i=at[0]: self._send_one(*items[i]))
+            for ep, at in by_endpoint(items).items()])
+
+    def _send_one(self, ep: str, name: str, value: Any, seq: int | None = None) -> None:
+        """One gradient push (``seq``: its send number, when a group already drew it)."""
+        r, seq = self._rounds.get(ep, 0), next(self._seqs) if seq is None else seq
+        envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r, seq=seq)
+        nbytes = sum(memoryview(e.rows).nbytes + memoryview(e.data).nbytes for e in envs)
+        if self._wants_bulk(ep, "SendVariable", name, nbytes):
+            whole = envs[0] if len(envs) == 1 else codec.encode(
+                name, value, self.trainer_id, UNLIMITED, round=r, seq=seq)[0]
+            if self._call(ep, "SendVariable", whole, name, use_bulk=True) is not bulk.NO_BULK:
+                return
+        for env in envs:
+            self._call(ep, "SendVariable", env, name)
 
     def get_vars(self, items: Iterable[tuple[str, str]], barrier: bool = True) -> list[Any]:
         """Fetch (endpoint, name) pairs concurrently.  ``barrier=True`` (sync training)
         waits on the pserver until this trainer's round has been applied."""
         method = "GetVariable" if barrier else "GetVariableNoBarrier"
 
-        def job(ep: str, name: str) -> Callable[[], Any]:
+        def get_one(ep: str, name: str) -> Any:
             wire = name if barrier else name + rpc.WITHOUT_BARRIER_SUFFIX
-            return lambda: self._call_value(ep, method, codec.control(wire, self.trainer_id), name)
+            return self._call_value(ep, method, codec.control(wire, self.trainer_id), name)
         items = list(items)
-        values = self._run_all([job(*it) for it in items])
+        groups = by_endpoint(items)
+        got = self._run_all([
+            (lambda ep=ep, at=at: self.get_group(ep, [items[i][1] for i in at], barrier, get_one))
+            if len(at) > 1 else (lambda ep=ep, i=at[0]: [get_one(ep, items[i][1])])
+            for ep, at in groups.items()])
+        values: list[Any] = [None] * len(items)
+        for at, vals in zip(groups.values(), got):
+            for i, v in zip(at, vals):
+                values[i] = v
         self._count("get", [name for _, name in items], values)
         if self.restarts.keeps_copies:
             for (ep, name), v in zip(items, values):
@@ -359,11 +371,11 @@ class RPCClient:
     def _prefetch_whole(self, ep: str, table: str, ids: np.ndarray, per_call: int) -> np.ndarray:
         """One bulk lookup of more ids than one gRPC message holds (pieces on gRPC if the
         pserver offers no bulk channel)."""
-        env = codec.encode(table, ids, self.trainer_id, _UNLIMITED, table_name=table, out_varname=table)[0]
+        env = codec.encode(table, ids, self.trainer_id, UNLIMITED, table_name=table, out_varname=table)[0]
         out = self._call(ep, "PrefetchVariable", env, table, use_bulk=True)
         if out is not bulk.NO_BULK:
             self._reply_bytes[ep, "PrefetchVariable", table] = sum(codec.payload_nbytes(out.header))
-            return _owned(codec.decode(out))
+            return owned(codec.decode(out))
         parts = [self._prefetch_piece(ep, table, ids[lo:lo + per_call]) for lo in range(0, len(ids), per_call)]
         return np.concatenate(parts, axis=0)
 
@@ -450,22 +462,8 @@ class RPCClient:
         self._pool.shutdown(wait=False)
 
 
-_UNLIMITED = 1 << 62   # max_bytes of a value sent whole on the bulk channel
-
-
 def _unique(endpoints: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(endpoints))
-
-
-def _owned(value: Any) -> Any:
-    """Writable copies of values decoded from (read-only) message bytes."""
-    if isinstance(value, np.ndarray):
-        return value if value.flags.writeable else value.copy()
-    if isinstance(value, LoDTensor):
-        return LoDTensor(_owned(value.values), value.lod())
-    if isinstance(value, SelectedRows):
-        return SelectedRows(value.rows.copy(), _owned(value.values), value.height)
-    return value
 
 
 _CLIENTS: dict[int, RPCClient] = {}

@@ -1,0 +1,152 @@
+"""Grouped calls: a trainer's values to or from one pserver on one bulk connection
+(``client_groups.py``, ``BulkPool.call_many``), against pservers in real processes.
+
+Covers: a group's pushes and pulls are whole, in order, and one connection each; large
+values pushed in a group (megabytes, both directions in flight) do not wedge either
+side; a value the pserver refuses in a group gets the single call's error and the
+group's other values still land; a connection lost after the pserver applied the
+group's pushes is redone by single calls with the same send numbers, so each push is
+applied once; sync rounds with grouped pushes and pulls.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from test_pserver_rpc import LR, Server, _client
+
+from fleetkit.core.scope import SelectedRows
+from fleetkit.errors import RPCRequestError
+from fleetkit.pserver import bulk
+from fleetkit.testing import run_workers
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def servers():
+    started: list[Server] = []
+
+    def make(*args: Any, **kw: Any) -> Server:
+        started.append(Server(*args, **kw))
+        return started[-1]
+    yield make
+    for s in started:
+        s.kill()
+
+
+def _count_groups(c: Any) -> list[int]:
+    """Wrap the client's ``call_many``: the number of calls of each connection's turn
+    (a single call is a group of one)."""
+    sizes: list[int] = []
+    real = c._bulk.call_many
+
+    def counted(host: str, port: int, calls: Any, *a: Any) -> Any:
+        sizes.append(len(calls))
+        return real(host, port, calls, *a)
+    c._bulk.call_many = counted
+    return sizes
+
+
+def test_a_group_pushes_and_pulls_every_value_on_one_connection(servers):
+    a, b = servers(), servers()
+    c = _client(0)
+    sizes = _count_groups(c)
+    rng = np.random.RandomState(0)
+    values = {f"echo/{i}": rng.rand(50 + i, 3).astype(np.float32) for i in range(5)}
+    values["echo/rows"] = SelectedRows(np.array([4, 1, 9]), rng.rand(3, 2).astype(np.float32), 10)
+    # five values for pserver a (one group), one for b (a single call)
+    items = [(a.endpoint, k, v) for k, v in values.items() if k != "echo/0"] + [(b.endpoint, "echo/0", values["echo/0"])]
+    c.send_vars(items)
+    assert sorted(sizes) == [1, 5] and c.transport["bulk", "SendVariable"] == 6
+    got = c.get_vars([(ep, k) for ep, k, _ in items], barrier=False)
+    assert sorted(sizes[2:]) == [1, 5]
+    for (_, k, v), g in zip(items, got):
+        if isinstance(v, SelectedRows):
+            assert g.rows.tolist() == v.rows.tolist() and np.array_equal(g.values, v.values)
+        else:
+            assert np.array_equal(g, v) and g.flags.writeable, k
+    c.close()
+
+
+def test_large_values_in_one_group_do_not_wedge_either_side(servers):
+    """Several megabytes each way: the pushes fill the socket buffers while the pserver
+    answers; the pulls' replies fill them while the client still reads."""
+    s = servers()
+    c = _client(0)
+    sizes = _count_groups(c)
+    big = {f"echo/big{i}": np.full((1 << 20) // 4 * (i + 1), float(i), np.float32) for i in range(4)}  # 10 MiB
+    c.send_vars([(s.endpoint, k, v) for k, v in big.items()])
+    got = c.get_vars([(s.endpoint, k) for k in big], barrier=False)
+    assert sizes == [4, 4]
+    for (k, v), g in zip(big.items(), got):
+        assert np.array_equal(g, v), k
+    c.close()
+
+
+def test_a_refused_value_in_a_group_gets_its_error_and_the_others_land(servers):
+    s = servers()
+    c = _client(0)
+    g = np.ones((4, 3), np.float32)
+    with pytest.raises(RPCRequestError, match="SendVariable for 'nope@GRAD'.*NOT_FOUND") as e:
+        c.send_vars([(s.endpoint, "w@GRAD", g), (s.endpoint, "nope@GRAD", g), (s.endpoint, "b@GRAD", np.ones(3))])
+    assert e.value.endpoint == s.endpoint
+    w, b, n = c.get_vars([(s.endpoint, "w"), (s.endpoint, "b"), (s.endpoint, "applies")], barrier=False)
+    np.testing.assert_allclose(w, -LR)
+    np.testing.assert_allclose(b, -LR)
+    assert n[0] == 2
+    with pytest.raises(RPCRequestError, match="'missing'.*NOT_FOUND"):
+        c.get_vars([(s.endpoint, "w"), (s.endpoint, "missing")], barrier=False)
+    c.close()
+
+
+def test_a_group_lost_after_it_was_applied_is_redone_once(servers):
+    """The connection fails after the pserver applied the group (the replies are lost):
+    the single calls that redo the pushes carry the same send numbers, so the pserver
+    drops them as repeats."""
+    s = servers()
+    c = _client(0)
+    real = c._bulk.call_many
+    lost = []
+
+    def applied_then_lost(host: str, port: int, calls: Any, *a: Any) -> Any:
+        got = real(host, port, calls, *a)
+        if len(calls) > 1:   # the group; the single calls that redo it go through
+            lost.append(len(calls))
+            raise bulk.BulkStatus("UNAVAILABLE", "connection reset after the frames were served")
+        return got
+    c._bulk.call_many = applied_then_lost
+    c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32)), (s.endpoint, "b@GRAD", np.ones(3))])
+    assert lost == [2]
+    w, b, n = c.get_vars([(s.endpoint, "w"), (s.endpoint, "b"), (s.endpoint, "applies")], barrier=False)
+    assert n[0] == 2      # each push applied once, not twice
+    np.testing.assert_allclose(w, -LR)
+    np.testing.assert_allclose(b, -LR)
+    c.close()
+
+
+def _sync_grouped(rank: int, world: int, endpoint: str) -> list:
+    c = _client(rank)
+    seen = []
+    for step in range(3):
+        c.send_vars([(endpoint, "w@GRAD", np.full((4, 3), rank + 1.0, np.float32)),
+                     (endpoint, "b@GRAD", np.full(3, step + 1.0))])
+        c.batch_barrier([endpoint])
+        w, b = c.get_vars([(endpoint, "w"), (endpoint, "b")])   # a group of barrier gets
+        c.fetch_barrier([endpoint])
+        seen.append((w.copy(), b.copy()))
+    c.send_complete()
+    return seen
+
+
+def test_sync_rounds_with_grouped_pushes_and_pulls(servers):
+    s = servers(num_trainers=2, sync=True, barrier_timeout=20)
+    results = run_workers(_sync_grouped, 2, (s.endpoint,), timeout=60)
+    w, b = np.zeros((4, 3), np.float32), np.zeros(3)
+    for step in range(3):
+        w -= LR * np.float32(1.5)
+        b -= LR * (step + 1.0)
+        for rank in range(2):
+            np.testing.assert_allclose(results[rank][step][0], w, rtol=1e-6)
+            np.testing.assert_allclose(results[rank][step][1], b, rtol=1e-12)
