@@ -220,16 +220,14 @@ def distributed_lookup_table(ctx: KernelContext) -> None:
     pad = int(a["padding_idx"])
     if pad != -1:
         out[ids == pad] = 0
-    start = 0
+    start, values, lods = 0, [], []
     for k, (x, f) in enumerate(zip(ids_in, flat)):
         part = out[start:start + len(f)]
         start += len(f)
         lead = x.shape[:-1] if x.ndim > 1 and x.shape[-1] == 1 else x.shape
-        name = ctx.outs["Out"][k]
-        v = ctx.env.get(ctx.ins["Ids"][k])
-        lod = v._lod if v.__class__ is LoDTensor and v._lod else None
-        value = ctx.xp.asarray(part.reshape(tuple(lead) + (dim,)))
-        ctx.env[name] = LoDTensor(value, lod) if lod else value
+        values.append(ctx.xp.asarray(part.reshape(tuple(lead) + (dim,))))
+        lods.append(ctx.lod("Ids", k))   # the ids' checked offsets, shared (not re-converted)
+    ctx.outs_list("Out", values, lods)
 
 
 def _by_row_range(uniq: np.ndarray, sections: list[int], eps: list[str], names: list[str],
