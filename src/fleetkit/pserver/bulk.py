@@ -90,7 +90,11 @@ def split_host(endpoint: str) -> str:
 def _tune(sock: socket.socket) -> None:
     # no Nagle delay for the small reply/header segments; the kernel autotunes the
     # buffers up to tcp_[rw]mem (setting SO_*BUF would pin them, often lower)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if sock.family != getattr(socket, "AF_UNIX", None):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    else:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            sock.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
 
 
 # ------------------------------------------------------------------ raw I/O
@@ -162,11 +166,22 @@ class BulkPool:
         self._lock = threading.Lock()
 
     def _take(self, host: str, port: int, timeout: float) -> socket.socket:
+        """An idle connection to (host, port), or a new one; port 0: ``host`` is the path of
+        the pserver's AF_UNIX socket (``BulkServer.unix_path``)."""
         with self._lock:
             idle = self._idle.get((host, port))
             if idle:
                 return idle.pop()
-        sock = socket.create_connection((host, port), timeout=min(timeout, 30.0))
+        if port:
+            sock = socket.create_connection((host, port), timeout=min(timeout, 30.0))
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(min(timeout, 30.0))
+                sock.connect(host)
+            except OSError:
+                sock.close()
+                raise
         _tune(sock)
         return sock
 
@@ -215,7 +230,7 @@ class BulkPool:
         large requests and large replies both sides could block writing.  Per call: (reply
         or None, the pserver's incarnation info), or the BulkStatus of its error reply.
         Raises BulkStatus when the connection fails (no call's outcome is then known)."""
-        where = f"bulk channel {host}:{port}"
+        where = f"bulk channel {host}:{port}" if port else f"bulk channel unix:{host}"
         try:
             sock = self._take(host, port, timeout)
         except OSError as e:

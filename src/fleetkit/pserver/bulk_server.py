@@ -24,7 +24,9 @@ fresh ``np.empty`` buffer and sent with ``sendmsg`` of memoryviews.
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import tempfile
 import threading
 import time
 from typing import Any, Callable, Protocol, Sequence
@@ -102,22 +104,26 @@ class BulkServer:
 
     def __init__(self, host: str, target: BulkTarget, max_payload: int, io_timeout: float,
                  name: str = "", max_connections: int = 4096, auth_timeout: float = 5.0,
-                 max_unauthenticated: int = 64, loop: bool = True) -> None:
+                 max_unauthenticated: int = 64, loop: bool = True, unix: bool = True) -> None:
         self.host, self.target, self.name = host, target, name
         self.max_payload, self.io_timeout = int(max_payload), float(io_timeout)
         self.max_connections = max_connections
         self.auth_timeout, self.max_unauthenticated = float(auth_timeout), int(max_unauthenticated)
         self._unauthenticated = 0   # connections whose first frame's token is not checked yet
         self.port = 0
+        #: the same channel on an AF_UNIX socket, for trainers on this host ("": none)
+        self.unix_path = ""
+        self._unix = unix
         self.frames = 0                      #: frames served (tests, stats)
         self.inline_frames = 0               #: of which on the event loop
         #: reply bytes the kernel took under the handler lock / copied aside first
         self.reply_bytes = {"kernel": 0, "copied": 0}
         self._sock: socket.socket | None = None
+        self._unix_sock: socket.socket | None = None
         self._conns: set[Conn] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.loop: BulkLoop | None = BulkLoop(self) if loop else None
 
     def start(self, port: int = 0) -> int:
@@ -127,18 +133,48 @@ class BulkServer:
         sock = socket.create_server((host, port), family=family, backlog=128)
         sock.settimeout(0.5)   # the accept loop notices stop() within this
         self._sock, self.port = sock, sock.getsockname()[1]
+        if self._unix:
+            self._unix_sock = self._listen_unix()
         if self.loop is not None:
             self.loop.start()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True, name="fk-bulk-accept")
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._accept_loop, args=(ls,), daemon=True, name="fk-bulk-accept")
+                         for ls in (sock, self._unix_sock) if ls is not None]
+        for t in self._threads:
+            t.start()
         return self.port
+
+    def _listen_unix(self) -> socket.socket | None:
+        """An AF_UNIX listener in a fresh 0700 directory (only this user reaches it, and no
+        other process can take its name first, as it could an abstract socket's): a local
+        trainer's frames then skip TCP, about half the kernel's cost per message."""
+        if not hasattr(socket, "AF_UNIX"):
+            return None
+        try:
+            directory = tempfile.mkdtemp(prefix="fleetkit-bulk-")   # mode 0700
+            path = os.path.join(directory, "bulk.sock")
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(path)
+            sock.listen(128)
+            sock.settimeout(0.5)
+        except OSError as e:   # a TMPDIR too long for a socket name, a read-only /tmp...
+            log.info("bulk %s: no AF_UNIX listener (%s); local trainers use TCP", self.name, e)
+            return None
+        self.unix_path = path
+        return sock
 
     def stop(self) -> None:
         """Stop accepting and close every connection (blocked reads return, parked workers
         wake up and close theirs)."""
         self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
+        for ls in (self._sock, self._unix_sock):
+            if ls is not None:
+                ls.close()
+        if self.unix_path:
+            for drop in (os.unlink, os.rmdir):
+                try:
+                    drop(self.unix_path if drop is os.unlink else os.path.dirname(self.unix_path))
+                except OSError:
+                    pass
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -150,14 +186,13 @@ class BulkServer:
             self.loop.stop()
         for c in conns:
             c.wake.set()
-        if self._thread is not None:
-            self._thread.join(5)
+        for t in self._threads:
+            t.join(5)
 
-    def _accept_loop(self) -> None:
-        assert self._sock is not None
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                sock, _ = self._sock.accept()
+                sock, _ = listener.accept()
             except socket.timeout:
                 continue
             except OSError:

@@ -8,10 +8,12 @@ errors (``rpc.map_status``) naming the endpoint and the variable.
 
 Values of at least ``ClientOptions.bulk_threshold_bytes`` (default 0: all; sends: the
 value's size; gets and prefetches: the size of that variable's previous reply) travel on the
-pserver's bulk channel (``bulk.py``: raw TCP, the port asked over gRPC) when TLS is
-off, the pserver offers one, and ``bulk`` / ``FLEETKIT_PS_BULK`` do not turn it off;
-everything else, and everything under TLS, uses gRPC.  Both transports share the
-deadline, the retry with backoff and the error mapping.
+pserver's bulk channel (``bulk.py``: raw TCP, the port asked over gRPC, or the pserver's
+AF_UNIX socket when it runs on this host; ``client_bulk.py``) when TLS is off, the
+pserver offers one, and ``bulk`` / ``FLEETKIT_PS_BULK`` do not turn it off; everything
+else, and everything under TLS, uses gRPC.  Both transports share the deadline, the
+retry with backoff and the error mapping; a trainer's several values to or from one
+pserver go as one group on one bulk connection.
 
 Values returned by ``get_vars``/``prefetch`` are writable numpy arrays (or LoDTensor /
 SelectedRows) owned by the caller.
@@ -40,7 +42,7 @@ from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import InvalidArgumentError, RPCRequestError
 from . import bulk, codec, exit_complete, rpc
 from .channels import make_channel, wait_server_ready
-from .client_groups import UNLIMITED, GroupedCalls, by_endpoint, owned
+from .client_bulk import UNLIMITED, BulkCalls, by_endpoint, owned
 from .liveness import Heartbeats, call_incarnation
 from .restarts import REFETCH, RestartWatch
 
@@ -75,7 +77,7 @@ class ClientOptions:
     reseed: bool | None = None
 
 
-class RPCClient(GroupedCalls):
+class RPCClient(BulkCalls):
     """Concurrent, retrying calls to pservers on behalf of one trainer."""
 
     def __init__(self, trainer_id: int = 0, options: ClientOptions | None = None) -> None:
@@ -88,6 +90,7 @@ class RPCClient(GroupedCalls):
         self.bulk_on = rpc.bulk_enabled(self.options.bulk) and not self.options.tls_ca_path
         self._bulk = bulk.BulkPool(max_idle=self.options.max_concurrency)
         self._bulk_ports: dict[str, int] = {}            # endpoint -> advertised port (0: none)
+        self._bulk_paths: dict[str, str] = {}            # endpoint -> its reachable AF_UNIX path ("": none)
         self._reply_bytes: dict[tuple[str, str, str], int] = {}   # last reply size per call kind
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
@@ -190,60 +193,6 @@ class RPCClient(GroupedCalls):
     def _counted(self, transport: str, method: str) -> None:
         with self._lock:
             self.transport[transport, method] += 1
-
-    # ----------------------------------------------------------- bulk channel
-    def _wants_bulk(self, endpoint: str, method: str, varname: str, nbytes: int) -> bool:
-        """Whether a call goes on the bulk channel: its payload, or its variable's last
-        reply, is at least the threshold."""
-        if not self.bulk_on:
-            return False
-        thr = self.options.bulk_threshold_bytes
-        return nbytes >= thr or self._reply_bytes.get((endpoint, method, varname), -1) >= thr
-
-    def _bulk_port(self, endpoint: str) -> int:
-        """The pserver's advertised bulk port (0: none), asked once per (re)start.  Raises
-        grpc.RpcError only for UNAVAILABLE (the caller's retry loop waits for the pserver);
-        any other answer (an older pserver: NOT_FOUND) means no bulk channel."""
-        port = self._bulk_ports.get(endpoint)
-        if port is not None:
-            return port
-        env = codec.control(rpc.BULK_PORT + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
-        try:
-            out = self._stub(endpoint, "GetVariableNoBarrier")(env, timeout=self.options.deadline_s,
-                                                               metadata=self._metadata)
-            port = int(np.asarray(codec.decode(out)).reshape(-1)[0])
-        except grpc.RpcError as e:
-            if rpc.is_retryable(e):
-                raise
-            port = 0
-        except Exception:  # noqa: BLE001 - an odd answer: stay on gRPC
-            port = 0
-        self._bulk_ports[endpoint] = port
-        return port
-
-    def _forget_bulk(self, endpoint: str) -> None:
-        port = self._bulk_ports.pop(endpoint, None)
-        if port:
-            self._bulk.forget(bulk.split_host(endpoint), port)
-
-    def _bulk_once(self, endpoint: str, method: str, env: codec.Envelope, on_info: Callable) -> Any:
-        fresh = endpoint not in self._bulk_ports
-        port = self._bulk_port(endpoint)
-        if not port:
-            return bulk.NO_BULK
-        try:
-            out = self._bulk.call(bulk.split_host(endpoint), port, method, env, self._token,
-                                  self.options.deadline_s, on_info)
-        except bulk.BulkStatus as e:
-            if fresh and e.connect_failed:
-                # the pserver just answered on gRPC but its bulk port cannot be reached
-                # (a firewall?): stay on gRPC for this endpoint rather than retry forever
-                log.warning("pserver %s: bulk port %d unreachable (%s); using gRPC", endpoint, port, e.details)
-                self._bulk_ports[endpoint] = 0
-                return bulk.NO_BULK
-            raise
-        self._counted("bulk", method)
-        return out
 
     def _call_auto(self, endpoint: str, method: str, env: codec.Envelope, varname: str,
                    nbytes: int = 0) -> Any:

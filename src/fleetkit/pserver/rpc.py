@@ -33,6 +33,8 @@ SPARSE_MEMORY = "@SPARSE_MEMORY@"
 #: GetVariableNoBarrier of this name returns int64 [port] of the pserver's bulk channel
 #: (``bulk.py``; 0: none, e.g. under TLS).  Older pservers answer NOT_FOUND: no bulk.
 BULK_PORT = "@BULK_PORT@"
+#: the bulk channel's AF_UNIX socket path, for trainers on the pserver's host (uint8 utf-8; empty: none)
+BULK_UNIX = "@BULK_UNIX@"
 #: set to 0 / false / off to keep every tensor on gRPC (client and server); named in env.py
 BULK_ENV = envmod.FLEETKIT_PS_BULK
 #: the client-streaming liveness method (``liveness.py``): one stream per trainer and pserver

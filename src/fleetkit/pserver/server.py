@@ -64,6 +64,8 @@ class ServerOptions:
     bulk_io_timeout: float = 120.0       #: seconds a started bulk frame may take to arrive / leave
     bulk_max_bytes: int = 8 << 30        #: largest payload one bulk frame may announce
     bulk_port: int = 0                   #: the bulk channel's port (0: any free one)
+    #: also serve it on an AF_UNIX socket in a 0700 directory, which trainers on this host use
+    bulk_unix: bool = True
     bulk_auth_timeout_s: float = 5.0     #: a new bulk connection must show its token within this
     bulk_max_unauthenticated: int = 64   #: bulk connections that may wait to show their token
     #: bytes of unfinished chunked values (gRPC) held per trainer / in all; stale after the timeout
@@ -124,6 +126,7 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
         self._server: grpc.Server | None = None
         self._bulk: bulk_server.BulkServer | None = None
         self.bulk_port = 0                       # 0: no bulk channel
+        self.bulk_unix_path = ""                 # "": none
         self._ckpt_thread: threading.Thread | None = None
         self.rounds = SyncRounds(self.num_trainers, self.options.barrier_timeout,
                                  self._apply, endpoint) if self.sync_mode else None
@@ -185,12 +188,13 @@ class ParameterServer(ServiceMixin, StateMixin, LivenessMixin):
             return   # raw TCP has no TLS: under TLS every tensor stays on the gRPC channel
         srv = bulk_server.BulkServer(bulk.split_host(self.endpoint), self, o.bulk_max_bytes, o.bulk_io_timeout,
                               name=self.endpoint, auth_timeout=o.bulk_auth_timeout_s,
-                              max_unauthenticated=o.bulk_max_unauthenticated)
+                              max_unauthenticated=o.bulk_max_unauthenticated, unix=o.bulk_unix)
         try:
             self.bulk_port = srv.start(o.bulk_port)
         except OSError as e:   # serve anyway: clients fall back to gRPC
             log.warning("pserver %s: no bulk channel (%s); tensors go over gRPC", self.endpoint, e)
             return
+        self.bulk_unix_path = srv.unix_path
         self._bulk = srv
 
     def stop(self, grace: float = 1.0) -> None:

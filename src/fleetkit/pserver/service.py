@@ -34,6 +34,7 @@ class ServiceMixin:
     num_trainers: int
     rounds: Any
     bulk_port: int
+    bulk_unix_path: str
     alive: Any
     _hlock: threading.RLock
     _asm_lock: threading.Lock
@@ -173,6 +174,9 @@ class ServiceMixin:
             return codec.to_bytes(codec.encode(name, np.array([rows, nbytes], dtype=np.int64))[0])
         if name == rpc.BULK_PORT:
             return codec.to_bytes(codec.encode(name, np.array([self.bulk_port], dtype=np.int64))[0])
+        if name == rpc.BULK_UNIX:
+            path = np.frombuffer(self.bulk_unix_path.encode(), dtype=np.uint8)
+            return codec.to_bytes(codec.encode(name, path)[0])
         if name == rpc.INCARNATION:
             info = np.array(self.incarnation.info(), dtype=np.int64)
             return codec.to_bytes(codec.encode(name, info)[0])

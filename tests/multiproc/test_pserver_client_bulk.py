@@ -1,7 +1,10 @@
-"""Grouped calls: a trainer's values to or from one pserver on one bulk connection
-(``client_groups.py``, ``BulkPool.call_many``), against pservers in real processes.
+"""The trainer side of the bulk channel (``client_bulk.py``) against pservers in real
+processes: the AF_UNIX socket of a pserver on this host, and grouped calls (a trainer's
+values to or from one pserver on one bulk connection, ``BulkPool.call_many``).
 
-Covers: a group's pushes and pulls are whole, in order, and one connection each; large
+Covers: a local trainer reaches the pserver through its AF_UNIX socket, in a 0700
+directory removed when the pserver stops; without it (off, or the socket gone) the
+trainer uses TCP; a group's pushes and pulls are whole, in order, and one connection each; large
 values pushed in a group (megabytes, both directions in flight) do not wedge either
 side; a value the pserver refuses in a group gets the single call's error and the
 group's other values still land; a connection lost after the pserver applied the
@@ -10,6 +13,8 @@ applied once; sync rounds with grouped pushes and pulls.
 """
 from __future__ import annotations
 
+import os
+import stat
 from typing import Any
 
 import numpy as np
@@ -150,3 +155,36 @@ def test_sync_rounds_with_grouped_pushes_and_pulls(servers):
         for rank in range(2):
             np.testing.assert_allclose(results[rank][step][0], w, rtol=1e-6)
             np.testing.assert_allclose(results[rank][step][1], b, rtol=1e-12)
+
+
+def test_a_local_trainer_uses_the_pservers_unix_socket(servers):
+    s = servers()
+    c = _client(0)
+    c.send_vars([(s.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    (w,) = c.get_vars([(s.endpoint, "w")], barrier=False)
+    np.testing.assert_allclose(w, -LR)
+    path = c._bulk_paths[s.endpoint]
+    assert path and stat.S_ISSOCK(os.stat(path).st_mode)
+    assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700   # this user's only
+    assert (path, 0) in c._bulk._idle and c.transport["bulk", "SendVariable"] == 1
+    c.send_complete()
+    s.proc.join(20)   # the pserver exits after COMPLETE and removes its socket's directory
+    assert s.proc.exitcode == 0 and not os.path.exists(os.path.dirname(path))
+    c.close()
+
+
+def test_without_the_unix_socket_a_local_trainer_uses_tcp(servers):
+    off = servers(bulk_unix=False)
+    c = _client(0)
+    c.send_vars([(off.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    assert c._bulk_paths[off.endpoint] == "" and c.transport["bulk", "SendVariable"] == 1
+    on = servers()
+    c.get_vars([(on.endpoint, "w")], barrier=False)
+    path = c._bulk_paths[on.endpoint]
+    os.unlink(path)               # the socket goes away (its connection stays open)...
+    c._bulk.forget(path, 0)       # ...and is closed: the next call connects anew
+    c.send_vars([(on.endpoint, "w@GRAD", np.ones((4, 3), np.float32))])
+    (w,) = c.get_vars([(on.endpoint, "w")], barrier=False)
+    np.testing.assert_allclose(w, -LR)   # applied once, over TCP
+    assert c._bulk_paths[on.endpoint] == "" and c.transport["bulk", "SendVariable"] == 2
+    c.close()
