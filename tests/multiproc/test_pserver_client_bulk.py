@@ -3,7 +3,8 @@ processes: the AF_UNIX socket of a pserver on this host, and grouped calls (a tr
 values to or from one pserver on one bulk connection, ``BulkPool.call_many``).
 
 Covers: a local trainer reaches the pserver through its AF_UNIX socket, in a 0700
-directory removed when the pserver stops; without it (off, or the socket gone) the
+directory removed when the pserver stops (and, after a kill -9, by the next pserver
+of the same user); without it (off, or the socket gone) the
 trainer uses TCP; a group's pushes and pulls are whole, in order, and one connection each; large
 values pushed in a group (megabytes, both directions in flight) do not wedge either
 side; a value the pserver refuses in a group gets the single call's error and the
@@ -188,3 +189,20 @@ def test_without_the_unix_socket_a_local_trainer_uses_tcp(servers):
     np.testing.assert_allclose(w, -LR)   # applied once, over TCP
     assert c._bulk_paths[on.endpoint] == "" and c.transport["bulk", "SendVariable"] == 2
     c.close()
+
+
+def test_a_killed_pservers_socket_directory_is_removed_by_the_next_pserver(servers):
+    import glob
+    import tempfile
+    s = servers()
+    c = _client(0)
+    c.get_vars([(s.endpoint, "w")], barrier=False)
+    path = c._bulk_paths[s.endpoint]
+    c.close()
+    assert os.path.basename(os.path.dirname(path)).startswith(f"fleetkit-bulk-{s.proc.pid}-")
+    s.kill()   # SIGKILL: no stop(), the directory stays behind
+    assert os.path.exists(path)
+    servers()  # a new pserver of this user sweeps what dead ones left
+    assert not os.path.exists(os.path.dirname(path))
+    live = glob.glob(os.path.join(tempfile.gettempdir(), "fleetkit-bulk-*"))
+    assert live, "the new pserver has its own directory"

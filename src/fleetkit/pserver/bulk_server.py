@@ -149,8 +149,9 @@ class BulkServer:
         trainer's frames then skip TCP, about half the kernel's cost per message."""
         if not hasattr(socket, "AF_UNIX"):
             return None
+        _sweep_stale_unix_dirs()
         try:
-            directory = tempfile.mkdtemp(prefix="fleetkit-bulk-")   # mode 0700
+            directory = tempfile.mkdtemp(prefix=f"{_UNIX_PREFIX}{os.getpid()}-")   # mode 0700
             path = os.path.join(directory, "bulk.sock")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.bind(path)
@@ -379,6 +380,49 @@ class BulkServer:
         fixed = _REPLY.pack(REPLY_MAGIC, code, FLAG_CLOSING if closing else 0, 0, len(text), len(miss), 0,
                             *self.target.incarnation_info())
         self._send(c, [fixed, text, miss])
+
+
+_UNIX_PREFIX = "fleetkit-bulk-"
+
+
+def _sweep_stale_unix_dirs() -> None:
+    """Remove the socket directories of this user's pservers that died without stopping
+    (killed): their process is gone and their socket refuses connections."""
+    root = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(root) if n.startswith(_UNIX_PREFIX)]
+    except OSError:
+        return
+    for name in names:
+        directory = os.path.join(root, name)
+        pid = name[len(_UNIX_PREFIX):].partition("-")[0]
+        try:
+            if os.stat(directory).st_uid != os.getuid() or not pid.isdigit() or _alive(int(pid)):
+                continue
+            path = os.path.join(directory, "bulk.sock")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                continue   # still served (a pserver in another PID namespace)
+            except (ConnectionRefusedError, FileNotFoundError):
+                pass
+            finally:
+                probe.close()
+            for leftover in os.listdir(directory):
+                os.unlink(os.path.join(directory, leftover))
+            os.rmdir(directory)
+        except OSError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 #: a closing connection's unread input is discarded for at most this long and this many bytes
