@@ -237,24 +237,10 @@ def _match_softmax_ce(steps: list[Step], i: int) -> tuple[Callable, int] | None:
     members = steps[i:i + 2]
     if not _disjoint([cs, cc], {n_p}, (n_x, n_lab)):
         return None
-
-    def softmax_ce(_ctx: KernelContext) -> None:
-        env = cs.env
-        x, label = env.get(n_x), env.get(n_lab)
-        if x.__class__ is not np.ndarray or label.__class__ is not np.ndarray:  # LoD, device, missing
-            _run_members(members)
-            return
-        k = 0
-        try:
-            p = softmax_value(cs.xp, x, cs.attrs["axis"])
-            env[n_p] = p
-            k = 1
-            env[n_y] = cross_entropy_value(cc, p, label)
-        except Exception as e:
-            _tag(e, members[k][1])
-            raise
-    softmax_ce.members = members  # type: ignore[attr-defined]
-    return softmax_ce, 2
+    step = _host_pair(members, (n_x, n_lab), (n_p, n_y),
+                      lambda x, label: softmax_value(np, x, cs.attrs["axis"]),
+                      lambda p, x, label: cross_entropy_value(cc, p, label))
+    return step, 2
 
 
 def _match_ce_softmax_grad(steps: list[Step], i: int) -> tuple[Callable, int] | None:
@@ -270,25 +256,38 @@ def _match_ce_softmax_grad(steps: list[Step], i: int) -> tuple[Callable, int] | 
     members = steps[i:i + 2]
     if not _disjoint([cc, cs], {n_dp}, (n_p, n_lab, n_dy, n_out)):
         return None
+    step = _host_pair(members, (n_p, n_lab, n_dy, n_out), (n_dp, n_dz),
+                      lambda p, label, dy, out: cross_entropy_grad_value(cc, p, label, dy),
+                      lambda dp, p, label, dy, out: softmax_grad_value(out, dp, cs.attrs["axis"]))
+    return step, 2
 
-    def ce_softmax_grad(_ctx: KernelContext) -> None:
-        env = cc.env
-        p, label, dy, out = env.get(n_p), env.get(n_lab), env.get(n_dy), env.get(n_out)
-        if (p.__class__ is not np.ndarray or label.__class__ is not np.ndarray or dy.__class__ is not np.ndarray
-                or out.__class__ is not np.ndarray):
-            _run_members(members)
-            return
+
+def _host_pair(members: list[Step], ins: tuple[str, ...], outs: tuple[str, str],
+               first: Callable, second: Callable) -> Callable:
+    """A fused step of two members on host arrays: ``outs[0] = first(*ins)`` (member 0),
+    then ``outs[1] = second(outs[0]'s value, *ins)`` (member 1), with the same value
+    functions as the members' kernels; any input not a host array (LoD, device, missing)
+    runs the members themselves.  An error names the member that raised it."""
+    env_of = members[0][1]
+
+    def step(_ctx: KernelContext) -> None:
+        env = env_of.env
+        values = [env.get(n) for n in ins]
+        for v in values:
+            if v.__class__ is not np.ndarray:
+                _run_members(members)
+                return
         k = 0
         try:
-            dp = cross_entropy_grad_value(cc, p, label, dy)
-            env[n_dp] = dp
+            a = first(*values)
+            env[outs[0]] = a
             k = 1
-            env[n_dz] = softmax_grad_value(out, dp, cs.attrs["axis"])
+            env[outs[1]] = second(a, *values)
         except Exception as e:
             _tag(e, members[k][1])
             raise
-    ce_softmax_grad.members = members  # type: ignore[attr-defined]
-    return ce_softmax_grad, 2
+    step.members = members  # type: ignore[attr-defined]
+    return step
 
 
 # ------------------------------------------------------------------ mean loss
