@@ -42,7 +42,7 @@ from ..env import FLEETKIT_PS_RESEED_ON_RESTART, flag
 from ..errors import InvalidArgumentError, RPCRequestError
 from . import bulk, codec, exit_complete, rpc
 from .channels import make_channel, wait_server_ready
-from .client_bulk import UNLIMITED, BulkCalls, by_endpoint, owned
+from .client_bulk import UNLIMITED, BulkCalls, by_endpoint, owned, payload_bytes
 from .liveness import Heartbeats, call_incarnation
 from .restarts import REFETCH, RestartWatch
 
@@ -258,7 +258,7 @@ class RPCClient(BulkCalls):
         """One gradient push (``seq``: its send number, when a group already drew it)."""
         r, seq = self._rounds.get(ep, 0), next(self._seqs) if seq is None else seq
         envs = codec.encode(name, value, self.trainer_id, self.options.max_message_bytes, round=r, seq=seq)
-        nbytes = sum(memoryview(e.rows).nbytes + memoryview(e.data).nbytes for e in envs)
+        nbytes = sum(payload_bytes(e) for e in envs)
         if self._wants_bulk(ep, "SendVariable", name, nbytes):
             whole = envs[0] if len(envs) == 1 else codec.encode(
                 name, value, self.trainer_id, UNLIMITED, round=r, seq=seq)[0]

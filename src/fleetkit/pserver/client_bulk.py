@@ -31,10 +31,15 @@ from ..core.scope import LoDTensor, SelectedRows
 from . import bulk, codec, rpc
 from .restarts import REFETCH
 
-__all__ = ["UNLIMITED", "BulkCalls", "by_endpoint", "owned"]
+__all__ = ["UNLIMITED", "BulkCalls", "by_endpoint", "owned", "payload_bytes"]
 log = logging.getLogger("fleetkit.pserver.client")
 
 UNLIMITED = 1 << 62   #: max_bytes of a value sent whole on the bulk channel
+
+
+def payload_bytes(env: codec.Envelope) -> int:
+    """Bytes of an envelope's payload (SelectedRows rows and tensor data)."""
+    return memoryview(env.rows).nbytes + memoryview(env.data).nbytes
 
 
 def by_endpoint(items: list[tuple]) -> dict[str, list[int]]:
@@ -80,11 +85,8 @@ class BulkCalls:
         port = self._bulk_ports.get(endpoint)
         if port is not None:
             return port
-        env = codec.control(rpc.BULK_PORT + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
         try:
-            out = self._stub(endpoint, "GetVariableNoBarrier")(env, timeout=self.options.deadline_s,
-                                                               metadata=self._metadata)
-            port = int(np.asarray(codec.decode(out)).reshape(-1)[0])
+            port = int(self._ask(endpoint, rpc.BULK_PORT).reshape(-1)[0])
         except grpc.RpcError as e:
             if rpc.is_retryable(e):
                 raise
@@ -98,14 +100,18 @@ class BulkCalls:
     def _local_socket(self, endpoint: str) -> str:
         """The path of the pserver's AF_UNIX bulk socket if this process can reach it (the
         pserver runs on this host, as this user), else ""."""
-        env = codec.control(rpc.BULK_UNIX + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
         try:
-            out = self._stub(endpoint, "GetVariableNoBarrier")(env, timeout=self.options.deadline_s,
-                                                               metadata=self._metadata)
-            path = np.asarray(codec.decode(out), dtype=np.uint8).tobytes().decode()
+            path = self._ask(endpoint, rpc.BULK_UNIX).astype(np.uint8).tobytes().decode()
             return path if path and stat.S_ISSOCK(os.stat(path).st_mode) and os.access(path, os.W_OK) else ""
         except Exception:  # noqa: BLE001 - an older pserver (NOT_FOUND), another host: TCP
             return ""
+
+    def _ask(self, endpoint: str, name: str) -> np.ndarray:
+        """A control value of the pserver (``rpc.BULK_PORT``...), asked over gRPC."""
+        env = codec.control(name + rpc.WITHOUT_BARRIER_SUFFIX, self.trainer_id)
+        out = self._stub(endpoint, "GetVariableNoBarrier")(env, timeout=self.options.deadline_s,
+                                                           metadata=self._metadata)
+        return np.asarray(codec.decode(out))
 
     def _bulk_addr(self, endpoint: str) -> tuple[str, int] | None:
         """Where the bulk channel of ``endpoint`` is: (host, port), or (AF_UNIX path, 0) for
@@ -179,7 +185,7 @@ class BulkCalls:
         r = self._rounds.get(endpoint, 0)
         envs = [codec.encode(n, v, self.trainer_id, UNLIMITED, round=r, seq=s)[0]
                 for (n, v), s in zip(named, seqs)]
-        sized = [(n, memoryview(e.rows).nbytes + memoryview(e.data).nbytes) for (n, _), e in zip(named, envs)]
+        sized = [(n, payload_bytes(e)) for (n, _), e in zip(named, envs)]
         addr = self._group_addr(endpoint, "SendVariable", sized)
         done = self._call_group(endpoint, addr, "SendVariable", envs) if addr else [None] * len(named)
         for (name, value), seq, ok in zip(named, seqs, done):
