@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from test_pserver_rpc import LR, Server, _client
+from test_pserver_rpc import LR, _client
 
 from fleetkit.core.scope import LoDTensor, SelectedRows
 from fleetkit.errors import BarrierTimeoutError, RPCAuthError, RPCDeadlineError, RPCError
@@ -30,19 +30,6 @@ from fleetkit.testing import run_workers
 
 pytestmark = pytest.mark.timeout(120)
 KIB = 1 << 10
-
-
-@pytest.fixture
-def servers():
-    """Start pservers (test_pserver_rpc.Server) in spawned processes; kill them after."""
-    started: list[Server] = []
-
-    def make(*args: Any, **kw: Any) -> Server:
-        started.append(Server(*args, **kw))
-        return started[-1]
-    yield make
-    for s in started:
-        s.kill()
 
 
 def _bulk_client(trainer_id: int = 0, **kw: Any) -> RPCClient:

@@ -3,14 +3,16 @@ processes: the AF_UNIX socket of a pserver on this host, and grouped calls (a tr
 values to or from one pserver on one bulk connection, ``BulkPool.call_many``).
 
 Covers: a local trainer reaches the pserver through its AF_UNIX socket, in a 0700
-directory removed when the pserver stops (and, after a kill -9, by the next pserver
-of the same user); without it (off, or the socket gone) the
-trainer uses TCP; a group's pushes and pulls are whole, in order, and one connection each; large
-values pushed in a group (megabytes, both directions in flight) do not wedge either
-side; a value the pserver refuses in a group gets the single call's error and the
-group's other values still land; a connection lost after the pserver applied the
-group's pushes is redone by single calls with the same send numbers, so each push is
-applied once; sync rounds with grouped pushes and pulls.
+directory removed when the pserver stops (and, after a kill -9, by the next pserver of
+the same user); without it (off, or the socket gone) the trainer uses TCP; a group's
+pushes and pulls are whole, in order, and one connection each; large values pushed in
+a group (megabytes, both directions in flight) do not wedge either side; a value the
+pserver refuses in a group gets the single call's error and the group's other values
+still land; a connection lost after the pserver applied the group's pushes is redone by
+single calls with the same send numbers, so each push is applied once.  (Sync rounds
+with grouped pushes and pulls: test_pserver_rpc's
+``test_sync_two_trainers_average_once_per_round``, whose trainers push and pull w and b
+in one call each, on the bulk transport.)
 """
 from __future__ import annotations
 
@@ -20,26 +22,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_pserver_rpc import LR, Server, _client
+from test_pserver_rpc import LR, _client
 
 from fleetkit.core.scope import SelectedRows
 from fleetkit.errors import RPCRequestError
 from fleetkit.pserver import bulk
-from fleetkit.testing import run_workers
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-
-    def make(*args: Any, **kw: Any) -> Server:
-        started.append(Server(*args, **kw))
-        return started[-1]
-    yield make
-    for s in started:
-        s.kill()
 
 
 def _count_groups(c: Any) -> list[int]:
@@ -130,32 +119,6 @@ def test_a_group_lost_after_it_was_applied_is_redone_once(servers):
     np.testing.assert_allclose(w, -LR)
     np.testing.assert_allclose(b, -LR)
     c.close()
-
-
-def _sync_grouped(rank: int, world: int, endpoint: str) -> list:
-    c = _client(rank)
-    seen = []
-    for step in range(3):
-        c.send_vars([(endpoint, "w@GRAD", np.full((4, 3), rank + 1.0, np.float32)),
-                     (endpoint, "b@GRAD", np.full(3, step + 1.0))])
-        c.batch_barrier([endpoint])
-        w, b = c.get_vars([(endpoint, "w"), (endpoint, "b")])   # a group of barrier gets
-        c.fetch_barrier([endpoint])
-        seen.append((w.copy(), b.copy()))
-    c.send_complete()
-    return seen
-
-
-def test_sync_rounds_with_grouped_pushes_and_pulls(servers):
-    s = servers(num_trainers=2, sync=True, barrier_timeout=20)
-    results = run_workers(_sync_grouped, 2, (s.endpoint,), timeout=60)
-    w, b = np.zeros((4, 3), np.float32), np.zeros(3)
-    for step in range(3):
-        w -= LR * np.float32(1.5)
-        b -= LR * (step + 1.0)
-        for rank in range(2):
-            np.testing.assert_allclose(results[rank][step][0], w, rtol=1e-6)
-            np.testing.assert_allclose(results[rank][step][1], b, rtol=1e-12)
 
 
 def test_a_local_trainer_uses_the_pservers_unix_socket(servers):

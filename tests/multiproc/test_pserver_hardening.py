@@ -33,18 +33,6 @@ pytestmark = pytest.mark.timeout(120)
 RSS_BOUND = 64 << 20   # documented in docs/security.md
 
 
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-
-    def make(*args, **kw) -> Server:
-        started.append(Server(*args, **kw))
-        return started[-1]
-    yield make
-    for s in started:
-        s.kill()
-
-
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -145,19 +145,6 @@ def transport(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-
-    def make(*args: Any, **kw: Any) -> Server:
-        s = Server(*args, **kw)
-        started.append(s)
-        return s
-    yield make
-    for s in started:
-        s.kill()
-
-
 def _client(trainer_id: int = 0, **kw: Any) -> RPCClient:
     kw.setdefault("retry_window_s", 5.0)
     kw.setdefault("deadline_s", 30.0)
