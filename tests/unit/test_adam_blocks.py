@@ -1,6 +1,6 @@
 """The blocked host Adam (large tables) gives the whole-array rule's results: bit for bit for
 dense gradients, and for sparse ones (no dense zero-filled gradient) up to float32 rounding of
-the touched rows' parameters."""
+the touched rows."""
 from __future__ import annotations
 
 import numpy as np
@@ -59,8 +59,9 @@ def test_sparse_non_lazy_adam_equals_densified_rule():
     lr, sc = _scalars()
     _reference(ref[0], opt.densify(np, g, p), ref[1], ref[2], lr, sc)
     opt._adam_sparse_dense(ATTRS, lr, p, g, {"Moment1": m1, "Moment2": m2}, sc)
-    np.testing.assert_array_equal(m1, ref[1])  # the moments: the same float32 operations
-    np.testing.assert_array_equal(m2, ref[2])
     untouched = np.setdiff1d(np.arange(shape[0]), rows)
-    np.testing.assert_array_equal(p[untouched], ref[0][untouched])
-    np.testing.assert_allclose(p[rows], ref[0][rows], rtol=1e-6, atol=1e-6)  # zero step undone, real one taken
+    for got, want in zip((p, m1, m2), ref):
+        np.testing.assert_array_equal(got[untouched], want[untouched])  # the same float32 operations
+        # b * (m + (1 - b) / b * g) for b * m + (1 - b) * g: a few float32 roundings of terms about
+        # 0.1 apart (more relative error where the two terms cancel)
+        np.testing.assert_allclose(got[rows], want[rows], rtol=1e-6, atol=1e-7)
