@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 import fleetkit as fk
-from fleetkit.core.ops import optimizer as opt
+from fleetkit.core.ops import adam_host
 from fleetkit.core.registry import KernelContext, get_op_def
 from fleetkit.core.scope import SelectedRows
 
 LR, B1, B2 = 0.01, 0.9, 0.999
-SMALL, LARGE = (50, 4), (opt._BLOCK + 3000, 5)  # LARGE: the blocked host Adam
-assert LARGE[0] * LARGE[1] > 4 * opt._BLOCK
+SMALL, LARGE = (50, 4), (adam_host.BLOCK + 3000, 5)  # LARGE: the blocked host Adam
+assert LARGE[0] * LARGE[1] > 4 * adam_host.BLOCK
 #: |m1| / sqrt(m2) of Adam moments grown from zero never exceeds this (Cauchy-Schwarz)
 RATIO_BOUND = (1 - B1) / np.sqrt((1 - B2) * (1 - B1 * B1 / B2))
 
@@ -176,7 +176,7 @@ def test_adam_ratio_bound_is_never_reached_by_serial_adam():
         ratio = max(ratio, float(np.abs(m1 / np.sqrt(m2)).max()))
         b1p, b2p = b1p * B1, b2p * B2
     assert 0.95 * RATIO_BOUND < ratio < RATIO_BOUND
-    assert opt._adam_ratio_bound(B1, B2) >= RATIO_BOUND
+    assert adam_host.ratio_bound(B1, B2) >= RATIO_BOUND
 
 
 def test_centered_rmsprop_interleaved_with_another_worker_stays_finite():

@@ -34,6 +34,7 @@ order.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -52,6 +53,7 @@ from .framework import (
     default_main_program,
 )
 from .dataset_source import DatasetSource, missing_members
+from .ops import adam_host
 from .prepared import PreparedProgram, bind, fetch_value, reseed, run_steps
 from .scope import LoDTensor, Scope, global_scope
 
@@ -254,24 +256,28 @@ class _Run:
         for n in self.private:  # this worker's own counts, even if an op updates them in place
             v = self.shared[n]
             env[n] = LoDTensor(v.values.copy(), v._lod) if isinstance(v, LoDTensor) else v.copy()
+        # Hogwild workers take the zero-gradient passes of large non-lazy Adam tables in pairs
+        # (``ops/adam_host.py``): half the memory traffic that two cores compete for
+        paired = adam_host.paired_steps() if len(self.counts) > 1 else contextlib.nullcontext()
         try:
-            for feed in self._feeds(feed_iter, out):
-                if self.stop[0]:
-                    break
-                if pick_up:
-                    self._pick_up(env)
-                before = [env.get(n) for n in persist]
-                rows = 0
-                for name, value in feed.items():
-                    env[name] = convert_feed(block.var(name), value, place)
-                    rows = rows or _rows(value)
-                reseed(prep)   # each batch is a run: seeded random ops draw what Executor.run draws
-                self._steps(prep.steps, tid, out["op_seconds"])
-                for n, b in zip(persist, before):  # publish persistables this step replaced
-                    v = env.get(n)
-                    if v is not b:
-                        publish(n, v, env)
-                self._account(tid, env, rows, out)
+            with paired:
+                for feed in self._feeds(feed_iter, out):
+                    if self.stop[0]:
+                        break
+                    if pick_up:
+                        self._pick_up(env)
+                    before = [env.get(n) for n in persist]
+                    rows = 0
+                    for name, value in feed.items():
+                        env[name] = convert_feed(block.var(name), value, place)
+                        rows = rows or _rows(value)
+                    reseed(prep)   # each batch is a run: seeded random ops draw what Executor.run draws
+                    self._steps(prep.steps, tid, out["op_seconds"])
+                    for n, b in zip(persist, before):  # publish persistables this step replaced
+                        v = env.get(n)
+                        if v is not b:
+                            publish(n, v, env)
+                    self._account(tid, env, rows, out)
         finally:
             close = getattr(feed_iter, "close", None)
             if close is not None:

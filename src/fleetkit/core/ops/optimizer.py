@@ -12,7 +12,8 @@ A ``SelectedRows`` gradient is merged first (repeated rows summed).  Each rule
 then either updates only the touched rows ("rows": sgd, adagrad, ftrl, adam
 with ``lazy_mode``) or scatters the rows into a zero dense gradient and runs the
 dense rule, so untouched rows see a zero gradient ("dense": momentum, adam,
-rmsprop...).  For sgd and adagrad both give the same result.
+rmsprop...).  For sgd and adagrad both give the same result.  Adam on a large host
+table needs no dense gradient and runs block by block (``adam_host``).
 
 Adam and Adamax also advance their ``Beta1Pow``/``Beta2Pow`` accumulators
 (``*= beta``) inside the op, after the update, when ``Beta1PowOut`` /
@@ -32,7 +33,7 @@ first time), step by m1 / eps: 1e5 times too far (issue 15's AUC drop under load
 That ordering holds between statements (a worker descheduled mid-update); two cores
 running ``m2 *= b2`` and ``m2 += ...`` on one element at the same instant can still
 lose one of the writes, so Adam also clips m1 / sqrt(m2) to the bound that every
-state a serial Adam reaches from zero moments satisfies (``_adam_ratio_bound``):
+state a serial Adam reaches from zero moments satisfies (``adam_host.ratio_bound``):
 never reached in serial training, it caps what such a race can do at one normal step.
 """
 from __future__ import annotations
@@ -45,7 +46,7 @@ import numpy as np
 from ..framework import EMPTY_VAR
 from ..registry import KernelContext, ShapeContext, register_op
 from ..scope import LoDTensor, SelectedRows
-from . import shared_scalars
+from . import adam_host, shared_scalars
 
 
 # ------------------------------------------------------------------ helpers
@@ -101,107 +102,18 @@ def _momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) ->
     p -= lr * (g + mu * v) if a["use_nesterov"] else lr * v
 
 
-#: elements per block of the blocked host Adam: its temporaries stay in the CPU cache
-#: (two 256 KiB blocks; 1 << 15 took 12% longer over a 1e7-element table, 1 << 17 no less)
-_BLOCK = 1 << 16
-
-#: the clip ufunc: ``np.clip``'s Python wrapper costs about 1 us a call, a third of
-#: the clip of one block
-_np_clip = (np._core if hasattr(np, "_core") else np.core).umath.clip
-
-
-def _adam_ratio_bound(b1: float, b2: float) -> float:
-    """The largest |m1| / sqrt(m2) of Adam moments grown from zero: by Cauchy-Schwarz over the
-    gradients' weights, (1 - b1) / sqrt((1 - b2) * (1 - b1^2 / b2)); unbounded when b1^2 >= b2.
-    With 1% to spare for float rounding and Hogwild's reordered decays."""
-    if b1 * b1 >= b2:
-        return float("inf")
-    return 1.01 * (1 - b1) / float(np.sqrt((1 - b2) * (1 - b1 * b1 / b2)))
-
-
-def _clip_ratio(xp: Any, a: dict, r: Any) -> Any:
-    """``r`` (m1 / (sqrt(m2) + eps)) clipped in place to the bound (module docstring)."""
-    k = _adam_ratio_bound(a["beta1"], a["beta2"])
-    if k == float("inf"):
-        return r
-    return (_np_clip if xp is np else xp.clip)(r, -k, k, out=r)
-
-
 def _adam(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
     m1, m2, b1, b2 = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"]
     lr_t = lr * xp.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
-    if _blockable(xp, p, g, m1, m2):
-        _adam_blocks(a, lr_t, p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1))
+    if adam_host.blockable(xp, p, g, m1, m2):
+        adam_host.blocks(a, [lr_t], p.reshape(-1), g.reshape(-1), m1.reshape(-1), m2.reshape(-1))
         return
     m2 *= b2  # the divisor first, the numerator read first (Hogwild: module docstring)
     m2 += (1 - b2) * (g * g)
     m1 *= b1
     m1 += (1 - b1) * g
     n1 = m1.copy()
-    p -= lr_t * _clip_ratio(xp, a, n1 / (xp.sqrt(m2) + a["epsilon"]))
-
-
-def _blockable(xp: Any, p: Any, *others: Any) -> bool:
-    """A large host update whose arrays are contiguous and alike (flat views are free)."""
-    return (xp is np and p.size > 4 * _BLOCK and p.flags.c_contiguous and p.dtype.kind == "f"
-            and all(o is None or (o.__class__ is np.ndarray and o.flags.c_contiguous and o.shape == p.shape
-                                  and o.dtype == p.dtype) for o in others))
-
-
-def _adam_blocks(a: dict, lr_t: Any, p: np.ndarray, g: np.ndarray | None, m1: np.ndarray,
-                 m2: np.ndarray) -> None:
-    """The Adam update of flat host arrays, block by block, in place, with one scratch block.
-
-    The same float32 operations as the whole-array rule (so the same results), but every
-    temporary lives in the cache: p, m1, m2 (and g) are read and written once each,
-    instead of about ten passes over a table that does not fit the cache.  ``g`` None is a
-    zero gradient (the rows a sparse gradient does not touch)."""
-    b1, b2, eps, lr_t = a["beta1"], a["beta2"], a["epsilon"], p.dtype.type(lr_t)
-    t = np.empty((2, min(_BLOCK, p.size)), p.dtype)
-    for s in range(0, p.size, _BLOCK):
-        e = min(s + _BLOCK, p.size)
-        w, n1, c1, c2 = t[0, :e - s], t[1, :e - s], m1[s:e], m2[s:e]
-        gc = None if g is None else g[s:e]
-        c2 *= b2  # the divisor first, the numerator read first (Hogwild: module docstring)
-        if gc is not None:
-            np.multiply(gc, gc, out=w)
-            w *= 1 - b2
-            c2 += w
-        c1 *= b1
-        if gc is not None:
-            np.multiply(gc, 1 - b1, out=w)
-            c1 += w
-        n1[...] = c1
-        np.sqrt(c2, out=w)
-        w += eps
-        _clip_ratio(np, a, np.divide(n1, w, out=w))
-        w *= lr_t
-        p[s:e] -= w
-
-
-def _adam_sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: dict, sc: dict) -> None:
-    """Non-lazy Adam with a merged sparse gradient, without a dense zero-filled gradient.
-
-    Adam's moments are linear in the gradient: b * m + (1 - b) * g = b * (m + (1 - b) / b * g).
-    So the touched rows first add their gradient's part divided by the decay, then one
-    zero-gradient pass over the whole table (blocked) decays every row and takes every
-    row's parameter step, the touched rows' real step included: the dense rule's
-    results up to float32 rounding, with no second look at the touched rows.  The rows
-    are merged (unique) and take ``a[idx] += d``, the divisor first, which keeps what
-    concurrent Hogwild workers wrote to them meanwhile (module docstring).  Needs
-    betas of at least 0.5 (``_prescalable``)."""
-    m1, m2, b1, b2 = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"]
-    idx, gv = g.rows, g.values
-    m2[idx] += (gv * gv) * ((1 - b2) / b2)
-    m1[idx] += gv * ((1 - b1) / b1)
-    lr_t = lr * np.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
-    _adam_blocks(a, lr_t, p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
-
-
-def _prescalable(a: dict) -> bool:
-    """Betas for which a gradient part divided by the decay stays as exact as the rule's own
-    (a decay near 0 would scale it up by 1 / beta, toward float32's overflow)."""
-    return a["beta1"] >= 0.5 and a["beta2"] >= 0.5
+    p -= lr_t * adam_host.clip_ratio(xp, a, n1 / (xp.sqrt(m2) + a["epsilon"]))
 
 
 def _lars_momentum(xp: Any, a: dict, lr: Any, p: Any, g: Any, acc: dict, sc: dict) -> None:
@@ -340,8 +252,9 @@ def _update_kernel(rule: _Rule) -> Callable[[KernelContext], None]:
             if rule.sparse(attrs) == "rows":
                 _update_rows(xp, rule, attrs, lr, p, g, acc, sc)
                 g = None
-            elif rule.fn is _adam and _prescalable(attrs) and _blockable(xp, p, acc["Moment1"], acc["Moment2"]):
-                _adam_sparse_dense(attrs, lr, p, g, acc, sc)
+            elif (rule.fn is _adam and adam_host.prescalable(attrs)
+                  and adam_host.blockable(xp, p, acc["Moment1"], acc["Moment2"])):
+                adam_host.sparse_dense(attrs, lr, p, g, acc, sc)
                 g = None
             else:
                 g = densify(xp, g, p)
