@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,10 +61,11 @@ def ratio_bound(b1: float, b2: float) -> float:
 
 def clip_ratio(xp: Any, a: dict, r: Any) -> Any:
     """``r`` (m1 / (sqrt(m2) + eps)) clipped in place to ``ratio_bound``."""
-    k = ratio_bound(a["beta1"], a["beta2"])
-    if k == float("inf"):
-        return r
-    return (_np_clip if xp is np else xp.clip)(r, -k, k, out=r)
+    return _clip(xp, ratio_bound(a["beta1"], a["beta2"]), r)
+
+
+def _clip(xp: Any, k: float, r: Any) -> Any:
+    return r if k == float("inf") else (_np_clip if xp is np else xp.clip)(r, -k, k, out=r)
 
 
 def blockable(xp: Any, p: Any, *others: Any) -> bool:
@@ -83,6 +85,7 @@ def blocks(a: dict, lr_ts: list, p: np.ndarray, g: np.ndarray | None, m1: np.nda
     a sparse gradient does not touch); a gradient goes with one step."""
     assert g is None or len(lr_ts) == 1
     b1, b2, eps = a["beta1"], a["beta2"], a["epsilon"]
+    k = ratio_bound(b1, b2)  # once, not per block
     rates = [p.dtype.type(r) for r in lr_ts]
     t = np.empty((2, min(BLOCK, p.size)), p.dtype)
     for s in range(0, p.size, BLOCK):
@@ -102,7 +105,7 @@ def blocks(a: dict, lr_ts: list, p: np.ndarray, g: np.ndarray | None, m1: np.nda
             n1[...] = c1
             np.sqrt(c2, out=w)
             w += eps
-            clip_ratio(np, a, np.divide(n1, w, out=w))
+            _clip(np, k, np.divide(n1, w, out=w))
             w *= lr_t
             cp -= w
 
@@ -113,7 +116,20 @@ def prescalable(a: dict) -> bool:
     return a["beta1"] >= 0.5 and a["beta2"] >= 0.5
 
 
-_worker = threading.local()  # .pending: {table address: [attrs, p, m1, m2, rates]} in paired_steps
+@dataclass
+class _Pass:
+    """A zero-gradient pass a Hogwild worker holds back for its partner step."""
+    a: dict
+    p: np.ndarray
+    m1: np.ndarray
+    m2: np.ndarray
+    rates: list = field(default_factory=list)
+
+    def run(self) -> None:
+        blocks(self.a, self.rates, self.p.reshape(-1), None, self.m1.reshape(-1), self.m2.reshape(-1))
+
+
+_worker = threading.local()  # .pending: {table address: _Pass} inside paired_steps, else None
 
 
 def sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: dict, sc: dict) -> None:
@@ -123,23 +139,17 @@ def sparse_dense(a: dict, lr: Any, p: np.ndarray, g: SelectedRows, acc: dict, sc
     to them meanwhile."""
     m1, m2, b1, b2 = acc["Moment1"], acc["Moment2"], a["beta1"], a["beta2"]
     lr_t = lr * np.sqrt(1 - sc["Beta2Pow"]) / (1 - sc["Beta1Pow"])
-    pending = getattr(_worker, "pending", None)
-    job = None if pending is None else pending.setdefault(p.ctypes.data, [a, p, m1, m2, []])
-    k = 1 if job is None else len(job[4]) + 1  # this step's place in its pass: decayed k times too many
+    pending, key = getattr(_worker, "pending", None), p.ctypes.data
+    held = (pending.pop(key, None) if pending is not None else None) or _Pass(a, p, m1, m2)
+    held.rates.append(lr_t)
+    k = len(held.rates)  # this step's place in its pass: its own decay and the k - 1 steps' before it
     idx, gv = g.rows, g.values
     m2[idx] += (gv * gv) * ((1 - b2) / b2 ** k)
     m1[idx] += gv * ((1 - b1) / b1 ** k)
-    if job is None:
-        blocks(a, [lr_t], p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
-        return
-    job[4].append(lr_t)
-    if k == PAIR:
-        _run(pending.pop(p.ctypes.data))
-
-
-def _run(job: list) -> None:
-    a, p, m1, m2, rates = job
-    blocks(a, rates, p.reshape(-1), None, m1.reshape(-1), m2.reshape(-1))
+    if pending is not None and k < PAIR:
+        pending[key] = held  # waits for its partner step
+    else:
+        held.run()
 
 
 @contextlib.contextmanager
@@ -151,5 +161,5 @@ def paired_steps() -> Iterator[None]:
         yield
     finally:
         pending, _worker.pending = _worker.pending, None
-        for job in pending.values():
-            _run(job)
+        for held in pending.values():
+            held.run()
