@@ -3,16 +3,17 @@
 Job (``_ctr_job.py``): 26 sparse slots sharing a 1e6 x 10 embedding table, 13 dense
 features, fc 256-128-64, Adam, batch 512, ``InMemoryDataset`` (load_into_memory,
 local_shuffle) + ``train_from_dataset``, then ``infer_from_dataset`` on a held-out
-file.  Every run is a fresh child process; with ``--paddle-python`` the fleetkit and
+file; before training, one feed-only pass over the loaded data times the in-memory
+batch assembly alone.  Every run is a fresh child process; with ``--paddle-python`` the fleetkit and
 Paddle runs alternate (``--repeat`` rounds) so machine load hits both alike.
 
     python benchmarks/ctr_side_by_side.py [--paddle-python /tmp/paddle-venv/bin/python]
         [--train-lines 200000] [--test-lines 50000] [--repeat 2] [--threads 1 2]
 
 Prints, per framework and thread count, the medians of: training examples/s, the
-load / local_shuffle / infer seconds, the examples the auc state counted (must be
+load / local_shuffle / feed / infer seconds, the examples the auc state counted (must be
 every example) and the test AUC; then the ratios: fleetkit thread=2 / thread=1,
-fleetkit / Paddle at each thread count, feed (load) / shuffle / infer time ratios.
+fleetkit / Paddle at each thread count, load / shuffle / feed / infer time ratios.
 Paddle setup (its own venv, outside the repo):
 
     python -m venv /tmp/paddle-venv && /tmp/paddle-venv/bin/pip install \\
@@ -89,7 +90,7 @@ def summarize(runs: dict, train_lines: int, test_lines: int) -> dict:
     for (fw, th), rs in runs.items():
         s[fw, th] = {"train_ex_s": train_lines / _median(rs, "train_s"),
                      "cpu_ms_per_1k": 1e6 * _median(rs, "train_cpu_s") / train_lines,
-                     **{k: _median(rs, k) for k in ("load_s", "local_shuffle_s", "infer_s", "train_auc",
+                     **{k: _median(rs, k) for k in ("load_s", "local_shuffle_s", "feed_s", "infer_s", "train_auc",
                                                     "test_auc")},
                      "train_counted": min(r["train_counted"] for r in rs),
                      "test_counted": min(r["test_counted"] for r in rs)}
@@ -97,11 +98,11 @@ def summarize(runs: dict, train_lines: int, test_lines: int) -> dict:
 
 
 def print_report(s: dict, threads: list[int], train_lines: int, test_lines: int) -> None:
-    print(f"{'run':<16}{'train ex/s':>11}{'CPU ms/1k ex':>13}{'load s':>8}{'shuffle s':>10}{'infer s':>9}"
+    print(f"{'run':<16}{'train ex/s':>11}{'CPU ms/1k ex':>13}{'load s':>8}{'shuffle s':>10}{'feed s':>8}{'infer s':>9}"
           f"{'counted train':>15}{'counted test':>14}{'test AUC':>9}")
     for (fw, th), m in sorted(s.items()):
         print(f"{fw + ' t=' + str(th):<16}{m['train_ex_s']:>11.0f}{m['cpu_ms_per_1k']:>13.0f}{m['load_s']:>8.2f}"
-              f"{m['local_shuffle_s']:>10.3f}"
+              f"{m['local_shuffle_s']:>10.3f}{m['feed_s']:>8.2f}"
               f"{m['infer_s']:>9.2f}{m['train_counted']:>9}/{train_lines:<6}{m['test_counted']:>8}/{test_lines:<6}"
               f"{m['test_auc']:>8.4f}")
     fk = {th: s[k] for k in s if k[0] == "fleetkit" for th in [k[1]]}
@@ -120,7 +121,8 @@ def print_report(s: dict, threads: list[int], train_lines: int, test_lines: int)
         print(f"thread={th}: fleetkit / Paddle training examples/s {f['train_ex_s'] / pd['train_ex_s']:.2f}x; "
               f"time ratios (fleetkit / Paddle, <= 1 is as fast or faster): "
               f"load_into_memory {f['load_s'] / pd['load_s']:.2f}, local_shuffle "
-              f"{f['local_shuffle_s'] / pd['local_shuffle_s']:.2f}, infer_from_dataset {f['infer_s'] / pd['infer_s']:.2f}")
+              f"{f['local_shuffle_s'] / pd['local_shuffle_s']:.2f}, in-memory feed {f['feed_s'] / pd['feed_s']:.2f}, "
+              f"infer_from_dataset {f['infer_s'] / pd['infer_s']:.2f}")
 
 
 def main() -> None:
@@ -144,7 +146,7 @@ def main() -> None:
                 r = run_job(py, fw, train, test, th, a.timeout)
                 runs.setdefault((fw, th), []).append(r)
                 print(f"round {rnd + 1} {fw} thread={th}: train {r['train_s']:.2f} s ({r['train_cpu_s']:.1f} CPU s), "
-                      f"infer {r['infer_s']:.2f} s, "
+                      f"feed {r['feed_s']:.2f} s, infer {r['infer_s']:.2f} s, "
                       f"counted {r['train_counted']}/{a.train_lines}", flush=True)
     print_report(summarize(runs, a.train_lines, a.test_lines), a.threads, a.train_lines, a.test_lines)
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

@@ -296,6 +296,45 @@ def test_instance_store_take_slice_concat():
     assert feed["ids"].lod() == [[0, 2, 3, 6]] and feed["w"].shape == (3, 2)
 
 
+def test_instance_store_batches_ranges_and_array_offsets(monkeypatch):
+    """batches(bs, start, stop) gives the instances start..stop-1 in batches, whatever chunks
+    its offsets are stacked in; sparse levels are int64 array views, lod() gives lists."""
+    from fleetkit.core.scope import check_lod
+    from fleetkit.dataset import InstanceStore, instances
+    rng = np.random.default_rng(5)
+    slots = [Slot("ids", "uint64"), Slot("w", "float", True, True, (-1, 2)), Slot("tags", "uint64")]
+    n = 23
+    lens = [rng.integers(1, 4, n), np.full(n, 2), rng.integers(0, 3, n)]  # tags: empty ones too
+    offs = [np.concatenate([[0], np.cumsum(ln)]).astype(np.int64) for ln in lens]
+    vals = [np.arange(o[-1]).astype(s.dtype) * (k + 1) for k, (s, o) in enumerate(zip(slots, offs))]
+    store = InstanceStore(slots, vals, offs)
+
+    def expect(lo, hi):
+        out = {}
+        for k, s in enumerate(slots):
+            o = offs[k][lo:hi + 1]
+            out[s.name] = (vals[k][o[0]:o[-1]], (o - o[0]).tolist())
+        return out
+
+    monkeypatch.setattr(instances, "_CHUNK_BATCHES", 2)  # chunks of 2 batches: boundaries inside the range
+    for lo, hi, bs in [(0, n, 4), (3, 20, 3), (5, 6, 4), (7, 7, 2), (0, n, 50)]:
+        got = list(store.batches(bs, lo, hi))
+        assert len(got) == -(-(hi - lo) // bs)
+        for b, feed in enumerate(got):
+            want = expect(lo + b * bs, min(lo + (b + 1) * bs, hi))
+            for name in ("ids", "tags"):
+                level = feed[name]._lod[0]
+                assert level.__class__ is np.ndarray and level.dtype == np.int64
+                assert check_lod(feed[name]._lod, len(feed[name].values)) is None
+                assert feed[name].lod() == [want[name][1]] and type(feed[name].lod()[0][0]) is int
+                np.testing.assert_array_equal(feed[name].values.reshape(-1), want[name][0])
+            np.testing.assert_array_equal(feed["w"].reshape(-1), want["w"][0])
+    bad = fk.LoDTensor(np.zeros((3, 1)))
+    bad._lod = [np.array([0, 1, 2], np.int64)]  # ends at 2, the tensor has 3 rows
+    assert "ends at 2 but the tensor has 3 rows" in check_lod(bad._lod, 3)
+    assert "must start at 0" in check_lod([np.array([1, 3], np.int64)], 3)
+
+
 _OVERFLOW_CHILD = r"""
 import sys
 from fleetkit import layers

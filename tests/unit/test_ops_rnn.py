@@ -198,7 +198,9 @@ def test_cudnn_style_lstm_layer(bidirec):
     if bidirec:
         np.testing.assert_allclose(lh[-1], o[0, :, h:], rtol=1e-6)  # the reverse one ends at step 0
     (one,) = exe.run(test_prog, feed={"x": xs[:, 1:2], "h0": z[:, 1:2], "c0": z[:, 1:2]}, fetch_list=[out])
-    np.testing.assert_allclose(one[:, 0], o[:, 1], rtol=1e-5)  # batch elements do not mix
+    # batch elements do not mix (atol: a batch of 1 takes other float32 roundings, and the
+    # module's RNG draws depend on the tests run before, so some output may be near 0)
+    np.testing.assert_allclose(one[:, 0], o[:, 1], rtol=1e-5, atol=1e-7)
     first = float(exe.run(feed={"x": xs, "h0": z, "c0": z}, fetch_list=[loss])[0][0])
     for _ in range(20):
         exe.run(feed={"x": xs, "h0": z, "c0": z})

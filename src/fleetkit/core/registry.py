@@ -276,7 +276,11 @@ def is_selected_rows(v: Any) -> bool:
 
 
 def _levels(lod: Any) -> list:
-    """A kernel's output LoD as a list of levels: lists are kept as they are (kernels pass
-    on their inputs' checked offsets, or build fresh lists), anything else becomes ints;
-    the constructor's per-offset ``int()`` was a quarter of a CTR forward pass."""
-    return [lv if type(lv) is list else [int(x) for x in lv] for lv in lod]
+    """A kernel's output LoD as a list of levels: lists and 1-D int64 arrays are kept as they
+    are (kernels pass on their inputs' checked offsets, or build fresh lists), anything else
+    becomes ints; the constructor's per-offset ``int()`` was a quarter of a CTR forward pass."""
+    return [lv if type(lv) is list or _offset_array(lv) else [int(x) for x in lv] for lv in lod]
+
+
+def _offset_array(lv: Any) -> bool:
+    return lv.__class__ is np.ndarray and lv.dtype == np.int64 and lv.ndim == 1

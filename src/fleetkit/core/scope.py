@@ -27,6 +27,11 @@ class LoDTensor:
 
     ``lod`` is a list of levels; each level is a list of offsets starting at 0,
     e.g. ``[[0, 2, 5]]`` means two sequences: rows 0-1 and rows 2-4.
+
+    Inside the engine a level may also be a 1-D int64 numpy array: the dataset's batches
+    carry their offsets as array views (no per-batch Python list of every offset), and
+    kernels pass them on as they are.  Only that code makes array levels (the constructor
+    and ``set_lod`` keep lists); ``lod()`` and the other accessors always return lists.
     """
 
     __slots__ = ("values", "_lod")
@@ -45,13 +50,13 @@ class LoDTensor:
 
     # fluid-compatible accessors
     def lod(self) -> list[list[int]]:
-        return [list(lv) for lv in self._lod]
+        return lod_lists(self._lod)
 
     def set_lod(self, lod: Sequence[Sequence[int]]) -> None:
         self._lod = [list(map(int, lv)) for lv in lod]
 
     def recursive_sequence_lengths(self) -> list[list[int]]:
-        return [[b - a for a, b in zip(lv, lv[1:])] for lv in self._lod]
+        return [[b - a for a, b in zip(lv, lv[1:])] for lv in lod_lists(self._lod)]
 
     def set_recursive_sequence_lengths(self, lengths: Sequence[Sequence[int]]) -> None:
         self._lod = [lengths_to_offsets(lv) for lv in lengths]
@@ -88,7 +93,12 @@ class LoDTensor:
         return a.astype(dtype) if dtype is not None else a
 
     def __repr__(self) -> str:
-        return f"LoDTensor(shape={None if self.values is None else tuple(self.values.shape)}, lod={self._lod})"
+        return f"LoDTensor(shape={None if self.values is None else tuple(self.values.shape)}, lod={self.lod()})"
+
+
+def lod_lists(lod: Sequence[Sequence[int]]) -> list[list[int]]:
+    """``lod`` with every level a fresh list of Python ints (array levels converted)."""
+    return [lv.tolist() if isinstance(lv, np.ndarray) else list(lv) for lv in lod]
 
 
 def check_lod(lod: Sequence[Sequence[int]], nrows: int) -> str | None:
@@ -96,15 +106,32 @@ def check_lod(lod: Sequence[Sequence[int]], nrows: int) -> str | None:
     expect = nrows
     for depth in range(len(lod) - 1, -1, -1):
         lv = lod[depth]
+        what = f"{nrows} rows" if depth == len(lod) - 1 else f"{expect} sequences of level {depth + 1}"
+        if isinstance(lv, np.ndarray):  # offsets the dataset built from parsed lengths (never a user's)
+            why = _check_offsets(lv, depth, expect, what)
+            if why:
+                return why
+            expect = len(lv) - 1
+            continue
         lv = lv if type(lv) is list else list(lv)
         if not lv or lv[0] != 0:
             return f"level {depth} offsets {lv} must start at 0"
         if lv != sorted(lv):  # C-speed on the already sorted lists that are the rule
             return f"level {depth} offsets {lv} must be non-decreasing"
         if lv[-1] != expect:
-            what = f"{nrows} rows" if depth == len(lod) - 1 else f"{expect} sequences of level {depth + 1}"
             return f"level {depth} ends at {lv[-1]} but the tensor has {what}"
         expect = len(lv) - 1
+    return None
+
+
+def _check_offsets(lv: np.ndarray, depth: int, expect: int, what: str) -> str | None:
+    """``check_lod`` for an array level: its start and end.  Its order holds by construction
+    (the cumulative sums of parsed, non-negative lengths), and checking it would cost 40 us
+    per CTR batch; the sequence kernels still refuse negative lengths."""
+    if lv.ndim != 1 or not lv.size or lv[0] != 0:
+        return f"level {depth} offsets {lv.tolist()} must start at 0"
+    if lv[-1] != expect:
+        return f"level {depth} ends at {int(lv[-1])} but the tensor has {what}"
     return None
 
 

@@ -234,15 +234,16 @@ class QueueDataset(DatasetBase):
         carry = InstanceStore.empty(self.used_slots)
         while (path := next_file()) is not None:
             for store in self._read_file(path):
+                start = 0
                 if len(carry):  # complete the partial batch: copies at most one batch, not the block
                     head = store.slice(0, min(bs - len(carry), len(store)))
                     carry = InstanceStore.concat(self.used_slots, [carry, head])
-                    store = store.slice(len(head), len(store))
+                    start = len(head)
                     if len(carry) < bs:
                         continue
                     yield carry.feed()
-                full = len(store) // bs * bs
-                yield from store.slice(0, full).batches(bs)
+                full = start + (len(store) - start) // bs * bs
+                yield from store.batches(bs, start, full)
                 carry = store.slice(full, len(store))
         if len(carry):
             yield carry.feed()
@@ -347,7 +348,7 @@ class InMemoryDataset(DatasetBase):
         n, threads = len(store), max(1, thread_num)
         bounds = [n * i // threads for i in range(threads + 1)]
         bs = self.proto_desc.batch_size
-        return [store.slice(bounds[i], bounds[i + 1]).batches(bs) for i in range(threads)]
+        return [store.batches(bs, bounds[i], bounds[i + 1]) for i in range(threads)]
 
 
 def _exchange_backend(fleet: Any, what: str) -> Any:

@@ -17,7 +17,7 @@ import numpy as np
 from ...errors import InvalidArgumentError
 from ..backend import scatter_add, to_numpy
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
-from ..scope import SelectedRows
+from ..scope import SelectedRows, lod_lists
 
 
 def scatter_add_rows(xp: Any, out: Any, rows: Any, values: Any) -> None:
@@ -139,7 +139,8 @@ def _segments(ctx: KernelContext, nrows: int) -> tuple[_Segments, list[list[int]
             f"(fleetkit.create_lod_tensor or a (values, sequence_lengths) tuple)")
     last = lod[-1]
     seg = _Segments(last)
-    if not last or last[0] != 0 or last[-1] != nrows or (seg.lengths.size and seg.lengths.min() < 0):
+    if not len(last) or last[0] != 0 or last[-1] != nrows or (seg.lengths.size and seg.lengths.min() < 0):
+        last = lod_lists([last])[0]
         shown = last if len(last) <= 12 else last[:6] + ["..."] + last[-5:]
         raise InvalidArgumentError(
             f"op 'sequence_pool': the LoD offsets {shown} of input '{name}' do not fit its {nrows} rows "
@@ -202,14 +203,22 @@ def _unit_offsets(nrows: int) -> list[int]:
     return list(range(nrows + 1))
 
 
+@functools.lru_cache(maxsize=16)
+def _unit_offset_array(nrows: int) -> np.ndarray:
+    return np.arange(nrows + 1, dtype=np.int64)
+
+
 def _one_row_each(ctx: KernelContext, nrows: int) -> bool:
     """Whether every sequence of X's last LoD level holds exactly one row (offsets 0, 1, ...,
     nrows: a one-id slot, the commonest CTR input), where every pool type is the identity.
-    A list compare at C speed; anything else (numpy offsets, bad LoD) takes the general path."""
+    One compare at C speed (list or array level); a bad LoD takes the general path."""
     lod = ctx.lod("X")
     last = lod[-1] if lod else None
-    return (type(last) is list and len(last) == nrows + 1 and last[-1] == nrows
-            and last == _unit_offsets(nrows))
+    if last is None or len(last) != nrows + 1 or last[-1] != nrows:
+        return False
+    if type(last) is list:
+        return last == _unit_offsets(nrows)
+    return bool((last == _unit_offset_array(nrows)).all())
 
 
 @register_op("sequence_pool", _pool_infer, grad_outputs=("Out",),

@@ -16,6 +16,7 @@ import numpy as np
 from ...errors import InvalidArgumentError, ShapeError
 from ..framework import convert_dtype
 from ..registry import KernelContext, ShapeContext, register_grad, register_op
+from ..scope import lod_lists
 from . import tensor_math  # noqa: F401  (registers cast, clip, reduce_* and friends)
 
 
@@ -62,9 +63,9 @@ def _concat_lod(ctx: KernelContext, n: int) -> Any:
     lods = [ctx.lod("X", i) for i in range(n)]
     if not lods[0] or any(lv is None or len(lv) != len(lods[0]) for lv in lods):
         return None
-    merged = [list(level) for level in lods[0]]
+    merged = lod_lists(lods[0])
     for lod in lods[1:]:
-        for k, level in enumerate(lod):
+        for k, level in enumerate(lod_lists(lod)):
             base = merged[k][-1]
             merged[k].extend(base + o for o in level[1:])
     return merged
