@@ -106,32 +106,23 @@ def check_lod(lod: Sequence[Sequence[int]], nrows: int) -> str | None:
     expect = nrows
     for depth in range(len(lod) - 1, -1, -1):
         lv = lod[depth]
-        what = f"{nrows} rows" if depth == len(lod) - 1 else f"{expect} sequences of level {depth + 1}"
-        if isinstance(lv, np.ndarray):  # offsets the dataset built from parsed lengths (never a user's)
-            why = _check_offsets(lv, depth, expect, what)
-            if why:
-                return why
-            expect = len(lv) - 1
-            continue
-        lv = lv if type(lv) is list else list(lv)
-        if not lv or lv[0] != 0:
-            return f"level {depth} offsets {lv} must start at 0"
-        if lv != sorted(lv):  # C-speed on the already sorted lists that are the rule
-            return f"level {depth} offsets {lv} must be non-decreasing"
+        if isinstance(lv, np.ndarray):
+            # offsets the dataset built from parsed lengths (never a user's): start and end are
+            # checked; their order holds by construction (cumulative sums of non-negative
+            # lengths), and checking it would cost 40 us per CTR batch (the sequence kernels
+            # still refuse negative lengths)
+            if lv.ndim != 1 or not lv.size or lv[0] != 0:
+                return f"level {depth} offsets {lv.tolist()} must start at 0"
+        else:
+            lv = lv if type(lv) is list else list(lv)
+            if not lv or lv[0] != 0:
+                return f"level {depth} offsets {lv} must start at 0"
+            if lv != sorted(lv):  # C-speed on the already sorted lists that are the rule
+                return f"level {depth} offsets {lv} must be non-decreasing"
         if lv[-1] != expect:
-            return f"level {depth} ends at {lv[-1]} but the tensor has {what}"
+            what = f"{nrows} rows" if depth == len(lod) - 1 else f"{expect} sequences of level {depth + 1}"
+            return f"level {depth} ends at {int(lv[-1])} but the tensor has {what}"
         expect = len(lv) - 1
-    return None
-
-
-def _check_offsets(lv: np.ndarray, depth: int, expect: int, what: str) -> str | None:
-    """``check_lod`` for an array level: its start and end.  Its order holds by construction
-    (the cumulative sums of parsed, non-negative lengths), and checking it would cost 40 us
-    per CTR batch; the sequence kernels still refuse negative lengths."""
-    if lv.ndim != 1 or not lv.size or lv[0] != 0:
-        return f"level {depth} offsets {lv.tolist()} must start at 0"
-    if lv[-1] != expect:
-        return f"level {depth} ends at {int(lv[-1])} but the tensor has {what}"
     return None
 
 

@@ -122,28 +122,28 @@ class InstanceStore:
             LoDTensor,  # the core is below the dataset layer: fine to import
         )
         stop = len(self) if stop is None else min(stop, len(self))
-        dense = [(s.name, _dense_rest(s), v) for s, v in zip(self.slots, self.values) if s.is_dense]
+        dense = [(s.name, rest, int(np.prod(rest)), v) for s, v in zip(self.slots, self.values) if s.is_dense
+                 for rest in [_dense_rest(s)]]
         sparse = [(s.name, v) for s, v in zip(self.slots, self.values) if not s.is_dense]
         sparse_offsets = [o for s, o in zip(self.slots, self.offsets) if not s.is_dense]
         chunk = batch_size * _CHUNK_BATCHES
         for chunk_start in range(start, stop, chunk):
             chunk_stop = min(chunk_start + chunk, stop)
-            # the chunk's sparse offsets in one matrix: one subtraction and one tolist per batch
+            # the chunk's sparse offsets in one matrix: one subtraction per batch gives every level
             offs = np.stack([o[chunk_start:chunk_stop + 1] for o in sparse_offsets]) if sparse else None
             for lo in range(chunk_start, chunk_stop, batch_size):
                 hi = min(lo + batch_size, chunk_stop)
                 out: dict[str, Any] = {}
-                for name, rest, vals in dense:  # every instance has prod(rest) values (checked when parsed)
-                    width = 1
-                    for d in rest:
-                        width *= d
+                for name, rest, width, vals in dense:  # every instance has width values (checked when parsed)
                     out[name] = vals[lo * width:hi * width].reshape((hi - lo, *rest))
                 if sparse:
                     window = offs[:, lo - chunk_start:hi - chunk_start + 1]
                     levels = window - window[:, :1]  # each row is one slot's offsets from 0
                     firsts, lasts = window[:, 0].tolist(), window[:, -1].tolist()
                     for (name, vals), level, a, b in zip(sparse, levels, firsts, lasts):
-                        out[name] = _lod_tensor(LoDTensor, vals[a:b].reshape(-1, 1), level)
+                        # the level is the array row itself (the constructor would make a list
+                        # of it: with check_lod, half of a CTR batch's feed time)
+                        out[name] = LoDTensor._of(vals[a:b].reshape(-1, 1), [level])
                 yield {s.name: out[s.name] for s in self.slots}
 
 
@@ -159,15 +159,6 @@ def _take_column(vals: np.ndarray, off: np.ndarray, index: np.ndarray) -> tuple[
     new_off = _offsets(lens)
     src = np.arange(int(new_off[-1]), dtype=np.int64) + np.repeat(starts - new_off[:-1], lens)
     return vals[src], new_off
-
-
-def _lod_tensor(cls: Any, values: np.ndarray, offsets: np.ndarray) -> Any:
-    """A LoDTensor whose one level is ``offsets`` itself, an int64 array (the constructor would
-    make a list of Python ints of it: with ``check_lod``, half of a CTR batch's feed time)."""
-    t = cls.__new__(cls)
-    t.values = values
-    t._lod = [offsets]
-    return t
 
 
 def _dense_rest(slot: Slot) -> tuple[int, ...] | None:
